@@ -1,0 +1,58 @@
+"""Shared test plumbing: free loopback ports and a config for a throw-away gateway."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from webgateway.config import Config, parse_config
+
+ZONE = "gw.test"
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` right now (racy, but bounded by retries)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_STREAM) as t:
+            t.bind((host, 0))
+            port = t.getsockname()[1]
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as u:
+                    u.bind((host, port))
+            except OSError:
+                continue
+            return int(port)
+    raise RuntimeError("no free port found")
+
+
+def raw_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A minimal valid config document on loopback, with every port free; override by section."""
+    doc: dict[str, Any] = {
+        "zone": {
+            "name": ZONE,
+            "gateway_ipv4": ["127.0.0.1"],
+            "gateway_ipv6": ["::1"],
+            "nameservers": {f"ns1.{ZONE}": ["127.0.0.1"]},
+            "ttl": 300,
+            "negative_ttl": 30,
+        },
+        "dns": {"listen": [f"127.0.0.1:{free_port()}"]},
+        "proxy": {
+            "https_listen": [f"127.0.0.1:{free_port()}"],
+            "http_listen": [f"127.0.0.1:{free_port()}"],
+        },
+        "api": {"listen": f"127.0.0.1:{free_port()}", "admin_token_file": "admin.token"},
+        "store": {"path": "var/webgateway.db", "certs_dir": "var/certs"},
+    }
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    return doc
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    cfg = parse_config(raw_config(tmp_path, **sections), tmp_path)
+    cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.store.certs_dir.mkdir(parents=True, exist_ok=True)
+    return cfg

@@ -1,0 +1,399 @@
+"""The one configuration tree, loaded from TOML and validated before anything starts.
+
+Each key is declared once, with its parser and default, in the ``_SPEC`` tables below;
+the loader walks them, so an unknown key, a wrong type or a bad value always stops
+start-up with ``ConfigError(key, reason)`` -- one line an operator can act on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from webgateway.addresses import HostPort, parse_hostport, parse_ip
+from webgateway.dnsname import check_domain, check_label, is_within
+
+
+class ConfigError(Exception):
+    """A configuration key with a bad value (or a listener that cannot be bound)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    name: str
+    gateway_ipv4: tuple[ipaddress.IPv4Address, ...]
+    gateway_ipv6: tuple[ipaddress.IPv6Address, ...]
+    nameservers: Mapping[str, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]]
+    ttl: int = 300
+    negative_ttl: int = 30
+    hostmaster: str = ""
+    caa_issuers: tuple[str, ...] = ()
+    caa_accounturi: bool = False
+    reserved_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    listen: tuple[HostPort, ...] = (HostPort(ipaddress.ip_address("127.0.0.1"), 5353),)
+    workers: int = 1
+    tcp_idle_timeout: float = 10.0
+    max_tcp_connections: int = 1024
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    directory: str
+    email: str = ""
+    ca_bundle: Path | None = None
+    resolver: HostPort | None = None
+    eab_kid: str = ""
+    eab_hmac_key: str = ""
+    concurrency: int = 4
+    propagation_timeout: float = 120.0
+    renew_fraction: float = 2 / 3
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    https_listen: tuple[HostPort, ...] = ()
+    http_listen: tuple[HostPort, ...] = ()
+    workers: int = 1
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    connect_timeout: float = 5.0
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: HostPort = HostPort(ipaddress.ip_address("127.0.0.1"), 8000)
+    admin_token_file: Path = Path("admin.token")
+    max_names_per_owner: int = 100
+    max_domains_per_owner: int = 20
+    auth_failures_per_minute: int = 20
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path = Path("var/webgateway.db")
+    certs_dir: Path = Path("var/certs")
+    poll_interval: float = 0.05
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    zone: ZoneConfig
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    acme: AcmeConfig | None = None
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None
+
+
+# ---------------------------------------------------------------- value parsers
+
+Parser = Callable[[Any], Any]
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _int(lo: int, hi: int) -> Parser:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected an integer, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Parser:
+    def parse(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"expected a number, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {v}")
+        return float(v)
+
+    return parse
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {type(v).__name__}")
+    return v
+
+
+def _list(item: Parser, *, min_items: int = 0) -> Parser:
+    def parse(v: Any) -> tuple[Any, ...]:
+        if not isinstance(v, list):
+            raise ValueError(f"expected a list, got {type(v).__name__}")
+        if len(v) < min_items:
+            raise ValueError(f"needs at least {min_items} entr{'y' if min_items == 1 else 'ies'}")
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(item(x))
+            except ValueError as e:
+                raise ValueError(f"[{i}]: {e}") from None
+        if len(set(out)) != len(out):
+            raise ValueError("contains duplicates")
+        return tuple(out)
+
+    return parse
+
+
+def _ip_of(version: int) -> Parser:
+    def parse(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        ip = parse_ip(_str(v))
+        if ip.version != version:
+            raise ValueError(f"{v!r} is not an IPv{version} address")
+        return ip
+
+    return parse
+
+
+def _hostport(v: Any) -> HostPort:
+    return parse_hostport(_str(v), allow_port_zero=True)
+
+
+def _domain(v: Any) -> str:
+    return check_domain(_str(v))
+
+
+def _url(v: Any) -> str:
+    s = _str(v)
+    parts = urlsplit(s)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError(f"{s!r} is not an http(s) URL")
+    return s
+
+
+def _email(v: Any) -> str:
+    s = _str(v)
+    if s and ("@" not in s or " " in s or s.startswith("@") or s.endswith("@")):
+        raise ValueError(f"{s!r} is not an e-mail address")
+    return s
+
+
+def _path(v: Any) -> Path:
+    s = _str(v)
+    if not s:
+        raise ValueError("path is empty")
+    return Path(s)
+
+
+def _level(v: Any) -> str:
+    s = _str(v).lower()
+    if s not in ("debug", "info", "warning", "error"):
+        raise ValueError("must be one of debug, info, warning, error")
+    return s
+
+
+def _nameservers(v: Any) -> dict[str, tuple[Any, ...]]:
+    if not isinstance(v, dict) or not v:
+        raise ValueError('expected a table like { "ns1.gw.example.com" = ["203.0.113.10"] }')
+    out: dict[str, tuple[Any, ...]] = {}
+    for host, addrs in v.items():
+        name = check_domain(host, what="name server")
+        try:
+            out[name] = _list(lambda a: parse_ip(_str(a)))(addrs)
+        except ValueError as e:
+            raise ValueError(f"{host}: {e}") from None
+    return out
+
+
+_SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
+    # section -> key -> (parser, required)
+    "zone": {
+        "name": (_domain, True),
+        "gateway_ipv4": (_list(_ip_of(4)), False),
+        "gateway_ipv6": (_list(_ip_of(6)), False),
+        "nameservers": (_nameservers, True),
+        "ttl": (_int(1, 604800), False),
+        "negative_ttl": (_int(0, 86400), False),
+        "hostmaster": (_email, False),
+        "caa_issuers": (_list(_domain), False),
+        "caa_accounturi": (_bool, False),
+        "reserved_labels": (_list(lambda x: check_label(_str(x))), False),
+    },
+    "dns": {
+        "listen": (_list(_hostport, min_items=1), False),
+        "workers": (_int(1, 64), False),
+        "tcp_idle_timeout": (_float(0.1, 3600), False),
+        "max_tcp_connections": (_int(1, 1_000_000), False),
+    },
+    "acme": {
+        "directory": (_url, True),
+        "email": (_email, False),
+        "ca_bundle": (_path, False),
+        "resolver": (lambda v: parse_hostport(_str(v)), False),
+        "eab_kid": (_str, False),
+        "eab_hmac_key": (_str, False),
+        "concurrency": (_int(1, 64), False),
+        "propagation_timeout": (_float(1, 3600), False),
+        "renew_fraction": (_float(0.1, 0.95), False),
+    },
+    "proxy": {
+        "https_listen": (_list(_hostport), False),
+        "http_listen": (_list(_hostport), False),
+        "workers": (_int(1, 64), False),
+        "handshake_timeout": (_float(0.1, 600), False),
+        "idle_timeout": (_float(1, 86400), False),
+        "connect_timeout": (_float(0.1, 600), False),
+        "max_connections": (_int(1, 1_000_000), False),
+    },
+    "api": {
+        "listen": (_hostport, False),
+        "admin_token_file": (_path, False),
+        "max_names_per_owner": (_int(0, 1_000_000), False),
+        "max_domains_per_owner": (_int(0, 1_000_000), False),
+        "auth_failures_per_minute": (_int(1, 100_000), False),
+    },
+    "store": {
+        "path": (_path, False),
+        "certs_dir": (_path, False),
+        "poll_interval": (_float(0.005, 60), False),
+    },
+    "log": {"level": (_level, False)},
+}
+
+_CLASSES: dict[str, type] = {
+    "zone": ZoneConfig,
+    "dns": DnsConfig,
+    "acme": AcmeConfig,
+    "proxy": ProxyConfig,
+    "api": ApiConfig,
+    "store": StoreConfig,
+    "log": LogConfig,
+}
+
+_PATH_KEYS = {("acme", "ca_bundle"), ("api", "admin_token_file"), ("store", "path"),
+              ("store", "certs_dir")}
+
+
+def _section(name: str, raw: Any, base: Path) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(name, f"expected a table [{name}], got {type(raw).__name__}")
+    spec = _SPEC[name]
+    for key in raw:
+        if key not in spec:
+            raise ConfigError(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(spec))})")
+    values: dict[str, Any] = {}
+    for key, (parse, required) in spec.items():
+        if key not in raw:
+            if required:
+                raise ConfigError(f"{name}.{key}", "is required")
+            continue
+        try:
+            values[key] = parse(raw[key])
+        except ValueError as e:
+            raise ConfigError(f"{name}.{key}", str(e)) from None
+        if (name, key) in _PATH_KEYS:
+            values[key] = (base / values[key]).resolve()
+    return values
+
+
+def _resolve_default_paths(section: str, obj: Any, base: Path) -> Any:
+    from dataclasses import replace
+
+    updates = {k: (base / getattr(obj, k)).resolve()
+               for (s, k) in _PATH_KEYS if s == section and getattr(obj, k) is not None
+               and not getattr(obj, k).is_absolute()}
+    return replace(obj, **updates) if updates else obj
+
+
+def _check_zone(z: dict[str, Any]) -> None:
+    zone = z["name"]
+    for ns, addrs in z["nameservers"].items():
+        if is_within(ns, zone) and not addrs:
+            raise ConfigError("zone.nameservers", f"{ns} is inside {zone} and needs glue addresses")
+    if not z.get("gateway_ipv4") and not z.get("gateway_ipv6"):
+        raise ConfigError("zone.gateway_ipv4", "set gateway_ipv4 or gateway_ipv6 (or both)")
+    if not z.get("hostmaster"):
+        z["hostmaster"] = f"hostmaster@{zone}"
+
+
+def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
+    """Validate a parsed TOML document; ``base`` anchors relative paths."""
+    for name in raw:
+        if name not in _SPEC:
+            raise ConfigError(name, f"unknown section (known: {', '.join(sorted(_SPEC))})")
+    if "zone" not in raw:
+        raise ConfigError("zone", "the [zone] section is required")
+    sections: dict[str, Any] = {}
+    for name in _SPEC:
+        if name not in raw:
+            continue
+        values = _section(name, raw[name], base)
+        if name == "zone":
+            _check_zone(values)
+        sections[name] = _CLASSES[name](**values)
+    for name in ("api", "store"):
+        obj = sections.get(name) or _CLASSES[name]()
+        sections[name] = _resolve_default_paths(name, obj, base)
+    cfg = Config(**sections, source=source)
+    _check_listeners(cfg)
+    return cfg
+
+
+def _check_listeners(cfg: Config) -> None:
+    seen: dict[tuple[str, HostPort], str] = {}
+    groups = [
+        ("dns.listen", "udp", cfg.dns.listen),
+        ("dns.listen", "tcp", cfg.dns.listen),
+        ("proxy.https_listen", "tcp", cfg.proxy.https_listen),
+        ("proxy.http_listen", "tcp", cfg.proxy.http_listen),
+        ("api.listen", "tcp", (cfg.api.listen,)),
+    ]
+    for key, proto, addrs in groups:
+        for a in addrs:
+            if a.port == 0:
+                continue
+            other = seen.get((proto, a))
+            if other is not None and other != key:
+                raise ConfigError(key, f"{a} is also used by {other}")
+            seen[(proto, a)] = key
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {p}: {e.strerror}") from None
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{p} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{p} is not valid TOML: {e}") from None
+    cfg = parse_config(raw, p.resolve().parent, source=p.resolve())
+    for d in (cfg.store.path.parent, cfg.store.certs_dir, cfg.api.admin_token_file.parent):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError("store.path", f"cannot create {d}: {e.strerror}") from None
+    return cfg

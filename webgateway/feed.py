@@ -1,0 +1,68 @@
+"""Follow the store's change feed: one snapshot, then only what changed.
+
+dnsd, the proxy and certd all keep an in-memory view of the store; this is the one loop
+that keeps such a view current, so each service only says how to apply a snapshot and
+how to apply a change set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from webgateway.model import ChangeSet, Snapshot
+from webgateway.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class View(Protocol):
+    def load(self, snapshot: Snapshot) -> None: ...
+    def apply(self, changes: ChangeSet) -> None: ...
+
+
+class Follower:
+    """Keeps ``view`` at the store's serial. ``serial`` is what the view has applied."""
+
+    def __init__(self, store: Store, view: View, *, max_wait: float = 1.0) -> None:
+        self.store = store
+        self.view = view
+        self.max_wait = max_wait
+        self.serial = 0
+        self.applied = asyncio.Event()
+
+    async def load(self) -> None:
+        snap = await self.store.snapshot()
+        self.view.load(snap)
+        self.serial = snap.serial
+        self._mark_applied()
+
+    def _mark_applied(self) -> None:
+        ev, self.applied = self.applied, asyncio.Event()
+        ev.set()
+
+    async def step(self) -> None:
+        """Wait (bounded) for a change and apply it."""
+        current = await self.store.wait_changed(self.serial, self.max_wait)
+        if current == self.serial:
+            return
+        changes = await self.store.changes_since(self.serial)
+        if changes is None:
+            await self.load()
+            return
+        if not changes.empty:
+            self.view.apply(changes)
+        self.serial = changes.serial
+        self._mark_applied()
+
+    async def run(self) -> None:
+        """Follow forever; store hiccups are logged and retried, never fatal."""
+        if self.serial == 0:
+            await self.load()
+        while True:
+            try:
+                await self.step()
+            except StoreError as e:
+                log.warning("store read failed, retrying: %s", e)
+                await asyncio.sleep(self.max_wait)

@@ -1,0 +1,529 @@
+"""SQLite implementation of the store (aiosqlite, WAL, synchronous=FULL).
+
+One connection, one lock: SQLite serializes writers anyway, and the API's write rate is
+tiny next to what the data plane reads from memory. ``synchronous=FULL`` makes a write
+durable before the API acknowledges it, so ``kill -9`` (or power loss) loses nothing
+that was answered 2xx. Other processes sharing the file see changes by polling the
+serial row, which costs one indexed read per ``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from webgateway.addresses import parse_hostport
+from webgateway.model import (
+    Certificate,
+    CertState,
+    ChangeSet,
+    Domain,
+    DomainState,
+    Name,
+    Owner,
+    Snapshot,
+    TlsMode,
+    TxtRecord,
+)
+from webgateway.store import Conflict, Forbidden, NotFound, QuotaExceeded, StoreUnavailable
+
+#: Each entry upgrades the schema by one version (PRAGMA user_version). Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE serial (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+    INSERT INTO serial VALUES (1, 1);
+    CREATE TABLE changes (
+        serial INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+        PRIMARY KEY (serial, kind, key));
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE owners (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+        token_hash TEXT NOT NULL UNIQUE, created REAL NOT NULL);
+    CREATE TABLE names (
+        label TEXT PRIMARY KEY, owner_id INTEGER NOT NULL REFERENCES owners(id),
+        backends TEXT NOT NULL, tls TEXT NOT NULL, proxy_protocol INTEGER NOT NULL,
+        http2 INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+    CREATE INDEX names_owner ON names(owner_id);
+    CREATE TABLE domains (
+        fqdn TEXT PRIMARY KEY, label TEXT NOT NULL REFERENCES names(label),
+        owner_id INTEGER NOT NULL REFERENCES owners(id), challenge_label TEXT NOT NULL,
+        state TEXT NOT NULL, detail TEXT NOT NULL, created REAL NOT NULL);
+    CREATE INDEX domains_owner ON domains(owner_id);
+    CREATE INDEX domains_label ON domains(label);
+    CREATE TABLE txt (
+        fqdn TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL,
+        PRIMARY KEY (fqdn, value));
+    CREATE TABLE certificates (
+        id TEXT PRIMARY KEY, domains TEXT NOT NULL, state TEXT NOT NULL,
+        cert_path TEXT NOT NULL, key_path TEXT NOT NULL,
+        not_before REAL NOT NULL, not_after REAL NOT NULL, renew_at REAL NOT NULL,
+        failures INTEGER NOT NULL, next_attempt REAL NOT NULL, last_error TEXT NOT NULL,
+        order_url TEXT NOT NULL, updated REAL NOT NULL);
+    """,
+)
+
+#: Changes older than this many serials are pruned; a consumer that far behind reloads.
+CHANGES_KEPT = 100_000
+
+
+def _name(row: Any) -> Name:
+    return Name(
+        label=row[0],
+        owner_id=row[1],
+        backends=tuple(parse_hostport(b) for b in json.loads(row[2])),
+        tls=TlsMode(row[3]),
+        proxy_protocol=bool(row[4]),
+        http2=bool(row[5]),
+        created=row[6],
+        updated=row[7],
+    )
+
+
+def _domain(row: Any) -> Domain:
+    return Domain(row[0], row[1], row[2], row[3], DomainState(row[4]), row[5], row[6])
+
+
+def _cert(row: Any) -> Certificate:
+    return Certificate(
+        id=row[0],
+        domains=tuple(json.loads(row[1])),
+        state=CertState(row[2]),
+        cert_path=row[3],
+        key_path=row[4],
+        not_before=row[5],
+        not_after=row[6],
+        renew_at=row[7],
+        failures=row[8],
+        next_attempt=row[9],
+        last_error=row[10],
+        order_url=row[11],
+        updated=row[12],
+    )
+
+
+_NAME_COLS = "label, owner_id, backends, tls, proxy_protocol, http2, created, updated"
+_DOMAIN_COLS = "fqdn, label, owner_id, challenge_label, state, detail, created"
+_CERT_COLS = (
+    "id, domains, state, cert_path, key_path, not_before, not_after, renew_at,"
+    " failures, next_attempt, last_error, order_url, updated"
+)
+
+
+class SqliteStore:
+    def __init__(self, path: Path, poll_interval: float = 0.05) -> None:
+        self.path = path
+        self.poll_interval = poll_interval
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._pending: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA busy_timeout=5000",
+            "PRAGMA foreign_keys=ON",
+        ):
+            await self._db.execute(pragma)
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def _migrate(self) -> None:
+        async with self._lock:
+            (version,) = await self._one("PRAGMA user_version")
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}; this build knows"
+                    f" {len(MIGRATIONS)}: upgrade webgateway"
+                )
+            for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in filter(str.strip, script.split(";")):
+                        await self.db.execute(stmt)
+                    await self.db.execute(f"PRAGMA user_version = {i}")
+                    await self.db.execute("COMMIT")
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+
+    # ------------------------------------------------------------------ helpers
+    async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        async with self.db.execute(sql, tuple(args)) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        async with self.db.execute(sql, tuple(args)) as cur:
+            return list(await cur.fetchall())
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[None]:
+        async with self._lock:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[None]:
+        """One transaction, one serial bump, recording every key touched via ``_touch``."""
+        async with self._lock:
+            self._pending = []
+            touched = False
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"the store cannot start a write: {e}") from None
+            try:
+                yield
+                if self._pending:
+                    (serial,) = await self._one(
+                        "UPDATE serial SET value = value + 1 WHERE id = 1 RETURNING value"
+                    )
+                    await self.db.executemany(
+                        "INSERT OR IGNORE INTO changes VALUES (?, ?, ?)",
+                        [(serial, k, key) for k, key in self._pending],
+                    )
+                    if serial % 1000 == 0:
+                        await self.db.execute(
+                            "DELETE FROM changes WHERE serial <= ?", (serial - CHANGES_KEPT,)
+                        )
+                await self.db.execute("COMMIT")
+                touched = bool(self._pending)
+            except sqlite3.Error as e:
+                await self._rollback()
+                raise StoreUnavailable(f"the store refused the write: {e}") from None
+            except BaseException:
+                await self._rollback()
+                raise
+        if touched:
+            self._notify()
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            await self.db.execute("ROLLBACK")
+
+    def _touch(self, kind: str, key: str) -> None:
+        self._pending.append((kind, key))
+
+    def _notify(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    # ------------------------------------------------------------------ change feed
+    async def serial(self) -> int:
+        async with self._read():
+            (value,) = await self._one("SELECT value FROM serial WHERE id = 1")
+        return int(value)
+
+    async def wait_changed(self, after: int, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            ev = self._changed
+            current = await self.serial()
+            left = end - loop.time()
+            if current > after or left <= 0:
+                return current
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), min(left, self.poll_interval))
+
+    async def snapshot(self) -> Snapshot:
+        async with self._read():
+            await self.db.execute("BEGIN")
+            try:
+                (serial,) = await self._one("SELECT value FROM serial WHERE id = 1")
+                names = {r[0]: _name(r) for r in await self._all(f"SELECT {_NAME_COLS} FROM names")}
+                domains = {
+                    r[0]: _domain(r) for r in await self._all(f"SELECT {_DOMAIN_COLS} FROM domains")
+                }
+                txt: dict[str, list[str]] = {}
+                for fqdn, value in await self._all("SELECT fqdn, value FROM txt ORDER BY created"):
+                    txt.setdefault(fqdn, []).append(value)
+                certs = {
+                    r[0]: _cert(r) for r in await self._all(f"SELECT {_CERT_COLS} FROM certificates")
+                }
+            finally:
+                await self.db.execute("COMMIT")
+        return Snapshot(
+            int(serial), names, domains, {k: tuple(v) for k, v in txt.items()}, certs
+        )
+
+    async def changes_since(self, serial: int) -> ChangeSet | None:
+        async with self._read():
+            await self.db.execute("BEGIN")
+            try:
+                (current,) = await self._one("SELECT value FROM serial WHERE id = 1")
+                (oldest,) = await self._one("SELECT MIN(serial) FROM changes")
+                if serial > current:
+                    return None  # the store was replaced; start over
+                if serial < current and (oldest is None or oldest > serial + 1):
+                    return None
+                rows = await self._all(
+                    "SELECT DISTINCT kind, key FROM changes WHERE serial > ?", (serial,)
+                )
+                cs = ChangeSet(int(current), {}, {}, {}, {})
+                for kind, key in rows:
+                    if kind == "name":
+                        r = await self._one(f"SELECT {_NAME_COLS} FROM names WHERE label=?", (key,))
+                        cs.names[key] = _name(r) if r else None
+                    elif kind == "domain":
+                        r = await self._one(
+                            f"SELECT {_DOMAIN_COLS} FROM domains WHERE fqdn=?", (key,)
+                        )
+                        cs.domains[key] = _domain(r) if r else None
+                    elif kind == "txt":
+                        vals = await self._all(
+                            "SELECT value FROM txt WHERE fqdn=? ORDER BY created", (key,)
+                        )
+                        cs.txt[key] = tuple(v for (v,) in vals)
+                    elif kind == "cert":
+                        r = await self._one(
+                            f"SELECT {_CERT_COLS} FROM certificates WHERE id=?", (key,)
+                        )
+                        cs.certificates[key] = _cert(r) if r else None
+                return cs
+            finally:
+                await self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ owners
+    async def create_owner(self, name: str, token_hash: str) -> Owner:
+        async with self._write():
+            if await self._one("SELECT 1 FROM owners WHERE name=?", (name,)):
+                raise Conflict(f"an owner named {name!r} exists already")
+            cur = await self.db.execute(
+                "INSERT INTO owners (name, token_hash, created) VALUES (?, ?, ?)",
+                (name, token_hash, time.time()),
+            )
+            owner_id = cur.lastrowid
+            self._touch("owner", str(owner_id))
+        assert owner_id is not None
+        return Owner(owner_id, name)
+
+    async def owner_by_token_hash(self, token_hash: str) -> Owner | None:
+        async with self._read():
+            r = await self._one("SELECT id, name FROM owners WHERE token_hash=?", (token_hash,))
+        return Owner(r[0], r[1]) if r else None
+
+    # ------------------------------------------------------------------ names
+    async def put_name(self, name: Name, max_names: int) -> bool:
+        now = time.time()
+        async with self._write():
+            r = await self._one("SELECT owner_id, created FROM names WHERE label=?", (name.label,))
+            if r and r[0] != name.owner_id:
+                raise Forbidden(f"{name.label!r} belongs to another owner")
+            if not r:
+                (count,) = await self._one(
+                    "SELECT COUNT(*) FROM names WHERE owner_id=?", (name.owner_id,)
+                )
+                if count >= max_names:
+                    raise QuotaExceeded(f"an owner may hold at most {max_names} names")
+            await self.db.execute(
+                f"INSERT OR REPLACE INTO names ({_NAME_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    name.label,
+                    name.owner_id,
+                    json.dumps([str(b) for b in name.backends]),
+                    str(name.tls),
+                    int(name.proxy_protocol),
+                    int(name.http2),
+                    r[1] if r else now,
+                    now,
+                ),
+            )
+            self._touch("name", name.label)
+        return r is None
+
+    async def get_name(self, label: str) -> Name | None:
+        async with self._read():
+            r = await self._one(f"SELECT {_NAME_COLS} FROM names WHERE label=?", (label,))
+        return _name(r) if r else None
+
+    async def list_names(self, owner_id: int | None = None) -> list[Name]:
+        async with self._read():
+            if owner_id is None:
+                rows = await self._all(f"SELECT {_NAME_COLS} FROM names ORDER BY label")
+            else:
+                rows = await self._all(
+                    f"SELECT {_NAME_COLS} FROM names WHERE owner_id=? ORDER BY label", (owner_id,)
+                )
+        return [_name(r) for r in rows]
+
+    async def delete_name(self, label: str, owner_id: int) -> None:
+        async with self._write():
+            r = await self._one("SELECT owner_id FROM names WHERE label=?", (label,))
+            if not r or r[0] != owner_id:
+                raise NotFound(f"you have no name {label!r}")
+            for (fqdn,) in await self._all("SELECT fqdn FROM domains WHERE label=?", (label,)):
+                self._touch("domain", fqdn)
+            await self.db.execute("DELETE FROM domains WHERE label=?", (label,))
+            await self.db.execute("DELETE FROM names WHERE label=?", (label,))
+            self._touch("name", label)
+
+    # ------------------------------------------------------------------ domains
+    async def put_domain(self, domain: Domain, max_domains: int) -> bool:
+        async with self._write():
+            r = await self._one("SELECT owner_id FROM domains WHERE fqdn=?", (domain.fqdn,))
+            if r and r[0] != domain.owner_id:
+                raise Forbidden(f"{domain.fqdn!r} is attached by another owner")
+            n = await self._one("SELECT owner_id FROM names WHERE label=?", (domain.label,))
+            if not n or n[0] != domain.owner_id:
+                raise NotFound(f"you have no name {domain.label!r} to attach the domain to")
+            if not r:
+                (count,) = await self._one(
+                    "SELECT COUNT(*) FROM domains WHERE owner_id=?", (domain.owner_id,)
+                )
+                if count >= max_domains:
+                    raise QuotaExceeded(f"an owner may attach at most {max_domains} domains")
+                await self.db.execute(
+                    f"INSERT INTO domains ({_DOMAIN_COLS}) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        domain.fqdn,
+                        domain.label,
+                        domain.owner_id,
+                        domain.challenge_label,
+                        str(domain.state),
+                        domain.detail,
+                        time.time(),
+                    ),
+                )
+            else:
+                await self.db.execute(
+                    "UPDATE domains SET label=? WHERE fqdn=?", (domain.label, domain.fqdn)
+                )
+            self._touch("domain", domain.fqdn)
+        return r is None
+
+    async def get_domain(self, fqdn: str) -> Domain | None:
+        async with self._read():
+            r = await self._one(f"SELECT {_DOMAIN_COLS} FROM domains WHERE fqdn=?", (fqdn,))
+        return _domain(r) if r else None
+
+    async def list_domains(self, owner_id: int | None = None) -> list[Domain]:
+        async with self._read():
+            if owner_id is None:
+                rows = await self._all(f"SELECT {_DOMAIN_COLS} FROM domains ORDER BY fqdn")
+            else:
+                rows = await self._all(
+                    f"SELECT {_DOMAIN_COLS} FROM domains WHERE owner_id=? ORDER BY fqdn",
+                    (owner_id,),
+                )
+        return [_domain(r) for r in rows]
+
+    async def delete_domain(self, fqdn: str, owner_id: int) -> None:
+        async with self._write():
+            r = await self._one("SELECT owner_id FROM domains WHERE fqdn=?", (fqdn,))
+            if not r or r[0] != owner_id:
+                raise NotFound(f"you have no domain {fqdn!r}")
+            await self.db.execute("DELETE FROM domains WHERE fqdn=?", (fqdn,))
+            self._touch("domain", fqdn)
+
+    async def set_domain_state(self, fqdn: str, state: DomainState, detail: str) -> None:
+        async with self._write():
+            cur = await self.db.execute(
+                "UPDATE domains SET state=?, detail=? WHERE fqdn=? AND (state!=? OR detail!=?)",
+                (str(state), detail, fqdn, str(state), detail),
+            )
+            if cur.rowcount:
+                self._touch("domain", fqdn)
+
+    # ------------------------------------------------------------------ TXT
+    async def add_txt(self, fqdn: str, value: str) -> None:
+        async with self._write():
+            await self.db.execute(
+                "INSERT OR IGNORE INTO txt VALUES (?, ?, ?)", (fqdn, value, time.time())
+            )
+            self._touch("txt", fqdn)
+
+    async def remove_txt(self, fqdn: str, value: str | None = None) -> None:
+        async with self._write():
+            if value is None:
+                cur = await self.db.execute("DELETE FROM txt WHERE fqdn=?", (fqdn,))
+            else:
+                cur = await self.db.execute(
+                    "DELETE FROM txt WHERE fqdn=? AND value=?", (fqdn, value)
+                )
+            if cur.rowcount:
+                self._touch("txt", fqdn)
+
+    async def list_txt(self) -> list[TxtRecord]:
+        async with self._read():
+            rows = await self._all("SELECT fqdn, value, created FROM txt ORDER BY fqdn, created")
+        return [TxtRecord(*r) for r in rows]
+
+    # ------------------------------------------------------------------ certificates
+    async def put_certificate(self, cert: Certificate) -> None:
+        async with self._write():
+            await self.db.execute(
+                f"INSERT OR REPLACE INTO certificates ({_CERT_COLS})"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    cert.id,
+                    json.dumps(list(cert.domains)),
+                    str(cert.state),
+                    cert.cert_path,
+                    cert.key_path,
+                    cert.not_before,
+                    cert.not_after,
+                    cert.renew_at,
+                    cert.failures,
+                    cert.next_attempt,
+                    cert.last_error,
+                    cert.order_url,
+                    time.time(),
+                ),
+            )
+            self._touch("cert", cert.id)
+
+    async def get_certificate(self, cert_id: str) -> Certificate | None:
+        async with self._read():
+            r = await self._one(f"SELECT {_CERT_COLS} FROM certificates WHERE id=?", (cert_id,))
+        return _cert(r) if r else None
+
+    async def list_certificates(self) -> list[Certificate]:
+        async with self._read():
+            rows = await self._all(f"SELECT {_CERT_COLS} FROM certificates ORDER BY id")
+        return [_cert(r) for r in rows]
+
+    async def delete_certificate(self, cert_id: str) -> None:
+        async with self._write():
+            cur = await self.db.execute("DELETE FROM certificates WHERE id=?", (cert_id,))
+            if cur.rowcount:
+                self._touch("cert", cert_id)
+
+    # ------------------------------------------------------------------ meta
+    async def get_meta(self, key: str) -> str | None:
+        async with self._read():
+            r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
+        return str(r[0]) if r else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._lock:
+            try:
+                await self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value)
+                )
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"the store refused the write: {e}") from None

@@ -1,0 +1,96 @@
+"""The store interface: the hub every service reads from and writes to.
+
+Kept as a ``Protocol`` so a PostgreSQL backend (fleets of gateways) can sit beside the
+SQLite one: every write bumps one serial and records which keys it touched, which is
+exactly what LISTEN/NOTIFY plus a ``changes`` table gives on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from webgateway.model import (
+    Certificate,
+    ChangeSet,
+    Domain,
+    DomainState,
+    Name,
+    Owner,
+    Snapshot,
+    TxtRecord,
+)
+
+
+class StoreError(Exception):
+    """Base of the errors the API turns into 4xx/5xx answers."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Forbidden(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class QuotaExceeded(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    """The backing storage refused a write (disk full, read-only, locked too long)."""
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # -- the change feed
+    async def serial(self) -> int: ...
+    async def wait_changed(self, after: int, timeout: float) -> int:
+        """Return the serial once it is above ``after``, or the current one at timeout."""
+        ...
+
+    async def snapshot(self) -> Snapshot: ...
+    async def changes_since(self, serial: int) -> ChangeSet | None:
+        """What changed after ``serial``; ``None`` when that is too old: reload the snapshot."""
+        ...
+
+    # -- owners
+    async def create_owner(self, name: str, token_hash: str) -> Owner: ...
+    async def owner_by_token_hash(self, token_hash: str) -> Owner | None: ...
+
+    # -- names
+    async def put_name(self, name: Name, max_names: int) -> bool:
+        """Create or replace; True when created. Forbidden if another owner holds it."""
+        ...
+
+    async def get_name(self, label: str) -> Name | None: ...
+    async def list_names(self, owner_id: int | None = None) -> list[Name]: ...
+    async def delete_name(self, label: str, owner_id: int) -> None: ...
+
+    # -- custom domains
+    async def put_domain(self, domain: Domain, max_domains: int) -> bool: ...
+    async def get_domain(self, fqdn: str) -> Domain | None: ...
+    async def list_domains(self, owner_id: int | None = None) -> list[Domain]: ...
+    async def delete_domain(self, fqdn: str, owner_id: int) -> None: ...
+    async def set_domain_state(self, fqdn: str, state: DomainState, detail: str) -> None: ...
+
+    # -- DNS-01 TXT records
+    async def add_txt(self, fqdn: str, value: str) -> None: ...
+    async def remove_txt(self, fqdn: str, value: str | None = None) -> None: ...
+    async def list_txt(self) -> list[TxtRecord]: ...
+
+    # -- certificates
+    async def put_certificate(self, cert: Certificate) -> None: ...
+    async def get_certificate(self, cert_id: str) -> Certificate | None: ...
+    async def list_certificates(self) -> list[Certificate]: ...
+    async def delete_certificate(self, cert_id: str) -> None: ...
+
+    # -- small key/value state for services (ACME account URL and the like)
+    async def get_meta(self, key: str) -> str | None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...
