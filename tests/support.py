@@ -43,7 +43,11 @@ def raw_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
             "https_listen": [f"127.0.0.1:{free_port()}"],
             "http_listen": [f"127.0.0.1:{free_port()}"],
         },
-        "api": {"listen": f"127.0.0.1:{free_port()}", "admin_token_file": "admin.token"},
+        "api": {
+            "listen": f"127.0.0.1:{free_port()}",
+            "admin_token_file": "admin.token",
+            "allow_loopback_backends": True,
+        },
         "store": {"path": "var/webgateway.db", "certs_dir": "var/certs"},
     }
     for name, values in sections.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +44,9 @@ class ZoneConfig:
 
 @dataclass(frozen=True)
 class DnsConfig:
-    listen: tuple[HostPort, ...] = (HostPort(ipaddress.ip_address("127.0.0.1"), 5353),)
+    listen: tuple[HostPort, ...] = field(
+        default_factory=lambda: (HostPort(ipaddress.ip_address("127.0.0.1"), 5353),)
+    )
     workers: int = 1
     tcp_idle_timeout: float = 10.0
     max_tcp_connections: int = 1024
@@ -76,11 +78,14 @@ class ProxyConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    listen: HostPort = HostPort(ipaddress.ip_address("127.0.0.1"), 8000)
+    listen: HostPort = field(
+        default_factory=lambda: HostPort(ipaddress.ip_address("127.0.0.1"), 8000)
+    )
     admin_token_file: Path = Path("admin.token")
     max_names_per_owner: int = 100
     max_domains_per_owner: int = 20
     auth_failures_per_minute: int = 20
+    allow_loopback_backends: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "max_names_per_owner": (_int(0, 1_000_000), False),
         "max_domains_per_owner": (_int(0, 1_000_000), False),
         "auth_failures_per_minute": (_int(1, 100_000), False),
+        "allow_loopback_backends": (_bool, False),
     },
     "store": {
         "path": (_path, False),
@@ -290,8 +296,12 @@ _CLASSES: dict[str, type] = {
     "log": LogConfig,
 }
 
-_PATH_KEYS = {("acme", "ca_bundle"), ("api", "admin_token_file"), ("store", "path"),
-              ("store", "certs_dir")}
+_PATH_KEYS = {
+    ("acme", "ca_bundle"),
+    ("api", "admin_token_file"),
+    ("store", "path"),
+    ("store", "certs_dir"),
+}
 
 
 def _section(name: str, raw: Any, base: Path) -> dict[str, Any]:
@@ -317,11 +327,11 @@ def _section(name: str, raw: Any, base: Path) -> dict[str, Any]:
 
 
 def _resolve_default_paths(section: str, obj: Any, base: Path) -> Any:
-    from dataclasses import replace
-
-    updates = {k: (base / getattr(obj, k)).resolve()
-               for (s, k) in _PATH_KEYS if s == section and getattr(obj, k) is not None
-               and not getattr(obj, k).is_absolute()}
+    updates = {
+        k: (base / getattr(obj, k)).resolve()
+        for (s, k) in _PATH_KEYS
+        if s == section and getattr(obj, k) is not None and not getattr(obj, k).is_absolute()
+    }
     return replace(obj, **updates) if updates else obj
 
 

@@ -51,9 +51,7 @@ def check_label(label: object) -> str:
     if not 1 <= len(label) <= 63:
         raise ValueError(f"{label!r}: a name is 1 to 63 characters long")
     if not _LABEL.match(label):
-        raise ValueError(
-            f"{label!r}: use only a-z, 0-9 and '-', and do not start or end with '-'"
-        )
+        raise ValueError(f"{label!r}: use only a-z, 0-9 and '-', and do not start or end with '-'")
     if label[2:4] == "--" and not label.startswith("xn--"):
         raise ValueError(f"{label!r}: '--' in positions 3-4 is reserved for IDNA (xn--)")
     return label

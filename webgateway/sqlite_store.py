@@ -238,9 +238,9 @@ class SqliteStore:
             (value,) = await self._one("SELECT value FROM serial WHERE id = 1")
         return int(value)
 
-    async def wait_changed(self, after: int, timeout: float) -> int:
+    async def wait_changed(self, after: int, max_wait: float) -> int:
         loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
+        end = loop.time() + max_wait
         while True:
             ev = self._changed
             current = await self.serial()
@@ -263,13 +263,12 @@ class SqliteStore:
                 for fqdn, value in await self._all("SELECT fqdn, value FROM txt ORDER BY created"):
                     txt.setdefault(fqdn, []).append(value)
                 certs = {
-                    r[0]: _cert(r) for r in await self._all(f"SELECT {_CERT_COLS} FROM certificates")
+                    r[0]: _cert(r)
+                    for r in await self._all(f"SELECT {_CERT_COLS} FROM certificates")
                 }
             finally:
                 await self.db.execute("COMMIT")
-        return Snapshot(
-            int(serial), names, domains, {k: tuple(v) for k, v in txt.items()}, certs
-        )
+        return Snapshot(int(serial), names, domains, {k: tuple(v) for k, v in txt.items()}, certs)
 
     async def changes_since(self, serial: int) -> ChangeSet | None:
         async with self._read():
@@ -522,8 +521,6 @@ class SqliteStore:
     async def set_meta(self, key: str, value: str) -> None:
         async with self._lock:
             try:
-                await self.db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value)
-                )
+                await self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
             except sqlite3.Error as e:
                 raise StoreUnavailable(f"the store refused the write: {e}") from None

@@ -51,8 +51,8 @@ class Store(Protocol):
 
     # -- the change feed
     async def serial(self) -> int: ...
-    async def wait_changed(self, after: int, timeout: float) -> int:
-        """Return the serial once it is above ``after``, or the current one at timeout."""
+    async def wait_changed(self, after: int, max_wait: float) -> int:
+        """The serial once it is above ``after``, or the current one after ``max_wait`` s."""
         ...
 
     async def snapshot(self) -> Snapshot: ...

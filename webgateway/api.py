@@ -1,0 +1,487 @@
+"""The owners' REST API (aiohttp).
+
+aiohttp because it runs on the same asyncio loop as dnsd and the proxy in the
+one-process deployment, is mature and well-kept, and gives us a small, explicit
+routing and middleware layer without a framework's worth of magic.
+
+Every error is JSON ``{"error": code, "detail": text}`` with the right status; ``detail``
+tells the caller what to fix. Authorization is decided here, ownership in the store
+(so no code path can skip it): another owner's name is 404 to read or delete and 403
+to overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from webgateway.addresses import HostPort, parse_hostport
+from webgateway.config import Config, ConfigError
+from webgateway.dnsname import (
+    RESERVED_LABELS,
+    challenge_label,
+    check_domain,
+    check_label,
+    is_within,
+)
+from webgateway.model import Certificate, Domain, Name, Owner, TlsMode
+from webgateway.openapi import OPENAPI
+from webgateway.ratelimit import FailureLimiter
+from webgateway.store import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    Store,
+    StoreUnavailable,
+)
+from webgateway.tokens import hash_token, load_or_create_admin_token, new_token
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+MAX_BACKENDS = 16
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: Owner | None  # None: the admin
+
+    @property
+    def is_admin(self) -> bool:
+        return self.owner is None
+
+
+def _error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+_STORE_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    NotFound: (404, "not_found"),
+    Forbidden: (403, "forbidden"),
+    Conflict: (409, "conflict"),
+    QuotaExceeded: (403, "quota_exceeded"),
+    StoreUnavailable: (503, "store_unavailable"),
+}
+
+
+class Api:
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.zone = config.zone.name
+        self.admin_hash = ""
+        self.limiter = FailureLimiter(config.api.auth_failures_per_minute)
+        self.reserved = (
+            RESERVED_LABELS
+            | set(config.zone.reserved_labels)
+            | {
+                ns[: -len(self.zone) - 1].split(".")[-1]
+                for ns in config.zone.nameservers
+                if ns.endswith("." + self.zone)
+            }
+        )
+        self.requests = Counter(
+            "webgateway_api_requests",
+            "API requests by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors_middleware])
+        r = self.app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/v1/openapi.json", self.openapi)
+        r.add_post("/v1/owners", self.create_owner)
+        r.add_get("/v1/names", self.list_names)
+        r.add_get("/v1/names/{label}", self.get_name)
+        r.add_put("/v1/names/{label}", self.put_name)
+        r.add_delete("/v1/names/{label}", self.delete_name)
+        r.add_get("/v1/domains", self.list_domains)
+        r.add_get("/v1/domains/{fqdn}", self.get_domain)
+        r.add_put("/v1/domains/{fqdn}", self.put_domain)
+        r.add_delete("/v1/domains/{fqdn}", self.delete_domain)
+
+    # ---------------------------------------------------------------- plumbing
+    @web.middleware
+    async def _errors_middleware(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        route_name = route.canonical if route is not None else "unmatched"
+        try:
+            resp = await handler(request)
+        except ApiError as e:
+            resp = _error(e.status, e.code, e.detail, e.headers)
+        except tuple(_STORE_ERRORS) as e:
+            status, code = _STORE_ERRORS[type(e)]
+            resp = _error(status, code, str(e))
+        except web.HTTPRequestEntityTooLarge:
+            resp = _error(413, "too_large", f"the request body is limited to {MAX_BODY} bytes")
+        except web.HTTPException as e:
+            detail = {
+                404: "no such path; see /v1/openapi.json",
+                405: f"{request.method} is not allowed here",
+            }.get(e.status, e.reason)
+            resp = _error(e.status, e.reason.lower().replace(" ", "_"), detail)
+        except Exception:
+            log.exception("API handler failed: %s %s", request.method, route_name)
+            resp = _error(500, "internal", "internal error; the operator's log has the details")
+        self.requests.labels(route_name, str(resp.status)).inc()
+        return resp
+
+    def _client(self, request: web.Request) -> str:
+        return request.remote or "unknown"
+
+    async def _caller(self, request: web.Request) -> Caller:
+        client = self._client(request)
+        wait = self.limiter.retry_after(client)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                f"too many failed authentications; retry in {int(wait) + 1} s",
+                {"Retry-After": str(int(wait) + 1)},
+            )
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "unauthorized",
+                "send 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": 'Bearer realm="webgateway"'},
+            )
+        digest = hash_token(token.strip())
+        if self.admin_hash and digest == self.admin_hash:
+            return Caller(None)
+        owner = await self.store.owner_by_token_hash(digest)
+        if owner is None:
+            self.limiter.failed(client)
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the token is not valid",
+                {"WWW-Authenticate": 'Bearer realm="webgateway", error="invalid_token"'},
+            )
+        return Caller(owner)
+
+    async def _owner(self, request: web.Request) -> Owner:
+        caller = await self._caller(request)
+        if caller.owner is None:
+            raise ApiError(403, "forbidden", "use an owner's token: names belong to owners")
+        return caller.owner
+
+    @staticmethod
+    async def _body(
+        request: web.Request,
+        allowed: dict[str, type | tuple[type, ...]],
+        required: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        if request.content_type not in ("application/json", "application/octet-stream", ""):
+            raise ApiError(415, "unsupported_media_type", "send a JSON body (application/json)")
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, "bad_json", f"the body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_json", "the body must be a JSON object")
+        for key, value in body.items():
+            if key not in allowed:
+                raise ApiError(
+                    422,
+                    "unknown_field",
+                    f"unknown field {key!r} (known: {', '.join(sorted(allowed))})",
+                )
+            if not isinstance(value, allowed[key]):
+                raise ApiError(422, "invalid", f"field {key!r} has the wrong type")
+        for key in required:
+            if key not in body:
+                raise ApiError(422, "missing_field", f"field {key!r} is required")
+        return body
+
+    # ---------------------------------------------------------------- views
+    def _cert_view(self, cert: Certificate | None) -> dict[str, Any] | None:
+        if cert is None:
+            return {"state": "pending", "detail": "no certificate requested yet"}
+        return {
+            "state": str(cert.state),
+            "domains": list(cert.domains),
+            "not_after": cert.not_after or None,
+            "renew_at": cert.renew_at or None,
+            "failures": cert.failures,
+            "next_attempt": cert.next_attempt or None,
+            "last_error": cert.last_error or None,
+        }
+
+    async def _name_view(self, name: Name) -> dict[str, Any]:
+        cert: dict[str, Any] | None = None
+        if name.tls == TlsMode.TERMINATE:
+            cert = self._cert_view(await self.store.get_certificate("zone"))
+        return {
+            "name": name.label,
+            "fqdn": f"{name.label}.{self.zone}",
+            "backends": [str(b) for b in name.backends],
+            "tls": str(name.tls),
+            "proxy_protocol": name.proxy_protocol,
+            "http2": name.http2,
+            "certificate": cert,
+            "created": name.created,
+            "updated": name.updated,
+        }
+
+    def _cnames(self, domain: Domain) -> list[dict[str, str]]:
+        return [
+            {"name": domain.fqdn, "type": "CNAME", "target": f"{domain.label}.{self.zone}"},
+            {
+                "name": f"_acme-challenge.{domain.fqdn}",
+                "type": "CNAME",
+                "target": f"{domain.challenge_label}._acme.{self.zone}",
+            },
+        ]
+
+    async def _domain_view(self, domain: Domain) -> dict[str, Any]:
+        return {
+            "fqdn": domain.fqdn,
+            "name": domain.label,
+            "state": str(domain.state),
+            "detail": domain.detail or None,
+            "records": self._cnames(domain),
+            "apex_alternative": {
+                "A": [str(a) for a in self.config.zone.gateway_ipv4],
+                "AAAA": [str(a) for a in self.config.zone.gateway_ipv6],
+            },
+            "certificate": self._cert_view(await self.store.get_certificate(domain.fqdn)),
+        }
+
+    # ---------------------------------------------------------------- routes
+    async def healthz(self, request: web.Request) -> web.Response:
+        serial = await self.store.serial()
+        return web.json_response({"status": "ok", "serial": serial})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), content_type="text/plain", charset="utf-8"
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def create_owner(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        if not caller.is_admin:
+            raise ApiError(403, "forbidden", "only the admin token may create owners")
+        body = await self._body(request, {"name": str}, ("name",))
+        name = body["name"].strip()
+        if not 1 <= len(name) <= 64 or not name.isprintable():
+            raise ApiError(422, "invalid", "an owner's name is 1 to 64 printable characters")
+        token = new_token()
+        await self.store.create_owner(name, hash_token(token))
+        log.info("owner %r created", name)
+        return web.json_response({"name": name, "token": token}, status=201)
+
+    def _label(self, request: web.Request) -> str:
+        label = request.match_info["label"]
+        try:
+            check_label(label)
+        except ValueError as e:
+            raise ApiError(422, "invalid_name", str(e)) from None
+        return label
+
+    async def _visible_name(self, request: web.Request) -> Name:
+        caller = await self._caller(request)
+        label = self._label(request)
+        name = await self.store.get_name(label)
+        if name is None or (caller.owner is not None and name.owner_id != caller.owner.id):
+            raise ApiError(404, "not_found", f"you have no name {label!r}")
+        return name
+
+    async def list_names(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        names = await self.store.list_names(None if caller.owner is None else caller.owner.id)
+        return web.json_response({"names": [await self._name_view(n) for n in names]})
+
+    async def get_name(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._name_view(await self._visible_name(request)))
+
+    def _backends(self, raw: Any) -> tuple[HostPort, ...]:
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BACKENDS:
+            raise ApiError(
+                422,
+                "invalid_backends",
+                f"'backends' is a list of 1 to {MAX_BACKENDS} 'address:port' strings",
+            )
+        out: list[HostPort] = []
+        for item in raw:
+            try:
+                hp = parse_hostport(item)
+            except ValueError as e:
+                raise ApiError(422, "invalid_backends", f"backend {e}") from None
+            ip = hp.host
+            refused = (
+                ip.is_unspecified
+                or ip.is_multicast
+                or ip.is_link_local
+                or (ip.is_loopback and not self.config.api.allow_loopback_backends)
+            )
+            if refused:
+                raise ApiError(
+                    422,
+                    "invalid_backends",
+                    f"backend {hp} is not a reachable unicast address"
+                    " (loopback, link-local, multicast and unspecified are refused)",
+                )
+            if hp in out:
+                raise ApiError(422, "invalid_backends", f"backend {hp} is listed twice")
+            out.append(hp)
+        return tuple(out)
+
+    async def put_name(self, request: web.Request) -> web.Response:
+        owner = await self._owner(request)
+        label = self._label(request)
+        if label in self.reserved:
+            raise ApiError(422, "reserved_name", f"{label!r} is reserved; choose another name")
+        body = await self._body(
+            request,
+            {"backends": list, "tls": str, "proxy_protocol": bool, "http2": bool},
+            ("backends",),
+        )
+        backends = self._backends(body["backends"])
+        try:
+            tls = TlsMode(body.get("tls", "terminate"))
+        except ValueError:
+            raise ApiError(422, "invalid", "'tls' is 'terminate' or 'passthrough'") from None
+        name = Name(
+            label,
+            owner.id,
+            backends,
+            tls,
+            body.get("proxy_protocol", False),
+            body.get("http2", False),
+        )
+        created = await self.store.put_name(name, self.config.api.max_names_per_owner)
+        stored = await self.store.get_name(label)
+        assert stored is not None
+        log.info("name %s %s by owner %d", label, "created" if created else "updated", owner.id)
+        return web.json_response(await self._name_view(stored), status=201 if created else 200)
+
+    async def delete_name(self, request: web.Request) -> web.Response:
+        owner = await self._owner(request)
+        await self.store.delete_name(self._label(request), owner.id)
+        return web.Response(status=204)
+
+    def _fqdn(self, request: web.Request) -> str:
+        try:
+            fqdn = check_domain(request.match_info["fqdn"])
+        except ValueError as e:
+            raise ApiError(422, "invalid_domain", str(e)) from None
+        if is_within(fqdn, self.zone) or is_within(self.zone, fqdn):
+            raise ApiError(
+                422,
+                "invalid_domain",
+                f"{fqdn} overlaps the gateway zone {self.zone}; use a name instead",
+            )
+        return fqdn
+
+    async def _visible_domain(self, request: web.Request) -> Domain:
+        caller = await self._caller(request)
+        fqdn = self._fqdn(request)
+        domain = await self.store.get_domain(fqdn)
+        if domain is None or (caller.owner is not None and domain.owner_id != caller.owner.id):
+            raise ApiError(404, "not_found", f"you have no domain {fqdn!r}")
+        return domain
+
+    async def list_domains(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        domains = await self.store.list_domains(None if caller.owner is None else caller.owner.id)
+        return web.json_response({"domains": [await self._domain_view(d) for d in domains]})
+
+    async def get_domain(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._domain_view(await self._visible_domain(request)))
+
+    async def put_domain(self, request: web.Request) -> web.Response:
+        owner = await self._owner(request)
+        fqdn = self._fqdn(request)
+        body = await self._body(request, {"name": str}, ("name",))
+        try:
+            label = check_label(body["name"])
+        except ValueError as e:
+            raise ApiError(422, "invalid_name", str(e)) from None
+        domain = Domain(fqdn, label, owner.id, challenge_label(fqdn))
+        created = await self.store.put_domain(domain, self.config.api.max_domains_per_owner)
+        stored = await self.store.get_domain(fqdn)
+        assert stored is not None
+        return web.json_response(await self._domain_view(stored), status=201 if created else 200)
+
+    async def delete_domain(self, request: web.Request) -> web.Response:
+        owner = await self._owner(request)
+        await self.store.delete_domain(self._fqdn(request), owner.id)
+        return web.Response(status=204)
+
+
+class ApiService:
+    name = "api"
+
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.api = Api(config, store, registry)
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        try:
+            self.api.admin_hash, created = load_or_create_admin_token(
+                self.config.api.admin_token_file
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError("api.admin_token_file", str(e)) from None
+        if created:
+            log.info("admin token written to %s (mode 0600)", self.config.api.admin_token_file)
+        self.runner = web.AppRunner(self.api.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        addr = self.config.api.listen
+        site = web.TCPSite(self.runner, str(addr.host), addr.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            raise ConfigError("api.listen", f"cannot listen on {addr}: {e.strerror}") from None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the config asked for port 0)."""
+        assert self.runner is not None
+        for site in self.runner.sites:
+            server = getattr(site, "_server", None)
+            if server is not None and server.sockets:
+                return int(server.sockets[0].getsockname()[1])
+        raise RuntimeError("the API is not listening")
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def build(config: Config, store: Store, registry: CollectorRegistry) -> ApiService:
+    return ApiService(config, store, registry)

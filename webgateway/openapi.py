@@ -1,0 +1,275 @@
+"""The API's OpenAPI 3.1 description, served at /v1/openapi.json.
+
+Written by hand (it is small) and checked against the live routes by the API tests, so
+it cannot drift from what the server does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": desc}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return out
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Malformed JSON",
+        401: "Missing or invalid token",
+        403: "Not allowed",
+        404: "Not found (or not yours)",
+        409: "Conflict",
+        413: "Body too large",
+        415: "Not JSON",
+        422: "A field is invalid; detail says which and why",
+        429: "Too many failed authentications",
+        503: "The store refused the write",
+    }
+    return {str(c): _resp(text[c], _ERROR) for c in codes}
+
+
+_LABEL = {
+    "name": "label",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},
+}
+_FQDN = {
+    "name": "fqdn",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 253},
+}
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+_RW = (400, 401, 403, 413, 415, 422, 429, 503)
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "webgateway owners' API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "detail"],
+                "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+            },
+            "Certificate": {
+                "type": ["object", "null"],
+                "properties": {
+                    "state": {"enum": ["pending", "valid", "failed", "revoked"]},
+                    "domains": {"type": "array", "items": {"type": "string"}},
+                    "not_after": {"type": ["number", "null"]},
+                    "renew_at": {"type": ["number", "null"]},
+                    "failures": {"type": "integer"},
+                    "next_attempt": {"type": ["number", "null"]},
+                    "last_error": {"type": ["string", "null"]},
+                    "detail": {"type": "string"},
+                },
+            },
+            "NameIn": {
+                "type": "object",
+                "required": ["backends"],
+                "additionalProperties": False,
+                "properties": {
+                    "backends": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 16,
+                        "items": {"type": "string", "examples": ["[fd00::5]:8080"]},
+                    },
+                    "tls": {"enum": ["terminate", "passthrough"], "default": "terminate"},
+                    "proxy_protocol": {"type": "boolean", "default": False},
+                    "http2": {"type": "boolean", "default": False},
+                },
+            },
+            "Name": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "fqdn": {"type": "string"},
+                    "backends": {"type": "array", "items": {"type": "string"}},
+                    "tls": {"enum": ["terminate", "passthrough"]},
+                    "proxy_protocol": {"type": "boolean"},
+                    "http2": {"type": "boolean"},
+                    "certificate": {"$ref": "#/components/schemas/Certificate"},
+                    "created": {"type": "number"},
+                    "updated": {"type": "number"},
+                },
+            },
+            "DomainIn": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {"name": {"type": "string"}},
+            },
+            "Domain": {
+                "type": "object",
+                "properties": {
+                    "fqdn": {"type": "string"},
+                    "name": {"type": "string"},
+                    "state": {"enum": ["pending", "verified", "active"]},
+                    "detail": {"type": ["string", "null"]},
+                    "records": {"type": "array", "items": {"type": "object"}},
+                    "apex_alternative": {"type": "object"},
+                    "certificate": {"$ref": "#/components/schemas/Certificate"},
+                },
+            },
+        },
+    },
+    "paths": {
+        "/healthz": {
+            "get": {"summary": "Liveness and the store serial", "responses": {"200": _resp("OK")}}
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format)",
+                "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _resp("OK")}}
+        },
+        "/v1/owners": {
+            "post": {
+                "summary": "Create an owner (admin token); the token is shown once",
+                "security": _AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["name"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "name": {"type": "string", "minLength": 1, "maxLength": 64}
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _resp(
+                        "Created",
+                        {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "token": {"type": "string"}},
+                        },
+                    ),
+                    **_errors(*_RW, 409),
+                },
+            }
+        },
+        "/v1/names": {
+            "get": {
+                "summary": "The caller's names (all names for the admin)",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp(
+                        "OK",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "names": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Name"},
+                                }
+                            },
+                        },
+                    ),
+                    **_errors(401, 429),
+                },
+            }
+        },
+        "/v1/names/{label}": {
+            "parameters": [_LABEL],
+            "get": {
+                "summary": "One name",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp("OK", {"$ref": "#/components/schemas/Name"}),
+                    **_errors(401, 404, 422, 429),
+                },
+            },
+            "put": {
+                "summary": "Reserve or update a name",
+                "security": _AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NameIn"}}
+                    },
+                },
+                "responses": {
+                    "200": _resp("Updated", {"$ref": "#/components/schemas/Name"}),
+                    "201": _resp("Created", {"$ref": "#/components/schemas/Name"}),
+                    **_errors(*_RW),
+                },
+            },
+            "delete": {
+                "summary": "Release a name (and its custom domains)",
+                "security": _AUTH,
+                "responses": {"204": _resp("Deleted"), **_errors(401, 403, 404, 422, 429, 503)},
+            },
+        },
+        "/v1/domains": {
+            "get": {
+                "summary": "The caller's custom domains",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp(
+                        "OK",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "domains": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Domain"},
+                                }
+                            },
+                        },
+                    ),
+                    **_errors(401, 429),
+                },
+            }
+        },
+        "/v1/domains/{fqdn}": {
+            "parameters": [_FQDN],
+            "get": {
+                "summary": "Verification and certificate state",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp("OK", {"$ref": "#/components/schemas/Domain"}),
+                    **_errors(401, 404, 422, 429),
+                },
+            },
+            "put": {
+                "summary": "Attach a custom domain to a name; returns the CNAMEs to create",
+                "security": _AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/DomainIn"}}
+                    },
+                },
+                "responses": {
+                    "200": _resp("Updated", {"$ref": "#/components/schemas/Domain"}),
+                    "201": _resp("Created", {"$ref": "#/components/schemas/Domain"}),
+                    **_errors(*_RW, 404),
+                },
+            },
+            "delete": {
+                "summary": "Detach a custom domain (its certificate is revoked)",
+                "security": _AUTH,
+                "responses": {"204": _resp("Deleted"), **_errors(401, 403, 404, 422, 429, 503)},
+            },
+        },
+    },
+}
