@@ -1,0 +1,246 @@
+"""The owners' API over real HTTP on loopback: authorization matrix and malformed input."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.support import make_config
+from webgateway.api import ApiService
+from webgateway.openapi import OPENAPI
+from webgateway.sqlite_store import SqliteStore
+
+
+@dataclass
+class Gw:
+    url: str
+    admin: str
+    http: aiohttp.ClientSession
+    store: SqliteStore
+    tmp: Path
+
+    async def call(self, method: str, path: str, token: str | None = None,
+                   body: Any = None, raw: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        kw: dict[str, Any] = {"headers": h}
+        if raw is not None:
+            kw["data"] = raw
+            h.setdefault("Content-Type", "application/json")
+        elif body is not None:
+            kw["json"] = body
+        async with self.http.request(method, self.url + path, **kw) as r:
+            data = await r.json() if r.content_type == "application/json" else await r.text()
+            return r.status, data
+
+    async def owner(self, name: str) -> str:
+        status, data = await self.call("POST", "/v1/owners", self.admin, {"name": name})
+        assert status == 201, data
+        return str(data["token"])
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gw]:
+    cfg = make_config(tmp_path, api={"max_names_per_owner": 3, "auth_failures_per_minute": 20})
+    store = SqliteStore(cfg.store.path)
+    await store.open()
+    svc = ApiService(cfg, store, CollectorRegistry())
+    await svc.start()
+    admin = cfg.api.admin_token_file.read_text().strip()
+    async with aiohttp.ClientSession() as http:
+        yield Gw(f"http://127.0.0.1:{cfg.api.listen.port}", admin, http, store, tmp_path)
+    await svc.stop()
+    await store.close()
+
+
+async def test_admin_token_file_is_private(gw: Gw) -> None:
+    f = gw.tmp / "admin.token"
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    assert f.read_text().startswith("wg_")
+
+
+async def test_owner_lifecycle_and_token_is_hashed(gw: Gw) -> None:
+    token = await gw.owner("alice")
+    assert token.startswith("wg_")
+    async with gw.store.db.execute("SELECT token_hash FROM owners") as cur:
+        (stored,) = await cur.fetchone()  # type: ignore[misc]
+    assert stored != token and token not in stored and len(stored) == 64
+    assert (await gw.call("POST", "/v1/owners", gw.admin, {"name": "alice"}))[0] == 409
+    assert (await gw.call("POST", "/v1/owners", token, {"name": "eve"}))[0] == 403
+    assert (await gw.call("POST", "/v1/owners", None, {"name": "eve"}))[0] == 401
+
+
+async def test_name_put_get_list_delete(gw: Gw) -> None:
+    t = await gw.owner("alice")
+    st, n = await gw.call("PUT", "/v1/names/alice", t, {"backends": ["[fd00::5]:8080"]})
+    assert st == 201, n
+    assert n["fqdn"] == "alice.gw.test" and n["backends"] == ["[fd00::5]:8080"]
+    assert n["tls"] == "terminate" and n["certificate"]["state"] == "pending"
+    st, n = await gw.call("PUT", "/v1/names/alice", t,
+                          {"backends": ["10.1.2.3:80", "[fd00::6]:80"], "tls": "passthrough"})
+    assert st == 200 and n["tls"] == "passthrough" and n["certificate"] is None
+    st, lst = await gw.call("GET", "/v1/names", t)
+    assert st == 200 and [x["name"] for x in lst["names"]] == ["alice"]
+    assert (await gw.call("GET", "/v1/names/alice", t))[1]["backends"] == ["10.1.2.3:80",
+                                                                            "[fd00::6]:80"]
+    assert (await gw.call("DELETE", "/v1/names/alice", t))[0] == 204
+    assert (await gw.call("GET", "/v1/names/alice", t))[0] == 404
+
+
+async def test_authorization_matrix(gw: Gw) -> None:
+    a, b = await gw.owner("a"), await gw.owner("b")
+    assert (await gw.call("PUT", "/v1/names/aa", a, {"backends": ["10.0.0.1:80"]}))[0] == 201
+    assert (await gw.call("PUT", "/v1/domains/shop.example.org", a, {"name": "aa"}))[0] == 201
+    routes = [
+        ("GET", "/v1/names/aa", None),
+        ("PUT", "/v1/names/aa", {"backends": ["10.0.0.9:80"]}),
+        ("DELETE", "/v1/names/aa", None),
+        ("GET", "/v1/domains/shop.example.org", None),
+        ("PUT", "/v1/domains/shop.example.org", {"name": "aa"}),
+        ("DELETE", "/v1/domains/shop.example.org", None),
+    ]
+    expect_b = {"GET": 404, "PUT": 403, "DELETE": 404}
+    for method, path, body in routes:
+        assert (await gw.call(method, path, None, body))[0] == 401, (method, path)
+        assert (await gw.call(method, path, "wg_wrong", body))[0] in (401, 429), (method, path)
+        st, err = await gw.call(method, path, b, body)
+        assert st == expect_b[method], (method, path, st, err)
+        assert set(err) == {"error", "detail"}
+    # b's lists are empty, the admin sees everything but cannot write names
+    assert (await gw.call("GET", "/v1/names", b))[1]["names"] == []
+    assert (await gw.call("GET", "/v1/domains", b))[1]["domains"] == []
+    assert len((await gw.call("GET", "/v1/names", gw.admin))[1]["names"]) == 1
+    assert (await gw.call("GET", "/v1/names/aa", gw.admin))[0] == 200
+    assert (await gw.call("PUT", "/v1/names/zz", gw.admin, {"backends": ["10.0.0.1:80"]}))[0] == 403
+    # nothing of a's changed
+    st, n = await gw.call("GET", "/v1/names/aa", a)
+    assert st == 200 and n["backends"] == ["10.0.0.1:80"]
+    assert (await gw.call("GET", "/v1/domains/shop.example.org", a))[0] == 200
+
+
+async def test_token_guessing_is_rate_limited(gw: Gw) -> None:
+    for _ in range(20):
+        assert (await gw.call("GET", "/v1/names", "wg_guess"))[0] == 401
+    st, err = await gw.call("GET", "/v1/names", "wg_guess")
+    assert st == 429 and "retry" in err["detail"]
+    # even a good token waits: the limiter is per client address
+    assert (await gw.call("GET", "/v1/names", gw.admin))[0] == 429
+
+
+BAD_NAMES = [
+    ("PUT", "/v1/names/Alice", {"backends": ["10.0.0.1:80"]}, 422, "lower-case"),
+    ("PUT", "/v1/names/-x", {"backends": ["10.0.0.1:80"]}, 422, "start or end"),
+    ("PUT", "/v1/names/www", {"backends": ["10.0.0.1:80"]}, 422, "reserved"),
+    ("PUT", "/v1/names/ns1", {"backends": ["10.0.0.1:80"]}, 422, "reserved"),
+    ("PUT", "/v1/names/_acme-challenge", {"backends": ["10.0.0.1:80"]}, 422, "only a-z"),
+    ("PUT", "/v1/names/ok", {}, 422, "'backends' is required"),
+    ("PUT", "/v1/names/ok", {"backends": []}, 422, "1 to 16"),
+    ("PUT", "/v1/names/ok", {"backends": "10.0.0.1:80"}, 422, "wrong type"),
+    ("PUT", "/v1/names/ok", {"backends": ["fd00::5:80"]}, 422, "[addr]:port"),
+    ("PUT", "/v1/names/ok", {"backends": ["10.0.0.1:0"]}, 422, "between 1 and 65535"),
+    ("PUT", "/v1/names/ok", {"backends": ["example.com:80"]}, 422, "not an IPv4 or IPv6"),
+    ("PUT", "/v1/names/ok", {"backends": ["224.0.0.1:80"]}, 422, "multicast"),
+    ("PUT", "/v1/names/ok", {"backends": ["10.0.0.1:80", "10.0.0.1:80"]}, 422, "twice"),
+    ("PUT", "/v1/names/ok", {"backends": ["10.0.0.1:80"], "tls": "maybe"}, 422, "passthrough"),
+    ("PUT", "/v1/names/ok", {"backends": ["10.0.0.1:80"], "color": 1}, 422, "unknown field"),
+    ("PUT", "/v1/names/ok", [1, 2], 400, "JSON object"),
+    ("PUT", "/v1/domains/gw.test", {"name": "ok"}, 422, "overlaps"),
+    ("PUT", "/v1/domains/a.gw.test", {"name": "ok"}, 422, "overlaps"),
+    ("PUT", "/v1/domains/localhost", {"name": "ok"}, 422, "two labels"),
+    ("PUT", "/v1/domains/shop.example.org", {"name": "nosuch"}, 404, "no name"),
+    ("PUT", "/v1/domains/shop.example.org", {}, 422, "'name' is required"),
+    ("GET", "/v1/nope", None, 404, "openapi"),
+    ("PATCH", "/v1/names/ok", {}, 405, "not allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "words"), BAD_NAMES)
+async def test_bad_requests_say_what_to_fix(
+    gw: Gw, method: str, path: str, body: Any, status: int, words: str
+) -> None:
+    t = await gw.owner("alice")
+    st, err = await gw.call(method, path, t, body)
+    assert st == status, err
+    assert words in err["detail"], err
+
+
+async def test_malformed_bodies(gw: Gw) -> None:
+    t = await gw.owner("alice")
+    st, err = await gw.call("PUT", "/v1/names/ok", t, raw=b"{not json")
+    assert st == 400 and err["error"] == "bad_json"
+    st, err = await gw.call("PUT", "/v1/names/ok", t, raw=b"\xff\xfe")
+    assert st == 400
+    st, err = await gw.call("PUT", "/v1/names/ok", t, raw=b"x" * 70000)
+    assert st == 413 and "limited" in err["detail"]
+    st, err = await gw.call("PUT", "/v1/names/ok", t, raw=b"{}",
+                            headers={"Content-Type": "text/xml"})
+    assert st == 415
+
+
+async def test_quota(gw: Gw) -> None:
+    t = await gw.owner("q")
+    for i in range(3):
+        assert (await gw.call("PUT", f"/v1/names/n{i}", t, {"backends": ["10.0.0.1:80"]}))[0] == 201
+    st, err = await gw.call("PUT", "/v1/names/n9", t, {"backends": ["10.0.0.1:80"]})
+    assert st == 403 and "at most 3" in err["detail"]
+
+
+async def test_domain_tells_the_cnames(gw: Gw) -> None:
+    t = await gw.owner("alice")
+    await gw.call("PUT", "/v1/names/alice", t, {"backends": ["[fd00::5]:80"]})
+    st, d = await gw.call("PUT", "/v1/domains/Shop.Example.TEST", t, {"name": "alice"})
+    assert st == 201
+    assert d["fqdn"] == "shop.example.test" and d["state"] == "pending"
+    recs = {r["name"]: r["target"] for r in d["records"]}
+    assert recs["shop.example.test"] == "alice.gw.test"
+    target = recs["_acme-challenge.shop.example.test"]
+    assert target.endswith("._acme.gw.test") and len(target.split(".")[0]) > 10
+    assert (await gw.call("DELETE", "/v1/domains/shop.example.test", t))[0] == 204
+    assert (await gw.call("GET", "/v1/domains/shop.example.test", t))[0] == 404
+
+
+async def test_health_metrics_and_openapi_match_routes(gw: Gw) -> None:
+    st, h = await gw.call("GET", "/healthz")
+    assert st == 200 and h["status"] == "ok" and h["serial"] >= 1
+    await gw.call("GET", "/v1/names", "wg_bad")
+    st, text = await gw.call("GET", "/metrics")
+    assert st == 200 and 'webgateway_api_requests_total{route="/v1/names",status="401"}' in text
+    st, spec = await gw.call("GET", "/v1/openapi.json")
+    assert st == 200 and spec == OPENAPI
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops
+                  if m != "parameters"}
+    served = {("POST", "/v1/owners"), ("GET", "/healthz"), ("GET", "/metrics"),
+              ("GET", "/v1/openapi.json"), ("GET", "/v1/names"), ("GET", "/v1/domains")}
+    served |= {(m, "/v1/names/{label}") for m in ("GET", "PUT", "DELETE")}
+    served |= {(m, "/v1/domains/{fqdn}") for m in ("GET", "PUT", "DELETE")}
+    assert documented == served
+
+
+async def test_loopback_backends_are_refused_by_default(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, api={"allow_loopback_backends": False})
+    store = SqliteStore(cfg.store.path)
+    await store.open()
+    svc = ApiService(cfg, store, CollectorRegistry())
+    await svc.start()
+    try:
+        admin = cfg.api.admin_token_file.read_text().strip()
+        url = f"http://127.0.0.1:{cfg.api.listen.port}"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http:
+            async with http.post(url + "/v1/owners", json={"name": "o"}) as r:
+                tok = (await r.json())["token"]
+            async with http.put(url + "/v1/names/x", json={"backends": ["127.0.0.1:22"]},
+                                headers={"Authorization": f"Bearer {tok}"}) as r:
+                assert r.status == 422 and "loopback" in (await r.json())["detail"]
+    finally:
+        await svc.stop()
+        await store.close()

@@ -1,0 +1,137 @@
+"""Config loading: every bad value stops start-up with the key and the reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import raw_config
+from webgateway.config import ConfigError, load_config, parse_config
+
+GOOD = """
+[zone]
+name = "GW.Example.com."
+gateway_ipv4 = ["203.0.113.10"]
+gateway_ipv6 = ["2001:db8::10"]
+nameservers = { "ns1.gw.example.com" = ["203.0.113.10"] }
+ttl = 300
+negative_ttl = 30
+[dns]
+listen = ["127.0.0.1:5353", "[::1]:5353"]
+[acme]
+directory = "https://127.0.0.1:14000/dir"
+email = "ops@example.com"
+ca_bundle = "pebble.minica.pem"
+resolver = "127.0.0.53:53"
+[proxy]
+https_listen = ["127.0.0.1:8443"]
+http_listen = ["127.0.0.1:8080"]
+[api]
+listen = "127.0.0.1:8000"
+admin_token_file = "admin.token"
+[store]
+path = "var/webgateway.db"
+"""
+
+
+def test_design_example_loads_and_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "conf" / "gw.toml"
+    f.parent.mkdir()
+    f.write_text(GOOD)
+    cfg = load_config(f)
+    assert cfg.zone.name == "gw.example.com"
+    assert cfg.zone.gateway_ipv6 == (ipaddress.IPv6Address("2001:db8::10"),)
+    assert [str(a) for a in cfg.dns.listen] == ["127.0.0.1:5353", "[::1]:5353"]
+    assert cfg.store.path == tmp_path / "conf" / "var" / "webgateway.db"
+    assert cfg.store.path.parent.is_dir()
+    assert cfg.acme is not None and cfg.acme.ca_bundle == tmp_path / "conf" / "pebble.minica.pem"
+    assert cfg.api.admin_token_file == tmp_path / "conf" / "admin.token"
+    assert cfg.zone.hostmaster == "hostmaster@gw.example.com"
+
+
+def test_acme_is_optional(tmp_path: Path) -> None:
+    assert parse_config(raw_config(tmp_path), tmp_path).acme is None
+
+
+BAD: list[tuple[dict[str, Any], str, str]] = [
+    ({"zone": {"name": "not a domain"}}, "zone.name", "label"),
+    ({"zone": {"name": "com"}}, "zone.name", "two labels"),
+    ({"zone": {"ttl": "300"}}, "zone.ttl", "integer"),
+    ({"zone": {"ttl": -1}}, "zone.ttl", "between"),
+    ({"zone": {"gateway_ipv4": ["2001:db8::1"]}}, "zone.gateway_ipv4", "IPv4"),
+    ({"zone": {"gateway_ipv6": ["300.1.1.1"]}}, "zone.gateway_ipv6", "not an IPv4 or IPv6"),
+    ({"zone": {"nameservers": {}}}, "zone.nameservers", "table"),
+    ({"zone": {"colour": "blue"}}, "zone.colour", "unknown key"),
+    ({"dns": {"listen": ["127.0.0.1"]}}, "dns.listen", "address:port"),
+    ({"dns": {"listen": ["::1:53"]}}, "dns.listen", "[addr]:port"),
+    ({"dns": {"listen": ["127.0.0.1:70000"]}}, "dns.listen", "between"),
+    ({"dns": {"listen": "127.0.0.1:53"}}, "dns.listen", "list"),
+    ({"dns": {"listen": []}}, "dns.listen", "at least 1"),
+    ({"acme": {"email": "x@y"}}, "acme.directory", "required"),
+    ({"acme": {"directory": "ftp://x"}}, "acme.directory", "URL"),
+    ({"acme": {"directory": "https://a/dir", "email": "nope"}}, "acme.email", "e-mail"),
+    ({"api": {"listen": "localhost:80"}}, "api.listen", "not an IPv4 or IPv6"),
+    ({"store": {"poll_interval": True}}, "store.poll_interval", "number"),
+    ({"log": {"level": "loud"}}, "log.level", "one of"),
+    ({"bogus": {}}, "bogus", "unknown section"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "words"), BAD)
+def test_bad_values_name_the_key(
+    tmp_path: Path, override: dict[str, Any], key: str, words: str
+) -> None:
+    doc = raw_config(tmp_path)
+    for section, values in override.items():
+        doc.setdefault(section, {}).update(values)
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == key
+    assert words in e.value.reason
+
+
+def test_missing_zone_and_gateway(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="zone"):
+        parse_config({}, tmp_path)
+    doc = raw_config(tmp_path)
+    del doc["zone"]["gateway_ipv4"], doc["zone"]["gateway_ipv6"]
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "zone.gateway_ipv4"
+
+
+def test_same_listener_twice_is_refused(tmp_path: Path) -> None:
+    doc = raw_config(tmp_path)
+    doc["api"]["listen"] = doc["proxy"]["https_listen"][0]
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "api.listen" and "also used by proxy.https_listen" in e.value.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("[zone\nname=", "not valid TOML"), (b"\xff\xfe", "not UTF-8")],
+)
+def test_unreadable_files(tmp_path: Path, text: str | bytes, words: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=words):
+        load_config(f)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli_reports_one_line_and_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(GOOD.replace('ttl = 300', 'ttl = "soon"'))
+    r = subprocess.run(
+        [sys.executable, "-m", "webgateway.cli", "run", "--config", str(f)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == "webgateway: config error: zone.ttl: expected an integer, got str"

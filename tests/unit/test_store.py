@@ -1,0 +1,184 @@
+"""The SQLite store: ownership, quotas, the serial and the change feed (on a temp file)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from webgateway.addresses import parse_hostport
+from webgateway.feed import Follower
+from webgateway.model import (
+    Certificate,
+    CertState,
+    ChangeSet,
+    Domain,
+    DomainState,
+    Name,
+    Snapshot,
+    TlsMode,
+)
+from webgateway.sqlite_store import MIGRATIONS, SqliteStore
+from webgateway.store import Conflict, Forbidden, NotFound, QuotaExceeded
+
+BE = (parse_hostport("[fd00::5]:8080"),)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "db" / "wg.db", poll_interval=0.01)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_file_is_private_and_schema_versioned(store: SqliteStore) -> None:
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    async with store.db.execute("PRAGMA user_version") as cur:
+        assert (await cur.fetchone()) == (len(MIGRATIONS),)
+    async with store.db.execute("PRAGMA journal_mode") as cur:
+        assert (await cur.fetchone()) == ("wal",)
+
+
+async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "wg.db")
+    await s.open()
+    owner = await s.create_owner("alice", "h1")
+    await s.put_name(Name("alice", owner.id, BE), 10)
+    serial = await s.serial()
+    await s.close()
+    s2 = SqliteStore(tmp_path / "wg.db")
+    await s2.open()
+    assert await s2.serial() == serial
+    assert (await s2.get_name("alice")) is not None
+    await s2.close()
+
+
+async def test_ownership_and_quota(store: SqliteStore) -> None:
+    a = await store.create_owner("a", "ha")
+    b = await store.create_owner("b", "hb")
+    with pytest.raises(Conflict):
+        await store.create_owner("a", "hx")
+    assert await store.owner_by_token_hash("hb") == b
+    assert await store.owner_by_token_hash("nope") is None
+
+    assert await store.put_name(Name("x", a.id, BE), 2) is True
+    assert await store.put_name(Name("x", a.id, BE, TlsMode.PASSTHROUGH), 2) is False
+    got = await store.get_name("x")
+    assert got is not None and got.tls == TlsMode.PASSTHROUGH and got.backends == BE
+    with pytest.raises(Forbidden):
+        await store.put_name(Name("x", b.id, BE), 2)
+    with pytest.raises(NotFound):
+        await store.delete_name("x", b.id)
+    await store.put_name(Name("y", a.id, BE), 2)
+    with pytest.raises(QuotaExceeded):
+        await store.put_name(Name("z", a.id, BE), 2)
+    assert [n.label for n in await store.list_names(a.id)] == ["x", "y"]
+    assert await store.list_names(b.id) == []
+
+
+async def test_domains_follow_their_name(store: SqliteStore) -> None:
+    a = await store.create_owner("a", "ha")
+    b = await store.create_owner("b", "hb")
+    await store.put_name(Name("x", a.id, BE), 5)
+    d = Domain("shop.example.org", "x", a.id, "dabc")
+    with pytest.raises(NotFound):
+        await store.put_domain(Domain("shop.example.org", "x", b.id, "dabc"), 5)
+    assert await store.put_domain(d, 5) is True
+    with pytest.raises(Forbidden):
+        await store.put_domain(Domain("shop.example.org", "x", b.id, "dabc"), 5)
+    await store.set_domain_state("shop.example.org", DomainState.VERIFIED, "CNAMEs found")
+    got = await store.get_domain("shop.example.org")
+    assert got is not None and got.state == DomainState.VERIFIED and got.detail == "CNAMEs found"
+    await store.delete_name("x", a.id)
+    assert await store.get_domain("shop.example.org") is None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+        self.changes: list[ChangeSet] = []
+
+    def load(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+
+    def apply(self, changes: ChangeSet) -> None:
+        self.changes.append(changes)
+
+
+async def test_every_write_bumps_the_serial_and_feeds_followers(store: SqliteStore) -> None:
+    view = Recorder()
+    follower = Follower(store, view, max_wait=0.5)
+    await follower.load()
+    task = asyncio.create_task(follower.run())
+    try:
+        s0 = follower.serial
+        a = await store.create_owner("a", "ha")
+        await store.put_name(Name("x", a.id, BE), 5)
+        await store.add_txt("_acme-challenge.gw.test", "v1")
+        await store.add_txt("_acme-challenge.gw.test", "v2")
+        cert = Certificate("zone", ("gw.test", "*.gw.test"), CertState.VALID, "/c", "/k")
+        await store.put_certificate(cert)
+        final = await store.serial()
+        assert final == s0 + 5
+        async with asyncio.timeout(5):
+            while follower.serial < final:
+                await follower.applied.wait()
+        merged_names = {k: v for c in view.changes for k, v in c.names.items()}
+        merged_txt = {k: v for c in view.changes for k, v in c.txt.items()}
+        assert merged_names["x"] is not None and merged_names["x"].backends == BE
+        assert merged_txt["_acme-challenge.gw.test"] == ("v1", "v2")
+        assert view.changes[-1].certificates["zone"] == (await store.get_certificate("zone"))
+
+        await store.remove_txt("_acme-challenge.gw.test", "v1")
+        await store.delete_name("x", a.id)
+        target = await store.serial()
+        async with asyncio.timeout(5):
+            while follower.serial < target:
+                await follower.applied.wait()
+        merged_names = {k: v for c in view.changes for k, v in c.names.items()}
+        merged_txt = {k: v for c in view.changes for k, v in c.txt.items()}
+        assert merged_names["x"] is None
+        assert merged_txt["_acme-challenge.gw.test"] == ("v2",)
+    finally:
+        task.cancel()
+
+
+async def test_noop_writes_do_not_bump(store: SqliteStore) -> None:
+    s0 = await store.serial()
+    await store.remove_txt("nothing.gw.test")
+    await store.delete_certificate("none")
+    assert await store.serial() == s0
+
+
+async def test_snapshot_and_stale_changes(store: SqliteStore) -> None:
+    a = await store.create_owner("a", "ha")
+    await store.put_name(Name("x", a.id, BE), 5)
+    snap = await store.snapshot()
+    assert set(snap.names) == {"x"} and snap.serial == await store.serial()
+    assert await store.changes_since(snap.serial + 100) is None
+    await store.db.execute("DELETE FROM changes")
+    assert await store.changes_since(1) is None
+    cs = await store.changes_since(snap.serial)
+    assert cs is not None and cs.empty
+
+
+async def test_second_process_sees_changes_by_polling(tmp_path: Path) -> None:
+    writer = SqliteStore(tmp_path / "wg.db")
+    reader = SqliteStore(tmp_path / "wg.db", poll_interval=0.01)
+    await writer.open()
+    await reader.open()
+    try:
+        s0 = await reader.serial()
+        waiter = asyncio.create_task(reader.wait_changed(s0, 5))
+        await asyncio.sleep(0.05)
+        await writer.add_txt("a.gw.test", "v")
+        async with asyncio.timeout(5):
+            assert await waiter > s0
+    finally:
+        await writer.close()
+        await reader.close()

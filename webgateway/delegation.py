@@ -1,0 +1,203 @@
+"""``webgateway check``: is the zone delegated to this gateway the way the config says?
+
+Gathering (DNS queries with dnspython) is kept apart from judging (``judge``, pure), so
+the rules are unit-tested on values and the live check stays a thin shell.
+
+What is checked, as a resolver on the Internet would see it:
+- the parent zone's servers refer ``ZONE`` to exactly our NS names, with glue equal to ours;
+- every one of our name servers answers authoritatively for ``ZONE`` with the same SOA serial;
+- a recursive resolver (``--resolver`` or the system's) reaches the zone through that chain.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rdatatype
+import dns.resolver
+
+from webgateway.addresses import parse_hostport
+from webgateway.config import Config, ConfigError
+from webgateway.dnsname import is_within
+
+TIMEOUT = 3.0
+
+
+@dataclass
+class Observed:
+    parent: str = ""
+    parent_servers: dict[str, list[str]] = field(default_factory=dict)  # NS name -> addresses
+    referral_ns: dict[str, set[str]] = field(default_factory=dict)  # parent server -> NS names
+    referral_glue: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    soa_serials: dict[str, int | str] = field(default_factory=dict)  # "ns (addr)" -> serial/error
+    resolver_soa: int | str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def judge(config: Config, obs: Observed) -> list[tuple[bool, str]]:
+    """Findings as (ok, sentence); every failed one says what to fix."""
+    zone = config.zone.name
+    ours = set(config.zone.nameservers)
+    out: list[tuple[bool, str]] = [(False, e) for e in obs.errors]
+    if not obs.parent_servers:
+        out.append((False, f"could not find the parent zone of {zone}: is the domain registered?"))
+    for server, ns in sorted(obs.referral_ns.items()):
+        if ns == ours:
+            out.append(
+                (True, f"parent server {server} delegates {zone} to {', '.join(sorted(ns))}")
+            )
+        else:
+            missing, extra = sorted(ours - ns), sorted(ns - ours)
+            fix = []
+            if missing:
+                fix.append(f"add NS {', '.join(missing)}")
+            if extra:
+                fix.append(f"remove NS {', '.join(extra)}")
+            out.append(
+                (
+                    False,
+                    f"parent server {server} has NS {', '.join(sorted(ns)) or 'none'}"
+                    f" for {zone}: at your registrar, {' and '.join(fix)}",
+                )
+            )
+        glue = obs.referral_glue.get(server, {})
+        for name, addrs in sorted(config.zone.nameservers.items()):
+            if not is_within(name, zone):
+                continue
+            want = {str(a) for a in addrs}
+            have = glue.get(name, set())
+            if have == want:
+                out.append((True, f"glue for {name} at {server} is {', '.join(sorted(have))}"))
+            else:
+                out.append(
+                    (
+                        False,
+                        f"glue for {name} at {server} is"
+                        f" {', '.join(sorted(have)) or 'missing'}; set it to"
+                        f" {', '.join(sorted(want))} at your registrar",
+                    )
+                )
+    good = {k: v for k, v in obs.soa_serials.items() if isinstance(v, int)}
+    for server, v in sorted(obs.soa_serials.items()):
+        if not isinstance(v, int):
+            out.append((False, f"our name server {server} does not answer for {zone}: {v}"))
+    if good:
+        if len(set(good.values())) == 1:
+            out.append((True, f"SOA serial {next(iter(good.values()))} on every name server"))
+        else:
+            listing = ", ".join(f"{k}={v}" for k, v in sorted(good.items()))
+            out.append(
+                (
+                    False,
+                    f"SOA serials differ between name servers ({listing}):"
+                    " they must serve the same store",
+                )
+            )
+    if obs.resolver_soa is not None:
+        if isinstance(obs.resolver_soa, int):
+            out.append((True, f"the resolver reaches {zone} (SOA serial {obs.resolver_soa})"))
+        else:
+            out.append((False, f"the resolver cannot reach {zone}: {obs.resolver_soa}"))
+    return out
+
+
+def _query(qname: str, rdtype: str, where: str, port: int) -> dns.message.Message:
+    q = dns.message.make_query(qname, rdtype)
+    q.flags &= ~dns.flags.RD
+    r = dns.query.udp(q, where, timeout=TIMEOUT, port=port)
+    if r.flags & dns.flags.TC:
+        r = dns.query.tcp(q, where, timeout=TIMEOUT, port=port)
+    return r
+
+
+def _resolver(spec: str | None) -> dns.resolver.Resolver:
+    if spec is None:
+        return dns.resolver.Resolver()
+    try:
+        hp = parse_hostport(spec)
+    except ValueError as e:
+        raise ConfigError("--resolver", str(e)) from None
+    r = dns.resolver.Resolver(configure=False)
+    r.nameservers = [str(hp.host)]
+    r.port = hp.port
+    r.lifetime = TIMEOUT * 2
+    return r
+
+
+def observe(config: Config, resolver_spec: str | None) -> Observed:
+    zone = config.zone.name
+    res = _resolver(resolver_spec)
+    obs = Observed()
+    try:
+        parent = dns.resolver.zone_for_name(dns.name.from_text(zone).parent(), resolver=res)
+        obs.parent = parent.to_text(omit_final_dot=True)
+        for ns in res.resolve(parent, "NS"):
+            host = ns.target.to_text(omit_final_dot=True)
+            addrs = [a for t in ("A", "AAAA") for a in _try_resolve(res, host, t)]
+            obs.parent_servers[host] = addrs
+    except (dns.exception.DNSException, OSError) as e:
+        obs.errors.append(f"looking up the parent of {zone} failed: {e}")
+    for host, addrs in obs.parent_servers.items():
+        for addr in addrs:
+            key = f"{host} ({addr})"
+            try:
+                r = _query(zone, "NS", addr, 53)
+            except (dns.exception.DNSException, OSError) as e:
+                obs.errors.append(f"parent server {key} did not answer: {e}")
+                continue
+            ns_names: set[str] = set()
+            glue: dict[str, set[str]] = {}
+            for rrset in r.authority + r.answer:
+                if rrset.rdtype == dns.rdatatype.NS and rrset.name.to_text(True) == zone:
+                    ns_names |= {x.target.to_text(omit_final_dot=True) for x in rrset}
+            for rrset in r.additional:
+                if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                    glue.setdefault(rrset.name.to_text(True), set()).update(
+                        str(ipaddress.ip_address(x.address)) for x in rrset
+                    )
+            obs.referral_ns[key] = ns_names
+            obs.referral_glue[key] = glue
+    for host, ips in config.zone.nameservers.items():
+        for ip in ips:
+            key = f"{host} ({ip})"
+            try:
+                r = _query(zone, "SOA", str(ip), 53)
+                soa = [x for rr in r.answer if rr.rdtype == dns.rdatatype.SOA for x in rr]
+                if not r.flags & dns.flags.AA or not soa:
+                    obs.soa_serials[key] = "no authoritative SOA in the answer"
+                else:
+                    obs.soa_serials[key] = int(soa[0].serial)
+            except (dns.exception.DNSException, OSError) as e:
+                obs.soa_serials[key] = str(e) or type(e).__name__
+    try:
+        ans = res.resolve(zone, "SOA")
+        obs.resolver_soa = int(ans[0].serial)
+    except (dns.exception.DNSException, OSError) as e:
+        obs.resolver_soa = str(e) or type(e).__name__
+    return obs
+
+
+def _try_resolve(res: dns.resolver.Resolver, host: str, rdtype: str) -> list[str]:
+    try:
+        return [a.to_text() for a in res.resolve(host, rdtype)]
+    except (dns.exception.DNSException, OSError):
+        return []
+
+
+def run_check(config: Config, resolver_spec: str | None) -> int:
+    findings = judge(config, observe(config, resolver_spec))
+    for ok, text in findings:
+        print(f"{'ok ' if ok else 'FIX'}  {text}")
+    bad = sum(1 for ok, _ in findings if not ok)
+    if bad:
+        print(f"{bad} thing(s) to fix before {config.zone.name} works", file=sys.stderr)
+        return 1
+    print(f"{config.zone.name} is delegated correctly")
+    return 0
