@@ -1,0 +1,200 @@
+"""The ``webgateway`` command as an operator and an owner use it, against a live API process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.support import raw_config
+
+CLI = [sys.executable, "-m", "webgateway.cli"]
+
+
+def write_config(tmp: Path, **sections: dict[str, Any]) -> Path:
+    doc = raw_config(tmp, **sections)
+    lines: list[str] = []
+    for section, values in doc.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            if isinstance(v, dict):
+                inner = ", ".join(f"{json.dumps(a)} = {json.dumps(b)}" for a, b in v.items())
+                lines.append(f"{k} = {{ {inner} }}")
+            else:
+                lines.append(f"{k} = {json.dumps(v)}")
+    path = tmp / "webgateway.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_http(url: str, proc: subprocess.Popen[str], seconds: float = 20) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"exited early: {proc.returncode}: {err}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url + "/healthz", timeout=1):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not come up")
+
+
+@contextlib.contextmanager
+def running(cfg: Path, command: str = "api") -> Iterator[tuple[subprocess.Popen[str], str]]:
+    import tomllib
+
+    port = tomllib.loads(cfg.read_text())["api"]["listen"].rsplit(":", 1)[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*CLI, command, "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(url, proc)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_owner_name_domain_commands(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    with running(cfg) as (proc, url):
+        admin = (tmp_path / "admin.token").read_text().strip()
+        r = cli("owner", "add", "alice", env={"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": admin})
+        assert r.returncode == 0, r.stderr
+        token = r.stdout.strip()
+        assert token.startswith("wg_") and "shown only once" in r.stderr
+        env = {"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": token}
+
+        r = cli("name", "add", "alice", "--backend", "[fd00::5]:8080", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "alice.gw.test" in r.stdout and "[fd00::5]:8080" in r.stdout
+        r = cli("name", "ls", env=env)
+        assert r.returncode == 0 and "alice.gw.test" in r.stdout and "terminate" in r.stdout
+        r = cli("domain", "add", "shop.example.test", "--name", "alice", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "shop.example.test.  CNAME  alice.gw.test." in r.stdout
+        assert "_acme-challenge.shop.example.test.  CNAME  d" in r.stdout
+
+        # user mistakes: one line, no traceback, non-zero
+        for args in (("name", "add", "Bad", "--backend", "10.0.0.1:80"),
+                     ("name", "add", "ok", "--backend", "fd00::5:80"),
+                     ("name", "show", "nosuch"),
+                     ("name", "frobnicate")):
+            r = cli(*args, env=env)
+            assert r.returncode != 0, args
+            assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        r = cli("name", "show", "nosuch", env=env)
+        assert "you have no name 'nosuch'" in r.stderr and "404" in r.stderr
+        r = cli("name", "ls", env={"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": ""})
+        assert r.returncode == 2 and "WEBGATEWAY_TOKEN" in r.stderr
+
+        r = cli("name", "rm", "alice", env=env)
+        assert r.returncode == 0 and "removed" in r.stdout
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_owner_add_on_the_box_and_unreachable_api(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    r = cli("owner", "add", "bob", "--config", str(cfg))
+    assert r.returncode == 0 and r.stdout.startswith("wg_"), r.stderr
+    r = cli("owner", "add", "bob", "--config", str(cfg))
+    assert r.returncode == 1 and "exists already" in r.stderr
+    r = cli("name", "ls", env={"WEBGATEWAY_URL": "http://127.0.0.1:1", "WEBGATEWAY_TOKEN": "x"})
+    assert r.returncode == 1 and "cannot reach the API" in r.stderr
+
+
+def test_port_in_use_stops_startup_with_the_key(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    import tomllib
+
+    port = int(tomllib.loads(cfg.read_text())["api"]["listen"].rsplit(":", 1)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        r = cli("api", "--config", str(cfg))
+    assert r.returncode == 2
+    assert f"config error: api.listen: cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _put(url: str, token: str, label: str) -> int:
+    req = urllib.request.Request(
+        f"{url}/v1/names/{label}", method="PUT",
+        data=json.dumps({"backends": ["10.0.0.1:80"]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return int(r.status)
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, api={"max_names_per_owner": 100000})
+    acked: list[str] = []
+    with running(cfg) as (proc, url):
+        admin = (tmp_path / "admin.token").read_text().strip()
+        token = cli("owner", "add", "burst", env={"WEBGATEWAY_URL": url,
+                                                  "WEBGATEWAY_TOKEN": admin}).stdout.strip()
+        stop = threading.Event()
+
+        def writer(prefix: str) -> None:
+            for i in range(5000):
+                if stop.is_set():
+                    return
+                label = f"{prefix}{i}"
+                try:
+                    if _put(url, token, label) == 201:
+                        acked.append(label)
+                except (urllib.error.URLError, OSError, ConnectionError):
+                    return
+
+        threads = [threading.Thread(target=writer, args=(p,)) for p in ("a", "b", "c", "d")]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(acked) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # mid-burst
+        proc.wait(10)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert len(acked) >= 200
+    db = sqlite3.connect(tmp_path / "var" / "webgateway.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        stored = {r[0] for r in db.execute("SELECT label FROM names")}
+    finally:
+        db.close()
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
+
+
+def test_help_lists_the_commands() -> None:
+    r = cli("--help")
+    assert r.returncode == 0
+    for word in ("run", "dnsd", "certd", "proxy", "api", "owner", "name", "domain", "check"):
+        assert word in r.stdout
+
