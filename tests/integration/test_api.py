@@ -244,3 +244,23 @@ async def test_loopback_backends_are_refused_by_default(tmp_path: Path) -> None:
     finally:
         await svc.stop()
         await store.close()
+
+
+async def test_disk_full_is_a_clear_503_and_reads_keep_working(gw: Gw) -> None:
+    t = await gw.owner("alice")
+    assert (await gw.call("PUT", "/v1/names/keep", t, {"backends": ["10.0.0.1:80"]}))[0] == 201
+    # SQLITE_FULL, the same error a full disk gives: cap the file at its current size
+    async with gw.store.db.execute("PRAGMA page_count") as cur:
+        (pages,) = await cur.fetchone()  # type: ignore[misc]
+    await gw.store.db.execute(f"PRAGMA max_page_count = {pages}")
+    st, err = 0, {}
+    for i in range(500):  # fill the free pages, then the next write must fail
+        st, err = await gw.call("POST", "/v1/owners", gw.admin, {"name": f"filler-{i:04d}"})
+        if st != 201:
+            break
+    assert st == 503, err
+    assert err["error"] == "store_unavailable" and "full" in err["detail"]
+    st, n = await gw.call("GET", "/v1/names/keep", t)
+    assert st == 200 and n["backends"] == ["10.0.0.1:80"]
+    st, h = await gw.call("GET", "/healthz")
+    assert st == 200 and h["status"] == "ok"
