@@ -1,0 +1,118 @@
+"""Query bytes in, response bytes out: the sans-IO core both the UDP and TCP shells call.
+
+The fast path handles the common shape with ``wire.parse_fast`` and a dict lookup in the
+zone view. Everything else goes through ``wire.scan_message`` (bounded time whatever the
+bytes) and only then through dnslib, which checks record contents; any exception there
+means FORMERR, never a crash. Responses to responses and runt packets are dropped so two
+servers can never be made to ping-pong.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dnslib
+
+from dnsd import wire
+from dnsd.zone import ZoneView
+
+log = logging.getLogger(__name__)
+
+_META_NOTIMP = frozenset({wire.OPT, 253, 254})  # OPT, MAILB, MAILA as question types
+_TRANSFERS = frozenset({wire.AXFR, wire.IXFR})
+
+
+class Responder:
+    """Answers one message at a time; counts what it did for the metrics collector."""
+
+    def __init__(self, view: ZoneView) -> None:
+        self.view = view
+        self.rcodes = [0] * 24  # index: rcode (BADVERS = 16); 23 = dropped
+        self.slow = 0
+
+    def handle(self, data: bytes, tcp: bool = False) -> bytes | None:
+        q = wire.parse_fast(data)
+        if q is None:
+            return self._slow(data, tcp)
+        if q.edns_version:
+            return self._error(data, wire.BADVERS, data[12 : q.qend], q.ekey)
+        qtype = q.qtype
+        if q.qclass != wire.IN or qtype in _TRANSFERS:
+            return self._error(data, wire.REFUSED, data[12 : q.qend], q.ekey)
+        if qtype in _META_NOTIMP:
+            return self._error(data, wire.NOTIMP, data[12 : q.qend], q.ekey)
+        hdr, body = self.view.answer(q.qname, qtype, q.ekey)
+        self.rcodes[hdr[3]] += 1
+        resp = b"".join(
+            (
+                data[:2],
+                bytes((hdr[2] | (data[2] & 0x01), hdr[3] | (data[3] & 0x10))),
+                hdr[4:],
+                data[12 : q.qend],
+                body,
+            )
+        )
+        if not tcp:
+            limit = max(512, min(q.udp_size, wire.OUR_UDP_SIZE)) if q.ekey else 512
+            if len(resp) > limit:
+                return _truncate(resp, q.qend, q.ekey)
+        return resp
+
+    def _slow(self, data: bytes, tcp: bool) -> bytes | None:
+        self.slow += 1
+        if len(data) < 12 or data[2] & 0x80:
+            self.rcodes[23] += 1
+            return None
+        try:
+            scan = wire.scan_message(data)
+        except wire.WireError:
+            return self._error(data, wire.FORMERR, b"", wire.NO_EDNS)
+        try:
+            dnslib.DNSRecord.parse(data)
+        except Exception:  # dnslib raises more than DNSError on hostile bytes
+            return self._error(data, wire.FORMERR, scan.question, wire.NO_EDNS)
+        opcode = (data[2] >> 3) & 0x0F
+        ekey = scan.ekey if scan.opt_count == 1 and scan.opt_ok else wire.NO_EDNS
+        if opcode != 0:
+            return self._error(data, wire.NOTIMP, scan.question, ekey)
+        if not scan.question or scan.opt_count > 1 or not scan.opt_ok:
+            return self._error(data, wire.FORMERR, scan.question, ekey)
+        if scan.edns_version:
+            return self._error(data, wire.BADVERS, scan.question, ekey)
+        if scan.qclass != wire.IN or scan.qtype in _TRANSFERS:
+            return self._error(data, wire.REFUSED, scan.question, ekey)
+        if scan.qtype in _META_NOTIMP:
+            return self._error(data, wire.NOTIMP, scan.question, ekey)
+        hdr, body = self.view.answer(scan.qname, scan.qtype, ekey)
+        self.rcodes[hdr[3]] += 1
+        resp = b"".join(
+            (
+                data[:2],
+                bytes((hdr[2] | (data[2] & 0x01), hdr[3] | (data[3] & 0x10))),
+                hdr[4:],
+                scan.question,
+                body,
+            )
+        )
+        qend = 12 + len(scan.question)
+        if not tcp:
+            limit = max(512, min(scan.udp_size, wire.OUR_UDP_SIZE)) if ekey else 512
+            if len(resp) > limit:
+                return _truncate(resp, qend, ekey)
+        return resp
+
+    def _error(self, data: bytes, rcode: int, question: bytes, ekey: int) -> bytes:
+        """An error reply: ID, opcode and RD echoed, the question when we could read it."""
+        self.rcodes[rcode] += 1
+        byte2 = wire.QR | (data[2] & 0x79)  # opcode and RD
+        ar = [wire.opt_rr(ekey, rcode >> 4)] if ekey else []
+        hdr = wire.header(byte2, rcode, 1 if question else 0, 0, 0, len(ar),
+                          msg_id=data[0] << 8 | data[1])
+        return hdr[:3] + bytes((hdr[3] | (data[3] & 0x10),)) + hdr[4:] + question + b"".join(ar)
+
+
+def _truncate(resp: bytes, qend: int, ekey: int) -> bytes:
+    """TC=1 with the question (and OPT) kept: the client retries over TCP."""
+    opt = wire.opt_rr(ekey) if ekey else b""
+    hdr = resp[:2] + bytes((resp[2] | wire.TC, resp[3])) + b"\x00\x01\x00\x00\x00\x00"
+    return hdr + (b"\x00\x01" if opt else b"\x00\x00") + resp[12:qend] + opt

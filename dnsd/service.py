@@ -1,0 +1,261 @@
+"""The asyncio shell around the responder: UDP and TCP listeners and the store follower.
+
+UDP: one datagram in, at most one out. TCP (RFC 7766): two-octet length framing, any
+number of pipelined queries per connection answered in order, an idle timeout, a cap on
+open connections, and reading paused while the client does not read its answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Iterator
+from typing import cast
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dnsd.responder import Responder
+from dnsd.zone import ZoneView
+from webgateway.addresses import HostPort
+from webgateway.config import Config, ConfigError
+from webgateway.feed import Follower
+from webgateway.store import Store
+
+log = logging.getLogger(__name__)
+
+_RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
+                5: "REFUSED", 16: "BADVERS", 23: "dropped"}
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        try:
+            resp = self.responder.handle(data)
+        except Exception:
+            log.exception("query handling failed")  # a bug: keep serving the others
+            return
+        if resp is not None and self.transport is not None:
+            self.transport.sendto(resp, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+class TcpProtocol(asyncio.Protocol):
+    def __init__(self, server: DnsService) -> None:
+        self.server = server
+        self.responder = server.responder
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.idle: asyncio.TimerHandle | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if len(self.server.tcp_conns) >= self.server.config.dns.max_tcp_connections:
+            self.server.tcp_refused += 1
+            self.transport.abort()
+            return
+        self.server.tcp_conns.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle = loop.call_later(self.server.config.dns.tcp_idle_timeout, self._timeout)
+
+    def _timeout(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        out: list[bytes] = []
+        buf = self.buf
+        pos = 0
+        while len(buf) - pos >= 2:
+            size = buf[pos] << 8 | buf[pos + 1]
+            if len(buf) - pos - 2 < size:
+                break
+            msg = bytes(buf[pos + 2 : pos + 2 + size])
+            pos += 2 + size
+            try:
+                resp = self.responder.handle(msg, tcp=True)
+            except Exception:
+                log.exception("query handling failed")
+                resp = None
+            if resp is None:  # not even a header: nothing sensible to say on this stream
+                self._close_after(out)
+                return
+            out.append(len(resp).to_bytes(2, "big") + resp)
+        del buf[:pos]
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+        self._arm()
+
+    def _close_after(self, out: list[bytes]) -> None:
+        if self.transport is not None:
+            if out:
+                self.transport.write(b"".join(out))
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.server.tcp_conns.discard(self)
+        self.transport = None
+
+
+class _Metrics(Collector):
+    """Reads the plain counters of the responder at scrape time (no lock on the hot path)."""
+
+    def __init__(self, service: DnsService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        s = self.service
+        c = CounterMetricFamily("dnsd_responses", "DNS responses by rcode", labels=["rcode"])
+        for code, name in _RCODE_NAMES.items():
+            c.add_metric([name], s.responder.rcodes[code])
+        yield c
+        yield CounterMetricFamily("dnsd_slow_path", "queries that took the guarded parser",
+                                  value=s.responder.slow)
+        yield CounterMetricFamily("dnsd_tcp_refused", "TCP connections over the cap",
+                                  value=s.tcp_refused)
+        yield GaugeMetricFamily("dnsd_tcp_connections", "open TCP connections",
+                                value=len(s.tcp_conns))
+        yield GaugeMetricFamily("dnsd_zone_serial", "serial served in the SOA",
+                                value=s.view.serial)
+
+
+def _bind(addr: HostPort, kind: int) -> socket.socket:
+    family = socket.AF_INET6 if addr.host.version == 6 else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((str(addr.host), addr.port))
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        kind_s = "udp" if kind == socket.SOCK_DGRAM else "tcp"
+        reason = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
+        raise ConfigError("dns.listen", f"cannot bind {kind_s} {addr}: {reason}") from None
+    return sock
+
+
+class DnsService:
+    name = "dnsd"
+
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.view = ZoneView(config.zone)
+        self.responder = Responder(self.view)
+        self.follower = Follower(store, self.view, max_wait=1.0)
+        self.tcp_conns: set[TcpProtocol] = set()
+        self.tcp_refused = 0
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._task: asyncio.Task[None] | None = None
+        self.bound: list[tuple[HostPort, int]] = []  # (address, actual port)
+        registry.register(_Metrics(self))
+
+    async def start(self) -> None:
+        await self.follower.load()
+        loop = asyncio.get_running_loop()
+        socks: list[tuple[socket.socket, socket.socket]] = []
+        try:
+            for addr in self.config.dns.listen:
+                udp = _bind(addr, socket.SOCK_DGRAM)
+                port = udp.getsockname()[1]
+                try:
+                    tcp = _bind(HostPort(addr.host, port), socket.SOCK_STREAM)
+                except ConfigError:
+                    udp.close()
+                    raise
+                socks.append((udp, tcp))
+                self.bound.append((addr, port))
+        except ConfigError:
+            for u, t in socks:
+                u.close()
+                t.close()
+            raise
+        for udp, tcp in socks:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpProtocol(self.responder), sock=udp
+            )
+            self._transports.append(transport)
+            tcp.listen(1024)
+            server = await loop.create_server(lambda: TcpProtocol(self), sock=tcp)
+            self._servers.append(server)
+        self._task = asyncio.create_task(self._follow(), name="dnsd-follower")
+        log.info("dnsd serving %s at serial %d on %s", self.config.zone.name, self.view.serial,
+                 ", ".join(f"{a.host}:{p}" for a, p in self.bound))
+
+    async def _follow(self) -> None:
+        watch = asyncio.create_task(self._watch_serial())
+        try:
+            while True:
+                try:
+                    await self.follower.run()
+                except Exception:
+                    log.exception("zone follower failed; restarting")
+                    await asyncio.sleep(1.0)
+        finally:
+            watch.cancel()
+
+    async def _watch_serial(self) -> None:
+        """Changes with nothing for DNS in them (owners) still move the SOA serial."""
+        while True:
+            await self.follower.applied.wait()
+            if self.follower.serial != self.view.serial:
+                self.view.bump(self.follower.serial)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for t in self._transports:
+            t.close()
+        for s in self._servers:
+            s.close()
+        for c in list(self.tcp_conns):
+            if c.transport is not None:
+                c.transport.abort()
+        for s in self._servers:
+            await s.wait_closed()
+        self._transports.clear()
+        self._servers.clear()
+
+
+def build(config: Config, store: Store, registry: CollectorRegistry) -> DnsService:
+    return DnsService(config, store, registry)

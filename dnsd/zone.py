@@ -1,0 +1,361 @@
+"""The zone view: what dnsd serves, kept current from the store, answering from packed bytes.
+
+Answers are cached per node as (header, body) pairs that do not depend on the query's
+letter case or length: the answer's owner is a pointer to the question (offset 12) and
+every other name is written uncompressed. So one packed answer serves every reserved
+name (they share a node), and a reply is the header with the ID patched, the query's own
+question bytes (0x20 case kept) and the body. Every store change bumps ``gen``; caches
+of older generations are dropped on first use, so a change costs O(what changed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from dnsd import wire
+from webgateway.config import ZoneConfig
+from webgateway.dnsname import is_within
+from webgateway.model import ChangeSet, Domain, Name, Snapshot
+
+# node kinds
+NODE = 0
+ENT = 1  # empty non-terminal: NODATA for every type
+NX = 2
+OUTSIDE = 3  # not in any zone we serve: REFUSED
+
+#: Minimal ANY (RFC 8482): the one RRset we answer with, in this order of preference.
+_ANY_ORDER = (wire.A, wire.AAAA, wire.TXT, wire.SOA, wire.NS, wire.CAA)
+
+Rrsets = dict[int, tuple[bytes, ...]]
+Packed = tuple[bytes, bytes]
+
+
+class Node:
+    """Everything at one owner name, plus its packed answers for the current generation."""
+
+    __slots__ = ("ancestors", "cache", "cname", "gen", "kind", "name", "rrsets", "zone")
+
+    def __init__(
+        self,
+        name: bytes,
+        zone: bytes,
+        kind: int = NODE,
+        rrsets: Rrsets | None = None,
+        cname: bytes | None = None,
+    ) -> None:
+        self.name = name
+        self.zone = zone
+        self.kind = kind
+        self.rrsets: Rrsets = rrsets or {}
+        self.cname = cname
+        self.cache: dict[tuple[int, int], Packed] = {}
+        self.gen = -1
+        self.ancestors: tuple[bytes, ...] = ()
+
+
+def _ancestors(name: bytes, zone: bytes) -> tuple[bytes, ...]:
+    """The names strictly between ``name`` and its zone apex (empty non-terminal candidates)."""
+    out = []
+    pos = name[0] + 1 if name[0] else len(name)
+    while pos < len(name) - len(zone):
+        out.append(name[pos:])
+        pos += name[pos] + 1
+    return tuple(out)
+
+
+class ZoneView:
+    """Implements the follower's View (``load``/``apply``) and ``answer(qname, qtype, ekey)``."""
+
+    def __init__(self, zone: ZoneConfig) -> None:
+        self.config = zone
+        self.apex = wire.name_to_wire(zone.name)
+        self.ttl = zone.ttl
+        self.neg_ttl = min(zone.negative_ttl, zone.ttl)
+        ns_names = list(zone.nameservers)
+        self.ns_wire = tuple(wire.name_to_wire(n) for n in ns_names)
+        self.mname = self.ns_wire[0]
+        local, _, host = zone.hostmaster.partition("@")
+        local_raw = (local if host else "hostmaster").encode("ascii")[:63]
+        self.rname = bytes([len(local_raw)]) + local_raw + wire.name_to_wire(host or zone.name)
+        self.gateway: Rrsets = {}
+        if zone.gateway_ipv4:
+            self.gateway[wire.A] = tuple(a.packed for a in zone.gateway_ipv4)
+        if zone.gateway_ipv6:
+            self.gateway[wire.AAAA] = tuple(a.packed for a in zone.gateway_ipv6)
+        # static records from the configuration, by owner
+        self.static: dict[bytes, Rrsets] = {}
+        apex: Rrsets = {wire.NS: self.ns_wire, **self.gateway}
+        if zone.caa_issuers:
+            apex[wire.CAA] = tuple(wire.caa_rdata("issue", i) for i in zone.caa_issuers)
+        self.static[self.apex] = apex
+        self.glue: dict[bytes, Rrsets] = {}
+        for ns, addrs in zone.nameservers.items():
+            w = wire.name_to_wire(ns)
+            sets: Rrsets = {}
+            v4 = tuple(a.packed for a in addrs if isinstance(a, ipaddress.IPv4Address))
+            v6 = tuple(a.packed for a in addrs if isinstance(a, ipaddress.IPv6Address))
+            if v4:
+                sets[wire.A] = v4
+            if v6:
+                sets[wire.AAAA] = v6
+            if is_within(ns, zone.name) and sets:
+                self.glue[w] = sets
+                self.static.setdefault(w, {}).update(sets)
+        self.gen = 0
+        self.serial = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.labels: set[bytes] = set()
+        self.txt: dict[bytes, tuple[str, ...]] = {}
+        self.domains: dict[str, Domain] = {}
+        self.domain_apex: set[bytes] = set()  # custom domains (zones, when outside ours)
+        self.cnames: dict[bytes, bytes] = {}  # _acme-challenge.D -> <label>._acme.ZONE
+        self.targets: dict[bytes, int] = {}  # challenge targets -> how many domains use them
+        self.zones: set[bytes] = {self.apex}
+        self.nodes: dict[bytes, Node] = {}
+        self.ent: dict[bytes, int] = {}
+        self.pseudo: dict[tuple[int, bytes], Node] = {}
+        self.gateway_node = Node(b"", self.apex, NODE, dict(self.gateway))
+        self.outside = Node(b"", b"", OUTSIDE)
+        for name in self.static:
+            self._rebuild(name)
+
+    # ------------------------------------------------------------------ the View protocol
+    def load(self, snapshot: Snapshot) -> None:
+        self._reset()
+        self.serial = snapshot.serial
+        self.labels = {label.encode("ascii") for label in snapshot.names}
+        for d in snapshot.domains.values():
+            self._set_domain(d.fqdn, d)
+        for fqdn, values in snapshot.txt.items():
+            self._set_txt(fqdn, values)
+        self.gen += 1
+
+    def apply(self, changes: ChangeSet) -> None:
+        self.serial = changes.serial
+        for label, name in changes.names.items():
+            self._set_label(label, name)
+        for fqdn, dom in changes.domains.items():
+            self._set_domain(fqdn, dom)
+        for fqdn, values in changes.txt.items():
+            self._set_txt(fqdn, values)
+        self.gen += 1
+
+    def bump(self, serial: int) -> None:
+        """A serial change with nothing for us in it: the SOA still moves."""
+        self.serial = serial
+        self.gen += 1
+
+    # ------------------------------------------------------------------ sources -> nodes
+    def _set_label(self, label: str, name: Name | None) -> None:
+        raw = label.encode("ascii")
+        if name is None:
+            self.labels.discard(raw)
+        else:
+            self.labels.add(raw)
+        w = bytes([len(raw)]) + raw + self.apex
+        if w in self.nodes:
+            self._rebuild(w)
+
+    def _set_txt(self, fqdn: str, values: Iterable[str]) -> None:
+        try:
+            w = wire.name_to_wire(fqdn)
+        except (ValueError, UnicodeError):
+            return
+        vals = tuple(values)
+        if vals:
+            self.txt[w] = vals
+        else:
+            self.txt.pop(w, None)
+        self._rebuild(w)
+
+    def _set_domain(self, fqdn: str, dom: Domain | None) -> None:
+        old = self.domains.pop(fqdn, None)
+        if old is not None:
+            self._drop_domain(old)
+        if dom is None:
+            return
+        try:
+            w = wire.name_to_wire(dom.fqdn)
+            chal = b"\x0f_acme-challenge" + w
+            target = wire.name_to_wire(dom.challenge_label + "._acme." + self.config.name)
+        except (ValueError, UnicodeError):
+            return
+        if len(chal) > wire.MAX_NAME:
+            return
+        self.domains[fqdn] = dom
+        self.domain_apex.add(w)
+        if not is_within(dom.fqdn, self.config.name):
+            self.zones.add(w)
+        self.cnames[chal] = target
+        self.targets[target] = self.targets.get(target, 0) + 1
+        for name in (w, chal, target):
+            self._rebuild(name)
+
+    def _drop_domain(self, dom: Domain) -> None:
+        try:
+            w = wire.name_to_wire(dom.fqdn)
+            target = wire.name_to_wire(dom.challenge_label + "._acme." + self.config.name)
+        except (ValueError, UnicodeError):
+            return
+        chal = b"\x0f_acme-challenge" + w
+        self.domain_apex.discard(w)
+        if w != self.apex:
+            self.zones.discard(w)
+        self.cnames.pop(chal, None)
+        left = self.targets.get(target, 0) - 1
+        if left > 0:
+            self.targets[target] = left
+        else:
+            self.targets.pop(target, None)
+        for name in (chal, target, w):
+            self._rebuild(name)
+
+    def zone_of(self, name: bytes) -> bytes | None:
+        """The closest enclosing zone apex we serve, by label boundaries."""
+        pos = 0
+        zones = self.zones
+        while True:
+            suffix = name[pos:] if pos else name
+            if suffix in zones:
+                return suffix
+            if not name[pos]:
+                return None
+            pos += name[pos] + 1
+
+    def _rebuild(self, name: bytes) -> None:
+        zone = self.zone_of(name)
+        rrsets: Rrsets = {}
+        cname = None
+        if zone is not None:
+            rrsets.update(self.static.get(name, {}))
+            if name in self.domain_apex:
+                rrsets.update(self.gateway)
+                if name == zone:
+                    rrsets[wire.NS] = self.ns_wire
+            first = name[0]
+            if first and name[first + 1 :] == self.apex and name[1 : first + 1] in self.labels:
+                rrsets.update(self.gateway)
+            cname = self.cnames.get(name)
+            if cname is None and name in self.txt:
+                rrsets[wire.TXT] = tuple(wire.txt_rdata(v) for v in self.txt[name])
+        exists = zone is not None and (
+            rrsets or cname is not None or name in self.targets or name == zone
+        )
+        old = self.nodes.pop(name, None)
+        if old is not None:
+            for a in old.ancestors:
+                left = self.ent[a] - 1
+                if left:
+                    self.ent[a] = left
+                else:
+                    del self.ent[a]
+        if not exists or zone is None:
+            return
+        node = Node(name, zone, NODE, rrsets, cname)
+        node.ancestors = _ancestors(name, zone)
+        for a in node.ancestors:
+            self.ent[a] = self.ent.get(a, 0) + 1
+        self.nodes[name] = node
+
+    # ------------------------------------------------------------------ lookup and packing
+    def find(self, q: bytes) -> Node:
+        """The node answering ``q`` (lower wire): a real node, ENT, NX or OUTSIDE."""
+        node = self.nodes.get(q)
+        if node is not None:
+            return node
+        apex = self.apex
+        first = q[0]
+        if first and len(q) == first + 1 + len(apex) and q[first + 1 :] == apex:
+            if q[1 : first + 1] in self.labels:
+                return self.gateway_node
+            return self._pseudo(ENT if q in self.ent else NX, apex)
+        zone = self.zone_of(q)
+        if zone is None:
+            return self.outside
+        return self._pseudo(ENT if q in self.ent else NX, zone)
+
+    def _pseudo(self, kind: int, zone: bytes) -> Node:
+        node = self.pseudo.get((kind, zone))
+        if node is None:
+            node = self.pseudo[(kind, zone)] = Node(b"", zone, kind)
+        return node
+
+    def answer(self, qname: bytes, qtype: int, ekey: int) -> Packed:
+        """(header with ID 0 and RD clear, body after the question) for this query."""
+        node = self.find(qname)
+        if node.gen != self.gen:
+            node.cache.clear()
+            node.gen = self.gen
+        key = (qtype, ekey)
+        packed = node.cache.get(key)
+        if packed is None:
+            packed = self._pack(node, qtype, ekey)
+            if len(node.cache) < 64:
+                node.cache[key] = packed
+        return packed
+
+    def _soa_rdata(self) -> bytes:
+        return wire.soa_rdata(
+            self.mname, self.rname, self.serial, 3600, 600, 1209600, self.config.negative_ttl
+        )
+
+    def _rrsets(self, node: Node) -> Rrsets:
+        if node.name and node.name == node.zone:
+            return {**node.rrsets, wire.SOA: (self._soa_rdata(),)}
+        return node.rrsets
+
+    def _negative_soa(self, zone: bytes) -> bytes:
+        return wire.rr(zone, wire.SOA, self.neg_ttl, self._soa_rdata())
+
+    def _pack(self, node: Node, qtype: int, ekey: int) -> Packed:
+        if node.kind == OUTSIDE:
+            return self._finish(wire.QR, wire.REFUSED, [], [], [], ekey)
+        if node.kind == NX:
+            return self._finish(wire.QR_AA, wire.NXDOMAIN, [], [self._negative_soa(node.zone)],
+                                [], ekey)
+        if node.kind == ENT:
+            return self._finish(wire.QR_AA, wire.NOERROR, [], [self._negative_soa(node.zone)],
+                                [], ekey)
+        an: list[bytes] = []
+        ns: list[bytes] = []
+        ar: list[bytes] = []
+        rcode = wire.NOERROR
+        if node.cname is not None:
+            an.append(wire.rr(b"\xc0\x0c", wire.CNAME, self.ttl, node.cname))
+            if qtype not in (wire.CNAME, wire.ANY):
+                target = self.find(node.cname)
+                sets = self._rrsets(target) if target.kind == NODE else {}
+                if qtype in sets:
+                    an += [wire.rr(node.cname, qtype, self.ttl, rd) for rd in sets[qtype]]
+                elif target.kind in (NODE, ENT, NX):
+                    ns.append(self._negative_soa(target.zone))
+                    if target.kind == NX:
+                        rcode = wire.NXDOMAIN
+            return self._finish(wire.QR_AA, rcode, an, ns, ar, ekey)
+        sets = self._rrsets(node)
+        rtype = qtype
+        if qtype == wire.ANY:
+            rtype = next((t for t in _ANY_ORDER if t in sets), 0)
+        if rtype in sets:
+            ttl = self.ttl
+            an += [wire.rr(b"\xc0\x0c", rtype, ttl, rd) for rd in sets[rtype]]
+            if rtype == wire.NS:
+                for host in sets[rtype]:
+                    glue = self.glue.get(host, {})
+                    for t in (wire.A, wire.AAAA):
+                        ar += [wire.rr(host, t, ttl, rd) for rd in glue.get(t, ())]
+        else:
+            ns.append(self._negative_soa(node.zone))
+        return self._finish(wire.QR_AA, rcode, an, ns, ar, ekey)
+
+    @staticmethod
+    def _finish(
+        flags: int, rcode: int, an: list[bytes], ns: list[bytes], ar: list[bytes], ekey: int
+    ) -> Packed:
+        if ekey:
+            ar = [*ar, wire.opt_rr(ekey)]
+        hdr = wire.header(flags, rcode, 1, len(an), len(ns), len(ar))
+        return hdr, b"".join(an + ns + ar)
