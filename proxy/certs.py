@@ -1,0 +1,102 @@
+"""Server-side TLS contexts, one per Certificate (not per name), chosen by SNI.
+
+The proxy reads the SNI itself before the handshake, so it picks the context up front
+rather than in an ``sni_callback``: exact SAN first, then the wildcard one level up.
+A context is rebuilt only when its Certificate's files change; connections opened with
+the old context keep it until they close, so a renewal never drops anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+from webgateway.model import Certificate, CertState
+
+log = logging.getLogger(__name__)
+
+H1: tuple[str, ...] = ("http/1.1",)
+H2: tuple[str, ...] = ("h2", "http/1.1")
+
+
+def _context(cert: Certificate, alpn: tuple[str, ...]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.load_cert_chain(cert.cert_path, cert.key_path)
+    ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+@dataclass
+class _Loaded:
+    cert: Certificate
+    h1: ssl.SSLContext
+    h2: ssl.SSLContext
+
+
+def _same_files(a: Certificate, b: Certificate) -> bool:
+    return (a.cert_path, a.key_path, a.not_before, a.not_after, a.updated) == (
+        b.cert_path,
+        b.key_path,
+        b.not_before,
+        b.not_after,
+        b.updated,
+    )
+
+
+class CertTable:
+    """Certificate id -> contexts, and SAN -> certificate id."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, _Loaded] = {}
+        self._by_san: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+    def set(self, cert_id: str, cert: Certificate | None) -> None:
+        old = self._loaded.get(cert_id)
+        if cert is None or not cert.cert_path or not cert.key_path or (
+            cert.state not in (CertState.VALID, CertState.FAILED)
+        ):
+            # FAILED keeps serving the previous (still valid) files while renewal retries.
+            if cert is not None and cert.state == CertState.FAILED and old is not None:
+                return
+            if old is not None:
+                del self._loaded[cert_id]
+                self._reindex()
+            return
+        if old is not None and _same_files(old.cert, cert):
+            return
+        try:
+            loaded = _Loaded(cert, _context(cert, H1), _context(cert, H2))
+        except (OSError, ssl.SSLError, ValueError) as e:
+            # Keep the previous context if any: a half-written renewal must not take a
+            # working name down.
+            log.warning("certificate %s: cannot load %s: %s", cert_id, cert.cert_path, e)
+            return
+        self._loaded[cert_id] = loaded
+        self._reindex()
+        log.info("certificate %s loaded for %s", cert_id, ", ".join(cert.domains))
+
+    def _reindex(self) -> None:
+        by_san: dict[str, str] = {}
+        # Deterministic winner when two certificates share a SAN: the newest one.
+        for cid, ld in sorted(self._loaded.items(), key=lambda kv: kv[1].cert.not_after):
+            for d in ld.cert.domains:
+                by_san[d.lower().rstrip(".")] = cid
+        self._by_san = by_san
+
+    def context_for(self, server_name: str, http2: bool = False) -> ssl.SSLContext | None:
+        cid = self._by_san.get(server_name)
+        if cid is None:
+            _, dot, parent = server_name.partition(".")
+            if not dot:
+                return None
+            cid = self._by_san.get("*." + parent)
+            if cid is None:
+                return None
+        ld = self._loaded[cid]
+        return ld.h2 if http2 else ld.h1

@@ -1,0 +1,138 @@
+"""What every listener of the proxy shares: routes, backends, limits, metrics, live pairs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from proxy.balancer import Balancer
+from proxy.connector import Connector, TcpConnector
+from proxy.proxyproto import header
+from proxy.routes import Route, RouteTable
+from proxy.splice import Splice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    connect_timeout: float = 5.0
+    max_connections: int = 10000
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connections = Counter(
+            "proxy_connections", "Client connections by outcome", ["outcome"], registry=registry
+        )
+        self.active = Gauge("proxy_active_connections", "Open client connections",
+                            registry=registry)
+        self.backend_failures = Counter(
+            "proxy_backend_connect_failures", "Failed connects to a backend", registry=registry
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        table: RouteTable,
+        limits: Limits,
+        registry: CollectorRegistry,
+        connector: Connector | None = None,
+    ) -> None:
+        self.table = table
+        self.limits = limits
+        self.balancer = Balancer()
+        self.connector: Connector = connector or TcpConnector()
+        self.metrics = Metrics(registry)
+        self.count = 0  # connections from accept to close (peeking ones included)
+        self.splices: set[Splice] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._outcomes = {
+            k: self.metrics.connections.labels(k)
+            for k in ("terminated", "passthrough", "unknown_name", "no_certificate",
+                      "bad_hello", "handshake_failed", "no_backend", "rejected_limit",
+                      "timeout", "redirect", "not_found")
+        }
+
+    # -- accounting
+    def outcome(self, what: str) -> None:
+        self._outcomes[what].inc()
+
+    def opened(self) -> bool:
+        """Count a new client; False when the limit is reached (caller closes it)."""
+        if self.count >= self.limits.max_connections:
+            self.outcome("rejected_limit")
+            return False
+        self.count += 1
+        self.metrics.active.inc()
+        return True
+
+    def closed(self) -> None:
+        self.count -= 1
+        self.metrics.active.dec()
+
+    def spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def new_splice(self) -> Splice:
+        sp = Splice(asyncio.get_running_loop(), self.limits.idle_timeout, self._splice_done)
+        self.splices.add(sp)
+        return sp
+
+    def forget(self, sp: Splice) -> None:
+        """Drop a splice that never carried a connection (the caller closes the client)."""
+        sp.cancel()
+        self.splices.discard(sp)
+
+    def _splice_done(self, sp: Splice) -> None:
+        self.splices.discard(sp)
+        if sp.backend_addr is not None:
+            self.balancer.release(sp.backend_addr)
+        self.closed()
+
+    # -- backends
+    async def connect_backend(
+        self, route: Route, sp: Splice, client: tuple[str, int], local: tuple[str, int]
+    ) -> bool:
+        """Dial the route's backends in balancer order until one answers."""
+        for b in self.balancer.order(route.backends):
+            if sp.client.closed:
+                return False
+            try:
+                transport, _ = await self.connector.connect(
+                    b, lambda: sp.backend, self.limits.connect_timeout
+                )
+            except (OSError, TimeoutError) as e:
+                self.balancer.failed(b)
+                self.metrics.backend_failures.inc()
+                log.info("backend %s of %s failed: %s", b, route.name.label, e or "timeout")
+                continue
+            if sp.client.closed:
+                transport.close()
+                return False
+            self.balancer.acquire(b)
+            sp.backend_addr = b
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if route.name.proxy_protocol:
+                transport.write(header(client, local))
+            return True
+        return False
+
+    def close_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for sp in list(self.splices):
+            sp.abort()

@@ -1,0 +1,87 @@
+"""The proxy as a supervised service: follow the store, bind the listeners, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from prometheus_client import CollectorRegistry
+
+from proxy.engine import Engine, Limits
+from proxy.https import HttpsListener, bind
+from proxy.redirect import RedirectProtocol
+from proxy.routes import RouteTable
+from webgateway.addresses import HostPort
+from webgateway.config import Config, ConfigError
+from webgateway.feed import Follower
+from webgateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def limits_of(config: Config) -> Limits:
+    p = config.proxy
+    return Limits(p.handshake_timeout, p.idle_timeout, p.connect_timeout, p.max_connections)
+
+
+class ProxyService:
+    name = "proxy"
+
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry,
+                 reuse_port: bool = False) -> None:
+        self.config = config
+        self.store = store
+        self.table = RouteTable(config.zone.name)
+        self.engine = Engine(self.table, limits_of(config), registry)
+        self.follower = Follower(store, self.table)
+        self.reuse_port = reuse_port or config.proxy.workers > 1
+        self._https: list[HttpsListener] = []
+        self._http: list[asyncio.AbstractServer] = []
+        self._follow: asyncio.Task[None] | None = None
+        self.https_addresses: list[tuple[str, int]] = []
+        self.http_addresses: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        await self.follower.load()
+        self._follow = asyncio.get_running_loop().create_task(self.follower.run())
+        try:
+            for addr in self.config.proxy.https_listen:
+                sock = self._bind("proxy.https_listen", addr)
+                self._https.append(HttpsListener(self.engine, sock))
+                self.https_addresses.append(sock.getsockname()[:2])
+            loop = asyncio.get_running_loop()
+            for addr in self.config.proxy.http_listen:
+                sock = self._bind("proxy.http_listen", addr)
+                srv = await loop.create_server(lambda: RedirectProtocol(self.engine), sock=sock)
+                self._http.append(srv)
+                self.http_addresses.append(sock.getsockname()[:2])
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _bind(self, key: str, addr: HostPort) -> socket.socket:
+        try:
+            return bind(addr, reuse_port=self.reuse_port)
+        except OSError as e:
+            raise ConfigError(key, f"cannot bind {addr}: {e.strerror or e}") from None
+
+    async def stop(self) -> None:
+        for lst in self._https:
+            lst.close()
+        self._https.clear()
+        for srv in self._http:
+            srv.close()
+        self._http.clear()
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+            self._follow = None
+        self.engine.close_all()
+        await asyncio.sleep(0)
+
+
+def build(config: Config, store: Store, registry: CollectorRegistry) -> ProxyService:
+    return ProxyService(config, store, registry)

@@ -1,0 +1,179 @@
+"""The byte pump: two asyncio Protocols joined back to back, with flow control.
+
+Each side writes what it reads into the other's transport. When a transport's write
+buffer passes its high-water mark, asyncio calls ``pause_writing`` on that side, which
+pauses *reading* on the other side; so a slow client stalls the backend read instead
+of the proxy buffering a whole response. Memory per connection is bounded by the two
+write-buffer limits plus one read chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+from webgateway.addresses import HostPort
+
+#: Write-buffer high-water mark per transport (low is a quarter of it).
+HIGH_WATER: Final = 256 * 1024
+#: Bytes a side may hold while its peer is not connected yet.
+PENDING_LIMIT: Final = 64 * 1024
+
+
+class Half(asyncio.Protocol):
+    """One connection of a spliced pair."""
+
+    __slots__ = ("closed", "eof", "paused", "peer", "pending", "splice", "transport")
+
+    def __init__(self, splice: Splice) -> None:
+        self.splice = splice
+        self.transport: asyncio.Transport | None = None
+        self.peer: Half | None = None
+        self.pending: list[bytes] = []
+        self.eof = False
+        self.closed = False
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)
+
+    def data_received(self, data: bytes) -> None:
+        sp = self.splice
+        sp.activity += 1
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            if not peer.closed:
+                peer.transport.write(data)
+            return
+        self.pending.append(data)
+        if sum(map(len, self.pending)) > PENDING_LIMIT and self.transport is not None:
+            self._pause()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return self.splice.on_eof(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.splice.on_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer._pause()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer._resume()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+class Splice:
+    """A client connection and its backend connection, and what ends them."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        idle_timeout: float,
+        on_done: Callable[[Splice], None],
+    ) -> None:
+        self.loop = loop
+        self.client = Half(self)
+        self.backend = Half(self)
+        self.backend_addr: HostPort | None = None
+        self.activity = 0
+        self._seen = -1
+        self._strikes = 0
+        self._idle = idle_timeout
+        self._timer: asyncio.TimerHandle | None = loop.call_later(idle_timeout / 2, self._tick)
+        self._on_done = on_done
+        self._done = False
+
+    def link(self) -> None:
+        """Both sides are connected: flush what waited and start pumping."""
+        c, b = self.client, self.backend
+        c.peer, b.peer = b, c
+        for src, dst in ((c, b), (b, c)):
+            if dst.transport is None or dst.closed:
+                continue
+            if src.pending:
+                dst.transport.writelines(src.pending)
+                src.pending.clear()
+            src._resume()
+            if src.eof:
+                self.on_eof(src)
+        if c.closed or b.closed:
+            self.on_lost(c if c.closed else b)
+
+    def on_eof(self, side: Half) -> bool:
+        other = side.peer
+        if other is None:
+            return True  # handled in link()
+        if other.closed or other.transport is None:
+            return False
+        if other.eof or not other.transport.can_write_eof():
+            other.close()
+            return False
+        other.transport.write_eof()
+        return True  # half-close: keep reading the other direction
+
+    def on_lost(self, side: Half) -> None:
+        other = self.backend if side is self.client else self.client
+        if other.transport is not None and not other.closed:
+            other.close()  # flushes what is buffered, then closes
+        if ((self.client.closed or self.client.transport is None) and (
+            self.backend.closed or self.backend.transport is None
+        )) or other.transport is None:
+            self.finish()
+
+    def finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._on_done(self)
+
+    def cancel(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def abort(self) -> None:
+        self.client.abort()
+        self.backend.abort()
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        if self.activity == self._seen:
+            self._strikes += 1
+            if self._strikes >= 2:
+                self.abort()
+                return
+        else:
+            self._strikes = 0
+            self._seen = self.activity
+        self._timer = self.loop.call_later(self._idle / 2, self._tick)

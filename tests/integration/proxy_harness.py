@@ -1,0 +1,178 @@
+"""Plumbing for the proxy's integration tests: a test CA, tiny backends, a live proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+from prometheus_client import CollectorRegistry
+
+from proxy.service import ProxyService
+from tests.support import ZONE, make_config
+from webgateway.addresses import parse_hostport
+from webgateway.model import Certificate, CertState, Name, TlsMode
+from webgateway.sqlite_store import SqliteStore
+
+
+class Backend(asyncio.Protocol):
+    """A minimal HTTP/1.1 backend: answers every request with its own tag and the path.
+
+    ``/big/N`` answers N bytes; the first bytes of each connection are recorded so a
+    test can see a PROXY header or a passthrough ClientHello.
+    """
+
+    def __init__(self, server: BackendServer) -> None:
+        self.server = server
+        self.buf = b""
+        self.first = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        if not self.first:
+            self.first = data[:4096]
+            self.server.firsts.append(self.first)
+        if self.server.raw:
+            return
+        self.buf += data
+        if self.buf.startswith(b"\r\n\r\n\x00\r\nQUIT\n"):
+            n = 16 + int.from_bytes(self.buf[14:16], "big")
+            self.buf = self.buf[n:]
+        while b"\r\n\r\n" in self.buf:
+            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            path = head.split(b" ")[1].decode()
+            if path.startswith("/big/"):
+                body = b"x" * int(path[5:])
+            else:
+                body = f"{self.server.tag} {path}\n".encode()
+            assert self.transport is not None
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+
+
+@dataclass
+class BackendServer:
+    tag: str
+    host: str
+    raw: bool = False
+    connections: int = 0
+    firsts: list[bytes] = field(default_factory=list)
+    server: asyncio.AbstractServer | None = None
+    port: int = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: Backend(self), self.host, 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    @property
+    def addr(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@dataclass
+class Gateway:
+    tmp: Path
+    store: SqliteStore
+    proxy: ProxyService
+    ca: trustme.CA
+    ca_file: Path
+    https_port: int
+    http_port: int
+
+    async def name(self, label: str, *backends: str, **kw: Any) -> None:
+        await self.store.put_name(
+            Name(label, 1, tuple(parse_hostport(b) for b in backends), **kw), 1000
+        )
+        await self.synced()
+
+    async def synced(self) -> None:
+        target = await self.store.serial()
+        for _ in range(200):
+            if self.proxy.follower.serial >= target:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("proxy did not follow the store")
+
+    async def certificate(self, cert_id: str, *domains: str, tag: str = "") -> Path:
+        leaf = self.ca.issue_cert(*domains)
+        d = self.proxy.config.store.certs_dir
+        cert_path = d / f"{cert_id}{tag}.pem"
+        key_path = d / f"{cert_id}{tag}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert_path))
+        with open(cert_path, "ab") as f:
+            for pem in leaf.cert_chain_pems[1:]:
+                f.write(pem.bytes())
+        key_path.touch(0o600)
+        leaf.private_key_pem.write_to_path(str(key_path))
+        await self.store.put_certificate(
+            Certificate(cert_id, tuple(domains), CertState.VALID, str(cert_path), str(key_path))
+        )
+        await self.synced()
+        return cert_path
+
+
+@contextlib.asynccontextmanager
+async def gateway(tmp: Path, **proxy_cfg: Any) -> AsyncIterator[Gateway]:
+    cfg = make_config(tmp, proxy=proxy_cfg) if proxy_cfg else make_config(tmp)
+    store = SqliteStore(cfg.store.path, 0.01)
+    await store.open()
+    await store.create_owner("alice", "hash-alice")
+    svc = ProxyService(cfg, store, CollectorRegistry())
+    await svc.start()
+    ca = trustme.CA()
+    ca_file = tmp / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    gw = Gateway(tmp, store, svc, ca, ca_file, svc.https_addresses[0][1],
+                 svc.http_addresses[0][1])
+    try:
+        yield gw
+    finally:
+        await svc.stop()
+        await store.close()
+
+
+async def run(*cmd: str, stdin: bytes = b"", timeout: float = 30) -> tuple[int, bytes, bytes]:
+    """Run a real client (curl, openssl) without blocking the loop the proxy runs on."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+def fqdn(label: str) -> str:
+    return f"{label}.{ZONE}"
+
+
+async def curl(gw: Gateway, host: str, path: str = "/", *extra: str) -> tuple[int, bytes, bytes]:
+    return await run(
+        "curl", "-sS", "--max-time", "20", "--cacert", str(gw.ca_file),
+        "--resolve", f"{host}:{gw.https_port}:127.0.0.1",
+        *extra, f"https://{host}:{gw.https_port}{path}",
+    )
+
+
+__all__ = ["TlsMode", "Backend", "BackendServer", "Gateway", "curl", "fqdn", "gateway", "run"]
