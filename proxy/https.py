@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextlib
 import errno
 import logging
 import socket
@@ -129,6 +130,8 @@ class _Peek:
         self.timer = None
         self._stop_waiting()
         self.engine.outcome("timeout")
+        with contextlib.suppress(OSError):
+            self.sock.recv(ch.MAX_PEEK)  # unread bytes would turn our FIN into a reset
         self.sock.close()
         self.engine.closed()
 
@@ -276,6 +279,7 @@ class HttpsListener:
                          ctx: ssl.SSLContext, deadline: float) -> None:
         engine = self.engine
         sp = engine.new_splice()
+        sp.client.half_close = False
         left = max(0.1, deadline - self.loop.time())
         try:
             transport, _ = await self.loop.connect_accepted_socket(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from proxy.clienthello import is_host_name
 from proxy.engine import Engine
@@ -103,10 +103,10 @@ class RedirectProtocol(asyncio.Protocol):
         self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
+        self.transport = cast(asyncio.Transport, transport)
         if not self.engine.opened():
-            transport.abort()
+            self.transport.abort()
             return
         self.counted = True
         self.timer = asyncio.get_running_loop().call_later(

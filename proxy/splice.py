@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from webgateway.addresses import HostPort
 
@@ -24,7 +24,7 @@ PENDING_LIMIT: Final = 64 * 1024
 class Half(asyncio.Protocol):
     """One connection of a spliced pair."""
 
-    __slots__ = ("closed", "eof", "paused", "peer", "pending", "splice", "transport")
+    __slots__ = ("closed", "eof", "half_close", "paused", "peer", "pending", "splice", "transport")
 
     def __init__(self, splice: Splice) -> None:
         self.splice = splice
@@ -34,11 +34,12 @@ class Half(asyncio.Protocol):
         self.eof = False
         self.closed = False
         self.paused = False
+        self.half_close = True  # False for TLS: its transports close on EOF anyway
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)
+        # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)
 
     def data_received(self, data: bytes) -> None:
         sp = self.splice
@@ -134,7 +135,7 @@ class Splice:
             other.close()
             return False
         other.transport.write_eof()
-        return True  # half-close: keep reading the other direction
+        return side.half_close  # half-close: keep reading the other direction
 
     def on_lost(self, side: Half) -> None:
         other = self.backend if side is self.client else self.client

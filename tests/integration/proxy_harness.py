@@ -34,8 +34,7 @@ class Backend(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.server.connections += 1
 
     def data_received(self, data: bytes) -> None:
@@ -59,6 +58,9 @@ class Backend(asyncio.Protocol):
             self.transport.write(
                 b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
             )
+            if b"connection: close" in head.lower():
+                self.transport.close()
+                return
 
 
 @dataclass

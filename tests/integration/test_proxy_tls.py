@@ -1,15 +1,28 @@
-"""The live proxy against real clients (curl, openssl s_client) on loopback."""
+"""The live proxy against real clients (curl, openssl s_client) on loopback.
+
+Each test runs its own event loop (uvloop, what production runs; the first one also on
+the stdlib loop) with a real store, a real proxy service, tiny asyncio backends on
+127.0.0.1 and ::1, and trustme certificates inserted through ``store.put_certificate``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
+from proxy import clienthello as ch
+from proxy.splice import HIGH_WATER
 from tests.integration.proxy_harness import (
     BackendServer,
     Gateway,
+    TlsMode,
     curl,
     fqdn,
     gateway,
@@ -17,34 +30,365 @@ from tests.integration.proxy_harness import (
 )
 from tests.support import ZONE
 
-
-@pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with gateway(tmp_path) as g:
-        yield g
+Body = Callable[[Gateway, BackendServer, BackendServer], Awaitable[None]]
 
 
-@pytest.fixture
-async def backends() -> AsyncIterator[tuple[BackendServer, BackendServer]]:
-    v4 = BackendServer("v4", "127.0.0.1")
-    v6 = BackendServer("v6", "::1")
-    await v4.start()
-    await v6.start()
-    yield v4, v6
-    await v4.close()
-    await v6.close()
+def _run(kind: str, coro: Coroutine[Any, Any, None]) -> None:
+    factory = uvloop.new_event_loop if kind == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(coro)
 
 
-async def test_terminate_with_wildcard_cert_to_v4_and_v6_backends(
-    gw: Gateway, backends: tuple[BackendServer, BackendServer]
-) -> None:
-    v4, v6 = backends
-    await gw.certificate("zone", ZONE, f"*.{ZONE}")
-    await gw.name("alice", v4.addr)
-    await gw.name("bob", v6.addr)
-    rc, out, err = await curl(gw, fqdn("alice"), "/hello")
-    assert rc == 0, err
-    assert out == b"v4 /hello\n"
-    rc, out, err = await curl(gw, fqdn("bob"), "/x")
-    assert rc == 0, err
-    assert out == b"v6 /x\n"
+def live(tmp: Path, body: Body, kind: str = "uvloop", **proxy_cfg: Any) -> None:
+    async def main() -> None:
+        v4 = BackendServer("v4", "127.0.0.1")
+        v6 = BackendServer("v6", "::1")
+        await v4.start()
+        await v6.start()
+        try:
+            async with gateway(tmp, **proxy_cfg) as gw:
+                await body(gw, v4, v6)
+        finally:
+            await v4.close()
+            await v6.close()
+
+    _run(kind, main())
+
+
+async def tls_client(gw: Gateway, server_name: str | None, alpn: list[str] | None = None,
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", gw.https_port, ssl=ctx, server_hostname=server_name), 10)
+
+
+async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str,
+              path: str) -> bytes:
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+def peer_sans(writer: asyncio.StreamWriter) -> list[str]:
+    cert = writer.get_extra_info("peercert")
+    return sorted(v for k, v in cert["subjectAltName"] if k == "DNS")
+
+
+# ---------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_terminate_wildcard_to_v4_and_v6_backends(tmp_path: Path, kind: str) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("alice", v4.addr)
+        await gw.name("bob", v6.addr)
+        rc, out, err = await curl(gw, fqdn("alice"), "/hello")
+        assert (rc, out) == (0, b"v4 /hello\n"), err
+        rc, out, err = await curl(gw, fqdn("bob"), "/x?y=1")
+        assert (rc, out) == (0, b"v6 /x?y=1\n"), err
+        # keep-alive: several requests on one TLS connection
+        rc, out, err = await curl(gw, fqdn("alice"), "/b",
+                                  f"https://{fqdn('alice')}:{gw.https_port}/a", "-w", "%{num_connects}")
+        assert (rc, out) == (0, b"v4 /a\n1v4 /b\n0"), err
+
+    live(tmp_path, body, kind)
+
+
+def test_exact_san_beats_wildcard_and_custom_domains_route(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.certificate("exact", fqdn("alice"))
+        await gw.name("alice", v4.addr)
+        await gw.name("bob", v6.addr)
+        await gw.certificate("shop.example.org", "shop.example.org")
+        from webgateway.model import Domain, DomainState
+
+        await gw.store.put_domain(
+            Domain("shop.example.org", "bob", 1, "c1", DomainState.ACTIVE), 100)
+        await gw.synced()
+        r, w = await tls_client(gw, fqdn("alice"))
+        assert peer_sans(w) == [fqdn("alice")]
+        w.close()
+        r, w = await tls_client(gw, fqdn("bob"))
+        assert peer_sans(w) == sorted([ZONE, f"*.{ZONE}"])
+        w.close()
+        rc, out, err = await curl(gw, "shop.example.org", "/cart")
+        assert (rc, out) == (0, b"v6 /cart\n"), err
+        # openssl s_client, the other real client, on the custom domain
+        rc, out, err = await run(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{gw.https_port}",
+            "-servername", "shop.example.org", "-CAfile", str(gw.ca_file),
+            "-verify_return_error", "-ign_eof",
+            stdin=b"GET /os HTTP/1.1\r\nHost: shop.example.org\r\nConnection: close\r\n\r\n")
+        assert rc == 0, err
+        assert b"Verify return code: 0 (ok)" in out
+        assert b"v6 /os" in out
+
+    live(tmp_path, body)
+
+
+def test_alpn_offers_h2_only_for_http2_names(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("plain", v4.addr)
+        await gw.name("fast", v4.addr, http2=True)
+        for label, want in (("plain", "http/1.1"), ("fast", "h2")):
+            _, w = await tls_client(gw, fqdn(label), ["h2", "http/1.1"])
+            assert w.get_extra_info("ssl_object").selected_alpn_protocol() == want
+            w.close()
+
+    live(tmp_path, body)
+
+
+# ---------------------------------------------------------------------- clean refusals
+
+
+async def s_client_alert(gw: Gateway, *args: str) -> bytes:
+    rc, out, err = await run("openssl", "s_client", "-connect", f"127.0.0.1:{gw.https_port}",
+                             *args, stdin=b"")
+    assert rc != 0
+    return err
+
+
+def test_unknown_sni_no_sni_and_missing_cert_get_unrecognized_name(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.name("nocert", v4.addr)
+        err = await s_client_alert(gw, "-servername", fqdn("nocert"))
+        assert b"unrecognized name" in err, err
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        err = await s_client_alert(gw, "-servername", fqdn("nobody"))
+        assert b"unrecognized name" in err, err
+        err = await s_client_alert(gw, "-noservername")
+        assert b"unrecognized name" in err, err
+        # garbage: closed, not hung
+        r, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
+        w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await asyncio.wait_for(r.read(), 10) == b""
+        w.close()
+        # and the proxy still serves
+        rc, out, err = await curl(gw, fqdn("nocert"), "/ok")
+        assert (rc, out) == (0, b"v4 /ok\n"), err
+
+    live(tmp_path, body)
+
+
+# ---------------------------------------------------------------------- backends
+
+
+def test_refused_backend_is_skipped_and_least_connections_spreads(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        await gw.name("multi", dead, v4.addr, v6.addr)
+        conns = [await tls_client(gw, fqdn("multi")) for _ in range(6)]
+        tags = [(await get(r, w, fqdn("multi"), "/")).split()[0] for r, w in conns]
+        assert sorted(tags) == [b"v4"] * 3 + [b"v6"] * 3
+        for _, w in conns:
+            w.close()
+
+    live(tmp_path, body)
+
+
+def test_no_backend_gives_502_for_terminate_and_close_for_passthrough(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        await gw.name("down", dead)
+        rc, out, err = await curl(gw, fqdn("down"), "/", "-w", "%{http_code}")
+        assert rc == 0, err
+        assert out.endswith(b"502") and b"Bad Gateway" in out
+        await gw.name("downpt", dead, tls=TlsMode.PASSTHROUGH)
+        rc, out, err = await curl(gw, fqdn("downpt"), "/")
+        assert rc != 0 and out == b""
+
+    live(tmp_path, body)
+
+
+def test_passthrough_forwards_the_raw_hello(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        leaf = gw.ca.issue_cert(fqdn("pt"))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        leaf.configure_cert(ctx)
+        tls_backend = BackendServer("tlsbe", "::1")
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.Protocol:
+            from tests.integration.proxy_harness import Backend
+
+            return Backend(tls_backend)
+
+        server = await loop.create_server(factory, "::1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await gw.name("pt", f"[::1]:{port}", tls=TlsMode.PASSTHROUGH)
+            rc, out, err = await curl(gw, fqdn("pt"), "/through")
+            assert (rc, out) == (0, b"tlsbe /through\n"), err
+        finally:
+            server.close()
+        # the backend saw the client's own ClientHello, SNI and all
+        # (recorded by a raw listener on the same route)
+        raw = BackendServer("raw", "127.0.0.1", raw=True)
+        await raw.start()
+        await gw.name("pt", raw.addr, tls=TlsMode.PASSTHROUGH)
+        await run("openssl", "s_client", "-connect", f"127.0.0.1:{gw.https_port}",
+                  "-servername", fqdn("pt"), stdin=b"", timeout=5)
+        hello = ch.parse(raw.firsts[0])
+        assert isinstance(hello, ch.ClientHello) and hello.server_name == fqdn("pt")
+        await raw.close()
+
+    live(tmp_path, body, handshake_timeout=2.0, connect_timeout=2.0, idle_timeout=2.0)
+
+
+def test_proxy_protocol_v2_carries_the_client_address(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("pp", v6.addr, proxy_protocol=True)
+        r, w = await tls_client(gw, fqdn("pp"))
+        assert await get(r, w, fqdn("pp"), "/p") == b"v6 /p\n"
+        client_port = w.get_extra_info("sockname")[1]
+        w.close()
+        first = v6.firsts[-1]
+        assert first[:12] == b"\r\n\r\n\x00\r\nQUIT\n"
+        assert first[12:14] == b"\x21\x11"  # PROXY, TCP over IPv4 (the client side)
+        assert first[16:20] == socket.inet_aton("127.0.0.1")
+        assert int.from_bytes(first[24:26], "big") == client_port
+        assert int.from_bytes(first[26:28], "big") == gw.https_port
+
+    live(tmp_path, body)
+
+
+# ---------------------------------------------------------------------- changes live
+
+
+def test_certificate_and_route_changes_keep_open_connections(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}", tag="-1")
+        await gw.name("live", v4.addr)
+        r1, w1 = await tls_client(gw, fqdn("live"))
+        serial1 = w1.get_extra_info("peercert")["serialNumber"]
+        assert await get(r1, w1, fqdn("live"), "/1") == b"v4 /1\n"
+        await gw.certificate("zone", ZONE, f"*.{ZONE}", tag="-2")  # renewal: new files
+        await gw.name("live", v6.addr)  # route change
+        r2, w2 = await tls_client(gw, fqdn("live"))
+        assert w2.get_extra_info("peercert")["serialNumber"] != serial1
+        assert await get(r2, w2, fqdn("live"), "/2") == b"v6 /2\n"
+        # the first connection was not dropped and still reaches its backend
+        assert await get(r1, w1, fqdn("live"), "/3") == b"v4 /3\n"
+        w1.close()
+        w2.close()
+
+    live(tmp_path, body)
+
+
+# ---------------------------------------------------------------------- :80
+
+
+def test_http_listener_redirects_known_names_only(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.name("web", v4.addr)
+        from webgateway.model import Domain
+
+        await gw.store.put_domain(Domain("www.shop.example", "web", 1, "c2"), 100)
+        await gw.synced()
+        for host, code, loc in (
+            (fqdn("web"), b"301", f"https://{fqdn('web')}/a/b?c=d".encode()),
+            ("www.shop.example", b"301", b"https://www.shop.example/a/b?c=d"),
+            (fqdn("nobody"), b"404", b""),
+        ):
+            rc, out, err = await run(
+                "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                "--resolve", f"{host}:{gw.http_port}:127.0.0.1",
+                f"http://{host}:{gw.http_port}/a/b?c=d")
+            assert rc == 0, err
+            assert out.strip() == (code + b" " + loc).strip()
+
+    live(tmp_path, body)
+
+
+# ---------------------------------------------------------------------- limits
+
+
+def test_slowloris_does_not_stop_new_clients_and_times_out(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("busy", v4.addr)
+        slow = []
+        for i in range(300):
+            r, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
+            w.write(b"\x16\x03\x01\x02" if i % 2 else b"")  # half a record header, or nothing
+            slow.append((r, w))
+        for i in range(3):
+            rc, out, err = await curl(gw, fqdn("busy"), f"/{i}")
+            assert (rc, out) == (0, f"v4 /{i}\n".encode()), err
+        # handshake_timeout closes every one of them (bounded wait, not a timing assertion)
+        for r, _ in slow:
+            assert await asyncio.wait_for(r.read(), 30) == b""
+        for _, w in slow:
+            w.close()
+
+    live(tmp_path, body, handshake_timeout=2.0)
+
+
+def test_idle_timeout_and_max_connections(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("few", v4.addr)
+        held = [await tls_client(gw, fqdn("few")) for _ in range(4)]
+        for r, w in held:
+            assert await get(r, w, fqdn("few"), "/") == b"v4 /\n"
+        # the fifth is turned away while four are open
+        r5, w5 = await asyncio.open_connection("127.0.0.1", gw.https_port)
+        assert await asyncio.wait_for(r5.read(), 10) == b""
+        w5.close()
+        # idle connections are closed by the proxy ...
+        for r, _ in held:
+            assert await asyncio.wait_for(r.read(), 30) == b""
+        for _, w in held:
+            w.close()
+        # ... which frees their slots
+        for _ in range(100):
+            if gw.proxy.engine.count == 0:
+                break
+            await asyncio.sleep(0.05)
+        rc, out, err = await curl(gw, fqdn("few"), "/again")
+        assert (rc, out) == (0, b"v4 /again\n"), err
+
+    live(tmp_path, body, max_connections=4, idle_timeout=1.0)
+
+
+def test_slow_client_back_pressure_bounds_proxy_buffers(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("bulk", v4.addr)
+        size = 64 * 1024 * 1024
+        r, w = await tls_client(gw, fqdn("bulk"))
+        w.transport.set_write_buffer_limits(0)
+        w.write(f"GET /big/{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        w.transport.pause_reading()  # a client that does not read
+        await asyncio.sleep(1.0)
+        sp = next(iter(gw.proxy.engine.splices))
+        assert sp.client.transport is not None and sp.backend.transport is not None
+        held = (sp.client.transport.get_write_buffer_size()
+                + sp.backend.transport.get_write_buffer_size())
+        assert held <= 4 * HIGH_WATER
+        assert sp.client.peer is not None and sp.backend.paused
+        w.transport.resume_reading()
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert b"200 OK" in head
+        got = 0
+        while got < size:
+            chunk = await asyncio.wait_for(r.read(1 << 20), 20)
+            assert chunk
+            got += len(chunk)
+        assert got == size
+        w.close()
+
+    live(tmp_path, body)
