@@ -177,4 +177,4 @@ async def curl(gw: Gateway, host: str, path: str = "/", *extra: str) -> tuple[in
     )
 
 
-__all__ = ["TlsMode", "Backend", "BackendServer", "Gateway", "curl", "fqdn", "gateway", "run"]
+__all__ = ["Backend", "BackendServer", "Gateway", "TlsMode", "curl", "fqdn", "gateway", "run"]

@@ -91,8 +91,8 @@ def test_terminate_wildcard_to_v4_and_v6_backends(tmp_path: Path, kind: str) -> 
         rc, out, err = await curl(gw, fqdn("bob"), "/x?y=1")
         assert (rc, out) == (0, b"v6 /x?y=1\n"), err
         # keep-alive: several requests on one TLS connection
-        rc, out, err = await curl(gw, fqdn("alice"), "/b",
-                                  f"https://{fqdn('alice')}:{gw.https_port}/a", "-w", "%{num_connects}")
+        second = f"https://{fqdn('alice')}:{gw.https_port}/a"
+        rc, out, err = await curl(gw, fqdn("alice"), "/b", second, "-w", "%{num_connects}")
         assert (rc, out) == (0, b"v4 /a\n1v4 /b\n0"), err
 
     live(tmp_path, body, kind)
@@ -110,10 +110,10 @@ def test_exact_san_beats_wildcard_and_custom_domains_route(tmp_path: Path) -> No
         await gw.store.put_domain(
             Domain("shop.example.org", "bob", 1, "c1", DomainState.ACTIVE), 100)
         await gw.synced()
-        r, w = await tls_client(gw, fqdn("alice"))
+        _r, w = await tls_client(gw, fqdn("alice"))
         assert peer_sans(w) == [fqdn("alice")]
         w.close()
-        r, w = await tls_client(gw, fqdn("bob"))
+        _r, w = await tls_client(gw, fqdn("bob"))
         assert peer_sans(w) == sorted([ZONE, f"*.{ZONE}"])
         w.close()
         rc, out, err = await curl(gw, "shop.example.org", "/cart")
@@ -148,7 +148,7 @@ def test_alpn_offers_h2_only_for_http2_names(tmp_path: Path) -> None:
 
 
 async def s_client_alert(gw: Gateway, *args: str) -> bytes:
-    rc, out, err = await run("openssl", "s_client", "-connect", f"127.0.0.1:{gw.https_port}",
+    rc, _out, err = await run("openssl", "s_client", "-connect", f"127.0.0.1:{gw.https_port}",
                              *args, stdin=b"")
     assert rc != 0
     return err
