@@ -230,7 +230,6 @@ class ZoneView:
         rrsets: Rrsets = {}
         cname = None
         if zone is not None:
-            rrsets.update(self.static.get(name, {}))
             if name in self.domain_apex:
                 rrsets.update(self.gateway)
                 if name == zone:
@@ -238,6 +237,7 @@ class ZoneView:
             first = name[0]
             if first and name[first + 1 :] == self.apex and name[1 : first + 1] in self.labels:
                 rrsets.update(self.gateway)
+            rrsets.update(self.static.get(name, {}))  # configured records win
             cname = self.cnames.get(name)
             if cname is None and name in self.txt:
                 rrsets[wire.TXT] = tuple(wire.txt_rdata(v) for v in self.txt[name])

@@ -1,0 +1,283 @@
+"""The sans-IO parser and responder: exact parsing, and hostile bytes in bounded time.
+
+The corpus test pushes over 100,000 generated packets (mutations of real queries,
+compression-pointer chains and loops, random headers and random bytes) through the
+responder: every one must give either no reply or a well-formed reply with the
+query's ID, never an exception.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+import time
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dnslib
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dnsd import wire
+from dnsd.responder import Responder
+from dnsd.zone import ZoneView
+from webgateway.config import ZoneConfig
+from webgateway.dnsname import challenge_label
+from webgateway.model import Domain, Name, Snapshot
+
+ZONE = "gw.test"
+
+
+def zone_config(**kw: object) -> ZoneConfig:
+    args: dict[str, object] = {
+        "name": ZONE,
+        "gateway_ipv4": (ipaddress.IPv4Address("192.0.2.1"),),
+        "gateway_ipv6": (ipaddress.IPv6Address("2001:db8::1"),),
+        "nameservers": {f"ns1.{ZONE}": (ipaddress.IPv4Address("192.0.2.53"),)},
+        "hostmaster": f"hostmaster@{ZONE}",
+    }
+    args.update(kw)
+    return ZoneConfig(**args)  # type: ignore[arg-type]
+
+
+def snapshot(serial: int = 7) -> Snapshot:
+    shop = "shop.example.org"
+    return Snapshot(
+        serial,
+        {lab: Name(lab, 1, ()) for lab in ("alice", "bob")},
+        {shop: Domain(shop, "alice", 1, challenge_label(shop))},
+        {f"_acme-challenge.{ZONE}": ("a", "b"), f"{challenge_label(shop)}._acme.{ZONE}": ("t",)},
+        {},
+    )
+
+
+@pytest.fixture(scope="module")
+def responder() -> Responder:
+    view = ZoneView(zone_config())
+    view.load(snapshot())
+    return Responder(view)
+
+
+# ------------------------------------------------------------------ exact parsing
+
+
+def test_parse_fast_reads_question_and_edns() -> None:
+    m = dns.message.make_query("AlIcE.gw.test", "AAAA", use_edns=0, payload=4000,
+                               want_dnssec=True)
+    q = wire.parse_fast(m.to_wire())
+    assert q is not None
+    assert q.qname == b"\x05alice\x02gw\x04test\x00" and q.qtype == wire.AAAA
+    assert q.qclass == wire.IN and q.ekey == wire.EDNS_DO and q.udp_size == 4000
+    m = dns.message.make_query("gw.test", "SOA", use_edns=False)
+    q = wire.parse_fast(m.to_wire())
+    assert q is not None and q.ekey == wire.NO_EDNS and q.udp_size == 512
+    assert q.qend == len(m.to_wire())
+
+
+def test_parse_fast_declines_unusual_shapes() -> None:
+    base = dns.message.make_query("gw.test", "SOA", use_edns=False).to_wire()
+    assert wire.parse_fast(base[:-1]) is None  # truncated
+    assert wire.parse_fast(base + b"x") is None  # trailing byte
+    assert wire.parse_fast(base[:2] + b"\x80\x00" + base[4:]) is None  # a response
+    assert wire.parse_fast(base[:2] + b"\x28\x00" + base[4:]) is None  # opcode UPDATE
+    assert wire.parse_fast(base[:4] + b"\x00\x02" + base[6:]) is None  # QDCOUNT 2
+    ptr = base[:12] + b"\xc0\x0c\x00\x06\x00\x01"
+    assert wire.parse_fast(ptr) is None  # compressed question
+
+
+def test_scan_rejects_pointer_loops_and_forward_pointers_fast() -> None:
+    hdr = struct.pack(">HHHHHH", 1, 0, 1, 0, 0, 0)
+    for body in (b"\xc0\x0c", b"\xc0\x0e\x00", b"\x01a\xc0\x0c", b"\x3f" + b"a" * 10):
+        with pytest.raises(wire.WireError):
+            wire.scan_message(hdr + body + b"\x00\x01\x00\x01")
+    # a chain as long as a 64 KiB message allows: an opaque NULL rdata full of pointers,
+    # each to the one before it, and a second record owned by the last of them
+    q = b"\x00\x00\x01\x00\x01"  # root, A, IN at offset 12
+    rd_at = 12 + len(q) + 11  # first rdata byte of the first record
+    chain = bytearray(b"\x00")
+    for i in range(30000):
+        prev = rd_at + (2 * i - 1 if i else 0)
+        chain += bytes((0xC0 | prev >> 8, prev & 0xFF))
+    last = rd_at + len(chain) - 2
+    rec1 = b"\x00" + struct.pack(">HHIH", 10, 1, 0, len(chain)) + bytes(chain)
+    rec2 = bytes((0xC0 | last >> 8, last & 0xFF)) + struct.pack(">HHIH", 1, 1, 0, 0)
+    packet = struct.pack(">HHHHHH", 2, 0, 1, 2, 0, 0) + q + rec1 + rec2
+    assert len(packet) < 65536
+    t0 = time.process_time()
+    with pytest.raises(wire.WireError, match="too many compression pointers"):
+        wire.scan_message(packet)
+    assert time.process_time() - t0 < 1.0  # bounded, not quadratic (generous bound)
+    reply = Responder(_VIEW).handle(packet, tcp=True)
+    assert reply is not None and reply[3] & 0xF == dns.rcode.FORMERR
+
+
+def test_name_helpers_roundtrip() -> None:
+    w = wire.name_to_wire("Shop.Example.ORG.")
+    assert w == b"\x04shop\x07example\x03org\x00"
+    assert wire.wire_to_text(w) == "shop.example.org."
+    assert wire.name_to_wire("") == b"\x00"
+    with pytest.raises(ValueError):
+        wire.name_to_wire("a" * 64 + ".test")
+    assert wire.txt_rdata("x" * 300)[0] == 255 and wire.txt_rdata("x" * 300)[256] == 45
+
+
+# ------------------------------------------------------------------ responder
+
+
+def ask(responder: Responder, name: str, rdtype: str, **kw: object) -> dns.message.Message:
+    m = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+    raw = responder.handle(m.to_wire())
+    assert raw is not None
+    r = dns.message.from_wire(raw)
+    assert r.id == m.id
+    return r
+
+
+def test_answers_are_parseable_by_dnspython_and_dnslib(responder: Responder) -> None:
+    for name, rdtype in ((ZONE, "SOA"), (ZONE, "NS"), ("alice." + ZONE, "A"),
+                         ("_acme-challenge.shop.example.org", "TXT"), ("x." + ZONE, "MX"),
+                         ("shop.example.org", "AAAA"), ("elsewhere.org", "A")):
+        m = dns.message.make_query(name, rdtype)
+        raw = responder.handle(m.to_wire())
+        assert raw is not None
+        dnslib.DNSRecord.parse(raw)
+        dns.message.from_wire(raw)
+
+
+def test_negative_answers_carry_the_current_serial() -> None:
+    view = ZoneView(zone_config())
+    view.load(snapshot(serial=10))
+    r = Responder(view)
+    assert ask(r, "nx." + ZONE, "A").authority[0][0].serial == 10
+    view.bump(11)  # the cached packed answer must not outlive the serial
+    assert ask(r, "nx." + ZONE, "A").authority[0][0].serial == 11
+    assert ask(r, ZONE, "SOA").answer[0][0].serial == 11
+
+
+def test_truncate_keeps_question(responder: Responder) -> None:
+    view = responder.view
+    view._set_txt("big." + ZONE, [f"{i}" + "y" * 200 for i in range(5)])
+    view.gen += 1
+    r = ask(responder, "Big." + ZONE, "TXT", use_edns=False)
+    assert r.flags & dns.flags.TC and not r.answer
+    assert r.question[0].name.to_text() == "Big." + ZONE + "."
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+def _seeds() -> list[bytes]:
+    out = []
+    for name, rdtype in (("alice.gw.test", "A"), ("gw.test", "SOA"), ("nx.gw.test", "TXT"),
+                         ("_acme-challenge.shop.example.org", "TXT"), ("example.com", "ANY")):
+        for edns in (False, 0):
+            out.append(dns.message.make_query(name, rdtype, use_edns=edns).to_wire())
+    out.append(dnslib.DNSRecord.question("alice.gw.test", "A").pack())
+    return out
+
+
+def _pointer_packet(rnd: random.Random) -> bytes:
+    qd, an = rnd.randrange(0, 3), rnd.randrange(0, 40)
+    body = bytearray()
+    for _ in range(rnd.randrange(1, 200)):
+        kind = rnd.random()
+        if kind < 0.5:
+            target = rnd.randrange(0, 12 + len(body) + 4)
+            body += bytes((0xC0 | (target >> 8) & 0x3F, target & 0xFF))
+        elif kind < 0.8:
+            body += b"\x01a"
+        else:
+            body += bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 6)))
+    return struct.pack(">HHHHHH", rnd.randrange(65536), rnd.choice((0, 0x0100)), qd, an, 0,
+                       rnd.randrange(0, 3)) + bytes(body)
+
+
+def _mutate(rnd: random.Random, seed: bytes) -> bytes:
+    b = bytearray(seed)
+    op = rnd.randrange(6)
+    if op == 0:  # bit flips
+        for _ in range(rnd.randrange(1, 4)):
+            i = rnd.randrange(len(b))
+            b[i] ^= 1 << rnd.randrange(8)
+    elif op == 1:  # truncate
+        del b[rnd.randrange(len(b)) :]
+    elif op == 2:  # random byte values
+        for _ in range(rnd.randrange(1, 4)):
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+    elif op == 3:  # counts
+        b[4 + rnd.randrange(8)] = rnd.randrange(256)
+    elif op == 4:  # insert junk
+        i = rnd.randrange(len(b) + 1)
+        b[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 8)))
+    else:  # splice in a pointer
+        i = rnd.randrange(12, len(b))
+        b[i : i + 2] = bytes((0xC0, rnd.randrange(256)))
+    return bytes(b)
+
+
+def check_reply(packet: bytes, reply: bytes | None) -> None:
+    if reply is None:
+        assert len(packet) < 12 or packet[2] & 0x80  # only runts and responses are ignored
+        return
+    assert reply[:2] == packet[:2] and reply[2] & 0x80
+    assert len(reply) >= 12
+
+
+def test_corpus_of_100k_hostile_packets(responder: Responder) -> None:
+    rnd = random.Random(20261128)
+    seeds = _seeds()
+    handled = 0
+    t0 = time.process_time()
+    for i in range(105_000):
+        r = i % 10
+        if r < 7:
+            packet = _mutate(rnd, rnd.choice(seeds))
+        elif r < 9:
+            packet = _pointer_packet(rnd)
+        else:
+            packet = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64)))
+        check_reply(packet, responder.handle(packet))
+        check_reply(packet, responder.handle(packet, tcp=True))
+        handled += 1
+    assert handled >= 100_000
+    assert responder.slow > 10_000  # the corpus really exercised the guarded path
+    print(f"corpus: {handled} packets in {time.process_time() - t0:.1f} s CPU")
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=0, max_size=700))
+def test_any_bytes_never_raise(packet: bytes) -> None:
+    view = _VIEW
+    check_reply(packet, Responder(view).handle(packet))
+
+
+_LABEL = st.binary(min_size=1, max_size=20).filter(lambda b: b"." not in b)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_LABEL, min_size=0, max_size=6), st.integers(0, 65535),
+       st.sampled_from([False, 0]), st.integers(0, 65535))
+def test_valid_queries_echo_question_bytes(labels: list[bytes], qtype: int,
+                                           edns: int | bool, msg_id: int) -> None:
+    """Any well-formed question: the reply carries the question byte for byte (0x20)."""
+    qname = b"".join(bytes([len(x)]) + x for x in labels) + b"\x00"
+    if len(qname) > 255:
+        return
+    packet = struct.pack(">HHHHHH", msg_id, 0x0100, 1, 0, 0, 0 if edns is False else 1)
+    packet += qname + struct.pack(">HH", qtype, 1)
+    if edns is not False:
+        packet += b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    reply = Responder(_VIEW).handle(packet)
+    assert reply is not None and reply[:2] == packet[:2]
+    rcode = reply[3] & 0xF
+    if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.REFUSED):
+        assert reply[12 : 12 + len(qname) + 4] == qname + struct.pack(">HH", qtype, 1)
+    else:  # a meta type we do not implement, never anything else
+        assert rcode == dns.rcode.NOTIMP and qtype in (41, 253, 254)
+
+
+_VIEW = ZoneView(zone_config())
+_VIEW.load(snapshot())
