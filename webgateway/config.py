@@ -337,6 +337,8 @@ def _resolve_default_paths(section: str, obj: Any, base: Path) -> Any:
 
 def _check_zone(z: dict[str, Any]) -> None:
     zone = z["name"]
+    z.setdefault("gateway_ipv4", ())
+    z.setdefault("gateway_ipv6", ())
     for ns, addrs in z["nameservers"].items():
         if is_within(ns, zone) and not addrs:
             raise ConfigError("zone.nameservers", f"{ns} is inside {zone} and needs glue addresses")
