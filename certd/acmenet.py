@@ -1,0 +1,81 @@
+"""``acme.client.ClientNetwork`` with our retry policy (see ``schedule.on_error``).
+
+The library retries badNonce once and knows nothing of Retry-After; Pebble rejects a
+share of good nonces on purpose and Let's Encrypt answers 429/503 under load. This
+subclass keeps the nonce of error replies (saving a HEAD per retry), retries badNonce
+with a fresh nonce, sleeps short Retry-After waits in the worker thread and turns long
+ones into ``RetryLater`` so the scheduler, not a thread, does the waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import requests
+from acme import client, errors, messages
+
+from certd.schedule import NetAction, on_error, parse_retry_after
+
+
+class RetryLater(Exception):
+    """The CA asked us to come back in ``delay`` seconds."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(f"{reason} (the CA asks to retry in {delay:.0f} s)")
+        self.delay = delay
+
+
+class RetryingNetwork(client.ClientNetwork):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_response: requests.Response | None = None
+        self.bad_nonces = 0
+        self.retry_waits = 0
+
+    def _post_once(
+        self,
+        url: str,
+        obj: Any,
+        content_type: str = client.ClientNetwork.JOSE_CONTENT_TYPE,
+        **kwargs: Any,
+    ) -> requests.Response:
+        new_nonce_url = kwargs.pop("new_nonce_url", None)
+        if not self.key:
+            raise errors.Error("no account key")
+        data = self._wrap_in_jws(obj, self._get_nonce(url, new_nonce_url), url)
+        kwargs.setdefault("headers", {"Content-Type": content_type})
+        response: requests.Response = self._send_request("POST", url, data=data, **kwargs)
+        self.last_response = response
+        # RFC 8555 6.5: every reply, errors included, carries a fresh nonce: keep it.
+        with contextlib.suppress(errors.BadNonce, errors.MissingNonce):
+            self._add_nonce(response)
+        checked: requests.Response = self._check_response(response, content_type=content_type)
+        return checked
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            self.last_response = None
+            try:
+                return self._post_once(*args, **dict(kwargs))
+            except (messages.Error, errors.ClientError) as e:
+                resp = self.last_response
+                status = resp.status_code if resp is not None else 0
+                problem = str(getattr(e, "typ", "") or "")
+                retry_after = parse_retry_after(
+                    resp.headers.get("Retry-After") if resp is not None else None, time.time()
+                )
+                decision = on_error(status, problem, retry_after, attempt)
+                if decision.action is NetAction.RETRY_NOW:
+                    self.bad_nonces += 1
+                    continue
+                if decision.action is NetAction.RETRY_AFTER:
+                    self.retry_waits += 1
+                    time.sleep(decision.delay)
+                    continue
+                if decision.action is NetAction.GIVE_UP_UNTIL:
+                    raise RetryLater(decision.delay, f"HTTP {status} {problem}".strip()) from e
+                raise

@@ -1,0 +1,319 @@
+"""The ACME side of certd: the account and the order driver, over a private thread pool.
+
+The ``acme`` library is synchronous, so every request runs in our own
+``ThreadPoolExecutor`` (``acme.concurrency`` threads) with one ``ClientNetwork`` per
+thread -- nonces and HTTP sessions are never shared between threads. Waiting (DNS
+propagation, polling delays) happens on the event loop, not in a thread, so many more
+orders can be in flight than there are threads, and DNS keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from acme import challenges, client, errors, messages
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
+
+from certd import certfiles
+from certd.acmenet import RetryingNetwork
+from certd.dnscheck import wait_propagated
+from certd.orderflow import AuthzView, Step, dead_reason, next_step
+from certd.schedule import poll_delay
+from webgateway.config import AcmeConfig, Config
+from webgateway.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+USER_AGENT = "webgateway-certd"
+ACCOUNT_KEY_FILE = "acme-account.key"
+#: An order that has not produced a certificate after this long (past DNS propagation)
+#: is given up; the next attempt resumes it or starts over.
+ORDER_TIMEOUT = 120.0
+
+
+class OrderDead(Exception):
+    """The CA invalidated the order (a validation failed): start a new one next time."""
+
+
+class AccountGone(Exception):
+    """The CA no longer knows our account (a Pebble restart, a deactivation)."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    fullchain: bytes
+    key: ec.EllipticCurvePrivateKey
+    pending_key_path: Path
+
+
+def account_meta_key(directory: str) -> str:
+    return f"certd.account_url {directory}"
+
+
+class Issuer:
+    def __init__(self, config: Config, store: Store) -> None:
+        assert config.acme is not None
+        self.config = config
+        self.acme: AcmeConfig = config.acme
+        self.store = store
+        self.certs_dir = config.store.certs_dir
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            self.acme.concurrency, thread_name_prefix="certd-acme"
+        )
+        self._local = threading.local()
+        self._gen = 0
+        self._account_lock = asyncio.Lock()
+        self.jwk: JWKEC | None = None
+        self.directory: messages.Directory | None = None
+        self.regr: messages.RegistrationResource | None = None
+        self.verify: bool | str = str(self.acme.ca_bundle) if self.acme.ca_bundle else True
+        self.bad_nonces = 0
+        self.requests = 0
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ threads
+    def _client(self) -> Any:
+        c = getattr(self._local, "client", None)
+        if c is None or self._local.gen != self._gen:
+            net = RetryingNetwork(
+                self.jwk, account=self.regr, alg=ES256, verify_ssl=self.verify,
+                user_agent=USER_AGENT, timeout=20,
+            )
+            assert self.directory is not None
+            c = client.ClientV2(self.directory, net)
+            self._local.client, self._local.gen = c, self._gen
+        return c
+
+    def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        c = self._client()
+        before = c.net.bad_nonces
+        try:
+            return fn(c, *args)
+        except messages.Error as e:
+            if e.code == "accountDoesNotExist":
+                raise AccountGone(str(e)) from e
+            raise
+        finally:
+            self.bad_nonces += c.net.bad_nonces - before
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        self.requests += 1
+        return await loop.run_in_executor(self.pool, functools.partial(self._in_thread, fn, *args))
+
+    # ------------------------------------------------------------ account
+    async def ensure_account(self) -> None:
+        async with self._account_lock:
+            if self.regr is not None:
+                return
+            key = self.acme.directory
+            stored = await self.store.get_meta(account_meta_key(key))
+            loop = asyncio.get_running_loop()
+            jwk, directory, regr = await loop.run_in_executor(
+                self.pool, self._account_sync, stored or None
+            )
+            if regr.uri != stored:
+                await self.store.set_meta(account_meta_key(key), regr.uri)
+                log.info("ACME account registered at %s", regr.uri)
+            else:
+                log.info("ACME account %s reused", regr.uri)
+            self.jwk, self.directory, self.regr = jwk, directory, regr
+            self._gen += 1
+
+    async def forget_account(self) -> None:
+        async with self._account_lock:
+            self.regr = None
+            await self.store.set_meta(account_meta_key(self.acme.directory), "")
+
+    def _account_sync(
+        self, stored_url: str | None
+    ) -> tuple[JWKEC, messages.Directory, messages.RegistrationResource]:
+        key = certfiles.load_or_create_key(self.certs_dir / ACCOUNT_KEY_FILE)
+        jwk = JWKEC(key=key)
+        net = RetryingNetwork(jwk, alg=ES256, verify_ssl=self.verify,
+                              user_agent=USER_AGENT, timeout=20)
+        directory = messages.Directory.from_json(net.get(self.acme.directory).json())
+        if stored_url:
+            regr = messages.RegistrationResource(uri=stored_url, body=messages.Registration())
+            return jwk, directory, regr
+        c = client.ClientV2(directory, net)
+        eab = None
+        if self.acme.eab_kid:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=jwk.public_key(), kid=self.acme.eab_kid,
+                hmac_key=self.acme.eab_hmac_key, directory=directory,
+            )
+        reg = messages.NewRegistration.from_data(
+            email=self.acme.email or None, terms_of_service_agreed=True,
+            external_account_binding=eab,
+        )
+        try:
+            regr = c.new_account(reg)
+        except errors.ConflictError as e:  # the key has an account already
+            regr = messages.RegistrationResource(uri=e.location, body=messages.Registration())
+        return jwk, directory, regr
+
+    # ------------------------------------------------------------ ACME steps (threads)
+    @staticmethod
+    def _fetch(c: Any, url: str, csr: bytes, with_authz: bool,
+               old: Any = None) -> Any:
+        body = messages.Order.from_json(c._post_as_get(url).json())
+        if with_authz:
+            authzs = [c._authzr_from_response(c._post_as_get(u), uri=u)
+                      for u in body.authorizations]
+        else:
+            authzs = old.authorizations if old is not None else []
+        return messages.OrderResource(body=body, uri=url, authorizations=authzs, csr_pem=csr)
+
+    @staticmethod
+    def _new_order(c: Any, csr: bytes) -> Any:
+        return c.new_order(csr)
+
+    def _answer(self, c: Any, challbs: list[Any]) -> None:
+        for ch in challbs:
+            c.answer_challenge(ch, ch.chall.response(self.jwk))
+
+    @staticmethod
+    def _finalize(c: Any, order: Any) -> Any:
+        try:
+            return c.begin_finalization(order)
+        except messages.Error as e:
+            if e.code != "orderNotReady":
+                raise
+            return order
+
+    @staticmethod
+    def _download(c: Any, url: str) -> str:
+        return str(c._post_as_get(url).text)
+
+    @staticmethod
+    def _revoke(c: Any, pem: bytes) -> None:
+        leaf = x509.load_pem_x509_certificates(pem)[0]
+        c.revoke(leaf, 5)  # cessationOfOperation
+
+    # ------------------------------------------------------------ the order driver
+    @staticmethod
+    def _dns01(authz: Any) -> Any:
+        for ch in authz.body.challenges:
+            if isinstance(ch.chall, challenges.DNS01):
+                return ch
+        return None
+
+    def _views(self, order: Any, answered: set[str]) -> list[AuthzView]:
+        out = []
+        for a in order.authorizations:
+            ch = self._dns01(a)
+            cstat = "missing" if ch is None else str(ch.status.name)
+            if a.uri in answered and cstat == "pending":
+                cstat = "processing"
+            err = ""
+            if ch is not None and ch.error is not None:
+                err = str(ch.error.detail or ch.error.code or "")
+            out.append(AuthzView(a.body.identifier.value, bool(a.body.wildcard),
+                                 str(a.body.status.name), cstat, err))
+        return out
+
+    async def obtain(
+        self,
+        cert_id: str,
+        domains: tuple[str, ...],
+        txt_name: Callable[[str], str],
+        resume_url: str,
+        on_order: Callable[[str], Awaitable[None]],
+        published: dict[str, set[str]],
+    ) -> Issued:
+        """Drive one order to a certificate. ``published`` collects the TXT we wrote."""
+        await self.ensure_account()
+        pending = certfiles.pending_key_path(self.certs_dir, cert_id)
+        key = await asyncio.to_thread(certfiles.load_or_create_key, pending)
+        csr = certfiles.csr_pem(key, domains)
+        order: Any = None
+        if resume_url:
+            try:
+                order = await self._call(self._fetch, resume_url, csr, True)
+            except (messages.Error, errors.ClientError) as e:
+                log.info("certificate %s: order %s cannot be resumed (%s); starting over",
+                         cert_id, resume_url, e)
+                order = None
+            if order is not None:
+                idents = sorted(i.value for i in order.body.identifiers)
+                plain = sorted({d.removeprefix("*.") for d in domains})
+                if sorted(set(idents)) != plain or next_step(
+                    str(order.body.status.name), self._views(order, set()), False
+                ) is Step.DEAD:
+                    order = None
+                else:
+                    log.info("certificate %s: resuming order %s (%s)", cert_id, resume_url,
+                             order.body.status)
+        if order is None:
+            order = await self._call(self._new_order, csr)
+            await on_order(order.uri)
+        answered: set[str] = set()
+        end = time.monotonic() + ORDER_TIMEOUT + self.acme.propagation_timeout
+        rounds = 0
+        while True:
+            views = self._views(order, answered)
+            step = next_step(str(order.body.status.name), views, order.body.certificate is not None)
+            if step is Step.SOLVE:
+                todo = []
+                recs: dict[str, set[str]] = {}
+                for a in order.authorizations:
+                    ch = self._dns01(a)
+                    if a.body.status == messages.STATUS_PENDING and ch is not None and (
+                        ch.status == messages.STATUS_PENDING and a.uri not in answered
+                    ):
+                        todo.append((a, ch))
+                        recs.setdefault(txt_name(a.body.identifier.value), set()).add(
+                            ch.chall.validation(self.jwk))
+                if not todo:
+                    raise OrderDead("a pending authorization offers no dns-01 challenge")
+                for fqdn, values in recs.items():
+                    for v in values:
+                        await self.store.add_txt(fqdn, v)
+                        published.setdefault(fqdn, set()).add(v)
+                await wait_propagated(self.config, recs, self.acme.propagation_timeout)
+                await self._call(self._answer, [ch for _, ch in todo])
+                answered.update(a.uri for a, _ in todo)
+                order = await self._call(self._fetch, order.uri, csr, False, order)
+                rounds = 0
+                continue
+            if step is Step.DEAD:
+                detailed = await self._call(self._fetch, order.uri, csr, True)
+                err = str(order.body.error.detail) if order.body.error is not None else ""
+                raise OrderDead(dead_reason(str(order.body.status.name),
+                                            self._views(detailed, set()), err))
+            if step is Step.FINALIZE:
+                order = await self._call(self._finalize, order)
+                rounds = 0
+                if order.body.status == messages.STATUS_READY:
+                    await asyncio.sleep(poll_delay(rounds))
+                continue
+            if step is Step.DOWNLOAD:
+                pem = await self._call(self._download, order.body.certificate)
+                return Issued(pem.encode(), key, pending)
+            # WAIT_AUTHZ / WAIT_ORDER
+            if time.monotonic() > end:
+                raise TimeoutError(f"order {order.uri} still {order.body.status} after "
+                                   f"{ORDER_TIMEOUT:.0f} s")
+            await asyncio.sleep(poll_delay(rounds))
+            rounds += 1
+            order = await self._call(self._fetch, order.uri, csr, False, order)
+
+    async def revoke(self, fullchain: bytes) -> None:
+        await self.ensure_account()
+        await self._call(self._revoke, fullchain)

@@ -1,0 +1,428 @@
+"""certd: turn "the zone exists" and "a custom domain points at us" into certificates.
+
+One scheduler loop on the event loop: it follows the store (``Follower``), works out
+which certificates are wanted (the zone wildcard, plus one per verified custom domain),
+asks ``schedule.due_at`` when each needs an order, and runs orders as tasks; the ACME
+requests themselves run in the ``Issuer``'s thread pool. Nothing here blocks start-up:
+a CA that cannot be reached is a failed attempt with backoff, visible in the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from acme import errors as acme_errors
+from acme import messages
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from certd import certfiles
+from certd.acmenet import RetryLater
+from certd.dnscheck import PropagationTimeout, judge_domain, lookup_domain
+from certd.issuer import AccountGone, Issuer, OrderDead
+from certd.schedule import FailureKind, backoff, due_at, renew_at
+from webgateway.config import Config
+from webgateway.dnsname import challenge_label, is_within
+from webgateway.feed import Follower
+from webgateway.model import Certificate, CertState, ChangeSet, Domain, DomainState, Snapshot
+from webgateway.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+ZONE_CERT = "zone"
+#: Longest sleep of the scheduler with nothing due (a change wakes it at once).
+MAX_IDLE = 30.0
+#: Re-check a custom domain's CNAMEs after 2 s, doubling up to 5 minutes.
+VERIFY_FIRST, VERIFY_CAP = 2.0, 300.0
+#: Old key/chain files are deleted this long after the store points at the new pair.
+OLD_FILES_GRACE = 60.0
+
+
+class CertView:
+    """What certd follows: custom domains and certificates (names and TXT are not its concern)."""
+
+    def __init__(self) -> None:
+        self.domains: dict[str, Domain] = {}
+        self.certs: dict[str, Certificate] = {}
+        self.txt: dict[str, tuple[str, ...]] = {}
+        self.removed_domains: set[str] = set()
+
+    def load(self, snapshot: Snapshot) -> None:
+        gone = set(self.domains) - set(snapshot.domains)
+        self.removed_domains |= gone
+        self.domains = dict(snapshot.domains)
+        self.certs = dict(snapshot.certificates)
+        self.txt = dict(snapshot.txt)
+
+    def apply(self, changes: ChangeSet) -> None:
+        for fqdn, dom in changes.domains.items():
+            if dom is None:
+                if self.domains.pop(fqdn, None) is not None:
+                    self.removed_domains.add(fqdn)
+            else:
+                self.domains[fqdn] = dom
+                self.removed_domains.discard(fqdn)
+        for cid, cert in changes.certificates.items():
+            if cert is None:
+                self.certs.pop(cid, None)
+            else:
+                self.certs[cid] = cert
+        for fqdn, values in changes.txt.items():
+            if values:
+                self.txt[fqdn] = values
+            else:
+                self.txt.pop(fqdn, None)
+
+
+class _Metrics(Collector):
+    def __init__(self, svc: CertService) -> None:
+        self.svc = svc
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        s = self.svc
+        yield CounterMetricFamily("certd_issued", "certificates obtained", value=s.issued)
+        yield CounterMetricFamily("certd_failures", "failed order attempts", value=s.failed)
+        yield CounterMetricFamily("certd_bad_nonce_retries", "badNonce replies retried",
+                                  value=s.issuer.bad_nonces if s.issuer else 0)
+        yield GaugeMetricFamily("certd_orders_in_flight", "orders running", value=len(s.running))
+
+
+class CertService:
+    name = "certd"
+
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.zone = config.zone.name
+        self.view = CertView()
+        self.follower = Follower(store, self.view, max_wait=1.0)
+        self.issuer: Issuer | None = Issuer(config, store) if config.acme is not None else None
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.verifying: dict[str, asyncio.Task[None]] = {}
+        self.verify_next: dict[str, tuple[float, int]] = {}  # fqdn -> (when, attempts)
+        self.cleaning: set[str] = set()
+        self.issued = 0
+        self.failed = 0
+        self.rng = random.Random()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        registry.register(_Metrics(self))
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.issuer is None:
+            log.info("certd: no [acme] section, no certificates will be requested")
+            return
+        self.config.store.certs_dir.mkdir(parents=True, exist_ok=True)
+        self._main = asyncio.create_task(self._run(), name="certd")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._main, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._main = None
+        if self.issuer is not None:
+            self.issuer.close()
+
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._wake.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.follower.load()
+                break
+            except StoreError as e:
+                log.warning("certd: cannot read the store (%s); retrying", e)
+                await asyncio.sleep(1.0)
+        self._spawn(self._follow(), "certd-follower")
+        await self._startup_cleanup()
+        while True:
+            try:
+                wait = await self._tick(time.time())
+            except StoreError as e:
+                log.warning("certd: store write failed (%s); retrying", e)
+                wait = 1.0
+            self._wake.clear()
+            applied = self.follower.applied
+            waiters = [asyncio.ensure_future(applied.wait()),
+                       asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait(waiters, timeout=max(wait, 0.01),
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self.follower.run()
+            except Exception:
+                log.exception("certd: follower failed; restarting")
+                await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------ what we want
+    def txt_name(self, cert_id: str) -> str:
+        """Where the TXT of ``cert_id``'s challenges go (one name per certificate)."""
+        if cert_id == ZONE_CERT:
+            return f"_acme-challenge.{self.zone}"
+        return f"{challenge_label(cert_id)}._acme.{self.zone}"
+
+    def wanted(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {ZONE_CERT: (self.zone, f"*.{self.zone}")}
+        for fqdn, d in self.view.domains.items():
+            if d.state in (DomainState.VERIFIED, DomainState.ACTIVE):
+                out[fqdn] = (fqdn,)
+        return out
+
+    async def _startup_cleanup(self) -> None:
+        """TXT of orders that died with the last process are removed (resumed ones re-add)."""
+        ours = {
+            self.txt_name(cid) for cid, c in self.view.certs.items() if c.order_url
+        }
+        for fqdn in list(self.view.txt):
+            mine = fqdn == f"_acme-challenge.{self.zone}" or is_within(fqdn, f"_acme.{self.zone}")
+            if mine and fqdn not in ours:
+                log.info("certd: removing TXT left over at %s", fqdn)
+                await self.store.remove_txt(fqdn)
+
+    async def _tick(self, now: float) -> float:
+        """Start what is due; return seconds until the next thing is."""
+        nxt = now + MAX_IDLE
+        wanted = self.wanted()
+        for fqdn in list(self.view.removed_domains):
+            self.view.removed_domains.discard(fqdn)
+            self.verify_next.pop(fqdn, None)
+        for cid in list(self.view.certs):
+            if cid not in wanted and cid not in self.cleaning:
+                task = self.running.pop(cid, None)
+                if task is not None:
+                    task.cancel()
+                self.cleaning.add(cid)
+                self._spawn(self._retire(cid), f"certd-retire-{cid}")
+        for fqdn, dom in self.view.domains.items():
+            if dom.state != DomainState.PENDING or fqdn in self.verifying:
+                continue
+            when, _ = self.verify_next.get(fqdn, (0.0, 0))
+            if when <= now:
+                self.verifying[fqdn] = self._spawn(self._verify(dom), f"certd-verify-{fqdn}")
+            else:
+                nxt = min(nxt, when)
+        for cid, domains in wanted.items():
+            if cid in self.running or cid in self.cleaning:
+                continue
+            cert = self.view.certs.get(cid)
+            at = due_at(cert, domains, self._files_ok(cert))
+            if at <= now:
+                self.running[cid] = self._spawn(self._attempt(cid, domains), f"certd-order-{cid}")
+            else:
+                nxt = min(nxt, at)
+        return nxt - now
+
+    @staticmethod
+    def _files_ok(cert: Certificate | None) -> bool:
+        return bool(cert and cert.cert_path and os.path.exists(cert.cert_path)
+                    and cert.key_path and os.path.exists(cert.key_path))
+
+    # ------------------------------------------------------------ custom domains
+    async def _verify(self, dom: Domain) -> None:
+        try:
+            assert self.config.acme is not None
+            seen = await lookup_domain(dom.fqdn, self.config.acme.resolver)
+            gateway = [str(a) for a in (*self.config.zone.gateway_ipv4,
+                                        *self.config.zone.gateway_ipv6)]
+            ok, detail = judge_domain(dom.fqdn, dom.label, dom.challenge_label, self.zone,
+                                      gateway, seen)
+            current = self.view.domains.get(dom.fqdn)
+            if current is None or current.state != DomainState.PENDING:
+                return
+            if ok:
+                self.verify_next.pop(dom.fqdn, None)
+                await self.store.set_domain_state(
+                    dom.fqdn, DomainState.VERIFIED, f"{detail}; certificate requested")
+            else:
+                _, n = self.verify_next.get(dom.fqdn, (0.0, 0))
+                delay = min(VERIFY_FIRST * 2**n, VERIFY_CAP)
+                self.verify_next[dom.fqdn] = (time.time() + delay, n + 1)
+                await self.store.set_domain_state(
+                    dom.fqdn, DomainState.PENDING, f"waiting for DNS: {detail}")
+        except StoreError as e:
+            log.warning("certd: cannot record the state of %s: %s", dom.fqdn, e)
+        finally:
+            self.verifying.pop(dom.fqdn, None)
+
+    async def _retire(self, cid: str) -> None:
+        """A custom domain was removed: revoke its certificate, delete files, row and TXT."""
+        try:
+            cert = self.view.certs.get(cid)
+            if cert is not None and cert.cert_path and self.issuer is not None:
+                try:
+                    pem = await asyncio.to_thread(Path(cert.cert_path).read_bytes)
+                    if cert.state in (CertState.VALID, CertState.FAILED):
+                        await self.issuer.revoke(pem)
+                        log.info("certd: revoked the certificate of removed domain %s", cid)
+                except Exception as e:  # revocation is best effort; the files go anyway
+                    log.warning("certd: could not revoke %s: %s", cid, e)
+            if cert is not None:
+                for p in (cert.cert_path, cert.key_path):
+                    if p:
+                        with contextlib.suppress(OSError):
+                            os.unlink(p)
+            with contextlib.suppress(OSError, ValueError):
+                certfiles.pending_key_path(self.config.store.certs_dir, cid).unlink()
+            await self.store.remove_txt(self.txt_name(cid))
+            await self.store.delete_certificate(cid)
+        except StoreError as e:
+            log.warning("certd: cleanup of %s failed (%s); will retry", cid, e)
+        finally:
+            self.cleaning.discard(cid)
+
+    # ------------------------------------------------------------ one attempt
+    async def _attempt(self, cid: str, domains: tuple[str, ...]) -> None:
+        assert self.issuer is not None and self.config.acme is not None
+        cert = self.view.certs.get(cid) or Certificate(cid, domains)
+        if tuple(cert.domains) != domains:
+            cert = replace(cert, domains=domains, order_url="")
+        published: dict[str, set[str]] = {}
+        t0 = time.monotonic()
+
+        async def on_order(url: str) -> None:
+            nonlocal cert
+            cert = replace(cert, order_url=url)
+            await self._put(cert)
+
+        try:
+            issued = await self.issuer.obtain(
+                cid, domains, lambda _ident: self.txt_name(cid), cert.order_url, on_order,
+                published,
+            )
+            cert = await self._install(cert, issued)
+            self.issued += 1
+            log.info("certd: certificate %s for %s obtained in %.2f s, valid until %s",
+                     cid, ", ".join(domains), time.monotonic() - t0,
+                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(cert.not_after)))
+            if cid != ZONE_CERT and cid in self.view.domains:
+                await self.store.set_domain_state(
+                    cid, DomainState.ACTIVE, "certificate valid until "
+                    + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert.not_after)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            await self._failed(cid, cert, e)
+        finally:
+            self.running.pop(cid, None)
+            with contextlib.suppress(StoreError):
+                for fqdn in published or {self.txt_name(cid): set()}:
+                    await self.store.remove_txt(fqdn)
+
+    async def _install(self, cert: Certificate, issued: object) -> Certificate:
+        from certd.issuer import Issued
+
+        assert isinstance(issued, Issued) and self.config.acme is not None
+        info = certfiles.chain_info(issued.fullchain)
+        if not certfiles.leaf_matches_key(issued.fullchain, issued.key):
+            # A resumed order finalized with a key we no longer have: start afresh.
+            with contextlib.suppress(OSError):
+                issued.pending_key_path.unlink()
+            raise OrderDead("the issued certificate does not match our key")
+        chain_path, key_path = certfiles.paths_for(self.config.store.certs_dir, cert.id,
+                                                   info.serial)
+
+        def write() -> None:
+            certfiles.write_atomic(chain_path, issued.fullchain, 0o644)
+            os.replace(issued.pending_key_path, key_path)
+            certfiles.fsync_dir(key_path.parent)
+
+        await asyncio.to_thread(write)
+        old = (cert.cert_path, cert.key_path)
+        new = replace(
+            cert, state=CertState.VALID, cert_path=str(chain_path), key_path=str(key_path),
+            not_before=info.not_before, not_after=info.not_after,
+            renew_at=renew_at(info.not_before, info.not_after, self.config.acme.renew_fraction,
+                              self.rng),
+            failures=0, next_attempt=0.0, last_error="", order_url="",
+        )
+        await self._put(new)
+        stale = [p for p in old if p and p not in (str(chain_path), str(key_path))]
+        if stale:
+            self._spawn(self._delete_later(stale), f"certd-gc-{cert.id}")
+        return new
+
+    async def _put(self, cert: Certificate) -> None:
+        """Write through: the scheduler must not act on a stale row before the feed catches up."""
+        await self.store.put_certificate(cert)
+        self.view.certs[cert.id] = cert
+
+    async def _delete_later(self, paths: list[str]) -> None:
+        await asyncio.sleep(OLD_FILES_GRACE)
+        for p in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+    async def _failed(self, cid: str, cert: Certificate, e: Exception) -> None:
+        now = time.time()
+        kind = FailureKind.TRANSIENT
+        order_url = cert.order_url
+        if isinstance(e, OrderDead):
+            kind, order_url = FailureKind.ORDER, ""
+            msg = str(e)
+        elif isinstance(e, messages.Error):
+            kind = FailureKind.ORDER
+            msg = f"the CA refused: {e.detail or e.code}"
+            order_url = ""
+        elif isinstance(e, AccountGone):
+            assert self.issuer is not None
+            await self.issuer.forget_account()
+            msg, order_url = f"the CA no longer knows our account ({e}); registering again", ""
+        elif isinstance(e, PropagationTimeout):
+            msg = f"our DNS servers did not serve the TXT: {e}"
+        elif isinstance(e, RetryLater):
+            msg = str(e)
+        elif isinstance(e, OSError | acme_errors.Error) or type(e).__module__.startswith(
+            ("requests", "urllib3")
+        ):
+            where = self.config.acme.directory if self.config.acme else ""
+            msg = f"cannot reach the CA at {where}: {type(e).__name__}: {e}"[:500]
+        else:
+            log.exception("certd: unexpected failure for %s", cid)
+            msg = f"{type(e).__name__}: {e}"
+        failures = cert.failures + 1
+        nxt = backoff(failures, now, kind, self.rng)
+        if isinstance(e, RetryLater):
+            nxt = max(nxt, now + e.delay)
+        state = CertState.FAILED
+        new = replace(cert, state=state, failures=failures, next_attempt=nxt,
+                      last_error=msg[:500], order_url=order_url)
+        self.failed += 1
+        log.warning("certd: certificate %s failed (%d in a row): %s; next attempt in %.0f s",
+                    cid, failures, msg, nxt - now)
+        with contextlib.suppress(StoreError):
+            await self._put(new)
+            if cid != ZONE_CERT and cid in self.view.domains:
+                await self.store.set_domain_state(
+                    cid, DomainState.VERIFIED,
+                    f"certificate request failed ({failures}x): {msg[:200]}")
+
+
+def build(config: Config, store: Store, registry: CollectorRegistry) -> CertService:
+    return CertService(config, store, registry)

@@ -1,0 +1,192 @@
+"""certd against a real Pebble validating through our own dnsd, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+
+from certd.issuer import account_meta_key
+from certd.service import CertService
+from dnsd.service import DnsService
+from tests.pebble import Pebble, pebble_factory, requires_pebble
+from tests.support import ZONE, make_config
+from webgateway.config import Config
+from webgateway.dnsname import challenge_label
+from webgateway.model import Certificate, CertState, Domain, DomainState, Name
+from webgateway.sqlite_store import SqliteStore
+
+__all__ = ["pebble_factory"]
+pytestmark = requires_pebble
+
+
+@dataclass
+class Gw:
+    config: Config
+    store: SqliteStore
+    dnsd: DnsService
+    certd: CertService
+    pebble: Pebble
+
+
+def dns_target(cfg: Config) -> tuple[str, int]:
+    hp = cfg.dns.listen[0]
+    return str(hp.host), hp.port
+
+
+@contextlib.asynccontextmanager
+async def gateway(tmp_path: Path, pebble_factory, **pebble_kw) -> AsyncIterator[Gw]:  # type: ignore[no-untyped-def]
+    cfg0 = make_config(tmp_path)
+    pb = pebble_factory(dns_target(cfg0), **pebble_kw)
+    acme = {"directory": pb.directory, "ca_bundle": str(pb.ca_bundle), "email": "ops@example.com",
+            "resolver": f"{dns_target(cfg0)[0]}:{dns_target(cfg0)[1]}", "concurrency": 4,
+            "propagation_timeout": 20}
+    if "eab_keys" in pebble_kw:
+        kid, hmac = next(iter(pebble_kw["eab_keys"].items()))
+        acme.update(eab_kid=kid, eab_hmac_key=hmac)
+    cfg = make_config(tmp_path, acme=acme, dns={"listen": [str(cfg0.dns.listen[0])]})
+    store = SqliteStore(cfg.store.path, 0.02)
+    await store.open()
+    dnsd = DnsService(cfg, store, CollectorRegistry())
+    certd = CertService(cfg, store, CollectorRegistry())
+    await dnsd.start()
+    await certd.start()
+    try:
+        yield Gw(cfg, store, dnsd, certd, pb)
+    finally:
+        await certd.stop()
+        await dnsd.stop()
+        await store.close()
+
+
+async def wait_cert(store: SqliteStore, cid: str, seconds: float = 60,
+                    not_path: str = "") -> Certificate:
+    end = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < end:
+        last = await store.get_certificate(cid)
+        if last is not None and last.state == CertState.VALID and last.cert_path != not_path:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"certificate {cid} not valid after {seconds} s: {last}")
+
+
+def verify_chain(pb: Pebble, cert: Certificate, tmp: Path) -> None:
+    root = tmp / "root.pem"
+    root.write_bytes(pb.root_pem())
+    chain = x509.load_pem_x509_certificates(Path(cert.cert_path).read_bytes())
+    assert len(chain) >= 2
+    inter = tmp / "inter.pem"
+    inter.write_bytes(b"".join(
+        c.public_bytes(encoding=__import__("cryptography.hazmat.primitives.serialization",
+                                           fromlist=["Encoding"]).Encoding.PEM)
+        for c in chain[1:]))
+    leaf = tmp / "leaf.pem"
+    leaf.write_bytes(chain[0].public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization",
+                   fromlist=["Encoding"]).Encoding.PEM))
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(inter),
+                        str(leaf)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def txt_at(cfg: Config, fqdn: str) -> list[str]:
+    host, port = dns_target(cfg)
+    resp = await dns.asyncquery.udp(dns.message.make_query(fqdn, "TXT"), host, port=port,
+                                    timeout=2)
+    return [rr.to_text() for rrset in resp.answer for rr in rrset if rrset.rdtype == 16]
+
+
+async def test_wildcard_issued_through_our_dns(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
+    async with gateway(tmp_path, pebble_factory) as gw:
+        cert = await wait_cert(gw.store, "zone")
+        assert set(cert.domains) == {ZONE, f"*.{ZONE}"}
+        leaf = x509.load_pem_x509_certificates(Path(cert.cert_path).read_bytes())[0]
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert set(sans.value.get_values_for_type(x509.DNSName)) == {ZONE, f"*.{ZONE}"}
+        verify_chain(gw.pebble, cert, tmp_path)
+        assert stat.S_IMODE(os.stat(cert.key_path).st_mode) == 0o600
+        acct_key = gw.config.store.certs_dir / "acme-account.key"
+        assert stat.S_IMODE(os.stat(acct_key).st_mode) == 0o600
+        assert cert.not_before < cert.renew_at < cert.not_after
+        assert cert.order_url == "" and cert.failures == 0
+        # the TXT is gone from the store and from DNS
+        assert await gw.store.list_txt() == []
+        assert await txt_at(gw.config, f"_acme-challenge.{ZONE}") == []
+        url = await gw.store.get_meta(account_meta_key(gw.pebble.directory))
+        assert url and url.startswith("https://127.0.0.1")
+
+
+async def test_bad_nonce_30_percent_still_issues(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
+    async with gateway(tmp_path, pebble_factory, nonce_reject=30) as gw:
+        cert = await wait_cert(gw.store, "zone")
+        verify_chain(gw.pebble, cert, tmp_path)
+        assert cert.failures == 0
+        assert gw.certd.issuer is not None and gw.certd.issuer.bad_nonces > 0
+
+
+async def test_custom_domain_issue_then_remove_revokes(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
+    async with gateway(tmp_path, pebble_factory) as gw:
+        await wait_cert(gw.store, "zone")
+        owner = await gw.store.create_owner("alice", "h1")
+        from webgateway.addresses import parse_hostport
+        await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
+        fqdn = "shop.example.org"
+        await gw.store.put_domain(Domain(fqdn, "shop", owner.id, challenge_label(fqdn)), 10)
+        cert = await wait_cert(gw.store, fqdn)
+        assert cert.domains == (fqdn,)
+        verify_chain(gw.pebble, cert, tmp_path)
+        end = time.monotonic() + 10
+        while (d := await gw.store.get_domain(fqdn)) and d.state != DomainState.ACTIVE:
+            assert time.monotonic() < end, d
+            await asyncio.sleep(0.05)
+        serial = x509.load_pem_x509_certificates(Path(cert.cert_path).read_bytes())[0].serial_number
+        assert gw.pebble.cert_status(serial)["Status"] == "Valid"
+        await gw.store.delete_domain(fqdn, owner.id)
+        end = time.monotonic() + 20
+        while await gw.store.get_certificate(fqdn) is not None:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        assert gw.pebble.cert_status(serial)["Status"] == "Revoked"
+        assert not os.path.exists(cert.cert_path) and not os.path.exists(cert.key_path)
+        assert await gw.store.list_txt() == []
+
+
+async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) -> None:
+    from tests.support import free_port
+    cfg = make_config(tmp_path, acme={"directory": f"https://127.0.0.1:{free_port()}/dir"})
+    store = SqliteStore(cfg.store.path, 0.02)
+    await store.open()
+    dnsd = DnsService(cfg, store, CollectorRegistry())
+    certd = CertService(cfg, store, CollectorRegistry())
+    await dnsd.start()
+    await certd.start()
+    try:
+        end = time.monotonic() + 20
+        while True:
+            c = await store.get_certificate("zone")
+            if c is not None and c.failures >= 1:
+                break
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        assert c.state == CertState.FAILED and "cannot reach the CA" in c.last_error
+        assert c.next_attempt > time.time()
+        host, port = dns_target(cfg)
+        resp = await dns.asyncquery.udp(dns.message.make_query(ZONE, "SOA"), host, port=port,
+                                        timeout=2)
+        assert resp.answer
+    finally:
+        await certd.stop()
+        await dnsd.stop()
+        await store.close()
