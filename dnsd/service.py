@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dnsd.responder import Responder
+from dnsd.workers import WorkerPool
 from dnsd.zone import ZoneView
 from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
@@ -179,14 +180,14 @@ class _Metrics(Collector):
                                 value=s.view.serial)
 
 
-def _bind(addr: HostPort, kind: int) -> socket.socket:
+def _bind(addr: HostPort, kind: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if addr.host.version == 6 else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
+        if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((str(addr.host), addr.port))
         sock.setblocking(False)
@@ -201,8 +202,12 @@ def _bind(addr: HostPort, kind: int) -> socket.socket:
 class DnsService:
     name = "dnsd"
 
-    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, config: Config, store: Store, registry: CollectorRegistry, *, reuse_port: bool = False
+    ) -> None:
         self.config = config
+        self.reuse_port = reuse_port or config.dns.workers > 1
+        self.pool: WorkerPool | None = None
         self.store = store
         self.view = ZoneView(config.zone)
         self.responder = Responder(self.view)
@@ -221,10 +226,10 @@ class DnsService:
         socks: list[tuple[socket.socket, socket.socket]] = []
         try:
             for addr in self.config.dns.listen:
-                udp = _bind(addr, socket.SOCK_DGRAM)
+                udp = _bind(addr, socket.SOCK_DGRAM, self.reuse_port)
                 port = udp.getsockname()[1]
                 try:
-                    tcp = _bind(HostPort(addr.host, port), socket.SOCK_STREAM)
+                    tcp = _bind(HostPort(addr.host, port), socket.SOCK_STREAM, self.reuse_port)
                 except ConfigError:
                     udp.close()
                     raise
@@ -243,6 +248,14 @@ class DnsService:
             server = await loop.create_server(lambda: TcpProtocol(self), sock=tcp)
             self._servers.append(server)
         self._task = asyncio.create_task(self._follow(), name="dnsd-follower")
+        if self.config.dns.workers > 1:
+            self.pool = WorkerPool(self.config, [p for _, p in self.bound],
+                                   self.config.dns.workers - 1)
+            try:
+                await self.pool.start()
+            except RuntimeError:
+                await self.stop()
+                raise
         log.info("dnsd serving %s at serial %d on %s", self.config.zone.name, self.view.serial,
                  ", ".join(f"{a.host}:{p}" for a, p in self.bound))
 
@@ -266,6 +279,9 @@ class DnsService:
                 self.view.bump(self.follower.serial)
 
     async def stop(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            await pool.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

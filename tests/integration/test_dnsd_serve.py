@@ -478,3 +478,46 @@ async def test_dig_and_kdig(d: Dns) -> None:
     out = await asyncio.to_thread(run, "dig", "+norec", "+tcp", "-p", str(d.port), "@127.0.0.1",
                                   ZONE, "SOA")
     assert "flags: qr aa;" in out and "status: NOERROR" in out
+
+
+# ------------------------------------------------------------------ SO_REUSEPORT workers
+
+
+def _ask_from_new_port(port: int, name: str, timeout: float = 2.0) -> int | None:
+    m = dns.message.make_query(name, "A", use_edns=False)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(m.to_wire(), ("127.0.0.1", port))
+        try:
+            return dns.message.from_wire(s.recv(4096)).rcode()
+        except TimeoutError:
+            return None
+
+
+async def test_worker_processes_share_the_port_and_follow_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    g = await start(tmp_path, dns={"workers": 2})
+    try:
+        pool = g.svc.pool
+        assert pool is not None and len(pool.pids) == 1
+        (pid,) = pool.pids
+        await g.store.put_name(Name("late", g.owner, BACKEND), 100)
+        # 40 fresh source ports spread over both processes; all must see the new name
+        rcodes: list[int | None] = []
+        for _ in range(200):
+            rcodes = [await asyncio.to_thread(_ask_from_new_port, g.port, f"late.{ZONE}")
+                      for _ in range(40)]
+            if all(rc == dns.rcode.NOERROR for rc in rcodes):
+                break
+            await asyncio.sleep(0.05)
+        assert all(rc == dns.rcode.NOERROR for rc in rcodes), rcodes
+        # silence this process: what still answers is the worker, and it has the name
+        monkeypatch.setattr(g.svc.responder, "handle", lambda data, tcp=False: None)
+        rcodes = [await asyncio.to_thread(_ask_from_new_port, g.port, f"late.{ZONE}", 0.3)
+                  for _ in range(40)]
+        assert dns.rcode.NOERROR in rcodes and None in rcodes, rcodes
+    finally:
+        await g.svc.stop()
+        await g.store.close()
+    assert not Path(f"/proc/{pid}").exists() or ") Z " in Path(f"/proc/{pid}/stat").read_text()
