@@ -251,15 +251,16 @@ class Issuer:
                          cert_id, resume_url, e)
                 order = None
             if order is not None:
-                idents = sorted(i.value for i in order.body.identifiers)
-                plain = sorted({d.removeprefix("*.") for d in domains})
-                if sorted(set(idents)) != plain or next_step(
+                idents = sorted({i.value for i in order.body.identifiers})
+                if idents != sorted(set(domains)) or next_step(
                     str(order.body.status.name), self._views(order, set()), False
                 ) is Step.DEAD:
+                    log.info("certificate %s: order %s is %s or for other names; starting over",
+                             cert_id, resume_url, order.body.status.name)
                     order = None
                 else:
                     log.info("certificate %s: resuming order %s (%s)", cert_id, resume_url,
-                             order.body.status)
+                             order.body.status.name)
         if order is None:
             order = await self._call(self._new_order, csr)
             await on_order(order.uri)
