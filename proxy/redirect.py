@@ -34,7 +34,7 @@ def parse_head(buf: bytes) -> RequestHead | None:
         if len(buf) > MAX_HEAD:
             raise BadRequest("request head too large")
         first = buf.split(b"\r\n", 1)[0]
-        if b"\r\n" in buf or len(first) > 8:
+        if first:
             _request_line(first, partial=b"\r\n" not in buf)
         return None
     if end > MAX_HEAD:
@@ -56,7 +56,8 @@ def parse_head(buf: bytes) -> RequestHead | None:
 def _request_line(line: bytes, *, partial: bool) -> tuple[str, str]:
     parts = line.split(b" ")
     if partial:
-        if not parts[0].isalpha() or not parts[0].isupper():
+        token = parts[0]
+        if len(token) > 16 or not (token.isalpha() and token.isupper()):
             raise BadRequest("not an HTTP request")
         return "", ""
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):

@@ -15,6 +15,7 @@
 # usage: bench/proxy/run.sh [SECONDS=8]
 # env: WORKERS=1 (nginx workers / haproxy threads / proxy workers), SERVER_CPUS=0, CLIENT_CPUS=1,
 #      CONNS=50, THREADS=2, HS_PROCS=4, ONLY="nginx-stream webgateway ..." (subset),
+#      TESTS="1k 1m hs" (subset),
 #      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=/tmp/wgvenv/bin/python
 # Stops every server it started (by recorded PID) on exit.
 set -euo pipefail
@@ -23,7 +24,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"; REPO="$(cd "$HERE/../.." && pwd)"
 STATE=${STATE:-/tmp/wgbench-proxy}; PY=${PY:-/tmp/wgvenv/bin/python}
 WORKERS=${WORKERS:-1}; SERVER_CPUS=${SERVER_CPUS:-0}; CLIENT_CPUS=${CLIENT_CPUS:-1}
 CONNS=${CONNS:-50}; THREADS=${THREADS:-2}; HS_PROCS=${HS_PROCS:-4}
-ONLY=${ONLY:-"nginx-stream nginx-http haproxy-tcp webgateway"}
+ONLY=${ONLY:-"nginx-stream nginx-http haproxy-tcp webgateway"}; TESTS=${TESTS:-"1k 1m hs"}
 mkdir -p "$STATE"/{run,www,certs,res}
 RUN=$STATE/run; C=$STATE/certs; W=$STATE/www; RES=$STATE/res
 SPIN="taskset -c $SERVER_CPUS"; CPIN="taskset -c $CLIENT_CPUS"
@@ -156,6 +157,7 @@ out=$RES/summary.txt; : >"$out"
 for n in $ONLY; do
   port=${PORT[$n]}; pids=$(pids_of "$port"); url="https://localhost:$port"
   for tag in 1k 1m; do
+    [[ " $TESTS " == *" $tag "* ]] || continue
     c0=$(ticks "$pids")
     $CPIN wrk -t "$THREADS" -c "$CONNS" -d "${secs}s" "$url/$tag.bin" >"$RES/${n}_$tag.txt" 2>&1 || true
     c1=$(ticks "$pids")
@@ -166,6 +168,7 @@ for n in $ONLY; do
             else printf "%-13s 1m-keepalive MiB/s=%-8.1f cpu_us/MiB=%-7.0f srv_cpu=%3.0f%% %s\n", n, t, (t>0)?cs*1e6/(t*d):0, cs*100/d, e }' \
       "$RES/${n}_$tag.txt" | tee -a "$out"
   done
+  [[ " $TESTS " == *" hs "* ]] || continue
   c0=$(ticks "$pids"); t0=$(date +%s.%N)
   read -r hs errs < <($CPIN "$PY" "$HERE/hs_client.py" 127.0.0.1 "$port" localhost "$secs" "$HS_PROCS")
   wall=$(echo "$(date +%s.%N) - $t0" | bc); c1=$(ticks "$pids")
