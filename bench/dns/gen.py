@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Write the benchmark zone twice: a zone file for Knot and a webgateway store + config.
+
+Same names on both sides (the bench.test shape of /work/shared/peers/dns/gen_zone.py):
+N reserved names h0..h{N-1} (A only: Knot's zone has exactly the gateway A for each,
+as our dnsd answers A for a reserved name), N/10 TXT names t0..t{N/10-1}, SOA/NS and
+glue. And a dnsperf query file: 70 % A hits, 15 % NXDOMAIN, 15 % TXT.
+
+The store is loaded through the Store API (owner, put_name, add_txt) for small zones;
+above --api-limit names the rows go in with one bulk INSERT on the store's own schema
+and connection (a million API writes, each durable, would take the benchmark's budget).
+
+usage: gen.py OUTDIR N DNS_PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from pathlib import Path
+
+from webgateway.model import Name
+from webgateway.sqlite_store import SqliteStore
+
+ZONE = "bench.test"
+GATEWAY = "198.18.255.254"
+
+
+def write_zone(out: Path, n: int) -> None:
+    lines = [
+        f"$ORIGIN {ZONE}.",
+        "$TTL 300",
+        "@ IN SOA ns1 hostmaster 1 3600 600 1209600 30",
+        "@ IN NS ns1",
+        "ns1 IN A 127.0.0.1",
+        f"@ IN A {GATEWAY}",
+    ]
+    lines += [f"h{i} IN A {GATEWAY}" for i in range(n)]
+    lines += [f't{i} IN TXT "v=bench{i} some-text-payload"' for i in range(max(1, n // 10))]
+    (out / "bench.test.zone").write_text("\n".join(lines) + "\n")
+
+
+def write_queries(out: Path, n: int) -> None:
+    rnd = random.Random(20240101)
+    q = []
+    for _ in range(20_000):
+        r = rnd.random()
+        if r < 0.70:
+            q.append(f"h{rnd.randrange(n)}.{ZONE} A")
+        elif r < 0.85:
+            q.append(f"nx{rnd.randrange(1_000_000)}.{ZONE} A")
+        else:
+            q.append(f"t{rnd.randrange(max(1, n // 10))}.{ZONE} TXT")
+    (out / "queries.txt").write_text("\n".join(q) + "\n")
+
+
+def write_config(out: Path, port: int) -> None:
+    (out / "webgateway.toml").write_text(
+        f"""[zone]
+name = "{ZONE}"
+gateway_ipv4 = ["{GATEWAY}"]
+nameservers = {{ "ns1.{ZONE}" = ["127.0.0.1"] }}
+ttl = 300
+negative_ttl = 30
+[dns]
+listen = ["127.0.0.1:{port}"]
+[store]
+path = "store/webgateway.db"
+certs_dir = "store/certs"
+poll_interval = 0.05
+[log]
+level = "warning"
+"""
+    )
+
+
+async def load_store(out: Path, n: int, api_limit: int) -> None:
+    db = out / "store" / "webgateway.db"
+    for p in db.parent.glob("webgateway.db*"):
+        p.unlink()
+    store = SqliteStore(db)
+    await store.open()
+    await store.db.execute("PRAGMA synchronous=OFF")  # throw-away store: speed over durability
+    owner = await store.create_owner("bench", "bench-token-hash")
+    n_txt = max(1, n // 10)
+    if n <= api_limit:
+        for i in range(n):
+            await store.put_name(Name(f"h{i}", owner.id, ()), n + 1)
+        for i in range(n_txt):
+            await store.add_txt(f"t{i}.{ZONE}", f"v=bench{i} some-text-payload")
+    else:
+        now = time.time()
+        await store.db.execute("BEGIN")
+        await store.db.executemany(
+            "INSERT INTO names VALUES (?, ?, '[]', 'terminate', 0, 0, ?, ?)",
+            ((f"h{i}", owner.id, now, now) for i in range(n)),
+        )
+        await store.db.executemany(
+            "INSERT INTO txt VALUES (?, ?, ?)",
+            ((f"t{i}.{ZONE}", f"v=bench{i} some-text-payload", now) for i in range(n_txt)),
+        )
+        await store.db.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
+        await store.db.execute("COMMIT")
+    await store.close()
+
+
+def main() -> None:
+    out, n, port = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    api_limit = int(sys.argv[4]) if len(sys.argv) > 4 else 20_000
+    out.mkdir(parents=True, exist_ok=True)
+    write_zone(out, n)
+    write_queries(out, n)
+    write_config(out, port)
+    t0 = time.monotonic()
+    asyncio.run(load_store(out, n, api_limit))
+    print(f"zone of {n} names written, store loaded in {time.monotonic() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
