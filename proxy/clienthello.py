@@ -10,6 +10,7 @@ either a result, ``NEED_MORE``, or an error.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -56,18 +57,13 @@ class ClientHello:
     length: int  # bytes of records the hello occupied (what a peek must cover)
 
 
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
+
+
 def is_host_name(name: str) -> bool:
-    if not 1 <= len(name) <= 253:
-        return False
-    for label in name.split("."):
-        if not 1 <= len(label) <= 63:
-            return False
-        if label[0] == "-" or label[-1] == "-":
-            return False
-        for ch in label:
-            if not (ch.isascii() and (ch.isalnum() or ch in "-_")):
-                return False
-    return True
+    """Lower-case LDH host name (underscores allowed), 1-253 chars, labels of 1-63."""
+    return len(name) <= 253 and _HOST.fullmatch(name) is not None
 
 
 def parse(data: bytes | bytearray | memoryview) -> ClientHello | _NeedMore:
@@ -99,7 +95,7 @@ def parse(data: bytes | bytearray | memoryview) -> ClientHello | _NeedMore:
         pos += 5 + rlen
         need = _check_head(body)
     assert need is not None
-    sni, alpn = _hello(memoryview(bytes(body[4:need])))
+    sni, alpn = _hello(bytes(body[4:need]))
     if len(body) != need:
         # Anything after the hello inside its records would be a second handshake
         # message; a ClientHello must be alone until the server answers.
@@ -133,111 +129,106 @@ def _fail(why: str) -> _NeedMore:
     raise ClientHelloError(why)
 
 
-class _Reader:
-    """A cursor over a bounded slice; every read checks the bounds."""
-
-    __slots__ = ("b", "end", "i")
-
-    def __init__(self, b: memoryview, start: int = 0, end: int | None = None) -> None:
-        self.b = b
-        self.i = start
-        self.end = len(b) if end is None else end
-
-    def take(self, n: int) -> memoryview:
-        if n < 0 or self.i + n > self.end:
-            raise ClientHelloError("truncated ClientHello")
-        v = self.b[self.i : self.i + n]
-        self.i += n
-        return v
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        v = self.take(2)
-        return (v[0] << 8) | v[1]
-
-    def vec8(self) -> memoryview:
-        return self.take(self.u8())
-
-    def vec16(self) -> memoryview:
-        return self.take(self.u16())
-
-    @property
-    def left(self) -> int:
-        return self.end - self.i
-
-
-def _hello(msg: memoryview) -> tuple[str | None, tuple[str, ...]]:
-    r = _Reader(msg)
-    if r.u8() != 3:
+def _hello(m: bytes) -> tuple[str | None, tuple[str, ...]]:
+    """Walk the ClientHello body. Every length is checked against ``end`` before use."""
+    end = len(m)
+    if end < 38 or m[0] != 3:
         raise ClientHelloError("unsupported legacy_version")
-    r.u8()
-    r.take(32)  # random
-    if len(r.vec8()) > 32:
+    i = 34  # version + random
+    n = m[i]
+    if n > 32:
         raise ClientHelloError("session id longer than 32 bytes")
-    suites = r.vec16()
-    if not suites or len(suites) % 2:
+    i += 1 + n
+    if i + 2 > end:
+        raise ClientHelloError("truncated ClientHello")
+    n = (m[i] << 8) | m[i + 1]
+    if n == 0 or n % 2:
         raise ClientHelloError("bad cipher suite list")
-    if not r.vec8():
+    i += 2 + n
+    if i + 1 > end:
+        raise ClientHelloError("truncated ClientHello")
+    n = m[i]
+    if n == 0:
         raise ClientHelloError("empty compression method list")
-    if r.left == 0:
+    i += 1 + n
+    if i > end:
+        raise ClientHelloError("truncated ClientHello")
+    if i == end:
         return None, ()
-    exts = _Reader(r.vec16())
-    if r.left:
-        raise ClientHelloError("trailing bytes after extensions")
+    if i + 2 > end:
+        raise ClientHelloError("truncated ClientHello")
+    n = (m[i] << 8) | m[i + 1]
+    i += 2
+    if i + n != end:
+        raise ClientHelloError("extensions do not fill the ClientHello")
     sni: str | None = None
     alpn: tuple[str, ...] = ()
     seen: set[int] = set()
-    while exts.left:
-        etype = exts.u16()
-        edata = exts.vec16()
+    while i < end:
+        if i + 4 > end:
+            raise ClientHelloError("truncated extension")
+        etype = (m[i] << 8) | m[i + 1]
+        elen = (m[i + 2] << 8) | m[i + 3]
+        i += 4
+        if i + elen > end:
+            raise ClientHelloError("truncated extension")
         if etype in seen:
             raise ClientHelloError(f"duplicate extension {etype}")
         seen.add(etype)
         if etype == _EXT_SNI:
-            sni = _server_name(edata)
+            sni = _server_name(m[i : i + elen])
         elif etype == _EXT_ALPN:
-            alpn = _alpn(edata)
+            alpn = _alpn(m[i : i + elen])
+        i += elen
     return sni, alpn
 
 
-def _server_name(data: memoryview) -> str | None:
-    outer = _Reader(data)
-    lst = _Reader(outer.vec16())
-    if outer.left or not lst.left:
-        raise ClientHelloError("bad server_name extension")
+def _list16(data: bytes, what: str) -> int:
+    """Check a data block that is exactly one non-empty 16-bit-length list; return its end."""
+    if len(data) < 2 or ((data[0] << 8) | data[1]) != len(data) - 2 or len(data) == 2:
+        raise ClientHelloError(f"bad {what} extension")
+    return len(data)
+
+
+def _server_name(data: bytes) -> str | None:
+    end = _list16(data, "server_name")
+    i = 2
     name: str | None = None
-    while lst.left:
-        kind = lst.u8()
-        value = lst.vec16()
+    while i < end:
+        if i + 3 > end:
+            raise ClientHelloError("truncated server_name")
+        kind = data[i]
+        n = (data[i + 1] << 8) | data[i + 2]
+        i += 3
+        if i + n > end:
+            raise ClientHelloError("truncated server_name")
         if kind == 0:
             if name is not None:
                 raise ClientHelloError("two host names in server_name")
             try:
-                text = bytes(value).decode("ascii")
+                text = data[i : i + n].decode("ascii").lower()
             except UnicodeDecodeError:
                 raise ClientHelloError("server name is not ASCII") from None
-            text = text.lower()
             if text.endswith("."):
                 text = text[:-1]
             if not is_host_name(text):
                 raise ClientHelloError("server name is not a host name")
             name = text
+        i += n
     return name
 
 
-def _alpn(data: memoryview) -> tuple[str, ...]:
-    outer = _Reader(data)
-    lst = _Reader(outer.vec16())
-    if outer.left or not lst.left:
-        raise ClientHelloError("bad ALPN extension")
+def _alpn(data: bytes) -> tuple[str, ...]:
+    end = _list16(data, "ALPN")
+    i = 2
     out: list[str] = []
-    while lst.left:
-        proto = lst.vec8()
-        if not proto:
-            raise ClientHelloError("empty ALPN protocol name")
-        out.append(bytes(proto).decode("latin-1"))
+    while i < end:
+        n = data[i]
+        i += 1
+        if n == 0 or i + n > end:
+            raise ClientHelloError("bad ALPN protocol name")
+        out.append(data[i : i + n].decode("latin-1"))
+        i += n
     return tuple(out)
 
 
