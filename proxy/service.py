@@ -13,6 +13,7 @@ from proxy.engine import Engine, Limits
 from proxy.https import HttpsListener, bind
 from proxy.redirect import RedirectProtocol
 from proxy.routes import RouteTable
+from proxy.worker import Workers
 from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
@@ -30,7 +31,7 @@ class ProxyService:
     name = "proxy"
 
     def __init__(self, config: Config, store: Store, registry: CollectorRegistry,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, spawn: bool = True) -> None:
         self.config = config
         self.store = store
         self.table = RouteTable(config.zone.name)
@@ -40,6 +41,7 @@ class ProxyService:
         self._https: list[HttpsListener] = []
         self._http: list[asyncio.AbstractServer] = []
         self._follow: asyncio.Task[None] | None = None
+        self.workers = Workers(config) if spawn else None
         self.https_addresses: list[tuple[str, int]] = []
         self.http_addresses: list[tuple[str, int]] = []
 
@@ -60,6 +62,8 @@ class ProxyService:
         except BaseException:
             await self.stop()
             raise
+        if self.workers is not None:
+            self.workers.start()
 
     def _bind(self, key: str, addr: HostPort) -> socket.socket:
         try:
@@ -68,6 +72,8 @@ class ProxyService:
             raise ConfigError(key, f"cannot bind {addr}: {e.strerror or e}") from None
 
     async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
         for lst in self._https:
             lst.close()
         self._https.clear()
