@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 ZONE_CERT = "zone"
 #: Longest sleep of the scheduler with nothing due (a change wakes it at once).
 MAX_IDLE = 30.0
-#: Re-check a custom domain's CNAMEs after 2 s, doubling up to 5 minutes.
-VERIFY_FIRST, VERIFY_CAP = 2.0, 300.0
+#: Re-check a custom domain's CNAMEs after 0.1 s, doubling up to 5 minutes (the first
+#: check can race our own dnsd picking the domain up).
+VERIFY_FIRST, VERIFY_CAP = 0.1, 300.0
 #: Old key/chain files are deleted this long after the store points at the new pair.
 OLD_FILES_GRACE = 60.0
 

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# certd vs lego (exec DNS provider) against one local Pebble validating through our dnsd.
+# usage: bench/acme/run.sh [-n 50] [-m 200] [-p 20] [--concurrency 4] [--skip-lego]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-/tmp/wgvenv/bin/python}
+command -v pebble >/dev/null || { echo "needs the pebble Debian package" >&2; exit 1; }
+exec timeout 1200 "$PY" bench/acme/bench.py "$@"
