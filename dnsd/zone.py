@@ -191,8 +191,12 @@ class ZoneView:
             self.zones.add(w)
         self.cnames[chal] = target
         self.targets[target] = self.targets.get(target, 0) + 1
-        for name in (w, chal, target):
+        for name in (w, chal, target, *self._txt_under(w)):
             self._rebuild(name)
+
+    def _txt_under(self, apex: bytes) -> list[bytes]:
+        """TXT owners below a custom domain: their zone comes and goes with it."""
+        return [n for n in self.txt if n.endswith(apex)]
 
     def _drop_domain(self, dom: Domain) -> None:
         try:
@@ -210,7 +214,7 @@ class ZoneView:
             self.targets[target] = left
         else:
             self.targets.pop(target, None)
-        for name in (chal, target, w):
+        for name in (chal, target, w, *self._txt_under(w)):
             self._rebuild(name)
 
     def zone_of(self, name: bytes) -> bytes | None:

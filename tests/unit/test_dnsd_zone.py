@@ -19,7 +19,8 @@ from webgateway.model import ChangeSet, Domain, Name, Snapshot
 LABELS = ["alice", "bob", "carol", "ns1", "_acme-challenge"]
 DOMAINS = ["shop.example.org", "a.example.org", "b.a.example.org", f"in.{ZONE}"]
 TXT_AT = [f"_acme-challenge.{ZONE}", f"_acme-challenge.alice.{ZONE}", f"deep.x.y.{ZONE}",
-          f"{challenge_label('shop.example.org')}._acme.{ZONE}", "outside.example.net"]
+          f"{challenge_label('shop.example.org')}._acme.{ZONE}", "outside.example.net",
+          "t.shop.example.org", "x.y.b.a.example.org"]
 
 
 def probe_names() -> list[str]:
@@ -118,3 +119,17 @@ def test_name_collision_with_static_record_keeps_both() -> None:
     r = dns.message.from_wire(raw)
     assert r.rcode() == dns.rcode.NOERROR
     assert {rd.to_text() for rd in r.answer[0]} == {"192.0.2.53"}
+
+
+def test_txt_below_a_custom_domain_follows_the_domain_zone() -> None:
+    shop = "shop.example.org"
+    view = ZoneView(zone_config())
+    view.load(snapshot(serial=1))
+    view.apply(ChangeSet(2, {}, {shop: None}, {}, {}))
+    view.apply(ChangeSet(3, {}, {}, {f"t.{shop}": ("v",)}, {}))
+    assert view.find(wire.name_to_wire(f"t.{shop}")).kind == OUTSIDE
+    view.apply(ChangeSet(4, {}, {shop: Domain(shop, "alice", 1, challenge_label(shop))}, {}, {}))
+    node = view.find(wire.name_to_wire(f"t.{shop}"))
+    assert node.kind == NODE and wire.TXT in node.rrsets
+    view.apply(ChangeSet(5, {}, {shop: None}, {}, {}))
+    assert view.find(wire.name_to_wire(f"t.{shop}")).kind == OUTSIDE
