@@ -34,7 +34,8 @@ BAD_GATEWAY: Final = (
 ) + _BAD_GATEWAY_BODY
 
 
-def bind(addr: HostPort, reuse_port: bool = False, backlog: int = 4096) -> socket.socket:
+def bind(addr: HostPort, reuse_port: bool = False, backlog: int = 4096,
+         defer_accept: int = 0) -> socket.socket:
     family = socket.AF_INET6 if addr.host.version == 6 else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -44,6 +45,10 @@ def bind(addr: HostPort, reuse_port: bool = False, backlog: int = 4096) -> socke
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         s.bind((str(addr.host), addr.port))
+        if defer_accept:
+            # Wake us only once the client has sent something (its ClientHello), which
+            # saves a readiness round per connection and keeps silent sockets in the kernel.
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
         s.listen(backlog)
         s.setblocking(False)
     except OSError:
@@ -219,10 +224,11 @@ class HttpsListener:
                     self._paused = self.loop.call_later(1.0, self._resume_accept)
                 return
             if not engine.opened():
+                with contextlib.suppress(OSError):
+                    conn.recv(ch.MAX_PEEK, socket.MSG_DONTWAIT)  # unread bytes => RST
                 conn.close()
                 continue
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)  # the event loop sets TCP_NODELAY when it adopts it
             _Peek(self, conn, addr).try_peek()
 
     def dispatch(self, sock: socket.socket, addr: tuple[str, int], hello: ch.ClientHello,

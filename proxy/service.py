@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 
 from prometheus_client import CollectorRegistry
@@ -50,7 +51,8 @@ class ProxyService:
         self._follow = asyncio.get_running_loop().create_task(self.follower.run())
         try:
             for addr in self.config.proxy.https_listen:
-                sock = self._bind("proxy.https_listen", addr)
+                sock = self._bind("proxy.https_listen", addr,
+                                  math.ceil(self.config.proxy.handshake_timeout))
                 self._https.append(HttpsListener(self.engine, sock))
                 self.https_addresses.append(sock.getsockname()[:2])
             loop = asyncio.get_running_loop()
@@ -65,9 +67,9 @@ class ProxyService:
         if self.workers is not None:
             self.workers.start()
 
-    def _bind(self, key: str, addr: HostPort) -> socket.socket:
+    def _bind(self, key: str, addr: HostPort, defer_accept: int = 0) -> socket.socket:
         try:
-            return bind(addr, reuse_port=self.reuse_port)
+            return bind(addr, reuse_port=self.reuse_port, defer_accept=defer_accept)
         except OSError as e:
             raise ConfigError(key, f"cannot bind {addr}: {e.strerror or e}") from None
 

@@ -346,6 +346,7 @@ def test_idle_timeout_and_max_connections(tmp_path: Path) -> None:
             assert await get(r, w, fqdn("few"), "/") == b"v4 /\n"
         # the fifth is turned away while four are open
         r5, w5 = await asyncio.open_connection("127.0.0.1", gw.https_port)
+        w5.write(b"\x16")
         assert await asyncio.wait_for(r5.read(), 10) == b""
         w5.close()
         # idle connections are closed by the proxy ...
