@@ -105,6 +105,24 @@ def rrtypes(r: dns.message.Message, section: str = "answer") -> list[str]:
 # ------------------------------------------------------------------ content
 
 
+async def test_metrics_count_responses(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    store = SqliteStore(cfg.store.path)
+    await store.open()
+    registry = CollectorRegistry()
+    svc = build(cfg, store, registry)
+    await svc.start()
+    try:
+        m = dns.message.make_query(f"nx.{ZONE}", "A")
+        for _ in range(3):
+            await dns.asyncquery.udp(m, "127.0.0.1", port=cfg.dns.listen[0].port, timeout=3)
+        assert registry.get_sample_value("dnsd_responses_total", {"rcode": "NXDOMAIN"}) == 3
+        assert registry.get_sample_value("dnsd_zone_serial") == await store.serial()
+    finally:
+        await svc.stop()
+        await store.close()
+
+
 async def test_apex_soa_ns_glue_caa(d: Dns) -> None:
     r = await d.q(ZONE, "SOA")
     assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA

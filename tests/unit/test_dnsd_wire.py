@@ -281,3 +281,19 @@ def test_valid_queries_echo_question_bytes(labels: list[bytes], qtype: int,
 
 _VIEW = ZoneView(zone_config())
 _VIEW.load(snapshot())
+
+
+def test_hot_path_never_calls_dnslib(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_: object, **__: object) -> None:
+        raise AssertionError("dnslib on the hot path")
+
+    r = Responder(_VIEW)
+    monkeypatch.setattr(dnslib.DNSRecord, "parse", boom)
+    for name, rdtype in (("alice.gw.test", "A"), ("NX.gw.test", "A"), ("gw.test", "SOA"),
+                         ("_acme-challenge.shop.example.org", "TXT"), ("other.org", "A")):
+        for edns in (False, 0):
+            m = dns.message.make_query(name, rdtype, use_edns=edns)
+            for tcp in (False, True):
+                raw = r.handle(m.to_wire(), tcp=tcp)
+                assert raw is not None and dns.message.from_wire(raw).id == m.id
+    assert r.slow == 0
