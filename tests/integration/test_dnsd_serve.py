@@ -539,3 +539,17 @@ async def test_worker_processes_share_the_port_and_follow_the_store(
         await g.svc.stop()
         await g.store.close()
     assert not Path(f"/proc/{pid}").exists() or ") Z " in Path(f"/proc/{pid}/stat").read_text()
+
+
+async def test_client_udp_size_is_honoured(d: Dns) -> None:
+    """An answer of about 800 octets: too big for 512, fits the client's 1232 or 1000."""
+    name = f"mid.{ZONE}"
+    for i in range(7):
+        await d.store.add_txt(name, f"m{i}-" + "z" * 100)
+    await wait_serial(d, await d.store.serial())
+    for use_edns, payload, truncated in ((False, 512, True), (0, 512, True), (0, 700, True),
+                                         (0, 1000, False), (0, 1232, False), (0, 65000, False)):
+        r = await d.q(name, "TXT", use_edns=use_edns, payload=payload)
+        assert bool(r.flags & dns.flags.TC) is truncated, (use_edns, payload)
+        if not truncated:
+            assert len(r.answer[0]) == 7 and len(r.to_wire()) > 700
