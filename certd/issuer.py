@@ -315,6 +315,29 @@ class Issuer:
             rounds += 1
             order = await self._call(self._fetch, order.uri, csr, False, order)
 
+    def has_ari(self) -> bool:
+        if self.directory is None:
+            return False
+        try:
+            self.directory["renewalInfo"]
+        except KeyError:
+            return False
+        return True
+
+    def _renewal_info(self, c: Any, pem: bytes) -> tuple[Any, str | None]:
+        leaf = x509.load_pem_x509_certificates(pem)[0]
+        base = self.directory["renewalInfo"] if self.directory is not None else ""
+        url = f"{str(base).rstrip('/')}/{client._renewal_info_path_component(leaf)}"
+        resp = c.net.get(url, content_type="application/json")
+        return resp.json(), resp.headers.get("Retry-After")
+
+    async def renewal_info(self, pem: bytes) -> tuple[Any, str | None] | None:
+        """The CA's renewalInfo for a certificate (ARI), or None when it offers none."""
+        await self.ensure_account()
+        if not self.has_ari():
+            return None
+        return await self._call(self._renewal_info, pem)
+
     async def revoke(self, fullchain: bytes) -> None:
         await self.ensure_account()
         await self._call(self._revoke, fullchain)

@@ -7,6 +7,7 @@ without a CA, and the service only asks "what now, and when next?".
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import enum
 import random
@@ -127,3 +128,40 @@ def due_at(cert: Certificate | None, wanted: tuple[str, ...], files_ok: bool) ->
     if cert.state == CertState.FAILED and cert.failures == 0:
         return 0.0
     return cert.next_attempt
+
+
+def apply_ari(
+    current: float, window: tuple[float, float], now: float, rng: random.Random | None = None
+) -> float:
+    """Keep our renewal time if it is inside the CA's window (ARI), else pick one in it."""
+    start, end = window
+    if start <= current <= end and current >= now:
+        return current
+    return ari_renew_at(start, end, now, rng)
+
+
+#: Ask for renewalInfo again after this long when the CA sends no Retry-After.
+ARI_DEFAULT_RECHECK = 6 * 3600.0
+
+
+def parse_renewal_info(
+    doc: object, retry_after: str | None, now: float
+) -> tuple[tuple[float, float], float] | None:
+    """(window, next check time) from a renewalInfo reply; None if it is malformed."""
+    if not isinstance(doc, dict):
+        return None
+    win = doc.get("suggestedWindow")
+    if not isinstance(win, dict):
+        return None
+    try:
+        start, end = (
+            datetime.datetime.fromisoformat(str(win[k]).replace("Z", "+00:00")).timestamp()
+            for k in ("start", "end")
+        )
+    except (KeyError, ValueError):
+        return None
+    if end < start:
+        return None
+    wait = parse_retry_after(retry_after, now)
+    recheck = now + (ARI_DEFAULT_RECHECK if wait is None else min(max(wait, 60.0), 86400.0))
+    return (start, end), recheck

@@ -29,7 +29,14 @@ from certd import certfiles
 from certd.acmenet import RetryLater
 from certd.dnscheck import PropagationTimeout, judge_domain, lookup_domain
 from certd.issuer import AccountGone, Issuer, OrderDead
-from certd.schedule import FailureKind, backoff, due_at, renew_at
+from certd.schedule import (
+    FailureKind,
+    apply_ari,
+    backoff,
+    due_at,
+    parse_renewal_info,
+    renew_at,
+)
 from webgateway.config import Config
 from webgateway.dnsname import challenge_label, is_within
 from webgateway.feed import Follower
@@ -44,6 +51,8 @@ MAX_IDLE = 30.0
 #: Re-check a custom domain's CNAMEs after 0.1 s, doubling up to 5 minutes (the first
 #: check can race our own dnsd picking the domain up).
 VERIFY_FIRST, VERIFY_CAP = 0.1, 300.0
+#: Orders in flight per ACME thread (the rest wait before creating their order).
+ORDERS_PER_THREAD = 4
 #: Old key/chain files are deleted this long after the store points at the new pair.
 OLD_FILES_GRACE = 60.0
 
@@ -111,6 +120,12 @@ class CertService:
         self.verifying: dict[str, asyncio.Task[None]] = {}
         self.verify_next: dict[str, tuple[float, int]] = {}  # fqdn -> (when, attempts)
         self.cleaning: set[str] = set()
+        # Orders past this many wait their turn: with a FIFO thread pool, 200 orders started
+        # together would otherwise advance in lock-step and all finish at the very end.
+        slots = ORDERS_PER_THREAD * (config.acme.concurrency if config.acme else 1)
+        self.order_slots = asyncio.Semaphore(slots)
+        self.ari_next: dict[str, float] = {}  # cert id -> when to ask renewalInfo again
+        self.ari_running: set[str] = set()
         self.issued = 0
         self.failed = 0
         self.rng = random.Random()
@@ -234,6 +249,13 @@ class CertService:
                 continue
             cert = self.view.certs.get(cid)
             at = due_at(cert, domains, self._files_ok(cert))
+            if (cert is not None and cert.state == CertState.VALID and at > now
+                    and cid not in self.ari_running and self.ari_next.get(cid, 0.0) <= now
+                    and self.issuer is not None and self.issuer.regr is not None):
+                self.ari_running.add(cid)
+                self._spawn(self._ari_check(cert), f"certd-ari-{cid}")
+            elif cid in self.ari_next:
+                nxt = min(nxt, self.ari_next[cid])
             if at <= now:
                 self.running[cid] = self._spawn(self._attempt(cid, domains), f"certd-order-{cid}")
             else:
@@ -298,6 +320,33 @@ class CertService:
         finally:
             self.cleaning.discard(cid)
 
+    async def _ari_check(self, cert: Certificate) -> None:
+        """Move renew_at into the CA's suggested window when it offers ARI."""
+        now = time.time()
+        self.ari_next[cert.id] = now + 6 * 3600.0
+        try:
+            assert self.issuer is not None
+            pem = await asyncio.to_thread(Path(cert.cert_path).read_bytes)
+            info = await self.issuer.renewal_info(pem)
+            if info is None:
+                self.ari_next[cert.id] = now + 24 * 3600.0
+                return
+            parsed = parse_renewal_info(info[0], info[1], now)
+            if parsed is None:
+                log.warning("certd: malformed renewalInfo for %s", cert.id)
+                return
+            window, self.ari_next[cert.id] = parsed
+            at = apply_ari(cert.renew_at, window, now, self.rng)
+            current = self.view.certs.get(cert.id)
+            if at != cert.renew_at and current is not None and current.state == CertState.VALID:
+                log.info("certd: %s renews at %s per the CA's renewalInfo", cert.id,
+                         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at)))
+                await self._put(replace(current, renew_at=at))
+        except Exception as e:  # ARI is advice: without it the 2/3 rule stands
+            log.info("certd: renewalInfo for %s unavailable: %s", cert.id, e)
+        finally:
+            self.ari_running.discard(cert.id)
+
     # ------------------------------------------------------------ one attempt
     async def _attempt(self, cid: str, domains: tuple[str, ...]) -> None:
         assert self.issuer is not None and self.config.acme is not None
@@ -313,10 +362,11 @@ class CertService:
             await self._put(cert)
 
         try:
-            issued = await self.issuer.obtain(
-                cid, domains, lambda _ident: self.txt_name(cid), cert.order_url, on_order,
-                published,
-            )
+            async with self.order_slots:
+                issued = await self.issuer.obtain(
+                    cid, domains, lambda _ident: self.txt_name(cid), cert.order_url, on_order,
+                    published,
+                )
             cert = await self._install(cert, issued)
             self.issued += 1
             log.info("certd: certificate %s for %s obtained in %.2f s, valid until %s",
@@ -420,9 +470,10 @@ class CertService:
         with contextlib.suppress(StoreError):
             await self._put(new)
             if cid != ZONE_CERT and cid in self.view.domains:
+                # a renewal failing leaves the domain served by its current certificate
+                state_d = DomainState.ACTIVE if cert.cert_path else DomainState.VERIFIED
                 await self.store.set_domain_state(
-                    cid, DomainState.VERIFIED,
-                    f"certificate request failed ({failures}x): {msg[:200]}")
+                    cid, state_d, f"certificate request failed ({failures}x): {msg[:200]}")
 
 
 def build(config: Config, store: Store, registry: CollectorRegistry) -> CertService:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 
@@ -103,3 +103,32 @@ def test_due_at() -> None:
     assert due_at(failed, want, True) == 777.0
     pending = Certificate("zone", want, CertState.PENDING, next_attempt=0.0)
     assert due_at(pending, want, False) == 0.0
+
+
+def test_ari_keeps_a_time_inside_the_window_and_repicks_outside() -> None:
+    from certd.schedule import apply_ari
+
+    assert apply_ari(150.0, (100.0, 200.0), 0.0) == 150.0
+    moved = apply_ari(900.0, (100.0, 200.0), 0.0, random.Random(3))
+    assert 100.0 <= moved <= 200.0
+    assert apply_ari(150.0, (100.0, 200.0), 170.0, random.Random(3)) >= 170.0
+    assert apply_ari(150.0, (100.0, 120.0), 500.0) == 500.0  # window passed: now
+
+
+def test_parse_renewal_info() -> None:
+    from certd.schedule import ARI_DEFAULT_RECHECK, parse_renewal_info
+
+    doc = {"suggestedWindow": {"start": "2026-01-02T00:00:00Z", "end": "2026-01-03T00:00:00Z"}}
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    got = parse_renewal_info(doc, None, now)
+    assert got is not None
+    (start, end), recheck = got
+    assert end - start == DAY and start - now == DAY
+    assert recheck == now + ARI_DEFAULT_RECHECK
+    got = parse_renewal_info(doc, "3600", now)
+    assert got is not None and got[1] == now + 3600
+    assert parse_renewal_info(doc, "1", now)[1] == now + 60  # type: ignore[index]
+    for bad in (None, [], {}, {"suggestedWindow": {"start": "x", "end": "y"}},
+                {"suggestedWindow": {"start": "2026-01-03T00:00:00Z",
+                                     "end": "2026-01-02T00:00:00Z"}}):
+        assert parse_renewal_info(bad, None, now) is None
