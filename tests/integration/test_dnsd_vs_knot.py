@@ -10,7 +10,10 @@ and so is the cross-zone CNAME, which Knot does not chase across zones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -117,3 +120,57 @@ async def test_same_answers_as_knot(pair: tuple[Dns, int]) -> None:
 async def _ask(m: dns.message.Message, port: int, tcp: bool) -> dns.message.Message:
     query = dns.query.tcp if tcp else dns.query.udp
     return await asyncio.to_thread(query, m, "127.0.0.1", port=port, timeout=3)
+
+
+def _raw(packet: bytes, port: int) -> bytes | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        s.sendto(packet, ("127.0.0.1", port))
+        try:
+            return s.recv(65535)
+        except TimeoutError:
+            return None
+
+
+def _edns_query(version: int) -> bytes:
+    m = dns.message.make_query(f"alice.{ZONE}", "A", use_edns=version)
+    return m.to_wire()
+
+
+def _opcode(op: int) -> bytes:
+    m = dns.message.make_query(ZONE, "SOA", use_edns=False)
+    m.set_opcode(op)
+    return m.to_wire()
+
+
+HDR = struct.pack(">HHHHHH", 0x4242, 0x0100, 0, 0, 0, 0)
+ODD = {
+    "no question": HDR,
+    "two questions": HDR[:4] + b"\x00\x02" + HDR[6:] + (b"\x02gw\x04test\x00\x00\x06\x00\x01" * 2),
+    "EDNS version 1": _edns_query(1),
+    "opcode STATUS": _opcode(2),
+    "opcode 3": _opcode(3),
+    "a response": b"\x42\x42\x84\x00" + HDR[4:],
+    "runt": b"\x42\x42\x01",
+}
+
+
+async def test_same_error_handling_as_knot(pair: tuple[Dns, int]) -> None:
+    d, kport = pair
+    diffs = []
+    for what, packet in ODD.items():
+        ours = await asyncio.to_thread(_raw, packet, d.port)
+        theirs = await asyncio.to_thread(_raw, packet, kport)
+
+        def key(r: bytes | None) -> object:
+            if r is None:
+                return None
+            ext = 0
+            with contextlib.suppress(Exception):
+                ext = dns.message.from_wire(r).rcode()
+            return (r[:2], r[2] & 0xF8, r[3] & 0x0F, ext)
+        if key(ours) != key(theirs):
+            diffs.append((what, key(ours), key(theirs)))
+    # the one deliberate difference: Knot drops QDCOUNT=2 silently, we answer FORMERR
+    assert [w for w, *_ in diffs] == ["two questions"], diffs
+    assert diffs[0][1] is not None and diffs[0][2] is None
