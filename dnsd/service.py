@@ -95,7 +95,7 @@ class TcpProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         if len(self.server.tcp_conns) >= self.server.config.dns.max_tcp_connections:
             self.server.tcp_refused += 1
-            self.transport.abort()
+            self.transport.close()  # FIN, not RST: the client sees a clean end of stream
             return
         self.server.tcp_conns.add(self)
         self._arm()
