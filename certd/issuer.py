@@ -10,7 +10,6 @@ orders can be in flight than there are threads, and DNS keeps answering meanwhil
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import threading
@@ -31,6 +30,7 @@ from certd.acmenet import RetryingNetwork
 from certd.dnscheck import wait_propagated
 from certd.orderflow import AuthzView, Step, dead_reason, next_step
 from certd.schedule import poll_delay
+from certd.workers import PriorityPool
 from webgateway.config import AcmeConfig, Config
 from webgateway.store import Store
 
@@ -70,9 +70,7 @@ class Issuer:
         self.acme: AcmeConfig = config.acme
         self.store = store
         self.certs_dir = config.store.certs_dir
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            self.acme.concurrency, thread_name_prefix="certd-acme"
-        )
+        self.pool = PriorityPool(self.acme.concurrency, "certd-acme")
         self._local = threading.local()
         self._gen = 0
         self._account_lock = asyncio.Lock()
@@ -84,7 +82,7 @@ class Issuer:
         self.requests = 0
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
 
     # ------------------------------------------------------------ threads
     def _client(self) -> Any:
@@ -111,10 +109,12 @@ class Issuer:
         finally:
             self.bad_nonces += c.net.bad_nonces - before
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
+    async def _call(self, fn: Callable[..., T], *args: Any, priority: float = 0.0) -> T:
+        """Run one ACME step in the pool; orders pass their start time as ``priority``."""
         self.requests += 1
-        return await loop.run_in_executor(self.pool, functools.partial(self._in_thread, fn, *args))
+        fut = self.pool.submit(priority, functools.partial(self._in_thread, fn, *args))
+        result: T = await asyncio.wrap_future(fut)
+        return result
 
     # ------------------------------------------------------------ account
     async def ensure_account(self) -> None:
@@ -123,9 +123,8 @@ class Issuer:
                 return
             key = self.acme.directory
             stored = await self.store.get_meta(account_meta_key(key))
-            loop = asyncio.get_running_loop()
-            jwk, directory, regr = await loop.run_in_executor(
-                self.pool, self._account_sync, stored or None
+            jwk, directory, regr = await asyncio.wrap_future(
+                self.pool.submit(-1.0, functools.partial(self._account_sync, stored or None))
             )
             if regr.uri != stored:
                 await self.store.set_meta(account_meta_key(key), regr.uri)
@@ -239,13 +238,14 @@ class Issuer:
     ) -> Issued:
         """Drive one order to a certificate. ``published`` collects the TXT we wrote."""
         await self.ensure_account()
+        call = functools.partial(self._call, priority=time.monotonic())
         pending = certfiles.pending_key_path(self.certs_dir, cert_id)
         key = await asyncio.to_thread(certfiles.load_or_create_key, pending)
         csr = certfiles.csr_pem(key, domains)
         order: Any = None
         if resume_url:
             try:
-                order = await self._call(self._fetch, resume_url, csr, True)
+                order = await call(self._fetch, resume_url, csr, True)
             except (messages.Error, errors.ClientError) as e:
                 log.info("certificate %s: order %s cannot be resumed (%s); starting over",
                          cert_id, resume_url, e)
@@ -262,7 +262,7 @@ class Issuer:
                     log.info("certificate %s: resuming order %s (%s)", cert_id, resume_url,
                              order.body.status.name)
         if order is None:
-            order = await self._call(self._new_order, csr)
+            order = await call(self._new_order, csr)
             await on_order(order.uri)
         answered: set[str] = set()
         end = time.monotonic() + ORDER_TIMEOUT + self.acme.propagation_timeout
@@ -288,24 +288,24 @@ class Issuer:
                         await self.store.add_txt(fqdn, v)
                         published.setdefault(fqdn, set()).add(v)
                 await wait_propagated(self.config, recs, self.acme.propagation_timeout)
-                await self._call(self._answer, [ch for _, ch in todo])
+                await call(self._answer, [ch for _, ch in todo])
                 answered.update(a.uri for a, _ in todo)
-                order = await self._call(self._fetch, order.uri, csr, False, order)
+                order = await call(self._fetch, order.uri, csr, False, order)
                 rounds = 0
                 continue
             if step is Step.DEAD:
-                detailed = await self._call(self._fetch, order.uri, csr, True)
+                detailed = await call(self._fetch, order.uri, csr, True)
                 err = str(order.body.error.detail) if order.body.error is not None else ""
                 raise OrderDead(dead_reason(str(order.body.status.name),
                                             self._views(detailed, set()), err))
             if step is Step.FINALIZE:
-                order = await self._call(self._finalize, order)
+                order = await call(self._finalize, order)
                 rounds = 0
                 if order.body.status == messages.STATUS_READY:
                     await asyncio.sleep(poll_delay(rounds))
                 continue
             if step is Step.DOWNLOAD:
-                pem = await self._call(self._download, order.body.certificate)
+                pem = await call(self._download, order.body.certificate)
                 return Issued(pem.encode(), key, pending)
             # WAIT_AUTHZ / WAIT_ORDER
             if time.monotonic() > end:
@@ -313,7 +313,7 @@ class Issuer:
                                    f"{ORDER_TIMEOUT:.0f} s")
             await asyncio.sleep(poll_delay(rounds))
             rounds += 1
-            order = await self._call(self._fetch, order.uri, csr, False, order)
+            order = await call(self._fetch, order.uri, csr, False, order)
 
     def has_ari(self) -> bool:
         if self.directory is None:
