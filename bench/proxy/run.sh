@@ -15,7 +15,7 @@
 # usage: bench/proxy/run.sh [SECONDS=8]
 # env: WORKERS=1 (nginx workers / haproxy threads / proxy workers), SERVER_CPUS=0, CLIENT_CPUS=1,
 #      CONNS=50, THREADS=2, HS_PROCS=4, ONLY="nginx-stream webgateway ..." (subset),
-#      TESTS="1k 1m hs" (subset),
+#      TESTS="1k 1m hs" (subset), ROUNDS=1 (repeat the whole series, peers interleaved),
 #      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=/tmp/wgvenv/bin/python
 # Stops every server it started (by recorded PID) on exit.
 set -euo pipefail
@@ -154,6 +154,7 @@ TCK=$(getconf CLK_TCK)
 pids_of() { ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | tr '\n' ' '; }
 ticks() { local p t=0; for p in $1; do t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12+$13}'))); done; echo "$t"; }
 out=$RES/summary.txt; : >"$out"
+for round in $(seq "${ROUNDS:-1}"); do
 for n in $ONLY; do
   port=${PORT[$n]}; pids=$(pids_of "$port"); url="https://localhost:$port"
   for tag in 1k 1m; do
@@ -174,5 +175,6 @@ for n in $ONLY; do
   wall=$(echo "$(date +%s.%N) - $t0" | bc); c1=$(ticks "$pids")
   awk -v n="$n" -v hs="$hs" -v e="$errs" -v w="$wall" -v cpu=$((c1 - c0)) -v tck="$TCK" -v d="$secs" 'BEGIN {
       cs=cpu/tck; printf "%-13s full-hs      conn/s=%-7.0f cpu_us/conn=%-7.0f srv_cpu=%3.0f%% errors=%d\n", n, hs/d, (hs>0)?cs*1e6/hs:0, cs*100/w, e }' | tee -a "$out"
+done
 done
 log "raw output in $RES"
