@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -53,6 +54,8 @@ class Engine:
         self.count = 0  # connections from accept to close (peeking ones included)
         self.splices: set[Splice] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        #: sockets not (yet) owned by a transport -> how to close them at shutdown
+        self.loose: dict[object, Callable[[], None]] = {}
         self._outcomes = {
             k: self.metrics.connections.labels(k)
             for k in ("terminated", "passthrough", "unknown_name", "no_certificate",
@@ -126,6 +129,8 @@ class Engine:
         return False
 
     def close_all(self) -> None:
+        for close in list(self.loose.values()):
+            close()
         for task in list(self.tasks):
             task.cancel()
         for sp in list(self.splices):

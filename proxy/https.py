@@ -67,6 +67,7 @@ class _Lingering:
         loop.add_reader(self.fd, self._read)
         self.timer = loop.call_later(seconds, self._close)
         self.budget = 64 * 1024
+        engine.loose[self] = self._close
 
     def _read(self) -> None:
         try:
@@ -82,6 +83,7 @@ class _Lingering:
     def _close(self) -> None:
         if self.fd < 0:
             return
+        self.engine.loose.pop(self, None)
         self.loop.remove_reader(self.fd)
         self.timer.cancel()
         self.fd = -1
@@ -121,8 +123,10 @@ class _Peek:
         self.reading = False
         self.delay = 0.002
         self.last = 0
+        self.engine.loose[self] = self._timeout
 
     def _stop_waiting(self) -> None:
+        self.engine.loose.pop(self, None)
         if self.reading:
             self.loop.remove_reader(self.fd)
             self.reading = False
@@ -131,6 +135,9 @@ class _Peek:
             self.timer = None
 
     def _timeout(self) -> None:
+        if self.timer is None:
+            return
+        self.timer.cancel()
         self.timer = None
         self._stop_waiting()
         self.engine.outcome("timeout")
@@ -305,7 +312,9 @@ class HttpsListener:
         if not ok:
             engine.outcome("no_backend")
             if not transport.is_closing():
-                transport.write(BAD_GATEWAY)
+                ssl_object = transport.get_extra_info("ssl_object")
+                if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                    transport.write(BAD_GATEWAY)  # an HTTP/1 page; h2 clients just see a close
                 transport.close()
             return
         engine.outcome("terminated")

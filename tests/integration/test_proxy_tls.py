@@ -393,3 +393,41 @@ def test_slow_client_back_pressure_bounds_proxy_buffers(tmp_path: Path) -> None:
         w.close()
 
     live(tmp_path, body)
+
+
+def test_port_in_use_is_a_config_error_and_stop_closes_pending_sockets(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from proxy.service import ProxyService
+    from tests.support import make_config
+    from webgateway.config import ConfigError
+    from webgateway.sqlite_store import SqliteStore
+
+    async def main() -> None:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            cfg = make_config(tmp_path, proxy={"https_listen": [f"127.0.0.1:{port}"]})
+            store = SqliteStore(cfg.store.path)
+            await store.open()
+            try:
+                with pytest.raises(ConfigError) as err:
+                    await ProxyService(cfg, store, CollectorRegistry()).start()
+                assert err.value.key == "proxy.https_listen"
+            finally:
+                await store.close()
+        async with gateway(tmp_path / "g") as gw:
+            r, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
+            w.write(b"\x16\x03")  # a hello that never completes
+            for _ in range(100):
+                if gw.proxy.engine.loose:
+                    break
+                await asyncio.sleep(0.02)
+            assert gw.proxy.engine.loose
+            await gw.proxy.stop()
+            assert not gw.proxy.engine.loose
+            assert await asyncio.wait_for(r.read(), 10) == b""
+            w.close()
+
+    _run("uvloop", main())
