@@ -105,11 +105,19 @@ def close_gently(loop: asyncio.AbstractEventLoop, sock: socket.socket, engine: E
     _Lingering(loop, sock, engine)
 
 
+def _bytes_wanted(data: bytes) -> int:
+    """How many bytes to wait for: the end of the first record, else one more than now."""
+    if len(data) < 5:
+        return 5
+    end = 5 + ((data[3] << 8) | data[4])
+    return min(end if len(data) < end else len(data) + 1, ch.MAX_PEEK)
+
+
 class _Peek:
     """One accepted socket until its ClientHello is readable in full."""
 
     __slots__ = ("addr", "deadline", "delay", "engine", "fd", "last", "listener", "loop",
-                 "reading", "sock", "timer")
+                 "lowat", "reading", "sock", "timer")
 
     def __init__(self, listener: HttpsListener, sock: socket.socket, addr: tuple[str, int]) -> None:
         self.listener = listener
@@ -123,10 +131,15 @@ class _Peek:
         self.reading = False
         self.delay = 0.002
         self.last = 0
+        self.lowat = 1
         self.engine.loose[self] = self._timeout
 
     def _stop_waiting(self) -> None:
         self.engine.loose.pop(self, None)
+        if self.lowat > 1:
+            self.lowat = 1
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         if self.reading:
             self.loop.remove_reader(self.fd)
             self.reading = False
@@ -187,14 +200,29 @@ class _Peek:
             self._stop_waiting()
             self.listener.dispatch(self.sock, self.addr, hello, self.deadline)
             return
-        # Incomplete: the socket stays readable while bytes sit in it, so poll with
-        # back-off instead of spinning on readiness (rare: hellos fit in one segment).
+        # Incomplete (a hello split over TCP segments). Ask the kernel to report the socket
+        # readable only once the rest is there (SO_RCVLOWAT); where that is not honoured,
+        # readiness repeats with nothing new, and we fall back to polling with back-off.
+        progressed = len(data) != self.last
+        self.last = len(data)
+        if progressed and self._set_lowat(_bytes_wanted(data)):
+            if not self.reading:
+                self.reading = True
+                self.loop.add_reader(self.fd, self.try_peek)
+            return
         if self.reading:
             self.loop.remove_reader(self.fd)
             self.reading = False
-        self.delay = 0.002 if len(data) != self.last else min(self.delay * 2, 0.25)
-        self.last = len(data)
+        self.delay = 0.002 if progressed else min(self.delay * 2, 0.25)
         self.loop.call_later(self.delay, self.try_peek)
+
+    def _set_lowat(self, n: int) -> bool:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except OSError:
+            return False
+        self.lowat = n
+        return True
 
 
 class HttpsListener:

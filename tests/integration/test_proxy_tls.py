@@ -431,3 +431,60 @@ def test_port_in_use_is_a_config_error_and_stop_closes_pending_sockets(tmp_path:
             w.close()
 
     _run("uvloop", main())
+
+
+async def bio_handshake(gw: Gateway, host: str, split_at: int | None) -> bytes:
+    """A TLS client driven by hand so the ClientHello can be sent in two TCP segments."""
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname=host)
+    r, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
+    try:
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = out.read()
+        if split_at is not None:
+            w.write(hello[:split_at])
+            await w.drain()
+            await asyncio.sleep(0.3)
+            hello = hello[split_at:]
+        w.write(hello)
+        for _ in range(20):
+            data = await asyncio.wait_for(r.read(65536), 10)
+            assert data, "closed during the handshake"
+            inc.write(data)
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                w.write(out.read())
+        w.write(out.read())
+        tls.write(f"GET /split HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        w.write(out.read())
+        body = b""
+        for _ in range(50):
+            data = await asyncio.wait_for(r.read(65536), 10)
+            if not data:
+                break
+            inc.write(data)
+            try:
+                while chunk := tls.read(65536):
+                    body += chunk
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass
+            if b"/split" in body:
+                break
+        return body
+    finally:
+        w.close()
+
+
+def test_clienthello_split_over_segments(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("split", v4.addr)
+        for split in (None, 3, 5, 60):  # inside the record header, at its end, in the body
+            got = await bio_handshake(gw, fqdn("split"), split)
+            assert got.endswith(b"v4 /split\n"), (split, got)
+
+    live(tmp_path, body)
