@@ -58,15 +58,14 @@ class CertTable:
 
     def set(self, cert_id: str, cert: Certificate | None) -> None:
         old = self._loaded.get(cert_id)
-        if cert is None or not cert.cert_path or not cert.key_path or (
-            cert.state not in (CertState.VALID, CertState.FAILED)
-        ):
-            # FAILED keeps serving the previous (still valid) files while renewal retries.
-            if cert is not None and cert.state == CertState.FAILED and old is not None:
-                return
+        if cert is None or cert.state == CertState.REVOKED:
             if old is not None:
                 del self._loaded[cert_id]
                 self._reindex()
+            return
+        if not cert.cert_path or not cert.key_path:
+            # Pending or failed without files: keep serving what we have (a renewal that
+            # is being retried must not take a working name down).
             return
         if old is not None and _same_files(old.cert, cert):
             return

@@ -113,5 +113,15 @@ def test_reload_only_on_new_files_and_bad_files_keep_the_old_context(
         "zone", first.domains, CertState.VALID, nc, nk, updated=3)}))
     ctx2 = t.certs.context_for(f"a.{ZONE}")
     assert ctx2 is not None and ctx2 is not ctx1
-    t.apply(ChangeSet(5, {}, {}, {}, {"zone": None}))
+    # a renewal in progress without files keeps the working certificate
+    t.apply(ChangeSet(5, {}, {}, {}, {"zone": Certificate(
+        "zone", first.domains, CertState.PENDING, updated=4)}))
+    assert t.certs.context_for(f"a.{ZONE}") is ctx2
+    t.apply(ChangeSet(6, {}, {}, {}, {"zone": Certificate(
+        "zone", first.domains, CertState.REVOKED, nc, nk, updated=5)}))
+    assert t.certs.context_for(f"a.{ZONE}") is None
+    t.apply(ChangeSet(7, {}, {}, {}, {"zone": Certificate(
+        "zone", first.domains, CertState.VALID, nc, nk, updated=6)}))
+    assert t.certs.context_for(f"a.{ZONE}") is not None
+    t.apply(ChangeSet(8, {}, {}, {}, {"zone": None}))
     assert t.certs.context_for(f"a.{ZONE}") is None
