@@ -57,10 +57,13 @@ class Balancer:
         st = self._get(b)
         st.active = max(0, st.active - 1)
 
-    def failed(self, b: HostPort) -> None:
+    def failed(self, b: HostPort) -> int:
+        """Mark a failed connect; returns the failures in a row (1: it just went down)."""
         st = self._get(b)
         st.failures += 1
-        st.down_until = self._clock() + min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (st.failures - 1))
+        backoff = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(st.failures - 1, 16))
+        st.down_until = self._clock() + backoff
+        return st.failures
 
     def active(self, b: HostPort) -> int:
         return self._get(b).active

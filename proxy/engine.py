@@ -114,9 +114,11 @@ class Engine:
                     b, lambda: sp.backend, self.limits.connect_timeout
                 )
             except (OSError, TimeoutError) as e:
-                self.balancer.failed(b)
+                failures = self.balancer.failed(b)
                 self.metrics.backend_failures.inc()
-                log.info("backend %s of %s failed: %s", b, route.name.label, e or "timeout")
+                # One line when a backend goes down, not one per client while it stays down.
+                log.log(logging.INFO if failures == 1 else logging.DEBUG,
+                        "backend %s of %s failed: %s", b, route.name.label, e or "timeout")
                 continue
             if sp.client.closed:
                 transport.close()

@@ -45,3 +45,12 @@ def test_failed_backend_goes_last_until_its_backoff_ends() -> None:
     assert b.order((C,)) == [C]
     b.acquire(C)  # a success clears the failure state
     assert b.order((C, A))[-1] == C  # C has a connection now, A none
+
+
+def test_backoff_is_capped_even_after_many_failures() -> None:
+    clock = Clock()
+    b = Balancer(clock)
+    for i in range(2000):
+        assert b.failed(A) == i + 1
+    clock.now += 31
+    assert b.order((A, B))[0] == A
