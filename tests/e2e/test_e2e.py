@@ -1,0 +1,253 @@
+"""The user stories, the way they happen on the Internet, all on loopback.
+
+Knot serves the root and ``example.test``, which delegates ``gw.example.test`` to our dnsd
+(NS + glue); Unbound resolves from that root; Pebble validates DNS-01 through that Unbound,
+as Let's Encrypt would; the owner's backend lives on an IPv6 "overlay" inside a network
+namespace. ``webgateway run`` is started as an operator would start it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from tests.e2e.chain import (
+    DNSD_ADDR,
+    PARENT_ADDR,
+    PROXY_ADDR,
+    UNBOUND_ADDR,
+    ZONE,
+    Knot,
+    Overlay,
+    Unbound,
+    tools_missing,
+)
+from tests.gateway import cli, write_config
+from tests.pebble import Pebble, start_pebble
+from tests.procs import Proc, wait_tcp
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0,
+                       reason="needs root: port 53 on loopback aliases and a network namespace"),
+    pytest.mark.skipif(bool(tools_missing()), reason=f"missing tools: {tools_missing()}"),
+]
+
+BACKEND_PORT = 8080
+BODY = "hello from the overlay\n"
+
+
+def _port_free(addr: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class World:
+    tmp: Path
+    knot: Knot
+    pebble: Pebble
+    overlay: Overlay
+    config: Path
+    gateway: Proc
+    api: str
+    root_pem: Path
+
+    def resolve(self, name: str, rdtype: str = "A") -> list[str]:
+        """Ask Unbound, as any client on the Internet would."""
+        q = dns.message.make_query(name, rdtype)
+        r = dns.query.udp(q, UNBOUND_ADDR, port=53, timeout=3)
+        want = dns.rdatatype.from_text(rdtype)
+        return [rd.to_text() for rrset in r.answer if rrset.rdtype == want for rd in rrset]
+
+    def curl(self, host: str, path: str = "/hello.txt") -> subprocess.CompletedProcess[str]:
+        addrs = self.resolve(host)
+        assert addrs, f"{host} does not resolve through Unbound"
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "5", "--cacert", str(self.root_pem),
+             "--resolve", f"{host}:443:{addrs[0]}", f"https://{host}{path}"],
+            capture_output=True, text=True, timeout=30)
+
+    def api_get(self, token: str, path: str) -> Any:
+        req = urllib.request.Request(self.api + path,
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+
+def _zone_cert_state(db: Path) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute("SELECT state, last_error FROM certificates WHERE id='zone'").fetchone()
+    finally:
+        con.close()
+    return f"{row[0]}: {row[1]}" if row else "none"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    udp, tcp = socket.SOCK_DGRAM, socket.SOCK_STREAM
+    needed = ((DNSD_ADDR, 53, udp), (PARENT_ADDR, 53, udp), (UNBOUND_ADDR, 53, udp),
+              (PROXY_ADDR, 443, tcp), (PROXY_ADDR, 80, tcp))
+    for addr, port, kind in needed:
+        if not _port_free(addr, port, kind):
+            pytest.fail(f"{addr}:{port} is busy; the e2e test needs it")
+    tmp = tmp_path_factory.mktemp("e2e")
+    with contextlib.ExitStack() as stack:
+        knot = Knot(tmp, {f"ns1.{ZONE}": DNSD_ADDR})
+        stack.callback(knot.stop)
+        unbound = Unbound(tmp)
+        stack.callback(unbound.stop)
+        pebble = stack.enter_context(start_pebble(tmp / "pebble", (UNBOUND_ADDR, 53)))
+        overlay = stack.enter_context(Overlay.create("e2e"))
+        www = tmp / "www"
+        www.mkdir()
+        (www / "hello.txt").write_text(BODY)
+        backend = overlay.serve_http(www, BACKEND_PORT, tmp / "backend.log")
+        stack.callback(backend.stop)
+        root_pem = tmp / "pebble-root.pem"
+        root_pem.write_bytes(pebble.root_pem())
+
+        cfg = write_config(
+            tmp,
+            zone={"name": ZONE, "gateway_ipv4": [PROXY_ADDR], "gateway_ipv6": [],
+                  "nameservers": {f"ns1.{ZONE}": [DNSD_ADDR]}, "negative_ttl": 1},
+            dns={"listen": [f"{DNSD_ADDR}:53"]},
+            proxy={"https_listen": [f"{PROXY_ADDR}:443"], "http_listen": [f"{PROXY_ADDR}:80"]},
+            acme={"directory": pebble.directory, "email": "ops@example.test",
+                  "ca_bundle": str(pebble.ca_bundle), "resolver": f"{UNBOUND_ADDR}:53"},
+            api={"allow_loopback_backends": False},
+        )
+        import tomllib
+
+        api = "http://" + tomllib.loads(cfg.read_text())["api"]["listen"]
+        gateway = Proc("webgateway", [sys.executable, "-m", "webgateway.cli", "run",
+                                      "--config", str(cfg)], tmp / "webgateway.log")
+        stack.callback(gateway.stop)
+        host, port = api.removeprefix("http://").rsplit(":", 1)
+        wait_tcp(host, int(port), gateway)
+        # the zone's wildcard certificate is ordered at start-up, validated through Unbound
+        db = tmp / "var" / "webgateway.db"
+        end = time.monotonic() + 120
+        state = "none"
+        while time.monotonic() < end:
+            gateway.check()
+            state = _zone_cert_state(db)
+            if state.startswith("valid"):
+                break
+            time.sleep(0.2)
+        assert state.startswith("valid"), f"zone certificate: {state}\n{gateway.tail()}"
+        yield World(tmp, knot, pebble, overlay, cfg, gateway, api, root_pem)
+        assert gateway.stop() == 0, gateway.tail()
+
+
+def test_check_reports_a_correct_delegation(world: World) -> None:
+    r = cli("check", "--config", str(world.config), "--resolver", f"{UNBOUND_ADDR}:53")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"delegates {ZONE} to ns1.{ZONE}" in r.stdout
+    assert f"glue for ns1.{ZONE}" in r.stdout and "SOA serial" in r.stdout
+    assert f"{ZONE} is delegated correctly" in r.stdout
+
+
+def test_check_lists_what_to_fix(world: World, tmp_path: Path) -> None:
+    text = world.config.read_text()
+    bad = tmp_path / "wrong.toml"
+    # the operator configured a second name server the parent does not know
+    bad.write_text(re.sub(r"nameservers = \{.*\}",
+                          f'nameservers = {{ "ns1.{ZONE}" = ["{DNSD_ADDR}"], '
+                          f'"ns2.{ZONE}" = ["127.0.0.9"] }}', text))
+    r = cli("check", "--config", str(bad), "--resolver", f"{UNBOUND_ADDR}:53")
+    assert r.returncode == 1, r.stdout
+    fixes = [line for line in r.stdout.splitlines() if line.startswith("FIX")]
+    assert any(f"add NS ns2.{ZONE}" in f for f in fixes), r.stdout
+    assert any(f"ns2.{ZONE} (127.0.0.9) does not answer" in f for f in fixes), r.stdout
+    assert "thing(s) to fix" in r.stderr
+
+
+def _owner(world: World, name: str) -> dict[str, str]:
+    r = cli("owner", "add", name, "--config", str(world.config))
+    assert r.returncode == 0, r.stderr
+    return {"WEBGATEWAY_URL": world.api, "WEBGATEWAY_TOKEN": r.stdout.strip()}
+
+
+def test_new_name_is_live_over_https_at_once(world: World) -> None:
+    env = _owner(world, "alice")
+    backend = f"[{world.overlay.backend_addr}]:{BACKEND_PORT}"
+    r = cli("name", "add", "alice", "--backend", backend, env=env)
+    assert r.returncode == 0, r.stderr
+    t0 = time.monotonic()
+    host = f"alice.{ZONE}"
+    result = None
+    while time.monotonic() - t0 < 5:  # bounded; the figure is printed below
+        if world.resolve(host) == [PROXY_ADDR]:
+            result = world.curl(host)
+            if result.returncode == 0:
+                break
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    assert result is not None and result.returncode == 0, result and result.stderr
+    assert result.stdout == BODY
+    print(f"\nname added -> HTTPS answered via Unbound in {elapsed * 1000:.0f} ms")
+    # the answer is the gateway's address, never the backend's
+    assert world.resolve(host, "AAAA") == []
+    # and plain HTTP is sent to HTTPS
+    r2 = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                         "--resolve", f"{host}:80:{PROXY_ADDR}", f"http://{host}/x?y=1"],
+                        capture_output=True, text=True, timeout=30)
+    assert r2.stdout == f"301 https://{host}/x?y=1", r2.stdout + r2.stderr
+
+
+def test_custom_domain_through_cname_delegated_dns01(world: World) -> None:
+    env = _owner(world, "shopkeeper")
+    backend = f"[{world.overlay.backend_addr}]:{BACKEND_PORT}"
+    assert cli("name", "add", "shopfront", "--backend", backend, env=env).returncode == 0
+    r = cli("domain", "add", "shop.example.test", "--name", "shopfront", env=env)
+    assert r.returncode == 0, r.stderr
+    records = re.findall(r"^\s+(\S+)\.\s+CNAME\s+(\S+)$", r.stdout, re.M)
+    assert len(records) == 2, r.stdout
+    # the user creates exactly what the API told them, in their own zone
+    world.knot.set_records([(owner.removesuffix(".example.test"), "CNAME", target)
+                            for owner, target in records])
+    end = time.monotonic() + 120
+    domain: dict[str, Any] = {}
+    while time.monotonic() < end:
+        world.gateway.check()
+        domain = world.api_get(env["WEBGATEWAY_TOKEN"], "/v1/domains/shop.example.test")
+        if (domain.get("certificate") or {}).get("state") == "valid":
+            break
+        time.sleep(0.25)
+    assert domain["certificate"]["state"] == "valid", domain
+    assert domain["state"] == "active", domain
+    assert world.resolve("shop.example.test") == [PROXY_ADDR]
+    result = world.curl("shop.example.test")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == BODY
+    # the certificate served is the domain's own, chained to Pebble's root
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{PROXY_ADDR}:443", "-servername",
+         "shop.example.test", "-CAfile", str(world.root_pem), "-verify_return_error",
+         "-verify_hostname", "shop.example.test"],
+        input="", capture_output=True, text=True, timeout=30)
+    assert "Verify return code: 0 (ok)" in out.stdout, out.stdout[-2000:]
+    assert "CN = shop.example.test" in out.stdout or "CN=shop.example.test" in out.stdout
