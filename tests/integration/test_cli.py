@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.gateway import cli, running, write_config
 
 
@@ -93,10 +95,11 @@ def _put(url: str, token: str, label: str) -> int:
         return int(r.status)
 
 
-def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["api", "run"])
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path, command: str) -> None:
     cfg = write_config(tmp_path, api={"max_names_per_owner": 100000})
     acked: list[str] = []
-    with running(cfg) as (proc, url):
+    with running(cfg, command) as (proc, url):
         admin = (tmp_path / "admin.token").read_text().strip()
         token = cli("owner", "add", "burst", env={"WEBGATEWAY_URL": url,
                                                   "WEBGATEWAY_TOKEN": admin}).stdout.strip()
@@ -133,6 +136,33 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         db.close()
     missing = set(acked) - stored
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
+
+
+def test_run_serves_everything_and_stops_on_sigint(tmp_path: Path) -> None:
+    import tomllib
+
+    import dns.message
+    import dns.query
+
+    cfg = write_config(tmp_path)
+    doc = tomllib.loads(cfg.read_text())
+    dns_port = int(doc["dns"]["listen"][0].rsplit(":", 1)[1])
+    http_port = int(doc["proxy"]["http_listen"][0].rsplit(":", 1)[1])
+    with running(cfg, "run") as (proc, url):
+        admin = (tmp_path / "admin.token").read_text().strip()
+        token = cli("owner", "add", "o", env={"WEBGATEWAY_URL": url,
+                                              "WEBGATEWAY_TOKEN": admin}).stdout.strip()
+        env = {"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": token}
+        assert cli("name", "add", "web", "--backend", "127.0.0.1:9", env=env).returncode == 0
+        r = dns.query.udp(dns.message.make_query("web.gw.test", "A"), "127.0.0.1",
+                          port=dns_port, timeout=3)
+        assert [rd.to_text() for rr in r.answer for rd in rr] == ["127.0.0.1"]
+        with socket.create_connection(("127.0.0.1", http_port), timeout=5) as s:
+            s.sendall(b"GET /a HTTP/1.1\r\nHost: web.gw.test\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 301")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
 
 
 def test_help_lists_the_commands() -> None:
