@@ -201,3 +201,46 @@ async def test_external_account_binding(tmp_path: Path, pebble_factory) -> None:
         cert = await wait_cert(gw.store, "zone")
         verify_chain(gw.pebble, cert, tmp_path)
         assert await gw.store.get_meta(account_meta_key(gw.pebble.directory))
+
+
+async def test_domain_without_cnames_waits_with_a_clear_detail(tmp_path: Path) -> None:
+    """The resolver certd asks is a dnsd that knows nothing of the domain (REFUSED):
+    the domain stays pending, with the CNAME to create in its detail, and no order."""
+    from tests.support import free_port
+    from webgateway.addresses import parse_hostport
+
+    other_cfg = make_config(tmp_path / "other", zone={"name": "elsewhere.test",
+                                                      "nameservers": {"ns1.elsewhere.test":
+                                                                      ["127.0.0.1"]}})
+    other_store = SqliteStore(other_cfg.store.path, 0.02)
+    await other_store.open()
+    other = DnsService(other_cfg, other_store, CollectorRegistry())
+    await other.start()
+    cfg = make_config(tmp_path, acme={"directory": f"https://127.0.0.1:{free_port()}/dir",
+                                      "resolver": str(other_cfg.dns.listen[0])})
+    store = SqliteStore(cfg.store.path, 0.02)
+    await store.open()
+    certd = CertService(cfg, store, CollectorRegistry())
+    await certd.start()
+    try:
+        owner = await store.create_owner("bob", "h2")
+        await store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
+        fqdn = "shop.example.org"
+        await store.put_domain(Domain(fqdn, "shop", owner.id, challenge_label(fqdn)), 10)
+        end = time.monotonic() + 20
+        while True:
+            d = await store.get_domain(fqdn)
+            if d is not None and d.detail:
+                break
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        assert d.state == DomainState.PENDING
+        assert "waiting for DNS" in d.detail
+        assert f"_acme-challenge.{fqdn} -> {challenge_label(fqdn)}._acme.{ZONE}" in d.detail
+        await asyncio.sleep(0.5)
+        assert await store.get_certificate(fqdn) is None
+    finally:
+        await certd.stop()
+        await store.close()
+        await other.stop()
+        await other_store.close()
