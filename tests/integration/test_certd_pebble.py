@@ -244,3 +244,21 @@ async def test_domain_without_cnames_waits_with_a_clear_detail(tmp_path: Path) -
         await store.close()
         await other.stop()
         await other_store.close()
+
+
+async def test_renewal_when_due_replaces_files_and_keeps_the_old_pair(
+        tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    async with gateway(tmp_path, pebble_factory) as gw:
+        first = await wait_cert(gw.store, "zone")
+        # make it due now, as the 2/3-of-lifetime clock would
+        await gw.store.put_certificate(replace(first, renew_at=time.time() - 1))
+        second = await wait_cert(gw.store, "zone", not_path=first.cert_path)
+        assert second.key_path != first.key_path
+        assert second.not_before >= first.not_before
+        verify_chain(gw.pebble, second, tmp_path)
+        # the pair that was being served is still on disk (deleted after a grace period)
+        assert os.path.exists(first.cert_path) and os.path.exists(first.key_path)
+        assert stat.S_IMODE(os.stat(second.key_path).st_mode) == 0o600
+        assert await gw.store.list_txt() == []
