@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from webgateway.config import Config, parse_config
+from webgateway.service import Service
+from webgateway.sqlite_store import SqliteStore
+from webgateway.supervisor import factory
 
 ZONE = "gw.test"
 
@@ -60,3 +68,28 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
     cfg.store.certs_dir.mkdir(parents=True, exist_ok=True)
     return cfg
+
+
+@contextlib.asynccontextmanager
+async def services(cfg: Config, *names: str, poll: float = 0.02) -> AsyncIterator[Running]:
+    """Open the store and start the named services in-process (as ``webgateway run`` does)."""
+    store = SqliteStore(cfg.store.path, poll)
+    await store.open()
+    started: dict[str, Service] = {}
+    try:
+        for name in names:
+            svc = factory(name)(cfg, store, CollectorRegistry())
+            await svc.start()
+            started[name] = svc
+        yield Running(cfg, store, started)
+    finally:
+        for svc in reversed(list(started.values())):
+            await svc.stop()
+        await store.close()
+
+
+@dataclass
+class Running:
+    config: Config
+    store: SqliteStore
+    services: dict[str, Service]

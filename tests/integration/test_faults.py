@@ -12,14 +12,10 @@ from pathlib import Path
 
 import dns.asyncquery
 import dns.message
-from prometheus_client import CollectorRegistry
 
-from certd.service import CertService
-from dnsd.service import DnsService
 from tests.integration.test_certd_pebble import dns_target, verify_chain, wait_cert
 from tests.pebble import pebble_factory, requires_pebble
-from tests.support import ZONE, make_config
-from webgateway.sqlite_store import SqliteStore
+from tests.support import ZONE, make_config, services
 
 __all__ = ["pebble_factory"]
 pytestmark = requires_pebble
@@ -66,13 +62,8 @@ async def test_slow_ca_still_issues_and_dns_keeps_answering(tmp_path: Path,
         cfg = make_config(tmp_path, dns={"listen": [str(cfg0.dns.listen[0])]}, acme={
             "directory": f"https://127.0.0.1:{port}/dir", "ca_bundle": str(pb.ca_bundle),
             "email": "ops@example.com", "propagation_timeout": 20})
-        store = SqliteStore(cfg.store.path, 0.02)
-        await store.open()
-        dnsd = DnsService(cfg, store, CollectorRegistry())
-        certd = CertService(cfg, store, CollectorRegistry())
-        await dnsd.start()
-        await certd.start()
-        try:
+        async with services(cfg, "dnsd", "certd") as gw:
+            store = gw.store
             host, dport = dns_target(cfg)
             answered, worst = 0, 0.0
             order = asyncio.create_task(wait_cert(store, "zone", 90))
@@ -89,7 +80,3 @@ async def test_slow_ca_still_issues_and_dns_keeps_answering(tmp_path: Path,
             assert answered > 10
             print(f"\nslow CA ({DELAY} s per chunk): {answered} DNS queries answered during"
                   f" the order, slowest {worst * 1000:.1f} ms")
-        finally:
-            await certd.stop()
-            await dnsd.stop()
-            await store.close()
