@@ -447,8 +447,8 @@ class CertService:
             msg, order_url = f"the CA no longer knows our account ({e}); registering again", ""
         elif isinstance(e, PropagationTimeout):
             msg = f"our DNS servers did not serve the TXT: {e}"
-        elif isinstance(e, RetryLater):
-            msg = str(e)
+        elif isinstance(e, RetryLater | TimeoutError):
+            msg = str(e) or "the CA did not answer in time"
         elif isinstance(e, OSError | acme_errors.Error) or type(e).__module__.startswith(
             ("requests", "urllib3")
         ):
