@@ -78,7 +78,8 @@ class Issuer:
         self.directory: messages.Directory | None = None
         self.regr: messages.RegistrationResource | None = None
         self.verify: bool | str = str(self.acme.ca_bundle) if self.acme.ca_bundle else True
-        self.bad_nonces = 0
+        self.bad_nonces = 0  # badNonce replies retried (a metric; the CA injects them too)
+        self._count_lock = threading.Lock()
         self.requests = 0
 
     def close(self) -> None:
@@ -107,7 +108,8 @@ class Issuer:
                 raise AccountGone(str(e)) from e
             raise
         finally:
-            self.bad_nonces += c.net.bad_nonces - before
+            with self._count_lock:
+                self.bad_nonces += c.net.bad_nonces - before
 
     async def _call(self, fn: Callable[..., T], *args: Any, priority: float = 0.0) -> T:
         """Run one ACME step in the pool; orders pass their start time as ``priority``."""
@@ -165,6 +167,9 @@ class Issuer:
             regr = c.new_account(reg)
         except errors.ConflictError as e:  # the key has an account already
             regr = messages.RegistrationResource(uri=e.location, body=messages.Registration())
+        finally:
+            with self._count_lock:
+                self.bad_nonces += net.bad_nonces
         return jwk, directory, regr
 
     # ------------------------------------------------------------ ACME steps (threads)

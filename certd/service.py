@@ -367,6 +367,7 @@ class CertService:
                     cid, domains, lambda _ident: self.txt_name(cid), cert.order_url, on_order,
                     published,
                 )
+            await self._remove_txt(cid, published)  # the order is done with them
             cert = await self._install(cert, issued)
             self.issued += 1
             log.info("certd: certificate %s for %s obtained in %.2f s, valid until %s",
@@ -383,8 +384,12 @@ class CertService:
         finally:
             self.running.pop(cid, None)
             with contextlib.suppress(StoreError):
-                for fqdn in published or {self.txt_name(cid): set()}:
-                    await self.store.remove_txt(fqdn)
+                await self._remove_txt(cid, published)
+
+    async def _remove_txt(self, cid: str, published: dict[str, set[str]]) -> None:
+        """Remove this certificate's challenge TXT (a no-op, no serial bump, if none)."""
+        for fqdn in published or {self.txt_name(cid): set()}:
+            await self.store.remove_txt(fqdn)
 
     async def _install(self, cert: Certificate, issued: object) -> Certificate:
         from certd.issuer import Issued

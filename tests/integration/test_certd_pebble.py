@@ -126,10 +126,21 @@ async def test_wildcard_issued_through_our_dns(tmp_path: Path, pebble_factory) -
 
 
 async def test_bad_nonce_30_percent_still_issues(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
+    from webgateway.addresses import parse_hostport
+
     async with gateway(tmp_path, pebble_factory, nonce_reject=30) as gw:
         cert = await wait_cert(gw.store, "zone")
         verify_chain(gw.pebble, cert, tmp_path)
         assert cert.failures == 0
+        # three more orders (~40 signed requests in all): no badNonce at 30 % has odds < 1e-6
+        owner = await gw.store.create_owner("carol", "h3")
+        await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
+        fqdns = [f"s{i}.example.org" for i in range(3)]
+        for fqdn in fqdns:
+            await gw.store.put_domain(Domain(fqdn, "shop", owner.id, challenge_label(fqdn)), 10)
+        for fqdn in fqdns:
+            c = await wait_cert(gw.store, fqdn)
+            assert c.failures == 0
         assert gw.certd.issuer is not None and gw.certd.issuer.bad_nonces > 0
 
 
