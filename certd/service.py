@@ -212,7 +212,26 @@ class CertService:
         return out
 
     async def _startup_cleanup(self) -> None:
-        """TXT of orders that died with the last process are removed (resumed ones re-add)."""
+        """TXT of orders that died with the last process are removed (resumed ones re-add),
+        and so are key/chain files no certificate row points at (a crash between writing
+        them and storing the row, or a grace-period deletion that never ran)."""
+        used = {p for c in self.view.certs.values() for p in (c.cert_path, c.key_path) if p}
+        d = self.config.store.certs_dir
+
+        def prune() -> list[str]:
+            gone = []
+            for f in d.iterdir():
+                name = f.name
+                versioned = name.endswith((".fullchain.pem", ".key.pem")) and not name.endswith(
+                    ".pending.key.pem")
+                if versioned and str(f) not in used:
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+                        gone.append(name)
+            return gone
+
+        for name in await asyncio.to_thread(prune):
+            log.info("certd: removed unused file %s", name)
         ours = {
             self.txt_name(cid) for cid, c in self.view.certs.items() if c.order_url
         }

@@ -182,6 +182,11 @@ async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) 
     # TXT of an order that died with a previous process (no order_url kept): removed
     stale = f"{challenge_label('gone.example.org')}._acme.{ZONE}"
     await store.add_txt(stale, "left-over")
+    # and a chain/key pair no certificate row points at (crash before the row was stored)
+    orphans = [cfg.store.certs_dir / f"zone.dead.{k}.pem" for k in ("fullchain", "key")]
+    keep = cfg.store.certs_dir / "acme-account.key"
+    for f in (*orphans, keep):
+        f.write_text("x")
     await certd.start()
     try:
         end = time.monotonic() + 20
@@ -198,6 +203,7 @@ async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) 
                                         timeout=2)
         assert resp.answer
         assert await store.list_txt() == []
+        assert not any(f.exists() for f in orphans) and keep.exists()
     finally:
         await certd.stop()
         await dnsd.stop()
