@@ -22,7 +22,7 @@ from certd.issuer import account_meta_key
 from certd.service import CertService
 from dnsd.service import DnsService
 from tests.pebble import Pebble, pebble_factory, requires_pebble
-from tests.support import ZONE, make_config
+from tests.support import ZONE, make_config, services
 from webgateway.config import Config
 from webgateway.dnsname import challenge_label
 from webgateway.model import Certificate, CertState, Domain, DomainState, Name
@@ -57,18 +57,10 @@ async def gateway(tmp_path: Path, pebble_factory, **pebble_kw) -> AsyncIterator[
         kid, hmac = next(iter(pebble_kw["eab_keys"].items()))
         acme.update(eab_kid=kid, eab_hmac_key=hmac)
     cfg = make_config(tmp_path, acme=acme, dns={"listen": [str(cfg0.dns.listen[0])]})
-    store = SqliteStore(cfg.store.path, 0.02)
-    await store.open()
-    dnsd = DnsService(cfg, store, CollectorRegistry())
-    certd = CertService(cfg, store, CollectorRegistry())
-    await dnsd.start()
-    await certd.start()
-    try:
-        yield Gw(cfg, store, dnsd, certd, pb)
-    finally:
-        await certd.stop()
-        await dnsd.stop()
-        await store.close()
+    async with services(cfg, "dnsd", "certd") as run:
+        dnsd, certd = run.services["dnsd"], run.services["certd"]
+        assert isinstance(dnsd, DnsService) and isinstance(certd, CertService)
+        yield Gw(cfg, run.store, dnsd, certd, pb)
 
 
 async def wait_cert(store: SqliteStore, cid: str, seconds: float = 60,
