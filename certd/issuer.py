@@ -32,6 +32,7 @@ from certd.orderflow import AuthzView, Step, dead_reason, next_step
 from certd.schedule import poll_delay
 from certd.workers import PriorityPool
 from webgateway.config import AcmeConfig, Config
+from webgateway.model import acme_account_meta_key
 from webgateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ class Issued:
     fullchain: bytes
     key: ec.EllipticCurvePrivateKey
     pending_key_path: Path
-
-
-def account_meta_key(directory: str) -> str:
-    return f"certd.account_url {directory}"
 
 
 class Issuer:
@@ -124,12 +121,12 @@ class Issuer:
             if self.regr is not None:
                 return
             key = self.acme.directory
-            stored = await self.store.get_meta(account_meta_key(key))
+            stored = await self.store.get_meta(acme_account_meta_key(key))
             jwk, directory, regr = await asyncio.wrap_future(
                 self.pool.submit(-1.0, functools.partial(self._account_sync, stored or None))
             )
             if regr.uri != stored:
-                await self.store.set_meta(account_meta_key(key), regr.uri)
+                await self.store.set_meta(acme_account_meta_key(key), regr.uri)
                 log.info("ACME account registered at %s", regr.uri)
             else:
                 log.info("ACME account %s reused", regr.uri)
@@ -139,7 +136,7 @@ class Issuer:
     async def forget_account(self) -> None:
         async with self._account_lock:
             self.regr = None
-            await self.store.set_meta(account_meta_key(self.acme.directory), "")
+            await self.store.set_meta(acme_account_meta_key(self.acme.directory), "")
 
     def _account_sync(
         self, stored_url: str | None

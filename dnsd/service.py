@@ -25,6 +25,7 @@ from dnsd.zone import ZoneView
 from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
+from webgateway.model import acme_account_meta_key
 from webgateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,8 @@ class DnsService:
         self.reuse_port = reuse_port or config.dns.workers > 1
         self.pool: WorkerPool | None = None
         self.store = store
-        self.view = ZoneView(config.zone)
+        account_key = acme_account_meta_key(config.acme.directory) if config.acme else None
+        self.view = ZoneView(config.zone, account_key)
         self.responder = Responder(self.view)
         self.follower = Follower(store, self.view, max_wait=1.0)
         self.tcp_conns: set[TcpProtocol] = set()

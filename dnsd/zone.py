@@ -67,8 +67,12 @@ def _ancestors(name: bytes, zone: bytes) -> tuple[bytes, ...]:
 class ZoneView:
     """Implements the follower's View (``load``/``apply``) and ``answer(qname, qtype, ekey)``."""
 
-    def __init__(self, zone: ZoneConfig) -> None:
+    def __init__(self, zone: ZoneConfig, account_key: str | None = None) -> None:
+        """``account_key``: the store meta key of the ACME account URL, when CAA records
+        carry the RFC 8657 ``accounturi`` binding (``zone.caa_accounturi``)."""
         self.config = zone
+        self.account_key = account_key if zone.caa_accounturi else None
+        self.account_url = ""
         self.apex = wire.name_to_wire(zone.name)
         self.ttl = zone.ttl
         self.neg_ttl = min(zone.negative_ttl, zone.ttl)
@@ -86,9 +90,8 @@ class ZoneView:
         # static records from the configuration, by owner
         self.static: dict[bytes, Rrsets] = {}
         apex: Rrsets = {wire.NS: self.ns_wire, **self.gateway}
-        if zone.caa_issuers:
-            apex[wire.CAA] = tuple(wire.caa_rdata("issue", i) for i in zone.caa_issuers)
         self.static[self.apex] = apex
+        self._set_caa()
         self.glue: dict[bytes, Rrsets] = {}
         for ns, addrs in zone.nameservers.items():
             w = wire.name_to_wire(ns)
@@ -124,6 +127,9 @@ class ZoneView:
 
     # ------------------------------------------------------------------ the View protocol
     def load(self, snapshot: Snapshot) -> None:
+        if self.account_key is not None:
+            self.account_url = snapshot.meta.get(self.account_key, "")
+            self._set_caa()
         self._reset()
         self.serial = snapshot.serial
         self.labels = {label.encode("ascii") for label in snapshot.names}
@@ -141,6 +147,10 @@ class ZoneView:
             self._set_domain(fqdn, dom)
         for fqdn, values in changes.txt.items():
             self._set_txt(fqdn, values)
+        if self.account_key is not None and self.account_key in changes.meta:
+            self.account_url = changes.meta[self.account_key] or ""
+            self._set_caa()
+            self._rebuild(self.apex)
         self.gen += 1
 
     def bump(self, serial: int) -> None:
@@ -149,6 +159,14 @@ class ZoneView:
         self.gen += 1
 
     # ------------------------------------------------------------------ sources -> nodes
+    def _set_caa(self) -> None:
+        apex = self.static[self.apex]
+        bind = f"; accounturi={self.account_url}" if self.account_url else ""
+        if self.config.caa_issuers:
+            apex[wire.CAA] = tuple(
+                wire.caa_rdata("issue", i + bind) for i in self.config.caa_issuers
+            )
+
     def _set_label(self, label: str, name: Name | None) -> None:
         raw = label.encode("ascii")
         if name is None:

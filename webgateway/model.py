@@ -7,7 +7,7 @@ under their feet; a change always arrives as a new value with a new serial.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from webgateway.addresses import HostPort
 
@@ -98,6 +98,7 @@ class Snapshot:
     domains: dict[str, Domain]
     txt: dict[str, tuple[str, ...]]
     certificates: dict[str, Certificate]
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,16 @@ class ChangeSet:
     domains: dict[str, Domain | None]
     txt: dict[str, tuple[str, ...]]  # fqdn -> all its values now (empty: none left)
     certificates: dict[str, Certificate | None]
+    meta: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not (self.names or self.domains or self.txt or self.certificates)
+        return not (self.names or self.domains or self.txt or self.certificates or self.meta)
+
+
+def acme_account_meta_key(directory: str) -> str:
+    """The store meta key under which certd keeps its account URL for one ACME directory.
+
+    dnsd reads it too, to publish the RFC 8657 ``accounturi`` CAA parameter.
+    """
+    return f"certd.account_url {directory}"

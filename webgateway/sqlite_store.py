@@ -266,9 +266,11 @@ class SqliteStore:
                     r[0]: _cert(r)
                     for r in await self._all(f"SELECT {_CERT_COLS} FROM certificates")
                 }
+                meta = {k: v for k, v in await self._all("SELECT key, value FROM meta")}
             finally:
                 await self.db.execute("COMMIT")
-        return Snapshot(int(serial), names, domains, {k: tuple(v) for k, v in txt.items()}, certs)
+        txts = {k: tuple(v) for k, v in txt.items()}
+        return Snapshot(int(serial), names, domains, txts, certs, meta)
 
     async def changes_since(self, serial: int) -> ChangeSet | None:
         async with self._read():
@@ -303,6 +305,9 @@ class SqliteStore:
                             f"SELECT {_CERT_COLS} FROM certificates WHERE id=?", (key,)
                         )
                         cs.certificates[key] = _cert(r) if r else None
+                    elif kind == "meta":
+                        r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
+                        cs.meta[key] = str(r[0]) if r else None
                 return cs
             finally:
                 await self.db.execute("COMMIT")
@@ -519,8 +524,11 @@ class SqliteStore:
         return str(r[0]) if r else None
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self._lock:
-            try:
-                await self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-            except sqlite3.Error as e:
-                raise StoreUnavailable(f"the store refused the write: {e}") from None
+        async with self._write():
+            cur = await self.db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                " SET value = excluded.value WHERE value != excluded.value",
+                (key, value),
+            )
+            if cur.rowcount:
+                self._touch("meta", key)

@@ -18,14 +18,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
-from certd.issuer import account_meta_key
 from certd.service import CertService
 from dnsd.service import DnsService
 from tests.pebble import Pebble, pebble_factory, requires_pebble
 from tests.support import ZONE, make_config, services
 from webgateway.config import Config
 from webgateway.dnsname import challenge_label
-from webgateway.model import Certificate, CertState, Domain, DomainState, Name
+from webgateway.model import (
+    Certificate,
+    CertState,
+    Domain,
+    DomainState,
+    Name,
+    acme_account_meta_key,
+)
 from webgateway.sqlite_store import SqliteStore
 
 __all__ = ["pebble_factory"]
@@ -113,7 +119,7 @@ async def test_wildcard_issued_through_our_dns(tmp_path: Path, pebble_factory) -
         # the TXT is gone from the store and from DNS
         assert await gw.store.list_txt() == []
         assert await txt_at(gw.config, f"_acme-challenge.{ZONE}") == []
-        url = await gw.store.get_meta(account_meta_key(gw.pebble.directory))
+        url = await gw.store.get_meta(acme_account_meta_key(gw.pebble.directory))
         assert url and url.startswith("https://127.0.0.1")
 
 
@@ -209,7 +215,7 @@ async def test_external_account_binding(tmp_path: Path, pebble_factory) -> None:
     async with gateway(tmp_path, pebble_factory, eab_keys=EAB) as gw:
         cert = await wait_cert(gw.store, "zone")
         verify_chain(gw.pebble, cert, tmp_path)
-        assert await gw.store.get_meta(account_meta_key(gw.pebble.directory))
+        assert await gw.store.get_meta(acme_account_meta_key(gw.pebble.directory))
 
 
 async def test_domain_without_cnames_waits_with_a_clear_detail(tmp_path: Path) -> None:

@@ -9,13 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from certd.issuer import account_meta_key
 from tests.gateway import write_config
 from tests.pebble import pebble_factory, requires_pebble
 from tests.procs import Proc, wait_dns
 from tests.support import ZONE, free_port
 from webgateway.config import load_config
-from webgateway.model import CertState
+from webgateway.model import CertState, acme_account_meta_key
 from webgateway.sqlite_store import SqliteStore
 
 __all__ = ["pebble_factory"]
@@ -49,7 +48,7 @@ async def test_kill_9_mid_order_resumes(tmp_path: Path, pebble_factory) -> None:
             assert time.monotonic() < end, certd.tail()
             await asyncio.sleep(0.05)
         order_url = cert.order_url
-        account = await store.get_meta(account_meta_key(pb.directory))
+        account = await store.get_meta(acme_account_meta_key(pb.directory))
         assert account
         assert {t.fqdn for t in txt} == {f"_acme-challenge.{ZONE}"}
         certd.stop(signal.SIGKILL)
@@ -69,7 +68,7 @@ async def test_kill_9_mid_order_resumes(tmp_path: Path, pebble_factory) -> None:
                 await asyncio.sleep(0.05)
             log = (tmp_path / "certd2.log").read_text()
             assert f"resuming order {order_url}" in log, log
-            assert await store.get_meta(account_meta_key(pb.directory)) == account
+            assert await store.get_meta(acme_account_meta_key(pb.directory)) == account
             assert "registered" not in log
             end = time.monotonic() + 10
             while await store.list_txt():
