@@ -424,8 +424,12 @@ class CertService:
                                                    info.serial)
 
         def write() -> None:
+            # The pending key stays until the row naming the new files is stored: a crash in
+            # between resumes the (valid) order with the same key instead of a dead order.
             certfiles.write_atomic(chain_path, issued.fullchain, 0o644)
-            os.replace(issued.pending_key_path, key_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(key_path)
+            os.link(issued.pending_key_path, key_path)
             certfiles.fsync_dir(key_path.parent)
 
         await asyncio.to_thread(write)
@@ -438,6 +442,8 @@ class CertService:
             failures=0, next_attempt=0.0, last_error="", order_url="",
         )
         await self._put(new)
+        with contextlib.suppress(OSError):
+            issued.pending_key_path.unlink()
         stale = [p for p in old if p and p not in (str(chain_path), str(key_path))]
         if stale:
             self._spawn(self._delete_later(stale), f"certd-gc-{cert.id}")
