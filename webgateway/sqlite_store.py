@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -21,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from webgateway.addresses import parse_hostport
+from webgateway.addresses import HostPort, parse_hostport
 from webgateway.model import (
     Certificate,
     CertState,
@@ -75,16 +76,19 @@ MIGRATIONS: tuple[str, ...] = (
 CHANGES_KEPT = 100_000
 
 
+_TLS = {m.value: m for m in TlsMode}
+
+
+@functools.lru_cache(maxsize=4096)
+def _backends(raw: str) -> tuple[HostPort, ...]:
+    """Backends column -> values; cached because many names share one backend list."""
+    return tuple(parse_hostport(b) for b in json.loads(raw))
+
+
 def _name(row: Any) -> Name:
     return Name(
-        label=row[0],
-        owner_id=row[1],
-        backends=tuple(parse_hostport(b) for b in json.loads(row[2])),
-        tls=TlsMode(row[3]),
-        proxy_protocol=bool(row[4]),
-        http2=bool(row[5]),
-        created=row[6],
-        updated=row[7],
+        row[0], row[1], _backends(row[2]), _TLS[row[3]], bool(row[4]), bool(row[5]), row[6],
+        row[7],
     )
 
 
