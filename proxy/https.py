@@ -205,6 +205,15 @@ class _Peek:
         # readiness repeats with nothing new, and we fall back to polling with back-off.
         progressed = len(data) != self.last
         self.last = len(data)
+        if not progressed and _peer_closed(self.sock):
+            # A peek never shows EOF behind unread bytes: ask TCP whether the client left.
+            self._stop_waiting()
+            self.engine.outcome("bad_hello")
+            with contextlib.suppress(OSError):
+                self.sock.recv(ch.MAX_PEEK)
+            self.sock.close()
+            self.engine.closed()
+            return
         if progressed and self._set_lowat(_bytes_wanted(data)):
             if not self.reading:
                 self.reading = True
@@ -223,6 +232,18 @@ class _Peek:
             return False
         self.lowat = n
         return True
+
+
+_TCP_CLOSE_WAIT: Final = 8  # tcpi_state, include/net/tcp_states.h
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True once the peer has sent its FIN (Linux TCP_INFO; False where unknown)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except (OSError, AttributeError):
+        return False
+    return bool(info) and info[0] == _TCP_CLOSE_WAIT
 
 
 class HttpsListener:
