@@ -34,6 +34,11 @@ from webgateway.sqlite_store import SqliteStore
 BIG_TXT_NAME = f"_acme-challenge.{ZONE}"
 BIG_TXT_COUNT = 50
 LEGIT = (f"alice.{ZONE}", "A", {"127.0.0.1"})
+#: The query mix the amplification figures are taken over.
+MIX = [(f"alice.{ZONE}", "A"), (f"alice.{ZONE}", "AAAA"), (f"alice.{ZONE}", "ANY"),
+       (ZONE, "ANY"), (ZONE, "SOA"), (ZONE, "NS"), (ZONE, "TXT"), (f"nx.{ZONE}", "A"),
+       (f"_acme-challenge.{ZONE}", "TXT"), (f"_acme-challenge.{ZONE}", "ANY"),
+       ("example.com", "ANY")]
 
 
 def big_txt_values() -> list[str]:
@@ -113,11 +118,13 @@ def corpus(n: int, seed: int) -> list[bytes]:
     return [hostile(rnd, KINDS[i % len(KINDS)]) for i in range(n)]
 
 
-def flood_udp(host: str, port: int, packets: list[bytes], seconds: float) -> int:
+def flood_udp(host: str, port: int, packets: list[bytes], seconds: float,
+              rate: float = 0.0) -> int:
     """Send ``packets`` round and round for ``seconds`` without reading a reply; returns sent.
 
     Replies come back to a socket nobody reads (the kernel drops them), as with a spoofed
     source. Later rounds repeat the same bytes, so the server may answer some from its cache.
+    ``rate`` (datagrams/s) paces the flood; 0 sends as fast as the socket takes them.
     """
     sent = 0
     end = time.monotonic() + seconds
@@ -133,8 +140,14 @@ def flood_udp(host: str, port: int, packets: list[bytes], seconds: float) -> int
                     time.sleep(0.0005)
                 except OSError:  # ICMP refusals surfacing: keep going
                     pass
-                if sent % 256 == 0 and time.monotonic() >= end:
-                    break
+                if sent % 32 == 0:
+                    now = time.monotonic()
+                    if now >= end:
+                        break
+                    if rate:  # paced: never ahead of rate * elapsed
+                        ahead = sent / rate - (now - (end - seconds))
+                        if ahead > 0:
+                            time.sleep(ahead)
     return sent
 
 
@@ -190,6 +203,7 @@ def legit_rate(host: str, port: int, seconds: float) -> tuple[int, int, float]:
     return ok, bad, time.monotonic() - t0
 
 
-def flood_worker(host: str, port: int, n: int, seed: int, seconds: float) -> int:
+def flood_worker(host: str, port: int, n: int, seed: int, seconds: float,
+                 rate: float = 0.0) -> int:
     """Entry point for a flooding process (multiprocessing), so the GIL is not shared."""
-    return flood_udp(host, port, corpus(n, seed), seconds)
+    return flood_udp(host, port, corpus(n, seed), seconds, rate)

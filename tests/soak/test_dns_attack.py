@@ -15,6 +15,7 @@ import pytest
 from tests.soak.dns_flood import (
     BIG_TXT_COUNT,
     BIG_TXT_NAME,
+    MIX,
     Dnsd,
     corpus,
     dnsd,
@@ -96,11 +97,6 @@ def test_hostile_tcp_frames_and_udp_at_once(server: Dnsd) -> None:
 
 
 # ------------------------------------------------------------------ amplification
-
-MIX = [(f"alice.{ZONE}", "A"), (f"alice.{ZONE}", "AAAA"), (f"alice.{ZONE}", "ANY"),
-       (ZONE, "ANY"), (ZONE, "SOA"), (ZONE, "NS"), (ZONE, "TXT"), (f"nx.{ZONE}", "A"),
-       (BIG_TXT_NAME, "TXT"), (BIG_TXT_NAME, "ANY"), ("example.com", "ANY")]
-
 
 def _udp_raw(d: Dnsd, wire: bytes) -> bytes:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
