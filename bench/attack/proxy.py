@@ -71,8 +71,8 @@ async def main(conns: int, garbage: int) -> None:
             idle = await asyncio.to_thread(open_idle, p.port, conns)
             await asyncio.sleep(2.0)
             rss2 = rss_kib(pid)
-            print(f"idle x{conns}: proxy fds {fd_count(pid)} (held by the kernel until "
-                  f"they send: TCP_DEFER_ACCEPT), RSS {rss2 / 1024:.1f} MiB")
+            print(f"idle x{conns}: proxy fds {fd_count(pid)} (silent sockets wait in the kernel, "
+                  f"TCP_DEFER_ACCEPT, until they send or its wait ends), RSS {rss2 / 1024:.1f} MiB")
             t0, c0 = time.monotonic(), cpu_seconds(pid)
             closed = await garbage_clients(p.port, garbage, rnd, 20)
             print(f"garbage hellos x{garbage}: {closed} closed by the proxy in "
