@@ -1,6 +1,6 @@
 """A hostile DNS client and an honest one, against ``webgateway dnsd`` run as a subprocess.
 
-Shared by tests/soak/test_dns_attack.py (short, bounded runs) and bench/attack/dns.py
+Shared by tests/soak/test_dns_attack.py (short, bounded runs) and bench/attack/dns_attack.py
 (longer runs that print figures). The server is a real process so its memory and CPU
 are its own, read from /proc.
 """

@@ -1,6 +1,6 @@
 """Idle, slowloris and garbage clients against ``webgateway proxy`` run as a subprocess.
 
-Shared by tests/soak/test_proxy_attack.py and bench/attack/proxy.py. The proxy is a real
+Shared by tests/soak/test_proxy_attack.py and bench/attack/proxy_attack.py. The proxy is a real
 process (its RSS and fds read from /proc); the backend and the test CA live in the
 caller's event loop, from the proxy's own integration harness.
 """
