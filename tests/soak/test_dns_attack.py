@@ -87,7 +87,7 @@ def test_hostile_tcp_frames_and_udp_at_once(server: Dnsd) -> None:
     wanted = [p for p in packets if len(p) >= 12 and not p[2] & 0x80]
     replies: list[int] = []
     t = threading.Thread(target=lambda: replies.append(flood_tcp(d.host, d.port, wanted, 20)))
-    u = threading.Thread(target=lambda: flood_udp(d.host, d.port, packets, 2.0))
+    u = threading.Thread(target=lambda: flood_udp(d.host, d.port, packets, 2.0, 30_000))
     t.start()
     u.start()
     answered = sum(legit_once(d.host, d.port) for _ in range(30))
