@@ -181,6 +181,9 @@ class _Metrics(Collector):
                                 value=s.view.serial)
 
 
+UDP_RCVBUF = 4 * 1024 * 1024
+
+
 def _bind(addr: HostPort, kind: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if addr.host.version == 6 else socket.AF_INET
     sock = socket.socket(family, kind)
@@ -190,6 +193,10 @@ def _bind(addr: HostPort, kind: int, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_DGRAM:
+            # Bursts of a flood must not crowd honest queries out of the socket buffer
+            # (the kernel caps this at net.core.rmem_max).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         sock.bind((str(addr.host), addr.port))
         sock.setblocking(False)
     except OSError as e:

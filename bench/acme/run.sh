@@ -3,6 +3,6 @@
 # usage: bench/acme/run.sh [-n 50] [-m 200] [-p 20] [--concurrency 4] [--skip-lego]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-/tmp/wgvenv/bin/python}
+PY=${PYTHON:-.venv/bin/python}   # scripts/setup --test makes it
 command -v pebble >/dev/null || { echo "needs the pebble Debian package" >&2; exit 1; }
 exec timeout 1200 "$PY" bench/acme/bench.py "$@"

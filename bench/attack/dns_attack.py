@@ -1,7 +1,7 @@
 """DNS under attack, longer than the test suite's run: prints the figures for docs/reliability.md.
 
 usage (from the repository root):
-    /tmp/wgvenv/bin/python -m bench.attack.dns_attack [SECONDS=10] [FLOODERS=1] [RATES=0,20000]
+    .venv/bin/python -m bench.attack.dns_attack [SECONDS=10] [FLOODERS=1] [RATES=0,20000]
 
 Starts ``webgateway dnsd`` as a subprocess on a throw-away store, then measures an honest
 dnspython client (one query at a time, alice.gw.test A, answer checked) for SECONDS

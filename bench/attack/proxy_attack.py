@@ -2,7 +2,7 @@
 docs/reliability.md.
 
 usage (from the repository root):
-    /tmp/wgvenv/bin/python -m bench.attack.proxy_attack [CONNS=2000] [GARBAGE=500]
+    .venv/bin/python -m bench.attack.proxy_attack [CONNS=2000] [GARBAGE=500]
 
 Starts ``webgateway proxy`` as a subprocess (handshake_timeout 60 s so nothing is reaped
 during the run) with a terminated name app.gw.test, then: CONNS slowloris connections

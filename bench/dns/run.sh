@@ -2,7 +2,7 @@
 # dnsd against Knot, side by side, on the same bench.test zone, loopback only.
 #
 # usage: bench/dns/run.sh [NAMES=10000] [SECONDS=10] [ROUNDS=2]
-# env:   PYTHON=python3         an interpreter that can import webgateway/dnsd (e.g. the venv's)
+# env:   PYTHON=.venv/bin/python       an interpreter that can import webgateway/dnsd (e.g. the venv's)
 #        CLIENTS=10 OUTSTANDING=100   dnsperf -c / -q
 #        WORKERS=1               dnsd [dns] workers (SO_REUSEPORT processes)
 #        MODE=udp|tcp            dnsperf -m
@@ -18,10 +18,10 @@
 set -euo pipefail
 
 NAMES=${1:-10000}; SECS=${2:-10}; ROUNDS=${3:-2}
-PYTHON=${PYTHON:-python3}
 CLIENTS=${CLIENTS:-10}; OUTSTANDING=${OUTSTANDING:-100}; WORKERS=${WORKERS:-1}; MODE=${MODE:-udp}
 STATE=${STATE:-/tmp/webgateway-bench-dns}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON=${PYTHON:-$HERE/../../.venv/bin/python}
 OUT="$STATE/z$NAMES"
 SPIN=${SERVER_CPUS:+taskset -c $SERVER_CPUS}
 CPIN=${CLIENT_CPUS:+taskset -c $CLIENT_CPUS}

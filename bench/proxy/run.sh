@@ -16,12 +16,12 @@
 # env: WORKERS=1 (nginx workers / haproxy threads / proxy workers), SERVER_CPUS=0, CLIENT_CPUS=1,
 #      CONNS=50, THREADS=2, HS_PROCS=4, ONLY="nginx-stream webgateway ..." (subset),
 #      TESTS="1k 1m hs" (subset), ROUNDS=1 (repeat the whole series, peers interleaved),
-#      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=/tmp/wgvenv/bin/python
+#      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=.venv/bin/python (scripts/setup --test makes it)
 # Stops every server it started (by recorded PID) on exit.
 set -euo pipefail
 secs=${1:-8}
 HERE="$(cd "$(dirname "$0")" && pwd)"; REPO="$(cd "$HERE/../.." && pwd)"
-STATE=${STATE:-/tmp/wgbench-proxy}; PY=${PY:-/tmp/wgvenv/bin/python}
+STATE=${STATE:-/tmp/wgbench-proxy}; PY=${PY:-$REPO/.venv/bin/python}
 WORKERS=${WORKERS:-1}; SERVER_CPUS=${SERVER_CPUS:-0}; CLIENT_CPUS=${CLIENT_CPUS:-1}
 CONNS=${CONNS:-50}; THREADS=${THREADS:-2}; HS_PROCS=${HS_PROCS:-4}
 ONLY=${ONLY:-"nginx-stream nginx-http haproxy-tcp webgateway"}; TESTS=${TESTS:-"1k 1m hs"}
