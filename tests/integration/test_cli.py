@@ -135,6 +135,8 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, command: str) -> Non
     finally:
         db.close()
     missing = set(acked) - stored
+    print(f"\nkill -9 of '{command}' after {len(acked)} acknowledged writes:"
+          f" {len(stored)} rows stored, {len(missing)} lost")
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
 
 
