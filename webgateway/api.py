@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -67,6 +67,21 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return self.owner is None
+
+    @property
+    def owner_filter(self) -> int | None:
+        """What the caller may list: its own rows, or every row for the admin."""
+        return None if self.owner is None else self.owner.id
+
+
+_Owned = TypeVar("_Owned", Name, Domain)
+
+
+def _visible(caller: Caller, obj: _Owned | None, what: str) -> _Owned:
+    """Another owner's row is answered exactly like a missing one: 404, nothing leaked."""
+    if obj is None or (caller.owner is not None and obj.owner_id != caller.owner.id):
+        raise ApiError(404, "not_found", f"you have no {what}")
+    return obj
 
 
 def _error(
@@ -312,14 +327,11 @@ class Api:
     async def _visible_name(self, request: web.Request) -> Name:
         caller = await self._caller(request)
         label = self._label(request)
-        name = await self.store.get_name(label)
-        if name is None or (caller.owner is not None and name.owner_id != caller.owner.id):
-            raise ApiError(404, "not_found", f"you have no name {label!r}")
-        return name
+        return _visible(caller, await self.store.get_name(label), f"name {label!r}")
 
     async def list_names(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
-        names = await self.store.list_names(None if caller.owner is None else caller.owner.id)
+        names = await self.store.list_names(caller.owner_filter)
         return web.json_response({"names": [await self._name_view(n) for n in names]})
 
     async def get_name(self, request: web.Request) -> web.Response:
@@ -407,14 +419,11 @@ class Api:
     async def _visible_domain(self, request: web.Request) -> Domain:
         caller = await self._caller(request)
         fqdn = self._fqdn(request)
-        domain = await self.store.get_domain(fqdn)
-        if domain is None or (caller.owner is not None and domain.owner_id != caller.owner.id):
-            raise ApiError(404, "not_found", f"you have no domain {fqdn!r}")
-        return domain
+        return _visible(caller, await self.store.get_domain(fqdn), f"domain {fqdn!r}")
 
     async def list_domains(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
-        domains = await self.store.list_domains(None if caller.owner is None else caller.owner.id)
+        domains = await self.store.list_domains(caller.owner_filter)
         return web.json_response({"domains": [await self._domain_view(d) for d in domains]})
 
     async def get_domain(self, request: web.Request) -> web.Response:
