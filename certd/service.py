@@ -40,7 +40,15 @@ from certd.schedule import (
 from webgateway.config import Config
 from webgateway.dnsname import challenge_label, is_within
 from webgateway.feed import Follower
-from webgateway.model import Certificate, CertState, ChangeSet, Domain, DomainState, Snapshot
+from webgateway.model import (
+    Certificate,
+    CertState,
+    ChangeSet,
+    Domain,
+    DomainState,
+    Snapshot,
+    merge,
+)
 from webgateway.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -81,11 +89,7 @@ class CertView:
             else:
                 self.domains[fqdn] = dom
                 self.removed_domains.discard(fqdn)
-        for cid, cert in changes.certificates.items():
-            if cert is None:
-                self.certs.pop(cid, None)
-            else:
-                self.certs[cid] = cert
+        merge(self.certs, changes.certificates)
         for fqdn, values in changes.txt.items():
             if values:
                 self.txt[fqdn] = values
@@ -172,7 +176,7 @@ class CertService:
             except StoreError as e:
                 log.warning("certd: cannot read the store (%s); retrying", e)
                 await asyncio.sleep(1.0)
-        self._spawn(self._follow(), "certd-follower")
+        self._spawn(self.follower.run(), "certd-follower")
         await self._startup_cleanup()
         while True:
             try:
@@ -188,14 +192,6 @@ class CertService:
                                return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
-
-    async def _follow(self) -> None:
-        while True:
-            try:
-                await self.follower.run()
-            except Exception:
-                log.exception("certd: follower failed; restarting")
-                await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------ what we want
     def txt_name(self, cert_id: str) -> str:

@@ -271,12 +271,7 @@ class DnsService:
     async def _follow(self) -> None:
         watch = asyncio.create_task(self._watch_serial())
         try:
-            while True:
-                try:
-                    await self.follower.run()
-                except Exception:
-                    log.exception("zone follower failed; restarting")
-                    await asyncio.sleep(1.0)
+            await self.follower.run()
         finally:
             watch.cancel()
 

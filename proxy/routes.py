@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from proxy.certs import CertTable
 from webgateway.addresses import HostPort
-from webgateway.model import ChangeSet, Domain, Name, Snapshot, TlsMode
+from webgateway.model import ChangeSet, Domain, Name, Snapshot, TlsMode, merge
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +49,8 @@ class RouteTable:
         self.serial = snapshot.serial
 
     def apply(self, changes: ChangeSet) -> None:
-        for label, name in changes.names.items():
-            if name is None:
-                self.names.pop(label, None)
-            else:
-                self.names[label] = name
-        for fqdn, dom in changes.domains.items():
-            if dom is None:
-                self.domains.pop(fqdn, None)
-            else:
-                self.domains[fqdn] = dom
+        merge(self.names, changes.names)
+        merge(self.domains, changes.domains)
         for cid, cert in changes.certificates.items():
             self.certs.set(cid, cert)
         self.serial = changes.serial

@@ -57,12 +57,20 @@ class Follower:
         self._mark_applied()
 
     async def run(self) -> None:
-        """Follow forever; store hiccups are logged and retried, never fatal."""
-        if self.serial == 0:
-            await self.load()
+        """Follow forever. A store hiccup is retried; a view that fails to apply a change
+        may be half-updated, so it is rebuilt from a fresh snapshot. Neither is fatal."""
+        reload = self.serial == 0
         while True:
             try:
+                if reload:
+                    await self.load()
+                    reload = False
                 await self.step()
             except StoreError as e:
                 log.warning("store read failed, retrying: %s", e)
+                await asyncio.sleep(self.max_wait)
+            except Exception:
+                log.exception("%s failed to follow the store; reloading",
+                              type(self.view).__name__)
+                reload = True
                 await asyncio.sleep(self.max_wait)

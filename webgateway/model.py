@@ -7,9 +7,14 @@ under their feet; a change always arrives as a new value with a new serial.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from webgateway.addresses import HostPort
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class TlsMode(enum.StrEnum):
@@ -115,6 +120,15 @@ class ChangeSet:
     @property
     def empty(self) -> bool:
         return not (self.names or self.domains or self.txt or self.certificates or self.meta)
+
+
+def merge(target: dict[K, V], changes: Mapping[K, V | None]) -> None:
+    """Apply one kind of a ChangeSet to a view's dict: a value replaces, ``None`` removes."""
+    for key, value in changes.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
 
 
 def acme_account_meta_key(directory: str) -> str:

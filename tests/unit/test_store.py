@@ -182,3 +182,32 @@ async def test_second_process_sees_changes_by_polling(tmp_path: Path) -> None:
     finally:
         await writer.close()
         await reader.close()
+
+
+class Flaky(Recorder):
+    """A view whose first apply fails half-way, as a bug in a service's view would."""
+
+    def apply(self, changes: ChangeSet) -> None:
+        if not self.changes:
+            self.changes.append(changes)
+            raise RuntimeError("view bug")
+        super().apply(changes)
+
+
+async def test_a_failing_view_is_rebuilt_from_a_snapshot(store: SqliteStore) -> None:
+    view = Flaky()
+    follower = Follower(store, view, max_wait=0.05)
+    await follower.load()
+    task = asyncio.create_task(follower.run())
+    try:
+        await store.add_txt("a.gw.test", "v")
+        await store.add_txt("b.gw.test", "v")
+        target = await store.serial()
+        async with asyncio.timeout(5):
+            while follower.serial < target or len(view.snapshots) < 2:
+                await follower.applied.wait()
+        assert not task.done()
+        seen = set(view.snapshots[-1].txt) | {k for c in view.changes[1:] for k in c.txt}
+        assert {"a.gw.test", "b.gw.test"} <= seen  # nothing the failed apply held is lost
+    finally:
+        task.cancel()
