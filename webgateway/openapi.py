@@ -49,6 +49,55 @@ _FQDN = {
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
 _RW = (400, 401, 403, 413, 415, 422, 429, 503)
 
+
+def _owned(
+    plural: str,
+    schema: str,
+    param: dict[str, Any],
+    summary: dict[str, str],
+    put_errors: tuple[int, ...],
+) -> dict[str, Any]:
+    """The collection and item paths of one kind of owner-held resource (names, domains)."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    body = {"$ref": f"#/components/schemas/{schema}In"}
+    listing = {"type": "object", "properties": {plural: {"type": "array", "items": ref}}}
+    return {
+        f"/v1/{plural}": {
+            "get": {
+                "summary": summary["list"],
+                "security": _AUTH,
+                "responses": {"200": _resp("OK", listing), **_errors(401, 429)},
+            }
+        },
+        f"/v1/{plural}/{{{param['name']}}}": {
+            "parameters": [param],
+            "get": {
+                "summary": summary["get"],
+                "security": _AUTH,
+                "responses": {"200": _resp("OK", ref), **_errors(401, 404, 422, 429)},
+            },
+            "put": {
+                "summary": summary["put"],
+                "security": _AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": body}},
+                },
+                "responses": {
+                    "200": _resp("Updated", ref),
+                    "201": _resp("Created", ref),
+                    **_errors(*put_errors),
+                },
+            },
+            "delete": {
+                "summary": summary["delete"],
+                "security": _AUTH,
+                "responses": {"204": _resp("Deleted"), **_errors(401, 403, 404, 422, 429, 503)},
+            },
+        },
+    }
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "webgateway owners' API", "version": "1"},
@@ -167,109 +216,29 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/v1/names": {
-            "get": {
-                "summary": "The caller's names (all names for the admin)",
-                "security": _AUTH,
-                "responses": {
-                    "200": _resp(
-                        "OK",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "names": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Name"},
-                                }
-                            },
-                        },
-                    ),
-                    **_errors(401, 429),
-                },
-            }
-        },
-        "/v1/names/{label}": {
-            "parameters": [_LABEL],
-            "get": {
-                "summary": "One name",
-                "security": _AUTH,
-                "responses": {
-                    "200": _resp("OK", {"$ref": "#/components/schemas/Name"}),
-                    **_errors(401, 404, 422, 429),
-                },
+        **_owned(
+            "names",
+            "Name",
+            _LABEL,
+            {
+                "list": "The caller's names (all names for the admin)",
+                "get": "One name",
+                "put": "Reserve or update a name",
+                "delete": "Release a name (and its custom domains)",
             },
-            "put": {
-                "summary": "Reserve or update a name",
-                "security": _AUTH,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/NameIn"}}
-                    },
-                },
-                "responses": {
-                    "200": _resp("Updated", {"$ref": "#/components/schemas/Name"}),
-                    "201": _resp("Created", {"$ref": "#/components/schemas/Name"}),
-                    **_errors(*_RW),
-                },
+            put_errors=_RW,
+        ),
+        **_owned(
+            "domains",
+            "Domain",
+            _FQDN,
+            {
+                "list": "The caller's custom domains",
+                "get": "Verification and certificate state",
+                "put": "Attach a custom domain to a name; returns the CNAMEs to create",
+                "delete": "Detach a custom domain (its certificate is revoked)",
             },
-            "delete": {
-                "summary": "Release a name (and its custom domains)",
-                "security": _AUTH,
-                "responses": {"204": _resp("Deleted"), **_errors(401, 403, 404, 422, 429, 503)},
-            },
-        },
-        "/v1/domains": {
-            "get": {
-                "summary": "The caller's custom domains",
-                "security": _AUTH,
-                "responses": {
-                    "200": _resp(
-                        "OK",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "domains": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Domain"},
-                                }
-                            },
-                        },
-                    ),
-                    **_errors(401, 429),
-                },
-            }
-        },
-        "/v1/domains/{fqdn}": {
-            "parameters": [_FQDN],
-            "get": {
-                "summary": "Verification and certificate state",
-                "security": _AUTH,
-                "responses": {
-                    "200": _resp("OK", {"$ref": "#/components/schemas/Domain"}),
-                    **_errors(401, 404, 422, 429),
-                },
-            },
-            "put": {
-                "summary": "Attach a custom domain to a name; returns the CNAMEs to create",
-                "security": _AUTH,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/DomainIn"}}
-                    },
-                },
-                "responses": {
-                    "200": _resp("Updated", {"$ref": "#/components/schemas/Domain"}),
-                    "201": _resp("Created", {"$ref": "#/components/schemas/Domain"}),
-                    **_errors(*_RW, 404),
-                },
-            },
-            "delete": {
-                "summary": "Detach a custom domain (its certificate is revoked)",
-                "security": _AUTH,
-                "responses": {"204": _resp("Deleted"), **_errors(401, 403, 404, 422, 429, 503)},
-            },
-        },
+            put_errors=(*_RW, 404),
+        ),
     },
 }
