@@ -12,6 +12,8 @@ to overwrite.
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -128,6 +130,9 @@ class Api:
         r.add_get("/metrics", self.metrics)
         r.add_get("/v1/openapi.json", self.openapi)
         r.add_post("/v1/owners", self.create_owner)
+        r.add_get("/v1/owners", self.list_owners)
+        r.add_delete("/v1/owners/{name}", self.delete_owner)
+        r.add_post("/v1/token/rotate", self.rotate_token)
         r.add_get("/v1/names", self.list_names)
         r.add_get("/v1/names/{label}", self.get_name)
         r.add_put("/v1/names/{label}", self.put_name)
@@ -169,18 +174,20 @@ class Api:
         return request.remote or "unknown"
 
     async def _caller(self, request: web.Request) -> Caller:
+        """Who is calling: a valid token is always let in, only refusals are limited.
+
+        Counting refusals per address and answering 429 past the limit slows guessing and
+        flags it in the log; letting a valid token through even then means a guesser
+        behind the same address (a shared NAT, a proxy) cannot lock its owner out. That a
+        valid token still answers tells a guesser nothing usable: tokens carry 256 random
+        bits, out of reach of any guessing rate.
+        """
         client = self._client(request)
-        wait = self.limiter.retry_after(client)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "too_many_attempts",
-                f"too many failed authentications; retry in {int(wait) + 1} s",
-                {"Retry-After": str(int(wait) + 1)},
-            )
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
+        header = request.headers.get("Authorization")
+        scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            if header is not None:
+                log.warning("refused a request from %s: not a bearer token", client)
             raise ApiError(
                 401,
                 "unauthorized",
@@ -188,18 +195,36 @@ class Api:
                 {"WWW-Authenticate": 'Bearer realm="webgateway"'},
             )
         digest = hash_token(token.strip())
-        if self.admin_hash and digest == self.admin_hash:
+        if self.admin_hash and hmac.compare_digest(digest, self.admin_hash):
             return Caller(None)
         owner = await self.store.owner_by_token_hash(digest)
-        if owner is None:
-            self.limiter.failed(client)
-            raise ApiError(
-                401,
-                "unauthorized",
-                "the token is not valid",
-                {"WWW-Authenticate": 'Bearer realm="webgateway", error="invalid_token"'},
+        if owner is not None:
+            return Caller(owner)
+        wait = self.limiter.retry_after(client)
+        self.limiter.failed(client)
+        if wait > 0:
+            log.warning(
+                "refused a token from %s: unknown token, over %d failures a minute",
+                client,
+                self.limiter.limit,
             )
-        return Caller(owner)
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                f"too many failed authentications; retry in {int(wait) + 1} s",
+                {"Retry-After": str(int(wait) + 1)},
+            )
+        log.warning("refused a token from %s: unknown token", client)
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the token is not valid",
+            {"WWW-Authenticate": 'Bearer realm="webgateway", error="invalid_token"'},
+        )
+
+    async def _admin(self, request: web.Request, action: str) -> None:
+        if not (await self._caller(request)).is_admin:
+            raise ApiError(403, "forbidden", f"only the admin token may {action}")
 
     async def _owner(self, request: web.Request) -> Owner:
         caller = await self._caller(request)
@@ -220,6 +245,10 @@ class Api:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, "bad_json", f"the body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(
+                400, "bad_json", "the body nests arrays or objects too deeply; send a flat object"
+            ) from None
         if not isinstance(body, dict):
             raise ApiError(400, "bad_json", "the body must be a JSON object")
         for key, value in body.items():
@@ -304,9 +333,7 @@ class Api:
         return web.json_response(OPENAPI)
 
     async def create_owner(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        if not caller.is_admin:
-            raise ApiError(403, "forbidden", "only the admin token may create owners")
+        await self._admin(request, "create owners")
         body = await self._body(request, {"name": str}, ("name",))
         name = body["name"].strip()
         if not 1 <= len(name) <= 64 or not name.isprintable():
@@ -315,6 +342,54 @@ class Api:
         await self.store.create_owner(name, hash_token(token))
         log.info("owner %r created", name)
         return web.json_response({"name": name, "token": token}, status=201)
+
+    async def list_owners(self, request: web.Request) -> web.Response:
+        await self._admin(request, "list owners")
+        owners = await self.store.list_owners()
+        return web.json_response(
+            {
+                "owners": [
+                    {"name": o.name, "created": o.created, "names": o.names, "domains": o.domains}
+                    for o in owners
+                ]
+            }
+        )
+
+    async def delete_owner(self, request: web.Request) -> web.Response:
+        """Remove an owner and everything it holds; the answer lists what went with it."""
+        await self._admin(request, "remove owners")
+        removed = await self.store.delete_owner(request.match_info["name"])
+        log.info(
+            "owner %r removed with %d name(s) and %d domain(s)",
+            removed.name,
+            len(removed.names),
+            len(removed.domains),
+        )
+        return web.json_response(
+            {"name": removed.name, "names": list(removed.names), "domains": list(removed.domains)}
+        )
+
+    async def rotate_token(self, request: web.Request) -> web.Response:
+        """A new token for the caller (or, for the admin, for ``{"owner": name}``), shown once."""
+        caller = await self._caller(request)
+        body = await self._body(request, {"owner": str}) if await request.read() else {}
+        if caller.owner is None:
+            if "owner" not in body:
+                raise ApiError(
+                    422,
+                    "missing_field",
+                    "the admin rotates an owner's token: send {\"owner\": name}; the admin"
+                    " token itself is the api.admin_token_file (replace it and restart)",
+                )
+            name = body["owner"]
+        else:
+            name = body.get("owner", caller.owner.name)
+            if name != caller.owner.name:
+                raise ApiError(403, "forbidden", "only the admin may rotate another owner's token")
+        token = new_token()
+        await self.store.set_owner_token(name, hash_token(token))
+        log.info("token of owner %r rotated", name)
+        return web.json_response({"owner": name, "token": token})
 
     def _label(self, request: web.Request) -> str:
         label = request.match_info["label"]
@@ -369,29 +444,44 @@ class Api:
             out.append(hp)
         return tuple(out)
 
+    def _updated_name(
+        self, label: str, owner: Owner, stored: Name | None, body: dict[str, Any]
+    ) -> Name:
+        """The name as the request leaves it: an update changes only the fields it sends.
+
+        A create needs ``backends``; the other fields default. An update keeps every field
+        it omits, so ``tls`` changes only when sent (switching back is ``"terminate"``).
+        """
+        if stored is not None and stored.owner_id != owner.id:
+            raise Forbidden(f"{label!r} belongs to another owner")
+        if stored is None and "backends" not in body:
+            raise ApiError(
+                422,
+                "missing_field",
+                "field 'backends' is required to create a name (an update may omit it)",
+            )
+        base = stored or Name(label, owner.id, ())
+        try:
+            tls = TlsMode(body.get("tls", base.tls))
+        except ValueError:
+            raise ApiError(422, "invalid", "'tls' is 'terminate' or 'passthrough'") from None
+        return dataclasses.replace(
+            base,
+            backends=self._backends(body["backends"]) if "backends" in body else base.backends,
+            tls=tls,
+            proxy_protocol=body.get("proxy_protocol", base.proxy_protocol),
+            http2=body.get("http2", base.http2),
+        )
+
     async def put_name(self, request: web.Request) -> web.Response:
         owner = await self._owner(request)
         label = self._label(request)
         if label in self.reserved:
             raise ApiError(422, "reserved_name", f"{label!r} is reserved; choose another name")
         body = await self._body(
-            request,
-            {"backends": list, "tls": str, "proxy_protocol": bool, "http2": bool},
-            ("backends",),
+            request, {"backends": list, "tls": str, "proxy_protocol": bool, "http2": bool}
         )
-        backends = self._backends(body["backends"])
-        try:
-            tls = TlsMode(body.get("tls", "terminate"))
-        except ValueError:
-            raise ApiError(422, "invalid", "'tls' is 'terminate' or 'passthrough'") from None
-        name = Name(
-            label,
-            owner.id,
-            backends,
-            tls,
-            body.get("proxy_protocol", False),
-            body.get("http2", False),
-        )
+        name = self._updated_name(label, owner, await self.store.get_name(label), body)
         created = await self.store.put_name(name, self.config.api.max_names_per_owner)
         stored = await self.store.get_name(label)
         assert stored is not None

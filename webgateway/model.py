@@ -42,6 +42,25 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class OwnerSummary:
+    """One line of the admin's owner listing: who, since when, and what they hold."""
+
+    name: str
+    created: float
+    names: int
+    domains: int
+
+
+@dataclass(frozen=True)
+class OwnerRemoval:
+    """What removing an owner took with it, so the admin is told (and the feed carries it)."""
+
+    name: str
+    names: tuple[str, ...]
+    domains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Name:
     label: str
     owner_id: int

@@ -10,6 +10,12 @@ from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
+UPDATE_RULE = (
+    "Creating a name needs `backends`; `tls`, `proxy_protocol` and `http2` default to"
+    " terminate, false, false. An update changes only the fields it sends and keeps the"
+    " others as stored (send `\"tls\": \"terminate\"` to switch a passthrough name back)."
+)
+
 
 def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": desc}
@@ -56,6 +62,7 @@ def _owned(
     param: dict[str, Any],
     summary: dict[str, str],
     put_errors: tuple[int, ...],
+    put_description: str = "",
 ) -> dict[str, Any]:
     """The collection and item paths of one kind of owner-held resource (names, domains)."""
     ref = {"$ref": f"#/components/schemas/{schema}"}
@@ -78,6 +85,7 @@ def _owned(
             },
             "put": {
                 "summary": summary["put"],
+                **({"description": put_description} if put_description else {}),
                 "security": _AUTH,
                 "requestBody": {
                     "required": True,
@@ -122,9 +130,18 @@ OPENAPI: dict[str, Any] = {
                     "detail": {"type": "string"},
                 },
             },
+            "OwnerSummary": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "created": {"type": "number"},
+                    "names": {"type": "integer"},
+                    "domains": {"type": "integer"},
+                },
+            },
             "NameIn": {
                 "type": "object",
-                "required": ["backends"],
+                "description": UPDATE_RULE,
                 "additionalProperties": False,
                 "properties": {
                     "backends": {
@@ -214,6 +231,90 @@ OPENAPI: dict[str, Any] = {
                     ),
                     **_errors(*_RW, 409),
                 },
+            },
+            "get": {
+                "summary": "Every owner with how many names and domains it holds (admin token)",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp(
+                        "OK",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "owners": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/OwnerSummary"},
+                                }
+                            },
+                        },
+                    ),
+                    **_errors(401, 403, 429),
+                },
+            },
+        },
+        "/v1/owners/{name}": {
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                }
+            ],
+            "delete": {
+                "summary": "Remove an owner with its names and custom domains (admin token)",
+                "description": "Its token stops working, its names stop resolving and routing,"
+                " and its domains' certificates are no longer wanted; the answer lists"
+                " what was removed.",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp(
+                        "Removed",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "names": {"type": "array", "items": {"type": "string"}},
+                                "domains": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    ),
+                    **_errors(401, 403, 404, 429, 503),
+                },
+            },
+        },
+        "/v1/token/rotate": {
+            "post": {
+                "summary": "Replace a token; the old one stops working at once",
+                "description": "An owner rotates its own token (no body). The admin rotates"
+                " an owner's with `{\"owner\": name}`; the admin token itself is the"
+                " `api.admin_token_file`. The new token is shown only in this answer.",
+                "security": _AUTH,
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"owner": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _resp(
+                        "Rotated",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "owner": {"type": "string"},
+                                "token": {"type": "string"},
+                            },
+                        },
+                    ),
+                    **_errors(*_RW, 404),
+                },
             }
         },
         **_owned(
@@ -227,6 +328,7 @@ OPENAPI: dict[str, Any] = {
                 "delete": "Release a name (and its custom domains)",
             },
             put_errors=_RW,
+            put_description=UPDATE_RULE,
         ),
         **_owned(
             "domains",

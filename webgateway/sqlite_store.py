@@ -31,6 +31,8 @@ from webgateway.model import (
     DomainState,
     Name,
     Owner,
+    OwnerRemoval,
+    OwnerSummary,
     Snapshot,
     TlsMode,
     TxtRecord,
@@ -334,6 +336,55 @@ class SqliteStore:
         async with self._read():
             r = await self._one("SELECT id, name FROM owners WHERE token_hash=?", (token_hash,))
         return Owner(r[0], r[1]) if r else None
+
+    async def list_owners(self) -> list[OwnerSummary]:
+        async with self._read():
+            rows = await self._all(
+                "SELECT o.name, o.created,"
+                " (SELECT COUNT(*) FROM names n WHERE n.owner_id = o.id),"
+                " (SELECT COUNT(*) FROM domains d WHERE d.owner_id = o.id)"
+                " FROM owners o ORDER BY o.name"
+            )
+        return [OwnerSummary(*r) for r in rows]
+
+    async def set_owner_token(self, name: str, token_hash: str) -> Owner:
+        async with self._write():
+            r = await self._one("SELECT id FROM owners WHERE name=?", (name,))
+            if not r:
+                raise NotFound(f"there is no owner {name!r}")
+            await self.db.execute(
+                "UPDATE owners SET token_hash=? WHERE id=?", (token_hash, r[0])
+            )
+            self._touch("owner", str(r[0]))
+        return Owner(r[0], name)
+
+    async def delete_owner(self, name: str) -> OwnerRemoval:
+        async with self._write():
+            r = await self._one("SELECT id FROM owners WHERE name=?", (name,))
+            if not r:
+                raise NotFound(f"there is no owner {name!r}")
+            owner_id = r[0]
+            domains = tuple(
+                fqdn
+                for (fqdn,) in await self._all(
+                    "SELECT fqdn FROM domains WHERE owner_id=? ORDER BY fqdn", (owner_id,)
+                )
+            )
+            labels = tuple(
+                label
+                for (label,) in await self._all(
+                    "SELECT label FROM names WHERE owner_id=? ORDER BY label", (owner_id,)
+                )
+            )
+            await self.db.execute("DELETE FROM domains WHERE owner_id=?", (owner_id,))
+            await self.db.execute("DELETE FROM names WHERE owner_id=?", (owner_id,))
+            await self.db.execute("DELETE FROM owners WHERE id=?", (owner_id,))
+            for fqdn in domains:
+                self._touch("domain", fqdn)
+            for label in labels:
+                self._touch("name", label)
+            self._touch("owner", str(owner_id))
+        return OwnerRemoval(name, labels, domains)
 
     # ------------------------------------------------------------------ names
     async def put_name(self, name: Name, max_names: int) -> bool:

@@ -16,6 +16,8 @@ from webgateway.model import (
     DomainState,
     Name,
     Owner,
+    OwnerRemoval,
+    OwnerSummary,
     Snapshot,
     TxtRecord,
 )
@@ -63,6 +65,14 @@ class Store(Protocol):
     # -- owners
     async def create_owner(self, name: str, token_hash: str) -> Owner: ...
     async def owner_by_token_hash(self, token_hash: str) -> Owner | None: ...
+    async def list_owners(self) -> list[OwnerSummary]: ...
+    async def set_owner_token(self, name: str, token_hash: str) -> Owner:
+        """Replace an owner's token hash (the old token stops working at once); NotFound."""
+        ...
+
+    async def delete_owner(self, name: str) -> OwnerRemoval:
+        """Remove an owner with its names and domains in one change; NotFound if unknown."""
+        ...
 
     # -- names
     async def put_name(self, name: Name, max_names: int) -> bool:

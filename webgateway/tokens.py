@@ -7,7 +7,6 @@ the prefix makes a leaked token easy to recognise in a secret scanner.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
 from pathlib import Path
@@ -21,10 +20,6 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def same_token(presented: str, expected_hash: str) -> bool:
-    return hmac.compare_digest(hash_token(presented), expected_hash)
 
 
 def load_or_create_admin_token(path: Path) -> tuple[str, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from tests.support import make_config
@@ -26,6 +28,7 @@ class Gw:
     http: aiohttp.ClientSession
     store: SqliteStore
     tmp: Path
+    routes: web.UrlDispatcher
 
     async def call(self, method: str, path: str, token: str | None = None,
                    body: Any = None, raw: bytes | None = None,
@@ -58,7 +61,8 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gw]:
     await svc.start()
     admin = cfg.api.admin_token_file.read_text().strip()
     async with aiohttp.ClientSession() as http:
-        yield Gw(f"http://127.0.0.1:{cfg.api.listen.port}", admin, http, store, tmp_path)
+        yield Gw(f"http://127.0.0.1:{cfg.api.listen.port}", admin, http, store, tmp_path,
+                 svc.api.app.router)
     await svc.stop()
     await store.close()
 
@@ -128,13 +132,78 @@ async def test_authorization_matrix(gw: Gw) -> None:
     assert (await gw.call("GET", "/v1/domains/shop.example.org", a))[0] == 200
 
 
-async def test_token_guessing_is_rate_limited(gw: Gw) -> None:
+async def test_failures_are_limited_not_valid_tokens(
+    gw: Gw, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await gw.owner("alice")
+    guess = "wg_guess-" + "z" * 30
+    caplog.set_level(logging.DEBUG)
     for _ in range(20):
-        assert (await gw.call("GET", "/v1/names", "wg_guess"))[0] == 401
-    st, err = await gw.call("GET", "/v1/names", "wg_guess")
+        assert (await gw.call("GET", "/v1/names", guess))[0] == 401
+    st, err = await gw.call("GET", "/v1/names", guess)
     assert st == 429 and "retry" in err["detail"]
-    # even a good token waits: the limiter is per client address
-    assert (await gw.call("GET", "/v1/names", gw.admin))[0] == 429
+    # the same address is over its failure limit, yet valid tokens still work ...
+    assert (await gw.call("GET", "/v1/names", gw.admin))[0] == 200
+    assert (await gw.call("GET", "/v1/names", alice))[0] == 200
+    # ... and guesses keep getting 429
+    assert (await gw.call("GET", "/v1/names", "wg_other"))[0] == 429
+    refused = [r for r in caplog.records if r.getMessage().startswith("refused a token from")]
+    assert len(refused) == 22 and all(r.levelno == logging.WARNING for r in refused)
+    assert all("127.0.0.1" in r.getMessage() for r in refused)
+    assert sum("over 20 failures" in r.getMessage() for r in refused) == 2
+    await gw.call("GET", "/v1/names", headers={"Authorization": f"Basic {guess}"})
+    assert "not a bearer token" in caplog.text
+    for secret in (guess, guess[3:20], "wg_other", alice, gw.admin):
+        assert secret not in caplog.text
+
+
+async def test_owner_list_remove_and_token_rotation(gw: Gw) -> None:
+    a, b = await gw.owner("a"), await gw.owner("b/slash")
+    for label in ("aa", "ab"):
+        assert (await gw.call("PUT", f"/v1/names/{label}", a, {"backends": ["10.0.0.1:80"]}))[
+            0
+        ] == 201
+    assert (await gw.call("PUT", "/v1/domains/shop.example.org", a, {"name": "aa"}))[0] == 201
+    assert (await gw.call("PUT", "/v1/names/bb", b, {"backends": ["10.0.0.2:80"]}))[0] == 201
+
+    st, lst = await gw.call("GET", "/v1/owners", gw.admin)
+    assert st == 200
+    assert {o["name"]: (o["names"], o["domains"]) for o in lst["owners"]} == {
+        "a": (2, 1), "b/slash": (1, 0)}
+    assert (await gw.call("GET", "/v1/owners", a))[0] == 403
+    assert (await gw.call("DELETE", "/v1/owners/b%2Fslash", a))[0] == 403
+
+    # an owner rotates its own token: the old one stops at once, the new one works
+    st, r = await gw.call("POST", "/v1/token/rotate", a)
+    assert st == 200 and r["owner"] == "a" and r["token"].startswith("wg_")
+    a2 = r["token"]
+    assert (await gw.call("GET", "/v1/names", a))[0] == 401
+    st, names = await gw.call("GET", "/v1/names", a2)
+    assert st == 200 and [n["name"] for n in names["names"]] == ["aa", "ab"]
+    st, err = await gw.call("POST", "/v1/token/rotate", a2, {"owner": "b/slash"})
+    assert st == 403 and "admin" in err["detail"]
+    # the admin rotates anyone's, and must say whose
+    st, err = await gw.call("POST", "/v1/token/rotate", gw.admin)
+    assert st == 422 and "admin_token_file" in err["detail"]
+    assert (await gw.call("POST", "/v1/token/rotate", gw.admin, {"owner": "nobody"}))[0] == 404
+    st, r = await gw.call("POST", "/v1/token/rotate", gw.admin, {"owner": "b/slash"})
+    assert st == 200 and r["owner"] == "b/slash"
+    assert (await gw.call("GET", "/v1/names", b))[0] == 401
+    b2 = r["token"]
+    assert (await gw.call("GET", "/v1/names/bb", b2))[0] == 200
+
+    # removing an owner takes its names and domains and says which
+    before = await gw.store.serial()
+    st, r = await gw.call("DELETE", "/v1/owners/a", gw.admin)
+    assert st == 200 and r == {"name": "a", "names": ["aa", "ab"], "domains": ["shop.example.org"]}
+    cs = await gw.store.changes_since(before)
+    assert cs is not None and cs.names == {"aa": None, "ab": None}
+    assert cs.domains == {"shop.example.org": None}
+    assert (await gw.call("GET", "/v1/names", a2))[0] == 401
+    assert (await gw.call("DELETE", "/v1/owners/a", gw.admin))[0] == 404
+    st, r = await gw.call("DELETE", "/v1/owners/b%2Fslash", gw.admin)
+    assert st == 200 and r["names"] == ["bb"]
+    assert (await gw.call("GET", "/v1/owners", gw.admin))[1] == {"owners": []}
 
 
 BAD_NAMES = [
@@ -187,6 +256,51 @@ async def test_malformed_bodies(gw: Gw) -> None:
     assert st == 415
 
 
+@pytest.mark.parametrize("raw", [b"[" * 30_000 + b"]" * 30_000,
+                                 b'{"a":' * 10_000 + b"1" + b"}" * 10_000])
+async def test_deeply_nested_json_is_a_400(
+    gw: Gw, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = await gw.owner("alice")
+    assert len(raw) >= 60_000
+    for method, path, token in (("PUT", "/v1/names/ok", t), ("POST", "/v1/owners", gw.admin),
+                                ("POST", "/v1/token/rotate", t)):
+        st, err = await gw.call(method, path, token, raw=raw)
+        assert st == 400 and err["error"] == "bad_json", err
+        assert "too deeply" in err["detail"]
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+
+
+async def test_an_update_changes_only_what_it_sends(gw: Gw) -> None:
+    t = await gw.owner("alice")
+    st, n = await gw.call("PUT", "/v1/names/vault", t, {"tls": "passthrough"})
+    assert st == 422 and "'backends' is required to create" in n["detail"]
+    st, n = await gw.call("PUT", "/v1/names/vault", t,
+                          {"backends": ["10.0.0.7:443"], "tls": "passthrough",
+                           "proxy_protocol": True})
+    assert st == 201 and n["tls"] == "passthrough"
+    # new backends only: TLS mode and PROXY protocol stay
+    st, n = await gw.call("PUT", "/v1/names/vault", t, {"backends": ["10.0.0.8:443"]})
+    assert st == 200, n
+    assert (n["tls"], n["proxy_protocol"], n["http2"]) == ("passthrough", True, False)
+    assert n["backends"] == ["10.0.0.8:443"]
+    # one flag only: the backends stay
+    st, n = await gw.call("PUT", "/v1/names/vault", t, {"http2": True})
+    assert st == 200 and n["backends"] == ["10.0.0.8:443"] and n["http2"] is True
+    assert n["tls"] == "passthrough"
+    # switching back is explicit
+    st, n = await gw.call("PUT", "/v1/names/vault", t, {"tls": "terminate"})
+    assert st == 200 and n["tls"] == "terminate" and n["proxy_protocol"] is True
+    # an empty update changes nothing, another owner's name is still 403, not merged
+    st, n2 = await gw.call("PUT", "/v1/names/vault", t, {})
+    assert st == 200 and {k: n2[k] for k in ("backends", "tls", "proxy_protocol", "http2")} \
+        == {k: n[k] for k in ("backends", "tls", "proxy_protocol", "http2")}
+    other = await gw.owner("mallory")
+    st, err = await gw.call("PUT", "/v1/names/vault", other, {"tls": "passthrough"})
+    assert st == 403 and "another owner" in err["detail"]
+    assert (await gw.call("GET", "/v1/names/vault", t))[1]["tls"] == "terminate"
+
+
 async def test_quota(gw: Gw) -> None:
     t = await gw.owner("q")
     for i in range(3):
@@ -219,10 +333,8 @@ async def test_health_metrics_and_openapi_match_routes(gw: Gw) -> None:
     assert st == 200 and spec == OPENAPI
     documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops
                   if m != "parameters"}
-    served = {("POST", "/v1/owners"), ("GET", "/healthz"), ("GET", "/metrics"),
-              ("GET", "/v1/openapi.json"), ("GET", "/v1/names"), ("GET", "/v1/domains")}
-    served |= {(m, "/v1/names/{label}") for m in ("GET", "PUT", "DELETE")}
-    served |= {(m, "/v1/domains/{fqdn}") for m in ("GET", "PUT", "DELETE")}
+    served = {(r.method, r.resource.canonical) for r in gw.routes.routes()
+              if r.method != "HEAD" and r.resource is not None}
     assert documented == served
 
 

@@ -98,6 +98,40 @@ async def test_domains_follow_their_name(store: SqliteStore) -> None:
     assert await store.get_domain("shop.example.org") is None
 
 
+async def test_owner_rotate_and_removal_take_everything_in_one_change(
+    store: SqliteStore,
+) -> None:
+    a = await store.create_owner("a", "ha")
+    b = await store.create_owner("b", "hb")
+    for label in ("x", "y"):
+        await store.put_name(Name(label, a.id, BE), 5)
+    await store.put_name(Name("keep", b.id, BE), 5)
+    await store.put_domain(Domain("shop.example.org", "x", a.id, "dabc"), 5)
+    summary = {o.name: (o.names, o.domains) for o in await store.list_owners()}
+    assert summary == {"a": (2, 1), "b": (1, 0)}
+
+    rotated = await store.set_owner_token("a", "ha2")
+    assert rotated == a
+    assert await store.owner_by_token_hash("ha") is None
+    assert await store.owner_by_token_hash("ha2") == a
+    with pytest.raises(NotFound):
+        await store.set_owner_token("nobody", "hz")
+
+    before = await store.serial()
+    removed = await store.delete_owner("a")
+    assert removed.names == ("x", "y") and removed.domains == ("shop.example.org",)
+    assert await store.serial() == before + 1  # one transaction, one serial
+    cs = await store.changes_since(before)
+    assert cs is not None
+    assert cs.names == {"x": None, "y": None}
+    assert cs.domains == {"shop.example.org": None}
+    assert await store.owner_by_token_hash("ha2") is None
+    assert [n.label for n in await store.list_names()] == ["keep"]
+    assert [o.name for o in await store.list_owners()] == ["b"]
+    with pytest.raises(NotFound):
+        await store.delete_owner("a")
+
+
 class Recorder:
     def __init__(self) -> None:
         self.snapshots: list[Snapshot] = []
