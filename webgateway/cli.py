@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -171,15 +173,53 @@ def cmd_owner_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_owner_ls(args: argparse.Namespace) -> int:
+    owners = Client.from_env().call("GET", "/v1/owners")["owners"]
+    if args.json:
+        print(json.dumps(owners, indent=2))
+        return 0
+    if not owners:
+        print("no owners yet; add one with: webgateway owner add NAME")
+        return 0
+    width = max(len(o["name"]) for o in owners)
+    for o in owners:
+        since = time.strftime("%Y-%m-%d", time.gmtime(o["created"]))
+        print(f"{o['name']:<{width}}  since {since}  names:{o['names']}  domains:{o['domains']}")
+    return 0
+
+
+def cmd_owner_rm(args: argparse.Namespace) -> int:
+    r = Client.from_env().call("DELETE", f"/v1/owners/{_quote(args.name)}")
+    names, domains = r["names"], r["domains"]
+    print(
+        f"owner {r['name']} removed with {len(names)} name(s)"
+        f"{': ' + ', '.join(names) if names else ''}"
+        f" and {len(domains)} domain(s){': ' + ', '.join(domains) if domains else ''}"
+    )
+    return 0
+
+
+def cmd_token_rotate(args: argparse.Namespace) -> int:
+    body = {"owner": args.owner} if args.owner else None
+    r = Client.from_env().call("POST", "/v1/token/rotate", body)
+    print(r["token"])
+    print(
+        f"the token of owner {r['owner']!r} is replaced: the old one no longer works;"
+        " the token above is shown only once",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_name_add(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {
+    """Send only what the user gave: on an existing name the rest stays as it is."""
+    given = {
         "backends": args.backend,
-        "tls": "passthrough" if args.passthrough else "terminate",
+        "tls": args.tls,
+        "proxy_protocol": args.proxy_protocol,
+        "http2": args.http2,
     }
-    if args.proxy_protocol:
-        body["proxy_protocol"] = True
-    if args.http2:
-        body["http2"] = True
+    body = {k: v for k, v in given.items() if v is not None}
     _print_name(Client.from_env().call("PUT", f"/v1/names/{_quote(args.label)}", body))
     return 0
 
@@ -238,17 +278,65 @@ def cmd_check(args: argparse.Namespace) -> int:
     from webgateway.delegation import run_check
 
     config = load_config(args.config)
-    return run_check(config, args.resolver)
+    return run_check(config, args.resolver, args.port)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, like every other user mistake
-        raise CliError(f"{self.prog}: {message} (see --help)", 2)
+        where = self.prog.removeprefix("webgateway").strip()
+        raise CliError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)", 2)
+
+
+def _usage(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A command group called without its sub-command prints its help and exits 2."""
+
+    def show(args: argparse.Namespace) -> int:
+        p.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def _group(
+    sub: argparse._SubParsersAction[_Parser], name: str, helptext: str
+) -> argparse._SubParsersAction[_Parser]:
+    gp = sub.add_parser(name, help=helptext)
+    gp.set_defaults(func=_usage(gp))
+    return gp.add_subparsers(dest="action", parser_class=_Parser)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def _command(
+    group: argparse._SubParsersAction[_Parser],
+    name: str,
+    helptext: str,
+    func: Callable[[argparse.Namespace], int],
+    *positionals: str,
+) -> _Parser:
+    cp = group.add_parser(name, help=helptext)
+    for arg in positionals:
+        cp.add_argument(arg)
+    cp.set_defaults(func=func)
+    return cp
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("webgateway")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="webgateway", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = _Parser(prog="webgateway", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"webgateway {_version()}")
+    p.set_defaults(func=_usage(p))
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     for name, helptext in (
         ("run", "run every service in one process"),
@@ -261,55 +349,73 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", required=True, help="TOML configuration file")
         sp.set_defaults(func=cmd_serve)
 
-    owner = sub.add_parser("owner", help="manage owners (admin)").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
-    oa = owner.add_parser("add", help="create an owner and print its token")
-    oa.add_argument("name")
-    oa.add_argument("--config", help="write to the local store instead of calling the API")
-    oa.set_defaults(func=cmd_owner_add)
+    owner = _group(sub, "owner", "manage owners (admin)")
+    _command(owner, "add", "create an owner and print its token", cmd_owner_add, "name")\
+        .add_argument("--config", help="write to the local store instead of calling the API")
+    _command(owner, "ls", "list owners with how many names and domains they hold",
+             cmd_owner_ls).add_argument("--json", action="store_true", help="print the JSON")
+    _command(owner, "rm", "remove an owner with all its names and domains", cmd_owner_rm, "name")
 
-    names = sub.add_parser("name", help="manage your names").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
-    na = names.add_parser("add", help="reserve a name (or update it)")
-    na.add_argument("label")
-    na.add_argument("--backend", action="append", required=True, metavar="ADDR:PORT")
-    na.add_argument("--passthrough", action="store_true", help="forward TLS untouched")
-    na.add_argument("--proxy-protocol", action="store_true", help="send PROXY v2 to backends")
-    na.add_argument("--http2", action="store_true", help="the backend speaks h2 (offer ALPN h2)")
-    na.set_defaults(func=cmd_name_add)
-    names.add_parser("ls", help="list your names").set_defaults(func=cmd_name_ls)
-    ns = names.add_parser("show", help="show one name")
-    ns.add_argument("label")
-    ns.set_defaults(func=cmd_name_show)
-    nr = names.add_parser("rm", help="release a name")
-    nr.add_argument("label")
-    nr.set_defaults(func=cmd_name_rm)
+    token = _group(sub, "token", "your API token")
+    _command(token, "rotate", "replace a token (the old one stops working at once)",
+             cmd_token_rotate).add_argument("--owner", metavar="NAME",
+                                            help="admin: rotate this owner's token")
 
-    domain = sub.add_parser("domain", help="manage custom domains").add_subparsers(
-        dest="action", required=True, parser_class=_Parser
-    )
-    da = domain.add_parser("add", help="attach a domain to a name; prints the CNAMEs to create")
-    da.add_argument("fqdn")
-    da.add_argument("--name", required=True, metavar="LABEL")
-    da.set_defaults(func=cmd_domain_add)
-    domain.add_parser("ls", help="list your domains").set_defaults(func=cmd_domain_ls)
-    ds = domain.add_parser("show", help="show one domain")
-    ds.add_argument("fqdn")
-    ds.set_defaults(func=cmd_domain_show)
-    dr = domain.add_parser("rm", help="detach a domain")
-    dr.add_argument("fqdn")
-    dr.set_defaults(func=cmd_domain_rm)
+    names = _group(sub, "name", "manage your names")
+    na = _command(names, "add", "reserve a name, or update it (only the options given change)",
+                  cmd_name_add, "label")
+    na.description = ("Reserve a name (--backend required), or update one: an update changes"
+                      " only the options given and keeps the rest (--terminate switches back"
+                      " from --passthrough).")
+    na.add_argument("--backend", action="append", metavar="ADDR:PORT",
+                    help="repeat for several; on an update, replaces the list")
+    mode = na.add_mutually_exclusive_group()
+    mode.add_argument("--passthrough", dest="tls", action="store_const", const="passthrough",
+                      help="forward TLS untouched")
+    mode.add_argument("--terminate", dest="tls", action="store_const", const="terminate",
+                      help="terminate TLS with the zone's certificate (the default on create)")
+    na.add_argument("--proxy-protocol", action=argparse.BooleanOptionalAction,
+                    help="send PROXY v2 to backends")
+    na.add_argument("--http2", action=argparse.BooleanOptionalAction,
+                    help="the backend speaks h2 (offer ALPN h2)")
+    _command(names, "ls", "list your names", cmd_name_ls)
+    _command(names, "show", "show one name", cmd_name_show, "label")
+    _command(names, "rm", "release a name", cmd_name_rm, "label")
+
+    domain = _group(sub, "domain", "manage custom domains")
+    _command(domain, "add", "attach a domain to a name; prints the CNAMEs to create",
+             cmd_domain_add, "fqdn").add_argument("--name", required=True, metavar="LABEL")
+    _command(domain, "ls", "list your domains", cmd_domain_ls)
+    _command(domain, "show", "show one domain", cmd_domain_show, "fqdn")
+    _command(domain, "rm", "detach a domain", cmd_domain_rm, "fqdn")
 
     ck = sub.add_parser("check", help="is the zone delegated to us correctly?")
     ck.add_argument("--config", required=True)
     ck.add_argument("--resolver", metavar="HOST:PORT", help="recursive resolver to ask")
+    ck.add_argument("--port", type=_port, help="ask our name servers on this port"
+                    " (default: the port of [dns] listen)")
     ck.set_defaults(func=cmd_check)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that goes away (``| head``) ends it quietly with 141.
+
+    141 is what a shell reports for a C tool killed by SIGPIPE, so ``set -o pipefail``
+    scripts see the same status as for ``cat`` or ``grep``, while ``| head`` stays silent;
+    0 would claim the whole output was delivered.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail too
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func

@@ -7,6 +7,10 @@ What is checked, as a resolver on the Internet would see it:
 - the parent zone's servers refer ``ZONE`` to exactly our NS names, with glue equal to ours;
 - every one of our name servers answers authoritatively for ``ZONE`` with the same SOA serial;
 - a recursive resolver (``--resolver`` or the system's) reaches the zone through that chain.
+
+Our name servers are asked on the port the config listens on (``[dns] listen``) or
+``--port``, so a gateway whose DNS is not on port 53 (a local one) can be checked too.
+A failed exchange is told in our words (``explain``), never in the DNS library's.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import dns.query
 import dns.rdatatype
 import dns.resolver
 
-from webgateway.addresses import parse_hostport
+from webgateway.addresses import HostPort, IPAddress, parse_hostport
 from webgateway.config import Config, ConfigError
 from webgateway.dnsname import is_within
 
@@ -108,6 +112,47 @@ def judge(config: Config, obs: Observed) -> list[tuple[bool, str]]:
     return out
 
 
+def explain(e: BaseException) -> str:
+    """A failed DNS exchange as a plain sentence (the library's wording can mislead:
+    dnspython says "This should never happen!" when a resolver has no zone up to the root).
+    """
+    if isinstance(e, dns.resolver.NXDOMAIN):
+        return "the name does not exist (NXDOMAIN)"
+    if isinstance(e, dns.resolver.NoAnswer):
+        return "the answer holds no record of the type asked for"
+    if isinstance(e, dns.resolver.NoRootSOA):
+        return (
+            "no zone was found up to the root (every SOA query came back empty):"
+            " use a recursive resolver that reaches the Internet (--resolver HOST:PORT)"
+        )
+    if isinstance(e, dns.resolver.NoNameservers):
+        errors = e.kwargs.get("errors") or []
+        why = sorted({w if isinstance(w, str) else explain(w) for *_, w, _r in errors})
+        return f"every server refused or failed ({'; '.join(why) or 'no answer'})"
+    if isinstance(e, dns.exception.Timeout):
+        return (
+            f"no answer within {TIMEOUT:g} s: is the server running, and are UDP and TCP"
+            " to its port open?"
+        )
+    if isinstance(e, ConnectionRefusedError):
+        return "the connection was refused: nothing listens on that address and port"
+    if isinstance(e, OSError):
+        return f"the network refused the query ({e.strerror or type(e).__name__})"
+    if isinstance(e, dns.exception.FormError | EOFError | dns.message.Truncated):
+        return "the reply was malformed or did not match the query"
+    return f"the DNS exchange failed ({type(e).__name__})"
+
+
+def ns_port(config: Config, ip: IPAddress, override: int | None) -> int:
+    """The port to ask one of our name servers on: ``--port``, else the listener's own."""
+    if override is not None:
+        return override
+    for hp in config.dns.listen:
+        if hp.host == ip:
+            return hp.port
+    return config.dns.listen[0].port
+
+
 def _query(qname: str, rdtype: str, where: str, port: int) -> dns.message.Message:
     q = dns.message.make_query(qname, rdtype)
     q.flags &= ~dns.flags.RD
@@ -131,7 +176,7 @@ def _resolver(spec: str | None) -> dns.resolver.Resolver:
     return r
 
 
-def observe(config: Config, resolver_spec: str | None) -> Observed:
+def observe(config: Config, resolver_spec: str | None, port: int | None = None) -> Observed:
     zone = config.zone.name
     res = _resolver(resolver_spec)
     obs = Observed()
@@ -142,15 +187,15 @@ def observe(config: Config, resolver_spec: str | None) -> Observed:
             host = ns.target.to_text(omit_final_dot=True)
             addrs = [a for t in ("A", "AAAA") for a in _try_resolve(res, host, t)]
             obs.parent_servers[host] = addrs
-    except (dns.exception.DNSException, OSError) as e:
-        obs.errors.append(f"looking up the parent of {zone} failed: {e}")
+    except Exception as e:
+        obs.errors.append(f"looking up the parent of {zone} failed: {explain(e)}")
     for host, addrs in obs.parent_servers.items():
         for addr in addrs:
             key = f"{host} ({addr})"
             try:
                 r = _query(zone, "NS", addr, 53)
-            except (dns.exception.DNSException, OSError) as e:
-                obs.errors.append(f"parent server {key} did not answer: {e}")
+            except Exception as e:
+                obs.errors.append(f"parent server {key} did not answer: {explain(e)}")
                 continue
             ns_names: set[str] = set()
             glue: dict[str, set[str]] = {}
@@ -166,33 +211,34 @@ def observe(config: Config, resolver_spec: str | None) -> Observed:
             obs.referral_glue[key] = glue
     for host, ips in config.zone.nameservers.items():
         for ip in ips:
-            key = f"{host} ({ip})"
+            p = ns_port(config, ip, port)
+            key = f"{host} ({ip if p == 53 else HostPort(ip, p)})"
             try:
-                r = _query(zone, "SOA", str(ip), 53)
+                r = _query(zone, "SOA", str(ip), p)
                 soa = [x for rr in r.answer if rr.rdtype == dns.rdatatype.SOA for x in rr]
                 if not r.flags & dns.flags.AA or not soa:
                     obs.soa_serials[key] = "no authoritative SOA in the answer"
                 else:
                     obs.soa_serials[key] = int(soa[0].serial)
-            except (dns.exception.DNSException, OSError) as e:
-                obs.soa_serials[key] = str(e) or type(e).__name__
+            except Exception as e:
+                obs.soa_serials[key] = explain(e)
     try:
         ans = res.resolve(zone, "SOA")
         obs.resolver_soa = int(ans[0].serial)
-    except (dns.exception.DNSException, OSError) as e:
-        obs.resolver_soa = str(e) or type(e).__name__
+    except Exception as e:
+        obs.resolver_soa = explain(e)
     return obs
 
 
 def _try_resolve(res: dns.resolver.Resolver, host: str, rdtype: str) -> list[str]:
     try:
         return [a.to_text() for a in res.resolve(host, rdtype)]
-    except (dns.exception.DNSException, OSError):
+    except Exception:
         return []
 
 
-def run_check(config: Config, resolver_spec: str | None) -> int:
-    findings = judge(config, observe(config, resolver_spec))
+def run_check(config: Config, resolver_spec: str | None, port: int | None = None) -> int:
+    findings = judge(config, observe(config, resolver_spec, port))
     for ok, text in findings:
         print(f"{'ok ' if ok else 'FIX'}  {text}")
     bad = sum(1 for ok, _ in findings if not ok)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-from tests.gateway import cli, running, write_config
+from tests.gateway import CLI, cli, running, write_config
 
 
 def test_owner_name_domain_commands(tmp_path: Path) -> None:
@@ -173,3 +177,89 @@ def test_help_lists_the_commands() -> None:
     for word in ("run", "dnsd", "certd", "proxy", "api", "owner", "name", "domain", "check"):
         assert word in r.stdout
 
+
+
+def test_no_arguments_version_and_bare_groups() -> None:
+    r = cli()
+    assert r.returncode == 2 and r.stderr.startswith("usage: webgateway")
+    assert "webgateway: webgateway:" not in r.stderr and "token" in r.stderr
+    r = cli("owner")
+    assert r.returncode == 2 and r.stderr.startswith("usage: webgateway owner")
+    assert "rotate" in cli("token").stderr
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"webgateway {version('webgateway')}"
+    r = cli("nosuch")
+    assert r.returncode == 2 and r.stderr.startswith("webgateway: argument command: invalid")
+    r = cli("name", "add", "x", "--passthrough", "--terminate")
+    assert r.returncode == 2
+    assert r.stderr.startswith("webgateway: name add: argument --terminate: not allowed")
+
+
+def test_owner_token_update_and_closed_pipe(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    with running(cfg) as (_proc, url):
+        admin_env = {"WEBGATEWAY_URL": url,
+                     "WEBGATEWAY_TOKEN": (tmp_path / "admin.token").read_text().strip()}
+        alice = cli("owner", "add", "alice", env=admin_env).stdout.strip()
+        cli("owner", "add", "bob", env=admin_env)
+        env = {"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": alice}
+
+        # an update changes only the flags given
+        r = cli("name", "add", "vault", "--passthrough", env=env)
+        assert r.returncode == 1 and "'backends' is required to create" in r.stderr
+        assert cli("name", "add", "vault", "--backend", "10.0.0.7:443", "--passthrough",
+                   "--proxy-protocol", env=env).returncode == 0
+        r = cli("name", "add", "vault", "--backend", "10.0.0.8:443", env=env)
+        assert r.returncode == 0 and "passthrough (PROXY protocol v2)" in r.stdout, r.stdout
+        assert "10.0.0.8:443" in r.stdout
+        r = cli("name", "add", "vault", "--terminate", "--no-proxy-protocol", env=env)
+        assert "tls:         terminate\n" in r.stdout and "10.0.0.8:443" in r.stdout
+        assert cli("name", "add", "web", "--backend", "10.0.0.9:80", env=env).returncode == 0
+        assert cli("domain", "add", "shop.example.test", "--name", "web",
+                   env=env).returncode == 0
+
+        # a reader that is gone: no traceback, the status a SIGPIPE'd tool gives
+        rd, wr = os.pipe()
+        os.close(rd)
+        try:
+            p = subprocess.run([*CLI, "name", "show", "vault"], stdout=wr, stderr=subprocess.PIPE,
+                               text=True, timeout=60, env={**os.environ, **env})
+        finally:
+            os.close(wr)
+        assert p.returncode == 141 and p.stderr == ""
+        sh = subprocess.run(["bash", "-c", f"{shlex.join(CLI)} name show vault | head -1"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **env})
+        assert sh.stdout == "name:        vault\n" and sh.stderr == ""
+
+        # owners: listed with what they hold; only the admin may
+        r = cli("owner", "ls", env=admin_env)
+        assert r.returncode == 0
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("alice") and lines[0].endswith("names:2  domains:1")
+        assert lines[1].startswith("bob") and lines[1].endswith("names:0  domains:0")
+        owners = json.loads(cli("owner", "ls", "--json", env=admin_env).stdout)
+        assert [o["name"] for o in owners] == ["alice", "bob"]
+        r = cli("owner", "ls", env=env)
+        assert r.returncode == 1 and "only the admin" in r.stderr
+
+        # rotation: the old token stops at once, the new one is printed once
+        r = cli("token", "rotate", env=env)
+        assert r.returncode == 0 and "old one no longer works" in r.stderr
+        new = r.stdout.strip()
+        assert new.startswith("wg_") and new != alice
+        assert cli("name", "ls", env=env).returncode == 1
+        env["WEBGATEWAY_TOKEN"] = new
+        assert "vault.gw.test" in cli("name", "ls", env=env).stdout
+        r = cli("token", "rotate", "--owner", "alice", env=admin_env)
+        assert r.returncode == 0 and "'alice'" in r.stderr
+        assert cli("name", "ls", env=env).returncode == 1
+        env["WEBGATEWAY_TOKEN"] = r.stdout.strip()
+
+        r = cli("owner", "rm", "alice", env=admin_env)
+        assert r.returncode == 0
+        assert r.stdout.strip() == ("owner alice removed with 2 name(s): vault, web"
+                                    " and 1 domain(s): shop.example.test")
+        assert cli("name", "ls", env=env).returncode == 1
+        r = cli("owner", "rm", "alice", env=admin_env)
+        assert r.returncode == 1 and "no owner 'alice'" in r.stderr

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
+import dns.exception
+import dns.message
+import dns.resolver
+import pytest
+
 from tests.support import make_config
-from webgateway.delegation import Observed, judge
+from webgateway.delegation import Observed, explain, judge, ns_port
 
 
 def good(tmp: Path) -> tuple[Observed, object]:
@@ -44,3 +50,38 @@ def test_no_parent(tmp_path: Path) -> None:
     _, cfg = good(tmp_path)
     bad = [text for ok, text in judge(cfg, Observed(errors=["timeout"])) if not ok]  # type: ignore[arg-type]
     assert "timeout" in bad and any("parent zone" in t for t in bad)
+
+
+def _no_nameservers(*answers: object) -> Exception:
+    q = dns.message.make_query("test.", "SOA")
+    errors = [("127.0.0.1", False, 53, a, None) for a in answers]
+    return dns.resolver.NoNameservers(request=q, errors=errors)
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (dns.resolver.NoRootSOA(), "no zone was found up to the root"),
+        (dns.exception.Timeout(timeout=3.0), "no answer within 3 s"),
+        (_no_nameservers("REFUSED", "SERVFAIL"), "refused or failed (REFUSED; SERVFAIL)"),
+        (_no_nameservers(ConnectionRefusedError(111, "Connection refused")), "nothing listens"),
+        (dns.resolver.NXDOMAIN(), "does not exist"),
+        (ConnectionRefusedError(111, "Connection refused"), "nothing listens"),
+        (OSError(101, "Network is unreachable"), "Network is unreachable"),
+        (dns.message.ShortHeader(), "malformed"),
+        (RuntimeError("This should never happen!"), "failed (RuntimeError)"),
+    ],
+)
+def test_failures_are_told_in_our_words(exc: BaseException, words: str) -> None:
+    text = explain(exc)
+    assert words in text
+    assert "never happen" not in text and "Do53" not in text and "answered" not in text
+
+
+def test_our_name_servers_are_asked_on_the_listen_port(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, dns={"listen": ["127.0.0.9:5300", "127.0.0.1:5353"]})
+    one, nine, other = (ipaddress.ip_address(a) for a in ("127.0.0.1", "127.0.0.9", "10.0.0.1"))
+    assert ns_port(cfg, one, None) == 5353  # the listener on that address
+    assert ns_port(cfg, nine, None) == 5300
+    assert ns_port(cfg, other, None) == 5300  # a public address behind NAT: the first port
+    assert ns_port(cfg, one, 53) == 53  # --port wins
