@@ -128,7 +128,9 @@ class Splice:
     def on_eof(self, side: Half) -> bool:
         other = side.peer
         if other is None:
-            return True  # handled in link()
+            # Not linked yet: link() forwards the EOF. A TLS transport cannot stay open
+            # after EOF, and saying True there only earns a warning.
+            return side.half_close
         if other.closed or other.transport is None:
             return False
         if other.eof or not other.transport.can_write_eof():

@@ -8,6 +8,7 @@ the stdlib loop) with a real store, a real proxy service, tiny asyncio backends 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
@@ -363,6 +364,28 @@ def test_idle_timeout_and_max_connections(tmp_path: Path) -> None:
         assert (rc, out) == (0, b"v4 /again\n"), err
 
     live(tmp_path, body, max_connections=4, idle_timeout=1.0)
+
+
+def test_tls_client_eof_before_the_backend_is_linked_logs_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # openssl s_client sends its request and closes at once, often before the backend is
+    # connected: the TLS side's EOF must not claim to keep the (TLS) transport open.
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("quiet", v4.addr)
+        request = f"GET / HTTP/1.1\r\nHost: {fqdn('quiet')}\r\n\r\n".encode()
+        for _ in range(5):
+            rc, _, err = await run("openssl", "s_client", "-connect",
+                                   f"127.0.0.1:{gw.https_port}", "-servername", fqdn("quiet"),
+                                   stdin=request, timeout=10)
+            assert rc == 0, err
+        rc, out, err = await curl(gw, fqdn("quiet"), "/after")
+        assert (rc, out) == (0, b"v4 /after\n"), err
+
+    with caplog.at_level(logging.WARNING):
+        live(tmp_path, body)
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
 
 
 def test_slow_client_back_pressure_bounds_proxy_buffers(tmp_path: Path) -> None:
