@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from dnsd.zone import ZoneView
 from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
+from webgateway.listen import bind
 from webgateway.model import acme_account_meta_key
 from webgateway.store import Store
 
@@ -184,29 +184,6 @@ class _Metrics(Collector):
 UDP_RCVBUF = 4 * 1024 * 1024
 
 
-def _bind(addr: HostPort, kind: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if addr.host.version == 6 else socket.AF_INET
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if kind == socket.SOCK_DGRAM:
-            # Bursts of a flood must not crowd honest queries out of the socket buffer
-            # (the kernel caps this at net.core.rmem_max).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-        sock.bind((str(addr.host), addr.port))
-        sock.setblocking(False)
-    except OSError as e:
-        sock.close()
-        kind_s = "udp" if kind == socket.SOCK_DGRAM else "tcp"
-        reason = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
-        raise ConfigError("dns.listen", f"cannot bind {kind_s} {addr}: {reason}") from None
-    return sock
-
-
 class DnsService:
     name = "dnsd"
 
@@ -235,10 +212,13 @@ class DnsService:
         socks: list[tuple[socket.socket, socket.socket]] = []
         try:
             for addr in self.config.dns.listen:
-                udp = _bind(addr, socket.SOCK_DGRAM, self.reuse_port)
+                # Bursts of a flood must not crowd honest queries out of the UDP socket
+                # buffer (the kernel caps it at net.core.rmem_max).
+                udp = bind("dns.listen", addr, socket.SOCK_DGRAM, reuse_port=self.reuse_port,
+                           rcvbuf=UDP_RCVBUF)
                 port = udp.getsockname()[1]
                 try:
-                    tcp = _bind(HostPort(addr.host, port), socket.SOCK_STREAM, self.reuse_port)
+                    tcp = bind("dns.listen", HostPort(addr.host, port), reuse_port=self.reuse_port)
                 except ConfigError:
                     udp.close()
                     raise

@@ -57,7 +57,7 @@ class RouteTable:
 
     # -- lookups
     def route(self, server_name: str) -> Route | None:
-        """Exact ``label.ZONE``, then a custom domain, then a wildcard custom domain."""
+        """Exact ``label.ZONE``, else a custom domain (never a wildcard: none can be added)."""
         host = server_name.lower().rstrip(".")
         if host.endswith(self._suffix):
             label = host[: -len(self._suffix)]
@@ -65,10 +65,5 @@ class RouteTable:
                 name = self.names.get(label)
                 return Route(host, name) if name is not None else None
         dom = self.domains.get(host)
-        if dom is None:
-            _, dot, parent = host.partition(".")
-            dom = self.domains.get("*." + parent) if dot else None
-        if dom is None:
-            return None
-        name = self.names.get(dom.label)
+        name = self.names.get(dom.label) if dom is not None else None
         return Route(host, name) if name is not None else None

@@ -6,21 +6,22 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
 
 from prometheus_client import CollectorRegistry
 
 from proxy.engine import Engine, Limits
-from proxy.https import HttpsListener, bind
+from proxy.https import HttpsListener
 from proxy.redirect import RedirectProtocol
 from proxy.routes import RouteTable
-from proxy.worker import Workers
-from webgateway.addresses import HostPort
-from webgateway.config import Config, ConfigError
+from proxy.workers import Workers
+from webgateway.config import Config
 from webgateway.feed import Follower
+from webgateway.listen import bind
 from webgateway.store import Store
 
 log = logging.getLogger(__name__)
+
+BACKLOG = 4096
 
 
 def limits_of(config: Config) -> Limits:
@@ -51,13 +52,15 @@ class ProxyService:
         self._follow = asyncio.get_running_loop().create_task(self.follower.run())
         try:
             for addr in self.config.proxy.https_listen:
-                sock = self._bind("proxy.https_listen", addr,
-                                  math.ceil(self.config.proxy.handshake_timeout))
+                sock = bind("proxy.https_listen", addr, reuse_port=self.reuse_port,
+                            backlog=BACKLOG,
+                            defer_accept=math.ceil(self.config.proxy.handshake_timeout))
                 self._https.append(HttpsListener(self.engine, sock))
                 self.https_addresses.append(sock.getsockname()[:2])
             loop = asyncio.get_running_loop()
             for addr in self.config.proxy.http_listen:
-                sock = self._bind("proxy.http_listen", addr)
+                sock = bind("proxy.http_listen", addr, reuse_port=self.reuse_port,
+                            backlog=BACKLOG)
                 srv = await loop.create_server(lambda: RedirectProtocol(self.engine), sock=sock)
                 self._http.append(srv)
                 self.http_addresses.append(sock.getsockname()[:2])
@@ -66,12 +69,6 @@ class ProxyService:
             raise
         if self.workers is not None:
             self.workers.start()
-
-    def _bind(self, key: str, addr: HostPort, defer_accept: int = 0) -> socket.socket:
-        try:
-            return bind(addr, reuse_port=self.reuse_port, defer_accept=defer_accept)
-        except OSError as e:
-            raise ConfigError(key, f"cannot bind {addr}: {e.strerror or e}") from None
 
     async def stop(self) -> None:
         if self.workers is not None:

@@ -360,6 +360,7 @@ def test_idle_timeout_and_max_connections(tmp_path: Path) -> None:
             if gw.proxy.engine.count == 0:
                 break
             await asyncio.sleep(0.05)
+        assert gw.proxy.engine.count == 0
         rc, out, err = await curl(gw, fqdn("few"), "/again")
         assert (rc, out) == (0, b"v4 /again\n"), err
 
