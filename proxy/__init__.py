@@ -9,8 +9,8 @@ Modules, one concept each:
 - ``balancer``    least connections with passive health (back-off after failed connects).
 - ``connector``   how a backend is reached (TCP today; the seam for reverse tunnels).
 - ``splice``      the byte pump: two Protocols back to back, flow control, idle timeout.
-- ``engine``      what listeners share: limits, backends, metrics, live pairs and how to
-  close them all.
+- ``engine``      what listeners share: limits (process and per name), the backend
+  policy at connect time, metrics, live pairs and how to close them all.
 - ``lingering``   closing a turned-away client without a reset.
 - ``peek``        waiting for a complete ClientHello with ``MSG_PEEK`` (left in the kernel).
 - ``dispatch``    a complete hello -> terminate, pass through, or an alert / error page.

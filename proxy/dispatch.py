@@ -2,9 +2,9 @@
 
 The server name picks the route. A passthrough route gets its backend connected and
 the client socket handed over with the hello still unread; a terminated route gets
-the TLS handshake with the certificate's context first. A name with no backend to
-reach is answered without one: an HTTP page over TLS where we terminate, a clean close
-where we pass through (we cannot speak inside that TLS).
+the TLS handshake with the certificate's context first. A name at its connection cap,
+or with no backend to reach, is answered without one: an HTTP page over TLS where we
+terminate, a clean close where we pass through (we cannot speak inside that TLS).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def error_page(status: int, reason: str, text: str) -> bytes:
 
 
 BAD_GATEWAY: Final = error_page(502, "Bad Gateway", "No backend is reachable.")
+SERVICE_UNAVAILABLE: Final = error_page(
+    503, "Service Unavailable", "This name has too many open connections; try again later."
+)
 
 
 class Dispatcher:
@@ -68,6 +71,9 @@ class Dispatcher:
     async def _passthrough(self, sock: socket.socket, addr: tuple[str, int], route: Route) -> None:
         engine = self.engine
         sp = engine.new_splice()
+        if not engine.claim(sp, route):
+            self._close_without_backend(sp, sock, "name_limit")
+            return
         try:
             ok = await engine.connect_backend(route, sp, addr, sock.getsockname())
         except BaseException:
@@ -108,6 +114,9 @@ class Dispatcher:
             engine.outcome("handshake_failed")
             sock.close()
             sp.finish()
+            return
+        if not engine.claim(sp, route):
+            self._page_without_backend(sp, "name_limit", SERVICE_UNAVAILABLE)
             return
         try:
             local = transport.get_extra_info("sockname")

@@ -1,9 +1,17 @@
-"""What every listener of the proxy shares: routes, backends, limits, metrics, live pairs."""
+"""What every listener of the proxy shares: routes, backends, limits, metrics, live pairs.
+
+Two limits bound what clients can make the proxy hold: ``max_connections`` for the
+process, ``max_connections_per_name`` for the spliced pairs of any one name, so one
+name (looping back at us by mistake, or simply popular) cannot exhaust the descriptors
+the others need. Every backend connect is judged by the backend policy first, so the
+proxy never dials where the policy forbids, whatever the store holds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +22,11 @@ from proxy.connector import Connector, TcpConnector
 from proxy.proxyproto import header
 from proxy.routes import Route, RouteTable
 from proxy.splice import Splice
+from webgateway.backend_policy import BackendPolicy, Refusal
 
 log = logging.getLogger(__name__)
+
+_REFUSAL_LOG_EVERY = 60.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,7 @@ class Limits:
     idle_timeout: float = 300.0
     connect_timeout: float = 5.0
     max_connections: int = 10000
+    max_connections_per_name: int = 1000
 
 
 class Metrics:
@@ -36,6 +48,10 @@ class Metrics:
         self.backend_failures = Counter(
             "proxy_backend_connect_failures", "Failed connects to a backend", registry=registry
         )
+        self.backend_refused = Counter(
+            "proxy_backend_refused", "Backend connects the backend policy refused",
+            registry=registry,
+        )
 
 
 class Engine:
@@ -45,14 +61,18 @@ class Engine:
         limits: Limits,
         registry: CollectorRegistry,
         connector: Connector | None = None,
+        policy: BackendPolicy | None = None,
     ) -> None:
         self.table = table
         self.limits = limits
+        self.policy = policy or BackendPolicy()
         self.balancer = Balancer()
         self.connector: Connector = connector or TcpConnector()
         self.metrics = Metrics(registry)
         self.count = 0  # connections from accept to close (peeking ones included)
         self.splices: set[Splice] = set()
+        self.per_name: dict[str, int] = {}  # label -> spliced pairs open for it
+        self._refusal_logged: dict[str, float] = {}  # label -> when we last said so
         self.tasks: set[asyncio.Task[None]] = set()
         #: sockets not (yet) owned by a transport -> how to close them at shutdown
         self.loose: dict[object, Callable[[], None]] = {}
@@ -60,7 +80,7 @@ class Engine:
             k: self.metrics.connections.labels(k)
             for k in ("terminated", "passthrough", "unknown_name", "no_certificate",
                       "bad_hello", "handshake_failed", "no_backend", "rejected_limit",
-                      "timeout", "redirect", "not_found")
+                      "timeout", "redirect", "not_found", "name_limit")
         }
 
     # -- accounting
@@ -90,13 +110,32 @@ class Engine:
         self.splices.add(sp)
         return sp
 
+    def claim(self, sp: Splice, route: Route) -> bool:
+        """Count ``sp`` against its name's cap; False when the name is at its cap."""
+        label = route.name.label
+        n = self.per_name.get(label, 0)
+        if n >= self.limits.max_connections_per_name:
+            return False
+        self.per_name[label] = n + 1
+        sp.label = label
+        return True
+
+    def _unclaim(self, sp: Splice) -> None:
+        label, sp.label = sp.label, None
+        if label is not None:
+            n = self.per_name.pop(label) - 1
+            if n:
+                self.per_name[label] = n
+
     def forget(self, sp: Splice) -> None:
         """Drop a splice that never carried a connection (the caller closes the client)."""
         sp.cancel()
         self.splices.discard(sp)
+        self._unclaim(sp)
 
     def _splice_done(self, sp: Splice) -> None:
         self.splices.discard(sp)
+        self._unclaim(sp)
         if sp.backend_addr is not None:
             self.balancer.release(sp.backend_addr)
         self.closed()
@@ -109,6 +148,10 @@ class Engine:
         for b in self.balancer.order(route.backends):
             if sp.client.closed:
                 return False
+            refusal = self.policy.judge(b)
+            if refusal is not None:
+                self._refused(route, refusal)
+                continue
             try:
                 transport, _ = await self.connector.connect(
                     b, lambda: sp.backend, self.limits.connect_timeout
@@ -129,6 +172,19 @@ class Engine:
                 transport.write(header(client, local))
             return True
         return False
+
+    def _refused(self, route: Route, refusal: Refusal) -> None:
+        """Count a refused backend; say so once a minute per name, not once per client."""
+        self.metrics.backend_refused.inc()
+        label = route.name.label
+        now = time.monotonic()
+        if now - self._refusal_logged.get(label, -_REFUSAL_LOG_EVERY) < _REFUSAL_LOG_EVERY:
+            return
+        if len(self._refusal_logged) >= 10_000:
+            self._refusal_logged.clear()
+        self._refusal_logged[label] = now
+        log.warning("name %s: not connecting to a backend the policy refuses (%s): %s",
+                    label, refusal.rule, refusal.detail)
 
     def close_all(self) -> None:
         for close in list(self.loose.values()):

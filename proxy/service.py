@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from ipaddress import ip_address
 
 from prometheus_client import CollectorRegistry
 
@@ -14,6 +15,8 @@ from proxy.https import HttpsListener
 from proxy.redirect import RedirectProtocol
 from proxy.routes import RouteTable
 from proxy.workers import Workers
+from webgateway.addresses import HostPort
+from webgateway.backend_policy import policy_of
 from webgateway.config import Config
 from webgateway.feed import Follower
 from webgateway.listen import bind
@@ -26,7 +29,8 @@ BACKLOG = 4096
 
 def limits_of(config: Config) -> Limits:
     p = config.proxy
-    return Limits(p.handshake_timeout, p.idle_timeout, p.connect_timeout, p.max_connections)
+    return Limits(p.handshake_timeout, p.idle_timeout, p.connect_timeout, p.max_connections,
+                  p.max_connections_per_name)
 
 
 class ProxyService:
@@ -37,7 +41,7 @@ class ProxyService:
         self.config = config
         self.store = store
         self.table = RouteTable(config.zone.name)
-        self.engine = Engine(self.table, limits_of(config), registry)
+        self.engine = Engine(self.table, limits_of(config), registry, policy=policy_of(config))
         self.follower = Follower(store, self.table)
         self.reuse_port = reuse_port or config.proxy.workers > 1
         self._https: list[HttpsListener] = []
@@ -67,6 +71,13 @@ class ProxyService:
         except BaseException:
             await self.stop()
             raise
+        # A port-0 listener is known only now: a backend there would be a loop too.
+        self.engine.policy = self.engine.policy.with_listeners(
+            (key, HostPort(ip_address(host), port))
+            for key, bound in (("proxy.https_listen", self.https_addresses),
+                               ("proxy.http_listen", self.http_addresses))
+            for host, port in bound
+        )
         if self.workers is not None:
             self.workers.start()
 

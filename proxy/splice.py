@@ -101,6 +101,7 @@ class Splice:
         self.client = Half(self)
         self.backend = Half(self)
         self.backend_addr: HostPort | None = None
+        self.label: str | None = None  # the name it is counted against, once claimed
         self.activity = 0
         self._seen = -1
         self._strikes = 0

@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from webgateway.addresses import HostPort, parse_hostport
+from webgateway.backend_policy import policy_of
 from webgateway.config import Config, ConfigError
 from webgateway.dnsname import (
     RESERVED_LABELS,
@@ -109,6 +110,7 @@ class Api:
         self.zone = config.zone.name
         self.admin_hash = ""
         self.limiter = FailureLimiter(config.api.auth_failures_per_minute)
+        self.backend_policy = policy_of(config)
         self.reserved = (
             RESERVED_LABELS
             | set(config.zone.reserved_labels)
@@ -425,20 +427,9 @@ class Api:
                 hp = parse_hostport(item)
             except ValueError as e:
                 raise ApiError(422, "invalid_backends", f"backend {e}") from None
-            ip = hp.host
-            refused = (
-                ip.is_unspecified
-                or ip.is_multicast
-                or ip.is_link_local
-                or (ip.is_loopback and not self.config.api.allow_loopback_backends)
-            )
-            if refused:
-                raise ApiError(
-                    422,
-                    "invalid_backends",
-                    f"backend {hp} is not a reachable unicast address"
-                    " (loopback, link-local, multicast and unspecified are refused)",
-                )
+            refusal = self.backend_policy.judge(hp)
+            if refusal is not None:
+                raise ApiError(422, "invalid_backends", refusal.detail)
             if hp in out:
                 raise ApiError(422, "invalid_backends", f"backend {hp} is listed twice")
             out.append(hp)

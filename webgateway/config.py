@@ -74,6 +74,7 @@ class ProxyConfig:
     idle_timeout: float = 300.0
     connect_timeout: float = 5.0
     max_connections: int = 10000
+    max_connections_per_name: int = 1000
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class ApiConfig:
     max_domains_per_owner: int = 20
     auth_failures_per_minute: int = 20
     allow_loopback_backends: bool = False
+    backend_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,14 @@ def _hostport(v: Any) -> HostPort:
     return parse_hostport(_str(v), allow_port_zero=True)
 
 
+def _network(v: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    s = _str(v)
+    try:
+        return ipaddress.ip_network(s.strip())
+    except ValueError as e:
+        raise ValueError(f"{e}; write a network like '10.0.0.0/8' or 'fd00::/8'") from None
+
+
 def _domain(v: Any) -> str:
     return check_domain(_str(v))
 
@@ -269,6 +279,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "idle_timeout": (_float(1, 86400), False),
         "connect_timeout": (_float(0.1, 600), False),
         "max_connections": (_int(1, 1_000_000), False),
+        "max_connections_per_name": (_int(1, 1_000_000), False),
     },
     "api": {
         "listen": (_hostport, False),
@@ -277,6 +288,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "max_domains_per_owner": (_int(0, 1_000_000), False),
         "auth_failures_per_minute": (_int(1, 100_000), False),
         "allow_loopback_backends": (_bool, False),
+        "backend_networks": (_list(_network), False),
     },
     "store": {
         "path": (_path, False),

@@ -121,6 +121,8 @@ nameservers = { "ns1.gw.test" = ["127.0.0.1"] }
 https_listen = ["127.0.0.1:18450"]
 http_listen = ["127.0.0.1:18480"]
 workers = $WORKERS
+[api]
+allow_loopback_backends = true   # the backend is nginx on 127.0.0.1:18081
 [store]
 path = "$G/wg.db"
 certs_dir = "$G/certs"

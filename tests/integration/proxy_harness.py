@@ -96,6 +96,7 @@ class Gateway:
     ca_file: Path
     https_port: int
     http_port: int
+    registry: CollectorRegistry
 
     async def name(self, label: str, *backends: str, **kw: Any) -> None:
         await self.store.put_name(
@@ -130,18 +131,20 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp: Path, **proxy_cfg: Any) -> AsyncIterator[Gateway]:
-    cfg = make_config(tmp, proxy=proxy_cfg) if proxy_cfg else make_config(tmp)
+async def gateway(tmp: Path, api: dict[str, Any] | None = None,
+                  **proxy_cfg: Any) -> AsyncIterator[Gateway]:
+    cfg = make_config(tmp, proxy=proxy_cfg, api=api or {})
     store = SqliteStore(cfg.store.path, 0.01)
     await store.open()
     await store.create_owner("alice", "hash-alice")
-    svc = ProxyService(cfg, store, CollectorRegistry())
+    registry = CollectorRegistry()
+    svc = ProxyService(cfg, store, registry)
     await svc.start()
     ca = trustme.CA()
     ca_file = tmp / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     gw = Gateway(tmp, store, svc, ca, ca_file, svc.https_addresses[0][1],
-                 svc.http_addresses[0][1])
+                 svc.http_addresses[0][1], registry)
     try:
         yield gw
     finally:
