@@ -16,6 +16,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from webgateway.addresses import HostPort, parse_hostport
 from webgateway.backend_policy import policy_of
+from webgateway.certinfo import certificate_issuer
 from webgateway.config import Config, ConfigError
 from webgateway.dnsname import (
     RESERVED_LABELS,
@@ -45,6 +47,7 @@ from webgateway.store import (
     StoreUnavailable,
 )
 from webgateway.tokens import hash_token, load_or_create_admin_token, new_token
+from webgateway.when import days_left, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,14 @@ def _visible(caller: Caller, obj: _Owned | None, what: str) -> _Owned:
     return obj
 
 
+def _checked_label(label: str) -> str:
+    try:
+        check_label(label)
+    except ValueError as e:
+        raise ApiError(422, "invalid_name", str(e)) from None
+    return label
+
+
 def _error(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -127,6 +138,9 @@ class Api:
             registry=registry,
         )
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors_middleware])
+        from webgateway.dashboard import Dashboard  # it builds on this class's views
+
+        Dashboard(self).register(self.app)
         r = self.app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", self.metrics)
@@ -143,6 +157,7 @@ class Api:
         r.add_get("/v1/domains/{fqdn}", self.get_domain)
         r.add_put("/v1/domains/{fqdn}", self.put_domain)
         r.add_delete("/v1/domains/{fqdn}", self.delete_domain)
+        r.add_get("/v1/certificates", self.list_certificates)
 
     # ---------------------------------------------------------------- plumbing
     @web.middleware
@@ -196,12 +211,24 @@ class Api:
                 "send 'Authorization: Bearer <token>'",
                 {"WWW-Authenticate": 'Bearer realm="webgateway"'},
             )
-        digest = hash_token(token.strip())
+        return await self.authenticate(client, token.strip())
+
+    async def caller_by_token_hash(self, digest: str) -> Caller | None:
+        """Who holds the token with this hash now (a rotated or removed token: nobody)."""
         if self.admin_hash and hmac.compare_digest(digest, self.admin_hash):
             return Caller(None)
         owner = await self.store.owner_by_token_hash(digest)
-        if owner is not None:
-            return Caller(owner)
+        return None if owner is None else Caller(owner)
+
+    async def authenticate(self, client: str, token: str) -> Caller:
+        """The caller ``token`` names; a refusal counts against ``client`` in the limiter.
+
+        Shared by the bearer header and the dashboard's sign-in form, so both count in
+        the same failed-authentication window.
+        """
+        caller = await self.caller_by_token_hash(hash_token(token))
+        if caller is not None:
+            return caller
         wait = self.limiter.retry_after(client)
         self.limiter.failed(client)
         if wait > 0:
@@ -272,16 +299,46 @@ class Api:
         if cert is None:
             return {"state": "pending", "detail": "no certificate requested yet"}
         return {
+            "id": cert.id,
             "state": str(cert.state),
             "domains": list(cert.domains),
-            "not_after": cert.not_after or None,
-            "renew_at": cert.renew_at or None,
+            "issuer": certificate_issuer(cert.cert_path),
+            "not_after": rfc3339(cert.not_after),
+            "days_left": days_left(cert.not_after, time.time()),
+            "renew_at": rfc3339(cert.renew_at),
             "failures": cert.failures,
-            "next_attempt": cert.next_attempt or None,
+            "next_attempt": rfc3339(cert.next_attempt),
             "last_error": cert.last_error or None,
         }
 
-    async def _name_view(self, name: Name) -> dict[str, Any]:
+    async def certificates_view(self, caller: Caller) -> list[dict[str, Any]]:
+        """The certificates a caller may see: all for the admin; for an owner, the zone
+        certificate (it covers every name) and those of its own custom domains."""
+        certs = await self.store.list_certificates()
+        if caller.owner is not None:
+            mine = {"zone"} | {d.fqdn for d in await self.store.list_domains(caller.owner.id)}
+            certs = [c for c in certs if c.id in mine]
+        views = [self._cert_view(c) for c in sorted(certs, key=lambda c: c.id)]
+        return [v for v in views if v is not None]
+
+    async def names_view(self, caller: Caller) -> list[dict[str, Any]]:
+        """The caller's names (the admin's: everyone's, each saying whose it is)."""
+        names = await self.store.list_names(caller.owner_filter)
+        owners = await self.store.owner_names() if caller.is_admin else None
+        return [await self._name_view(n, owners) for n in names]
+
+    async def domains_view(self, caller: Caller) -> list[dict[str, Any]]:
+        domains = await self.store.list_domains(caller.owner_filter)
+        owners = await self.store.owner_names() if caller.is_admin else None
+        views = []
+        for d in domains:
+            view = await self._domain_view(d)
+            if owners is not None:
+                view["owner"] = owners.get(d.owner_id, "?")
+            views.append(view)
+        return views
+
+    async def _name_view(self, name: Name, owners: dict[int, str] | None = None) -> dict[str, Any]:
         cert: dict[str, Any] | None = None
         if name.tls == TlsMode.TERMINATE:
             cert = self._cert_view(await self.store.get_certificate("zone"))
@@ -295,7 +352,7 @@ class Api:
             "certificate": cert,
             "created": name.created,
             "updated": name.updated,
-        }
+        } | ({} if owners is None else {"owner": owners.get(name.owner_id, "?")})
 
     def _cnames(self, domain: Domain) -> list[dict[str, str]]:
         return [
@@ -394,12 +451,7 @@ class Api:
         return web.json_response({"owner": name, "token": token})
 
     def _label(self, request: web.Request) -> str:
-        label = request.match_info["label"]
-        try:
-            check_label(label)
-        except ValueError as e:
-            raise ApiError(422, "invalid_name", str(e)) from None
-        return label
+        return _checked_label(request.match_info["label"])
 
     async def _visible_name(self, request: web.Request) -> Name:
         caller = await self._caller(request)
@@ -408,8 +460,7 @@ class Api:
 
     async def list_names(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
-        names = await self.store.list_names(caller.owner_filter)
-        return web.json_response({"names": [await self._name_view(n) for n in names]})
+        return web.json_response({"names": await self.names_view(caller)})
 
     async def get_name(self, request: web.Request) -> web.Response:
         return web.json_response(await self._name_view(await self._visible_name(request)))
@@ -467,17 +518,28 @@ class Api:
     async def put_name(self, request: web.Request) -> web.Response:
         owner = await self._owner(request)
         label = self._label(request)
-        if label in self.reserved:
-            raise ApiError(422, "reserved_name", f"{label!r} is reserved; choose another name")
         body = await self._body(
             request, {"backends": list, "tls": str, "proxy_protocol": bool, "http2": bool}
         )
+        view, created = await self.save_name(owner, label, body)
+        return web.json_response(view, status=201 if created else 200)
+
+    async def save_name(
+        self, owner: Owner, label: str, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Create or update ``label`` for ``owner`` from a checked body: (view, created).
+
+        The API's PUT and the dashboard's form both end here, so both obey the same rules.
+        """
+        label = _checked_label(label)
+        if label in self.reserved:
+            raise ApiError(422, "reserved_name", f"{label!r} is reserved; choose another name")
         name = self._updated_name(label, owner, await self.store.get_name(label), body)
         created = await self.store.put_name(name, self.config.api.max_names_per_owner)
         stored = await self.store.get_name(label)
         assert stored is not None
         log.info("name %s %s by owner %d", label, "created" if created else "updated", owner.id)
-        return web.json_response(await self._name_view(stored), status=201 if created else 200)
+        return await self._name_view(stored), created
 
     async def delete_name(self, request: web.Request) -> web.Response:
         owner = await self._owner(request)
@@ -504,8 +566,11 @@ class Api:
 
     async def list_domains(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
-        domains = await self.store.list_domains(caller.owner_filter)
-        return web.json_response({"domains": [await self._domain_view(d) for d in domains]})
+        return web.json_response({"domains": await self.domains_view(caller)})
+
+    async def list_certificates(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        return web.json_response({"certificates": await self.certificates_view(caller)})
 
     async def get_domain(self, request: web.Request) -> web.Response:
         return web.json_response(await self._domain_view(await self._visible_domain(request)))

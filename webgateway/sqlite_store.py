@@ -386,6 +386,11 @@ class SqliteStore:
             self._touch("owner", str(owner_id))
         return OwnerRemoval(name, labels, domains)
 
+    async def owner_names(self) -> dict[int, str]:
+        async with self._read():
+            rows = await self._all("SELECT id, name FROM owners")
+        return {int(r[0]): str(r[1]) for r in rows}
+
     # ------------------------------------------------------------------ names
     async def put_name(self, name: Name, max_names: int) -> bool:
         now = time.time()

@@ -72,6 +72,9 @@ class Store(Protocol):
 
     async def delete_owner(self, name: str) -> OwnerRemoval:
         """Remove an owner with its names and domains in one change; NotFound if unknown."""
+
+    async def owner_names(self) -> dict[int, str]:
+        """Every owner's name by id: the admin's listings say whose each row is."""
         ...
 
     # -- names
