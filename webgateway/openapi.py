@@ -120,12 +120,15 @@ OPENAPI: dict[str, Any] = {
             "Certificate": {
                 "type": ["object", "null"],
                 "properties": {
+                    "id": {"type": "string", "description": "'zone' or the custom domain"},
                     "state": {"enum": ["pending", "valid", "failed", "revoked"]},
                     "domains": {"type": "array", "items": {"type": "string"}},
-                    "not_after": {"type": ["number", "null"]},
-                    "renew_at": {"type": ["number", "null"]},
+                    "issuer": {"type": ["string", "null"]},
+                    "not_after": {"type": ["string", "null"], "format": "date-time"},
+                    "days_left": {"type": ["integer", "null"]},
+                    "renew_at": {"type": ["string", "null"], "format": "date-time"},
                     "failures": {"type": "integer"},
-                    "next_attempt": {"type": ["number", "null"]},
+                    "next_attempt": {"type": ["string", "null"], "format": "date-time"},
                     "last_error": {"type": ["string", "null"]},
                     "detail": {"type": "string"},
                 },
@@ -165,6 +168,7 @@ OPENAPI: dict[str, Any] = {
                     "proxy_protocol": {"type": "boolean"},
                     "http2": {"type": "boolean"},
                     "certificate": {"$ref": "#/components/schemas/Certificate"},
+                    "owner": {"type": "string", "description": "in the admin's listing"},
                     "created": {"type": "number"},
                     "updated": {"type": "number"},
                 },
@@ -184,12 +188,19 @@ OPENAPI: dict[str, Any] = {
                     "detail": {"type": ["string", "null"]},
                     "records": {"type": "array", "items": {"type": "object"}},
                     "apex_alternative": {"type": "object"},
+                    "owner": {"type": "string", "description": "in the admin's listing"},
                     "certificate": {"$ref": "#/components/schemas/Certificate"},
                 },
             },
         },
     },
     "paths": {
+        "/": {
+            "get": {
+                "summary": "The dashboard (HTML; sign in with a token for a session cookie)",
+                "responses": {"200": {"description": "page", "content": {"text/html": {}}}},
+            }
+        },
         "/healthz": {
             "get": {"summary": "Liveness and the store serial", "responses": {"200": _resp("OK")}}
         },
@@ -342,5 +353,27 @@ OPENAPI: dict[str, Any] = {
             },
             put_errors=(*_RW, 404),
         ),
+        "/v1/certificates": {
+            "get": {
+                "summary": "Certificates with expiry (admin: all; owner: the zone's and its"
+                " domains')",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp(
+                        "OK",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "certificates": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Certificate"},
+                                }
+                            },
+                        },
+                    ),
+                    **_errors(401, 429),
+                },
+            }
+        },
     },
 }

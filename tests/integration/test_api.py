@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.support import make_config
 from webgateway.api import ApiService
+from webgateway.model import Certificate, CertState
 from webgateway.openapi import OPENAPI
 from webgateway.sqlite_store import SqliteStore
 
@@ -335,7 +339,13 @@ async def test_health_metrics_and_openapi_match_routes(gw: Gw) -> None:
                   if m != "parameters"}
     served = {(r.method, r.resource.canonical) for r in gw.routes.routes()
               if r.method != "HEAD" and r.resource is not None}
+    # the dashboard's form targets and stylesheet are pages, not API
+    served -= {("POST", "/login"), ("POST", "/logout"), ("POST", "/names"),
+               ("GET", "/static/dashboard.css")}
+    assert ("GET", "/v1/certificates") in served and ("GET", "/") in served
     assert documented == served
+    for name in ("Name", "Domain", "Certificate"):  # every field a view gives is described
+        assert spec["components"]["schemas"][name]["properties"]
 
 
 async def test_loopback_backends_are_refused_by_default(tmp_path: Path) -> None:
@@ -376,3 +386,36 @@ async def test_disk_full_is_a_clear_503_and_reads_keep_working(gw: Gw) -> None:
     assert st == 200 and n["backends"] == ["10.0.0.1:80"]
     st, h = await gw.call("GET", "/healthz")
     assert st == 200 and h["status"] == "ok"
+
+
+async def test_certificates_listing_is_scoped_and_uses_dates(gw: Gw) -> None:
+    a, b = await gw.owner("a"), await gw.owner("b")
+    for token, label, fqdn in ((a, "aa", "shop.a.test"), (b, "bb", "shop.b.test")):
+        assert (await gw.call("PUT", f"/v1/names/{label}", token,
+                              {"backends": ["10.0.0.1:80"]}))[0] == 201
+        assert (await gw.call("PUT", f"/v1/domains/{fqdn}", token, {"name": label}))[0] == 201
+    now = time.time()
+    for cid, days in (("zone", 30.5), ("shop.a.test", 80.2), ("shop.b.test", 5.9)):
+        await gw.store.put_certificate(Certificate(
+            cid, (cid,), CertState.VALID, not_before=now, not_after=now + days * 86400,
+            last_error="" if cid != "shop.b.test" else "rateLimited: try later"))
+    st, out = await gw.call("GET", "/v1/certificates", a)
+    assert st == 200 and [c["id"] for c in out["certificates"]] == ["shop.a.test", "zone"]
+    zone = out["certificates"][1]
+    assert zone["days_left"] == 30 and zone["state"] == "valid"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", zone["not_after"])
+    assert abs(datetime.fromisoformat(zone["not_after"]).timestamp() - (now + 30.5 * 86400)) < 1
+    st, out = await gw.call("GET", "/v1/certificates", gw.admin)
+    assert [c["id"] for c in out["certificates"]] == ["shop.a.test", "shop.b.test", "zone"]
+    assert out["certificates"][1]["last_error"] == "rateLimited: try later"
+    assert (await gw.call("GET", "/v1/certificates"))[0] == 401
+    # every field of the views is described in the OpenAPI schemas
+    schemas = OPENAPI["components"]["schemas"]
+    st, names = await gw.call("GET", "/v1/names", gw.admin)
+    assert names["names"][0]["owner"] in ("a", "b")
+    st, domains = await gw.call("GET", "/v1/domains", gw.admin)
+    for view, schema in ((names["names"][0], "Name"), (domains["domains"][0], "Domain"),
+                         (zone, "Certificate")):
+        assert set(view) <= set(schemas[schema]["properties"]), (schema, view)
+    st, mine = await gw.call("GET", "/v1/names", a)
+    assert "owner" not in mine["names"][0]
