@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +20,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from webgateway.config import Config, ConfigError, load_config
+from webgateway.status import CERT_HEADERS, cert_rows
+from webgateway.table import format_table
+from webgateway.when import date_of, rfc3339
 
 log = logging.getLogger("webgateway")
 
@@ -175,17 +177,11 @@ def cmd_owner_add(args: argparse.Namespace) -> int:
 
 def cmd_owner_ls(args: argparse.Namespace) -> int:
     owners = Client.from_env().call("GET", "/v1/owners")["owners"]
-    if args.json:
-        print(json.dumps(owners, indent=2))
-        return 0
-    if not owners:
-        print("no owners yet; add one with: webgateway owner add NAME")
-        return 0
-    width = max(len(o["name"]) for o in owners)
-    for o in owners:
-        since = time.strftime("%Y-%m-%d", time.gmtime(o["created"]))
-        print(f"{o['name']:<{width}}  since {since}  names:{o['names']}  domains:{o['domains']}")
-    return 0
+    rows: list[list[object]] = [
+        [o["name"], date_of(rfc3339(o["created"])), o["names"], o["domains"]] for o in owners
+    ]
+    empty = "no owners yet; add one with: webgateway owner add NAME"
+    return _listing(args, owners, ["OWNER", "SINCE", "NAMES", "DOMAINS"], rows, empty)
 
 
 def cmd_owner_rm(args: argparse.Namespace) -> int:
@@ -224,16 +220,53 @@ def cmd_name_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing(
+    args: argparse.Namespace,
+    items: list[dict[str, Any]],
+    headers: list[str],
+    rows: list[list[object]],
+    empty: str,
+) -> int:
+    """Print a listing: ``--json`` gives the API's objects, else aligned columns."""
+    if args.json:
+        print(json.dumps(items, indent=2))
+    elif not items:
+        print(empty)
+    else:
+        print(format_table(headers, rows))
+    return 0
+
+
+def _with_owner(
+    items: list[dict[str, Any]], headers: list[str], rows: list[list[object]]
+) -> tuple[list[str], list[list[object]]]:
+    """The admin's listings carry each row's owner: show it as the second column."""
+    if not any("owner" in i for i in items):
+        return headers, rows
+    return (
+        [headers[0], "OWNER", *headers[1:]],
+        [[r[0], i.get("owner"), *r[1:]] for r, i in zip(rows, items, strict=True)],
+    )
+
+
 def cmd_name_ls(args: argparse.Namespace) -> int:
     names = Client.from_env().call("GET", "/v1/names")["names"]
-    if not names:
-        print("no names yet; add one with: webgateway name add LABEL --backend ADDR:PORT")
-        return 0
-    width = max(len(n["fqdn"]) for n in names)
-    for n in names:
-        cert = (n.get("certificate") or {}).get("state", "-")
-        print(f"{n['fqdn']:<{width}}  {n['tls']:<11}  cert:{cert:<8}  {', '.join(n['backends'])}")
-    return 0
+    headers, rows = _with_owner(
+        names,
+        ["NAME", "TLS", "CERT", "EXPIRES", "BACKENDS"],
+        [
+            [
+                n["fqdn"],
+                n["tls"],
+                (n.get("certificate") or {}).get("state"),
+                date_of((n.get("certificate") or {}).get("not_after")),
+                ", ".join(n["backends"]),
+            ]
+            for n in names
+        ],
+    )
+    empty = "no names yet; add one with: webgateway name add LABEL --backend ADDR:PORT"
+    return _listing(args, names, headers, rows, empty)
 
 
 def cmd_name_show(args: argparse.Namespace) -> int:
@@ -255,12 +288,65 @@ def cmd_domain_add(args: argparse.Namespace) -> int:
 
 def cmd_domain_ls(args: argparse.Namespace) -> int:
     domains = Client.from_env().call("GET", "/v1/domains")["domains"]
-    if not domains:
-        print("no custom domains yet; add one with: webgateway domain add FQDN --name LABEL")
-    for d in domains:
-        cert = (d.get("certificate") or {}).get("state", "-")
-        print(f"{d['fqdn']}  -> {d['name']}  {d['state']}  cert:{cert}")
-    return 0
+    headers, rows = _with_owner(
+        domains,
+        ["DOMAIN", "NAME", "STATE", "CERT", "DETAIL"],
+        [
+            [
+                d["fqdn"],
+                d["name"],
+                d["state"],
+                (d.get("certificate") or {}).get("state"),
+                d.get("detail"),
+            ]
+            for d in domains
+        ],
+    )
+    empty = "no custom domains yet; add one with: webgateway domain add FQDN --name LABEL"
+    return _listing(args, domains, headers, rows, empty)
+
+
+def cmd_cert_ls(args: argparse.Namespace) -> int:
+    certs = Client.from_env().call("GET", "/v1/certificates")["certificates"]
+    return _listing(args, certs, CERT_HEADERS, cert_rows(certs), "no certificates yet")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from webgateway.status import Unavailable, gather, render
+
+    config = load_config(args.config) if args.config else None
+    client = _status_client(config)
+
+    def get(path: str) -> Any:
+        try:
+            return client.call("GET", path)
+        except CliError as e:
+            raise Unavailable(str(e)) from None
+
+    st = gather(get, client.url, config)
+    print(json.dumps(st.as_json(), indent=2) if args.json else render(st))
+    return 0 if st.healthy else 1
+
+
+def _status_client(config: Config | None) -> Client:
+    """The environment's URL and token; on the server, ``--config`` supplies both (the
+    API's listen address and the admin token file) when the environment does not."""
+    if config is None or os.environ.get("WEBGATEWAY_TOKEN"):
+        return Client.from_env()
+    listen = config.api.listen
+    host = "127.0.0.1" if listen.host.is_unspecified else str(listen.host)
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        token = config.api.admin_token_file.read_text().strip()
+    except OSError as e:
+        raise CliError(
+            f"cannot read the admin token {config.api.admin_token_file}: {e.strerror};"
+            " set WEBGATEWAY_TOKEN",
+            2,
+        ) from None
+    url = os.environ.get("WEBGATEWAY_URL", f"http://{host}:{listen.port}")
+    return Client(url, token, timeout=5.0)
 
 
 def cmd_domain_show(args: argparse.Namespace) -> int:
@@ -279,6 +365,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     return run_check(config, args.resolver, args.port)
+
+
+def _json_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--json", action="store_true", help="print JSON (the API's objects)")
+    return p
 
 
 class _Parser(argparse.ArgumentParser):
@@ -352,8 +443,8 @@ def parser() -> argparse.ArgumentParser:
     owner = _group(sub, "owner", "manage owners (admin)")
     _command(owner, "add", "create an owner and print its token", cmd_owner_add, "name")\
         .add_argument("--config", help="write to the local store instead of calling the API")
-    _command(owner, "ls", "list owners with how many names and domains they hold",
-             cmd_owner_ls).add_argument("--json", action="store_true", help="print the JSON")
+    _json_flag(_command(owner, "ls", "list owners with how many names and domains they hold",
+             cmd_owner_ls))
     _command(owner, "rm", "remove an owner with all its names and domains", cmd_owner_rm, "name")
 
     token = _group(sub, "token", "your API token")
@@ -378,16 +469,25 @@ def parser() -> argparse.ArgumentParser:
                     help="send PROXY v2 to backends")
     na.add_argument("--http2", action=argparse.BooleanOptionalAction,
                     help="the backend speaks h2 (offer ALPN h2)")
-    _command(names, "ls", "list your names", cmd_name_ls)
+    _json_flag(_command(names, "ls", "list your names (admin: everyone's, with the owner)",
+                        cmd_name_ls))
     _command(names, "show", "show one name", cmd_name_show, "label")
     _command(names, "rm", "release a name", cmd_name_rm, "label")
 
     domain = _group(sub, "domain", "manage custom domains")
     _command(domain, "add", "attach a domain to a name; prints the CNAMEs to create",
              cmd_domain_add, "fqdn").add_argument("--name", required=True, metavar="LABEL")
-    _command(domain, "ls", "list your domains", cmd_domain_ls)
+    _json_flag(_command(domain, "ls", "list your domains", cmd_domain_ls))
     _command(domain, "show", "show one domain", cmd_domain_show, "fqdn")
     _command(domain, "rm", "detach a domain", cmd_domain_rm, "fqdn")
+
+    cert = _group(sub, "cert", "certificates")
+    _json_flag(_command(cert, "ls", "certificates: SANs, issuer, expiry date and days left",
+                        cmd_cert_ls))
+
+    st = sub.add_parser("status", help="the operator's one screen (exit 1 if anything is wrong)")
+    st.add_argument("--config", help="also check dnsd, the proxy and every listed name server")
+    _json_flag(st).set_defaults(func=cmd_status)
 
     ck = sub.add_parser("check", help="is the zone delegated to us correctly?")
     ck.add_argument("--config", required=True)

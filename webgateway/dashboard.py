@@ -108,9 +108,7 @@ class Dashboard:
             return None
         return session, caller
 
-    def _login_page(
-        self, request: web.Request, status: int = 200, error: str = ""
-    ) -> web.Response:
+    def _login_page(self, request: web.Request, status: int = 200, error: str = "") -> web.Response:
         nonce = secrets.token_urlsafe(32)
         resp = self._page("login.html", status, csrf=nonce, error=error)
         self._set_cookie(request, resp, LOGIN_COOKIE, nonce, 3600)
@@ -146,9 +144,7 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
         if not same_secret(form.get("csrf"), request.cookies.get(LOGIN_COOKIE, "")):
-            return self._login_page(
-                request, 403, "the sign-in form expired; please sign in again"
-            )
+            return self._login_page(request, 403, "the sign-in form expired; please sign in again")
         token = form.get("token")
         if not isinstance(token, str) or not token.strip():
             return self._login_page(request, 400, "enter your API token")

@@ -209,25 +209,39 @@ def observe(config: Config, resolver_spec: str | None, port: int | None = None) 
                     )
             obs.referral_ns[key] = ns_names
             obs.referral_glue[key] = glue
-    for host, ips in config.zone.nameservers.items():
-        for ip in ips:
-            p = ns_port(config, ip, port)
-            key = f"{host} ({ip if p == 53 else HostPort(ip, p)})"
-            try:
-                r = _query(zone, "SOA", str(ip), p)
-                soa = [x for rr in r.answer if rr.rdtype == dns.rdatatype.SOA for x in rr]
-                if not r.flags & dns.flags.AA or not soa:
-                    obs.soa_serials[key] = "no authoritative SOA in the answer"
-                else:
-                    obs.soa_serials[key] = int(soa[0].serial)
-            except Exception as e:
-                obs.soa_serials[key] = explain(e)
+    obs.soa_serials.update(nameserver_serials(config, port))
     try:
         ans = res.resolve(zone, "SOA")
         obs.resolver_soa = int(ans[0].serial)
     except Exception as e:
         obs.resolver_soa = explain(e)
     return obs
+
+
+def soa_serial(zone: str, addr: str, port: int) -> int | str:
+    """The SOA serial ``addr`` serves authoritatively for ``zone``, or why there is none."""
+    try:
+        r = _query(zone, "SOA", addr, port)
+    except Exception as e:
+        return explain(e)
+    soa = [x for rr in r.answer if rr.rdtype == dns.rdatatype.SOA for x in rr]
+    if not r.flags & dns.flags.AA or not soa:
+        return "no authoritative SOA in the answer"
+    return int(soa[0].serial)
+
+
+def nameserver_serials(config: Config, port: int | None = None) -> dict[str, int | str]:
+    """Each listed name server ("ns (addr)") with the serial it serves, or why not.
+
+    Shared by ``webgateway check`` and ``webgateway status``.
+    """
+    out: dict[str, int | str] = {}
+    for host, ips in config.zone.nameservers.items():
+        for ip in ips:
+            p = ns_port(config, ip, port)
+            key = f"{host} ({ip if p == 53 else HostPort(ip, p)})"
+            out[key] = soa_serial(config.zone.name, str(ip), p)
+    return out
 
 
 def _try_resolve(res: dns.resolver.Resolver, host: str, rdtype: str) -> list[str]:

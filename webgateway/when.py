@@ -33,3 +33,8 @@ def days_left(ts: float, now: float) -> int | None:
 def date_of(text: str | None) -> str:
     """The date part of an RFC 3339 instant, ``-`` when there is none."""
     return text[:10] if text else "-"
+
+
+def minute_of(text: str | None) -> str:
+    """``2026-12-01 10:00 UTC`` from an RFC 3339 instant, ``-`` when there is none."""
+    return f"{text[:10]} {text[11:16]} UTC" if text else "-"

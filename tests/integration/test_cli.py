@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -236,8 +237,9 @@ def test_owner_token_update_and_closed_pipe(tmp_path: Path) -> None:
         r = cli("owner", "ls", env=admin_env)
         assert r.returncode == 0
         lines = r.stdout.splitlines()
-        assert lines[0].startswith("alice") and lines[0].endswith("names:2  domains:1")
-        assert lines[1].startswith("bob") and lines[1].endswith("names:0  domains:0")
+        assert re.match(r"OWNER\s+SINCE\s+NAMES\s+DOMAINS$", lines[0])
+        assert re.match(r"alice\s+\d{4}-\d\d-\d\d\s+2\s+1$", lines[1]), lines
+        assert re.match(r"bob\s+\d{4}-\d\d-\d\d\s+0\s+0$", lines[2]), lines
         owners = json.loads(cli("owner", "ls", "--json", env=admin_env).stdout)
         assert [o["name"] for o in owners] == ["alice", "bob"]
         r = cli("owner", "ls", env=env)
