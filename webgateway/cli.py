@@ -17,9 +17,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from webgateway.config import Config, ConfigError, load_config
+from webgateway.initconfig import (
+    LETSENCRYPT,
+    Answers,
+    InitError,
+    check_addresses,
+    render,
+    validate,
+    write_new,
+)
 from webgateway.status import CERT_HEADERS, cert_rows
 from webgateway.table import format_table
 from webgateway.when import date_of, rfc3339
@@ -360,6 +370,30 @@ def cmd_domain_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    answers = Answers(
+        zone=args.zone,
+        ipv4=tuple(args.ipv4 or ()),
+        ipv6=tuple(args.ipv6 or ()),
+        email=args.email or "",
+        nameservers=tuple(args.ns or ()),
+        state_dir=args.state_dir,
+        acme_directory=args.acme_directory,
+        acme=not args.no_acme,
+    )
+    out = Path(args.output)
+    try:
+        check_addresses(answers)
+        text = render(answers)
+        validate(text, out.resolve().parent)
+        write_new(out, text)
+    except InitError as e:
+        raise CliError(f"init: {e}", 2) from None
+    print(f"wrote {out}; start with: webgateway run --config {out}")
+    print(f"then check the delegation with: webgateway check --config {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from webgateway.delegation import run_check
 
@@ -488,6 +522,18 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="the operator's one screen (exit 1 if anything is wrong)")
     st.add_argument("--config", help="also check dnsd, the proxy and every listed name server")
     _json_flag(st).set_defaults(func=cmd_status)
+
+    ini = sub.add_parser("init", help="write a validated configuration for a new server")
+    ini.add_argument("--zone", required=True, help="the zone delegated to this gateway")
+    ini.add_argument("--ipv4", action="append", metavar="ADDR", help="public IPv4 (repeat)")
+    ini.add_argument("--ipv6", action="append", metavar="ADDR", help="public IPv6 (repeat)")
+    ini.add_argument("--email", help="ACME account contact")
+    ini.add_argument("--ns", action="append", metavar="NAME", help="NS names (default ns1.ZONE)")
+    ini.add_argument("--acme-directory", default=LETSENCRYPT, metavar="URL")
+    ini.add_argument("--no-acme", action="store_true", help="request no certificates")
+    ini.add_argument("--state-dir", default="/var/lib/webgateway", metavar="DIR")
+    ini.add_argument("--output", default="webgateway.toml", metavar="FILE")
+    ini.set_defaults(func=cmd_init)
 
     ck = sub.add_parser("check", help="is the zone delegated to us correctly?")
     ck.add_argument("--config", required=True)
