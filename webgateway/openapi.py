@@ -40,6 +40,12 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _resp(text[c], _ERROR) for c in codes}
 
 
+def _listing(key: str, schema: str) -> dict[str, Any]:
+    """A list response: ``{key: [schema, ...]}``."""
+    items = {"$ref": f"#/components/schemas/{schema}"}
+    return {"type": "object", "properties": {key: {"type": "array", "items": items}}}
+
+
 _LABEL = {
     "name": "label",
     "in": "path",
@@ -67,7 +73,7 @@ def _owned(
     """The collection and item paths of one kind of owner-held resource (names, domains)."""
     ref = {"$ref": f"#/components/schemas/{schema}"}
     body = {"$ref": f"#/components/schemas/{schema}In"}
-    listing = {"type": "object", "properties": {plural: {"type": "array", "items": ref}}}
+    listing = _listing(plural, schema)
     return {
         f"/v1/{plural}": {
             "get": {
@@ -247,18 +253,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Every owner with how many names and domains it holds (admin token)",
                 "security": _AUTH,
                 "responses": {
-                    "200": _resp(
-                        "OK",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "owners": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/OwnerSummary"},
-                                }
-                            },
-                        },
-                    ),
+                    "200": _resp("OK", _listing("owners", "OwnerSummary")),
                     **_errors(401, 403, 429),
                 },
             },
@@ -359,18 +354,7 @@ OPENAPI: dict[str, Any] = {
                 " domains')",
                 "security": _AUTH,
                 "responses": {
-                    "200": _resp(
-                        "OK",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "certificates": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Certificate"},
-                                }
-                            },
-                        },
-                    ),
+                    "200": _resp("OK", _listing("certificates", "Certificate")),
                     **_errors(401, 429),
                 },
             }
