@@ -19,19 +19,28 @@ from webgateway.supervisor import factory
 ZONE = "gw.test"
 
 
+#: Ports this test process has handed out: the kernel may give a just-closed port again at
+#: once, and two listeners of one config on the same port fail the config's own check.
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` right now (racy, but bounded by retries)."""
+    """A port free for both TCP and UDP on ``host`` right now, never one handed out before
+    in this process (racy against other processes, but bounded by retries)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
         with socket.socket(family, socket.SOCK_STREAM) as t:
             t.bind((host, 0))
-            port = t.getsockname()[1]
+            port = int(t.getsockname()[1])
+            if (host, port) in _HANDED_OUT:
+                continue
             try:
                 with socket.socket(family, socket.SOCK_DGRAM) as u:
                     u.bind((host, port))
             except OSError:
                 continue
-            return int(port)
+            _HANDED_OUT.add((host, port))
+            return port
     raise RuntimeError("no free port found")
 
 
