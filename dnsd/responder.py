@@ -4,7 +4,10 @@ The fast path handles the common shape with ``wire.parse_fast`` and a dict looku
 zone view. Everything else goes through ``wire.scan_message`` (bounded time whatever the
 bytes) and only then through dnslib, which checks record contents; any exception there
 means FORMERR, never a crash. Responses to responses and runt packets are dropped so two
-servers can never be made to ping-pong.
+servers can never be made to ping-pong. Both parsers yield the same ``wire.Query``, and
+one builder (``_reply``) turns it into the reply: the refusals that depend on the
+question, the packed answer, truncation -- so what every answer gains (DNSSEC records,
+say) is added in one place.
 """
 
 from __future__ import annotations
@@ -62,32 +65,15 @@ class Responder:
     def _answer(self, data: bytes, tcp: bool) -> bytes | None:
         q = wire.parse_fast(data)
         if q is None:
-            return self._slow(data, tcp)
-        if q.edns_version:
-            return self._error(data, wire.BADVERS, data[12 : q.qend], q.ekey)
-        qtype = q.qtype
-        if q.qclass != wire.IN or qtype in _TRANSFERS:
-            return self._error(data, wire.REFUSED, data[12 : q.qend], q.ekey)
-        if qtype in _META_NOTIMP:
-            return self._error(data, wire.NOTIMP, data[12 : q.qend], q.ekey)
-        hdr, body = self.view.answer(q.qname, qtype, q.ekey)
-        self.rcodes[hdr[3]] += 1
-        resp = b"".join(
-            (
-                data[:2],
-                bytes((hdr[2] | (data[2] & 0x01), hdr[3] | (data[3] & 0x10))),
-                hdr[4:],
-                data[12 : q.qend],
-                body,
-            )
-        )
-        if not tcp:
-            limit = max(512, min(q.udp_size, wire.OUR_UDP_SIZE)) if q.ekey else 512
-            if len(resp) > limit:
-                return _truncate(resp, q.qend, q.ekey)
-        return resp
+            guarded = self._guard(data)
+            if not isinstance(guarded, wire.Query):
+                return guarded
+            q = guarded
+        return self._reply(data, q, tcp)
 
-    def _slow(self, data: bytes, tcp: bool) -> bytes | None:
+    def _guard(self, data: bytes) -> wire.Query | bytes | None:
+        """The slow parse: the query in the fast parser's shape, or the error reply it
+        earns (FORMERR, NOTIMP for another opcode), or None for a response or a runt."""
         self.slow += 1
         if len(data) < 12 or data[2] & 0x80:
             self.rcodes[23] += 1
@@ -96,38 +82,43 @@ class Responder:
             scan = wire.scan_message(data)
         except wire.WireError:
             return self._error(data, wire.FORMERR, b"", wire.NO_EDNS)
+        q = scan.query
         try:
             dnslib.DNSRecord.parse(data)
         except Exception:  # dnslib raises more than DNSError on hostile bytes
-            return self._error(data, wire.FORMERR, scan.question, wire.NO_EDNS)
-        opcode = (data[2] >> 3) & 0x0F
-        ekey = scan.ekey if scan.opt_count == 1 and scan.opt_ok else wire.NO_EDNS
-        if opcode != 0:
-            return self._error(data, wire.NOTIMP, scan.question, ekey)
-        if not scan.question or scan.opt_count > 1 or not scan.opt_ok:
-            return self._error(data, wire.FORMERR, scan.question, ekey)
-        if scan.edns_version:
-            return self._error(data, wire.BADVERS, scan.question, ekey)
-        if scan.qclass != wire.IN or scan.qtype in _TRANSFERS:
-            return self._error(data, wire.REFUSED, scan.question, ekey)
-        if scan.qtype in _META_NOTIMP:
-            return self._error(data, wire.NOTIMP, scan.question, ekey)
-        hdr, body = self.view.answer(scan.qname, scan.qtype, ekey)
+            return self._error(data, wire.FORMERR, q.question, wire.NO_EDNS)
+        if (data[2] >> 3) & 0x0F:  # an opcode other than QUERY
+            return self._error(data, wire.NOTIMP, q.question, q.ekey)
+        if not q.question or scan.opt_count > 1 or not scan.opt_ok:
+            return self._error(data, wire.FORMERR, q.question, q.ekey)
+        return q
+
+    def _reply(self, data: bytes, q: wire.Query, tcp: bool) -> bytes:
+        """The one reply builder for both parsers: the query-level refusals, then the view's
+        packed answer behind the query's ID, flags and own question bytes, then truncation
+        to what the client can take over UDP."""
+        if q.edns_version:
+            return self._error(data, wire.BADVERS, q.question, q.ekey)
+        qtype = q.qtype
+        if q.qclass != wire.IN or qtype in _TRANSFERS:
+            return self._error(data, wire.REFUSED, q.question, q.ekey)
+        if qtype in _META_NOTIMP:
+            return self._error(data, wire.NOTIMP, q.question, q.ekey)
+        hdr, body = self.view.answer(q.qname, qtype, q.ekey)
         self.rcodes[hdr[3]] += 1
         resp = b"".join(
             (
                 data[:2],
                 bytes((hdr[2] | (data[2] & 0x01), hdr[3] | (data[3] & 0x10))),
                 hdr[4:],
-                scan.question,
+                q.question,
                 body,
             )
         )
-        qend = 12 + len(scan.question)
         if not tcp:
-            limit = max(512, min(scan.udp_size, wire.OUR_UDP_SIZE)) if ekey else 512
+            limit = max(512, min(q.udp_size, wire.OUR_UDP_SIZE)) if q.ekey else 512
             if len(resp) > limit:
-                return _truncate(resp, qend, ekey)
+                return _truncate(resp, q.question, q.ekey)
         return resp
 
     def _error(self, data: bytes, rcode: int, question: bytes, ekey: int) -> bytes:
@@ -140,8 +131,8 @@ class Responder:
         return hdr[:3] + bytes((hdr[3] | (data[3] & 0x10),)) + hdr[4:] + question + b"".join(ar)
 
 
-def _truncate(resp: bytes, qend: int, ekey: int) -> bytes:
+def _truncate(resp: bytes, question: bytes, ekey: int) -> bytes:
     """TC=1 with the question (and OPT) kept: the client retries over TCP."""
     opt = wire.opt_rr(ekey) if ekey else b""
     hdr = resp[:2] + bytes((resp[2] | wire.TC, resp[3])) + b"\x00\x01\x00\x00\x00\x00"
-    return hdr + (b"\x00\x01" if opt else b"\x00\x00") + resp[12:qend] + opt
+    return hdr + (b"\x00\x01" if opt else b"\x00\x00") + question + opt

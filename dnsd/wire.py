@@ -55,17 +55,19 @@ class WireError(ValueError):
     """The bytes are not a well-formed DNS message (the answer is FORMERR)."""
 
 
-class FastQuery(NamedTuple):
+class Query(NamedTuple):
+    """One question and its EDNS, as both parsers hand it to the reply builder."""
+
     qname: bytes  # lower-cased wire form, with the root byte
     qtype: int
     qclass: int
-    qend: int  # offset just past the question (type and class)
+    question: bytes  # as it is echoed: uncompressed, in the client's letter case
     ekey: int  # NO_EDNS, EDNS or EDNS_DO
     udp_size: int  # the client's advertised size (512 without EDNS)
     edns_version: int  # 0 without EDNS
 
 
-def parse_fast(data: bytes) -> FastQuery | None:
+def parse_fast(data: bytes) -> Query | None:
     """The common query shape, or ``None`` (then use the slow, guarded path).
 
     Common shape: QR=0, opcode QUERY, QDCOUNT=1, no answer/authority records, an
@@ -98,7 +100,7 @@ def parse_fast(data: bytes) -> FastQuery | None:
     if ar == 0:
         if qend != n:
             return None
-        return FastQuery(qname, qtype, qclass, qend, NO_EDNS, 512, 0)
+        return Query(qname, qtype, qclass, data[12:qend], NO_EDNS, 512, 0)
     if n - qend < 11 or data[qend] != 0 or data[qend + 1] != 0 or data[qend + 2] != OPT:
         return None
     size = data[qend + 3] << 8 | data[qend + 4]
@@ -114,7 +116,7 @@ def parse_fast(data: bytes) -> FastQuery | None:
     if opt != n:
         return None
     ekey = EDNS_DO if data[qend + 7] & 0x80 else EDNS
-    return FastQuery(qname, qtype, qclass, qend, ekey, size, version)
+    return Query(qname, qtype, qclass, data[12:qend], ekey, size, version)
 
 
 # ------------------------------------------------------------------ the guard
@@ -168,15 +170,16 @@ def _skip_name(data: bytes, pos: int, start: int) -> tuple[int, bytes]:
 
 
 class Scan(NamedTuple):
-    qname: bytes  # lower wire, empty when QDCOUNT is 0
-    question: bytes  # the question as it should be echoed (uncompressed, original case)
-    qtype: int
-    qclass: int
+    """A whole message checked: its question in the fast parser's shape, and the OPT census.
+
+    ``query`` is empty (``qname`` and ``question`` ``b""``) when QDCOUNT is 0, and carries
+    EDNS only when there is exactly one well-placed OPT: otherwise the message is FORMERR
+    and the error reply must not pretend to speak EDNS.
+    """
+
+    query: Query
     opt_count: int
     opt_ok: bool  # the OPT (if any) is owned by the root and sits in the additional section
-    udp_size: int
-    edns_version: int
-    ekey: int
 
 
 def scan_message(data: bytes) -> Scan:
@@ -228,7 +231,9 @@ def scan_message(data: bytes) -> Scan:
             ekey = EDNS_DO if ttl & 0x8000 else EDNS
     if pos != n:
         raise WireError("trailing bytes after the last record")
-    return Scan(qname, question, qtype, qclass, opt_count, opt_ok, udp_size, version, ekey)
+    if opt_count != 1 or not opt_ok:
+        udp_size, version, ekey = 512, 0, NO_EDNS
+    return Scan(Query(qname, qtype, qclass, question, ekey, udp_size, version), opt_count, opt_ok)
 
 
 def _expand(data: bytes, pos: int) -> bytes:
