@@ -1,10 +1,17 @@
-"""``acme.client.ClientNetwork`` with our retry policy (see ``schedule.on_error``).
+"""Everything we take from the ``acme`` library's private side, in one place.
 
-The library retries badNonce once and knows nothing of Retry-After; Pebble rejects a
-share of good nonces on purpose and Let's Encrypt answers 429/503 under load. This
-subclass keeps the nonce of error replies (saving a HEAD per retry), retries badNonce
-with a fresh nonce, sleeps short Retry-After waits in the worker thread and turns long
-ones into ``RetryLater`` so the scheduler, not a thread, does the waiting.
+``RetryingNetwork`` is ``acme.client.ClientNetwork`` with our retry policy (see
+``schedule.on_error``): the library retries badNonce once and knows nothing of
+Retry-After; Pebble rejects a share of good nonces on purpose and Let's Encrypt answers
+429/503 under load. It keeps the nonce of error replies (saving a HEAD per retry),
+retries badNonce with a fresh nonce, sleeps short Retry-After waits in the worker thread
+and turns long ones into ``RetryLater`` so the scheduler, not a thread, does the waiting.
+
+``post_as_get``, ``fetch_authorization`` and ``ari_cert_id`` put our names on the three
+private client calls the order driver needs (``ClientV2`` has no public way to re-read an
+order or an authorization by URL, nor to name a certificate for ARI). The rest of certd
+calls only these and the library's public API; ``pyproject.toml`` bounds ``acme`` below
+its next major version so that a release cannot change any of it silently.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 
 import requests
 from acme import client, errors, messages
+from cryptography import x509
 
 from certd.schedule import NetAction, on_error, parse_retry_after
 
@@ -79,3 +87,21 @@ class RetryingNetwork(client.ClientNetwork):
                 if decision.action is NetAction.GIVE_UP_UNTIL:
                     raise RetryLater(decision.delay, f"HTTP {status} {problem}".strip()) from e
                 raise
+
+
+def post_as_get(c: client.ClientV2, url: str) -> requests.Response:
+    """RFC 8555 POST-as-GET of ``url`` with the client's account key (orders, certificates)."""
+    response: requests.Response = c._post_as_get(url)
+    return response
+
+
+def fetch_authorization(c: client.ClientV2, url: str) -> messages.AuthorizationResource:
+    """The authorization at ``url``, parsed with its challenges."""
+    authz: messages.AuthorizationResource = c._authzr_from_response(post_as_get(c, url), uri=url)
+    return authz
+
+
+def ari_cert_id(leaf: x509.Certificate) -> str:
+    """The certificate's ARI identifier (authority key id and serial, base64url): the
+    last path segment of its renewalInfo URL."""
+    return str(client._renewal_info_path_component(leaf))

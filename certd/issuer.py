@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from certd import certfiles
+from certd import acmenet, certfiles
 from certd.acmenet import RetryingNetwork
 from certd.dnscheck import wait_propagated
 from certd.orderflow import AuthzView, Step, dead_reason, next_step
@@ -173,10 +173,9 @@ class Issuer:
     @staticmethod
     def _fetch(c: Any, url: str, csr: bytes, with_authz: bool,
                old: Any = None) -> Any:
-        body = messages.Order.from_json(c._post_as_get(url).json())
+        body = messages.Order.from_json(acmenet.post_as_get(c, url).json())
         if with_authz:
-            authzs = [c._authzr_from_response(c._post_as_get(u), uri=u)
-                      for u in body.authorizations]
+            authzs = [acmenet.fetch_authorization(c, u) for u in body.authorizations]
         else:
             authzs = old.authorizations if old is not None else []
         return messages.OrderResource(body=body, uri=url, authorizations=authzs, csr_pem=csr)
@@ -200,7 +199,7 @@ class Issuer:
 
     @staticmethod
     def _download(c: Any, url: str) -> str:
-        return str(c._post_as_get(url).text)
+        return str(acmenet.post_as_get(c, url).text)
 
     @staticmethod
     def _revoke(c: Any, pem: bytes) -> None:
@@ -329,7 +328,7 @@ class Issuer:
     def _renewal_info(self, c: Any, pem: bytes) -> tuple[Any, str | None]:
         leaf = x509.load_pem_x509_certificates(pem)[0]
         base = self.directory["renewalInfo"] if self.directory is not None else ""
-        url = f"{str(base).rstrip('/')}/{client._renewal_info_path_component(leaf)}"
+        url = f"{str(base).rstrip('/')}/{acmenet.ari_cert_id(leaf)}"
         resp = c.net.get(url, content_type="application/json")
         return resp.json(), resp.headers.get("Retry-After")
 
