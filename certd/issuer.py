@@ -38,6 +38,8 @@ from webgateway.store import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: ``Issuer._call`` with an order's priority bound: runs one ACME step in the pool.
+_Call = Callable[..., Awaitable[Any]]
 USER_AGENT = "webgateway-certd"
 ACCOUNT_KEY_FILE = "acme-account.key"
 #: An order that has not produced a certificate after this long (past DNS propagation)
@@ -77,7 +79,6 @@ class Issuer:
         self.verify: bool | str = str(self.acme.ca_bundle) if self.acme.ca_bundle else True
         self.bad_nonces = 0  # badNonce replies retried (a metric; the CA injects them too)
         self._count_lock = threading.Lock()
-        self.requests = 0
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -110,7 +111,6 @@ class Issuer:
 
     async def _call(self, fn: Callable[..., T], *args: Any, priority: float = 0.0) -> T:
         """Run one ACME step in the pool; orders pass their start time as ``priority``."""
-        self.requests += 1
         fut = self.pool.submit(priority, functools.partial(self._in_thread, fn, *args))
         result: T = await asyncio.wrap_future(fut)
         return result
@@ -237,84 +237,122 @@ class Issuer:
         on_order: Callable[[str], Awaitable[None]],
         published: dict[str, set[str]],
     ) -> Issued:
-        """Drive one order to a certificate. ``published`` collects the TXT we wrote."""
+        """Drive one order to a certificate. ``published`` collects the TXT we wrote.
+
+        Each round asks ``orderflow.next_step`` what the CA's last word calls for and does
+        that one thing; a resumed order and a fresh one go through the same loop.
+        """
         await self.ensure_account()
-        call = functools.partial(self._call, priority=time.monotonic())
+        call: _Call = functools.partial(self._call, priority=time.monotonic())
         pending = certfiles.pending_key_path(self.certs_dir, cert_id)
         key = await asyncio.to_thread(certfiles.load_or_create_key, pending)
         csr = certfiles.csr_pem(key, domains)
-        order: Any = None
-        if resume_url:
-            try:
-                order = await call(self._fetch, resume_url, csr, True)
-            except (messages.Error, errors.ClientError) as e:
-                log.info("certificate %s: order %s cannot be resumed (%s); starting over",
-                         cert_id, resume_url, e)
-                order = None
-            if order is not None:
-                idents = sorted({i.value for i in order.body.identifiers})
-                if idents != sorted(set(domains)) or next_step(
-                    str(order.body.status.name), self._views(order, set()), False
-                ) is Step.DEAD:
-                    log.info("certificate %s: order %s is %s or for other names; starting over",
-                             cert_id, resume_url, order.body.status.name)
-                    order = None
-                else:
-                    log.info("certificate %s: resuming order %s (%s)", cert_id, resume_url,
-                             order.body.status.name)
-        if order is None:
-            order = await call(self._new_order, csr)
-            await on_order(order.uri)
+        order = await self._resume_or_new(call, cert_id, domains, csr, resume_url, on_order)
         answered: set[str] = set()
         end = time.monotonic() + ORDER_TIMEOUT + self.acme.propagation_timeout
         rounds = 0
         while True:
             views = self._views(order, answered)
-            step = next_step(str(order.body.status.name), views, order.body.certificate is not None)
-            if step is Step.SOLVE:
-                todo = []
-                recs: dict[str, set[str]] = {}
-                for a in order.authorizations:
-                    ch = self._dns01(a)
-                    if a.body.status == messages.STATUS_PENDING and ch is not None and (
-                        ch.status == messages.STATUS_PENDING and a.uri not in answered
-                    ):
-                        todo.append((a, ch))
-                        recs.setdefault(txt_name(a.body.identifier.value), set()).add(
-                            ch.chall.validation(self.jwk))
-                if not todo:
-                    raise OrderDead("a pending authorization offers no dns-01 challenge")
-                for fqdn, values in recs.items():
-                    for v in values:
-                        await self.store.add_txt(fqdn, v)
-                        published.setdefault(fqdn, set()).add(v)
-                await wait_propagated(self.config, recs, self.acme.propagation_timeout)
-                await call(self._answer, [ch for _, ch in todo])
-                answered.update(a.uri for a, _ in todo)
-                order = await call(self._fetch, order.uri, csr, False, order)
-                rounds = 0
-                continue
-            if step is Step.DEAD:
-                detailed = await call(self._fetch, order.uri, csr, True)
-                err = str(order.body.error.detail) if order.body.error is not None else ""
-                raise OrderDead(dead_reason(str(order.body.status.name),
-                                            self._views(detailed, set()), err))
-            if step is Step.FINALIZE:
-                order = await call(self._finalize, order)
-                rounds = 0
-                if order.body.status == messages.STATUS_READY:
+            match next_step(str(order.body.status.name), views,
+                            order.body.certificate is not None):
+                case Step.DOWNLOAD:
+                    pem = await call(self._download, order.body.certificate)
+                    return Issued(pem.encode(), key, pending)
+                case Step.DEAD:
+                    raise OrderDead(await self._dead_reason(call, order, csr))
+                case Step.SOLVE:
+                    answered |= await self._solve(call, order, answered, txt_name, published)
+                    rounds = 0
+                case Step.FINALIZE:
+                    order = await call(self._finalize, order)
+                    rounds = 0
+                    if order.body.status == messages.STATUS_READY:
+                        await asyncio.sleep(poll_delay(rounds))
+                    continue
+                case _:  # WAIT_AUTHZ / WAIT_ORDER
+                    if time.monotonic() > end:
+                        raise TimeoutError(f"order {order.uri} still {order.body.status} after "
+                                           f"{ORDER_TIMEOUT:.0f} s")
                     await asyncio.sleep(poll_delay(rounds))
-                continue
-            if step is Step.DOWNLOAD:
-                pem = await call(self._download, order.body.certificate)
-                return Issued(pem.encode(), key, pending)
-            # WAIT_AUTHZ / WAIT_ORDER
-            if time.monotonic() > end:
-                raise TimeoutError(f"order {order.uri} still {order.body.status} after "
-                                   f"{ORDER_TIMEOUT:.0f} s")
-            await asyncio.sleep(poll_delay(rounds))
-            rounds += 1
+                    rounds += 1
             order = await call(self._fetch, order.uri, csr, False, order)
+
+    async def _resume_or_new(
+        self,
+        call: _Call,
+        cert_id: str,
+        domains: tuple[str, ...],
+        csr: bytes,
+        resume_url: str,
+        on_order: Callable[[str], Awaitable[None]],
+    ) -> Any:
+        """The order at ``resume_url`` when it is alive and for these names; else a new
+        one, whose URL ``on_order`` stores before any work is done on it."""
+        if resume_url:
+            order = await self._resumable(call, cert_id, domains, csr, resume_url)
+            if order is not None:
+                return order
+        order = await call(self._new_order, csr)
+        await on_order(order.uri)
+        return order
+
+    async def _resumable(
+        self, call: _Call, cert_id: str, domains: tuple[str, ...], csr: bytes, url: str
+    ) -> Any:
+        """The order at ``url`` with its authorizations, or None when it cannot be used."""
+        try:
+            order = await call(self._fetch, url, csr, True)
+        except (messages.Error, errors.ClientError) as e:
+            log.info("certificate %s: order %s cannot be resumed (%s); starting over",
+                     cert_id, url, e)
+            return None
+        idents = sorted({i.value for i in order.body.identifiers})
+        if idents != sorted(set(domains)) or next_step(
+            str(order.body.status.name), self._views(order, set()), False
+        ) is Step.DEAD:
+            log.info("certificate %s: order %s is %s or for other names; starting over",
+                     cert_id, url, order.body.status.name)
+            return None
+        log.info("certificate %s: resuming order %s (%s)", cert_id, url,
+                 order.body.status.name)
+        return order
+
+    async def _solve(
+        self,
+        call: _Call,
+        order: Any,
+        answered: set[str],
+        txt_name: Callable[[str], str],
+        published: dict[str, set[str]],
+    ) -> set[str]:
+        """Publish the TXT of every pending dns-01 challenge not yet answered, wait until
+        all our servers serve them, answer them; return the authorization URLs answered."""
+        todo = []
+        recs: dict[str, set[str]] = {}
+        for a in order.authorizations:
+            ch = self._dns01(a)
+            if a.body.status == messages.STATUS_PENDING and ch is not None and (
+                ch.status == messages.STATUS_PENDING and a.uri not in answered
+            ):
+                todo.append((a, ch))
+                recs.setdefault(txt_name(a.body.identifier.value), set()).add(
+                    ch.chall.validation(self.jwk))
+        if not todo:
+            raise OrderDead("a pending authorization offers no dns-01 challenge")
+        for fqdn, values in recs.items():
+            for v in values:
+                await self.store.add_txt(fqdn, v)
+                published.setdefault(fqdn, set()).add(v)
+        await wait_propagated(self.config, recs, self.acme.propagation_timeout)
+        await call(self._answer, [ch for _, ch in todo])
+        return {a.uri for a, _ in todo}
+
+    async def _dead_reason(self, call: _Call, order: Any, csr: bytes) -> str:
+        """Why the order died, from its authorizations fetched afresh (they say which name
+        failed validation and how)."""
+        detailed = await call(self._fetch, order.uri, csr, True)
+        err = str(order.body.error.detail) if order.body.error is not None else ""
+        return dead_reason(str(order.body.status.name), self._views(detailed, set()), err)
 
     def has_ari(self) -> bool:
         if self.directory is None:
