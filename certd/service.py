@@ -19,18 +19,15 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from acme import errors as acme_errors
-from acme import messages
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from certd import certfiles
-from certd.acmenet import RetryLater
-from certd.dnscheck import PropagationTimeout, judge_domain, lookup_domain
-from certd.issuer import AccountGone, Issuer, OrderDead
+from certd.dnscheck import judge_domain, lookup_domain
+from certd.failure import MAX_MESSAGE, classify
+from certd.issuer import Issued, Issuer, OrderDead
 from certd.schedule import (
-    FailureKind,
     apply_ari,
     backoff,
     due_at,
@@ -406,10 +403,8 @@ class CertService:
         for fqdn in published or {self.txt_name(cid): set()}:
             await self.store.remove_txt(fqdn)
 
-    async def _install(self, cert: Certificate, issued: object) -> Certificate:
-        from certd.issuer import Issued
-
-        assert isinstance(issued, Issued) and self.config.acme is not None
+    async def _install(self, cert: Certificate, issued: Issued) -> Certificate:
+        assert self.config.acme is not None
         info = certfiles.chain_info(issued.fullchain)
         if not certfiles.leaf_matches_key(issued.fullchain, issued.key):
             # A resumed order finalized with a key we no longer have: start afresh.
@@ -458,38 +453,18 @@ class CertService:
 
     async def _failed(self, cid: str, cert: Certificate, e: Exception) -> None:
         now = time.time()
-        kind = FailureKind.TRANSIENT
-        order_url = cert.order_url
-        if isinstance(e, OrderDead):
-            kind, order_url = FailureKind.ORDER, ""
-            msg = str(e)
-        elif isinstance(e, messages.Error):
-            kind = FailureKind.ORDER
-            msg = f"the CA refused: {e.detail or e.code}"
-            order_url = ""
-        elif isinstance(e, AccountGone):
+        f = classify(e, self.config.acme.directory if self.config.acme else "")
+        if f.unexpected:
+            log.exception("certd: unexpected failure for %s", cid)
+        if f.forget_account:
             assert self.issuer is not None
             await self.issuer.forget_account()
-            msg, order_url = f"the CA no longer knows our account ({e}); registering again", ""
-        elif isinstance(e, PropagationTimeout):
-            msg = f"our DNS servers did not serve the TXT: {e}"
-        elif isinstance(e, RetryLater | TimeoutError):
-            msg = str(e) or "the CA did not answer in time"
-        elif isinstance(e, OSError | acme_errors.Error) or type(e).__module__.startswith(
-            ("requests", "urllib3")
-        ):
-            where = self.config.acme.directory if self.config.acme else ""
-            msg = f"cannot reach the CA at {where}: {type(e).__name__}: {e}"[:500]
-        else:
-            log.exception("certd: unexpected failure for %s", cid)
-            msg = f"{type(e).__name__}: {e}"
+        msg = f.message
+        order_url = cert.order_url if f.keep_order else ""
         failures = cert.failures + 1
-        nxt = backoff(failures, now, kind, self.rng)
-        if isinstance(e, RetryLater):
-            nxt = max(nxt, now + e.delay)
-        state = CertState.FAILED
-        new = replace(cert, state=state, failures=failures, next_attempt=nxt,
-                      last_error=msg[:500], order_url=order_url)
+        nxt = max(backoff(failures, now, f.kind, self.rng), now + f.not_before)
+        new = replace(cert, state=CertState.FAILED, failures=failures, next_attempt=nxt,
+                      last_error=msg[:MAX_MESSAGE], order_url=order_url)
         self.failed += 1
         log.warning("certd: certificate %s failed (%d in a row): %s; next attempt in %.0f s",
                     cid, failures, msg, nxt - now)
