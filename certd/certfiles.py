@@ -85,22 +85,15 @@ class ChainInfo:
     not_before: float
     not_after: float
     serial: int
-    domains: tuple[str, ...]
 
 
 def chain_info(fullchain: bytes) -> ChainInfo:
-    """Validity and names of the leaf (the first certificate of the chain)."""
+    """Validity and serial of the leaf (the first certificate of the chain)."""
     leaf = x509.load_pem_x509_certificates(fullchain)[0]
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = tuple(san.value.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        names = ()
     return ChainInfo(
         leaf.not_valid_before_utc.timestamp(),
         leaf.not_valid_after_utc.timestamp(),
         leaf.serial_number,
-        names,
     )
 
 
