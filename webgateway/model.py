@@ -1,7 +1,14 @@
 """The values the store hands out and the services consume.
 
-They are frozen so that a snapshot given to dnsd or the proxy can never be changed
-under their feet; a change always arrives as a new value with a new serial.
+The values are frozen dataclasses. A ``Snapshot`` or ``ChangeSet`` is built complete by
+the store, fresh for each call (every follower gets its own), and never touched by it
+again; its mappings are typed read-only (``Mapping``: ``mypy --strict``, part of the
+suite, rejects a write through them), so what dnsd, the proxy or certd is handed does not
+change under its feet: a change always arrives as a new value with a new serial. A view
+that keeps a mapping to change it later copies it (``dict(snapshot.names)``). At run time
+they are plain dicts, not ``types.MappingProxyType``: ``dict()`` of a proxy is about 25x
+slower than of a dict (0.4 s against 15 ms for a million names, which the proxy's route
+table copies at every snapshot load).
 """
 
 from __future__ import annotations
@@ -118,11 +125,11 @@ class Snapshot:
     """Everything the data plane needs, as of ``serial``."""
 
     serial: int
-    names: dict[str, Name]
-    domains: dict[str, Domain]
-    txt: dict[str, tuple[str, ...]]
-    certificates: dict[str, Certificate]
-    meta: dict[str, str] = field(default_factory=dict)
+    names: Mapping[str, Name]
+    domains: Mapping[str, Domain]
+    txt: Mapping[str, tuple[str, ...]]
+    certificates: Mapping[str, Certificate]
+    meta: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,11 +137,11 @@ class ChangeSet:
     """What changed after a serial: new values by key, and keys that are gone."""
 
     serial: int
-    names: dict[str, Name | None]
-    domains: dict[str, Domain | None]
-    txt: dict[str, tuple[str, ...]]  # fqdn -> all its values now (empty: none left)
-    certificates: dict[str, Certificate | None]
-    meta: dict[str, str | None] = field(default_factory=dict)
+    names: Mapping[str, Name | None]
+    domains: Mapping[str, Domain | None]
+    txt: Mapping[str, tuple[str, ...]]  # fqdn -> all its values now (empty: none left)
+    certificates: Mapping[str, Certificate | None]
+    meta: Mapping[str, str | None] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -291,30 +291,34 @@ class SqliteStore:
                 rows = await self._all(
                     "SELECT DISTINCT kind, key FROM changes WHERE serial > ?", (serial,)
                 )
-                cs = ChangeSet(int(current), {}, {}, {}, {})
+                names: dict[str, Name | None] = {}
+                domains: dict[str, Domain | None] = {}
+                txt: dict[str, tuple[str, ...]] = {}
+                certs: dict[str, Certificate | None] = {}
+                meta: dict[str, str | None] = {}
                 for kind, key in rows:
                     if kind == "name":
                         r = await self._one(f"SELECT {_NAME_COLS} FROM names WHERE label=?", (key,))
-                        cs.names[key] = _name(r) if r else None
+                        names[key] = _name(r) if r else None
                     elif kind == "domain":
                         r = await self._one(
                             f"SELECT {_DOMAIN_COLS} FROM domains WHERE fqdn=?", (key,)
                         )
-                        cs.domains[key] = _domain(r) if r else None
+                        domains[key] = _domain(r) if r else None
                     elif kind == "txt":
                         vals = await self._all(
                             "SELECT value FROM txt WHERE fqdn=? ORDER BY created", (key,)
                         )
-                        cs.txt[key] = tuple(v for (v,) in vals)
+                        txt[key] = tuple(v for (v,) in vals)
                     elif kind == "cert":
                         r = await self._one(
                             f"SELECT {_CERT_COLS} FROM certificates WHERE id=?", (key,)
                         )
-                        cs.certificates[key] = _cert(r) if r else None
+                        certs[key] = _cert(r) if r else None
                     elif kind == "meta":
                         r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
-                        cs.meta[key] = str(r[0]) if r else None
-                return cs
+                        meta[key] = str(r[0]) if r else None
+                return ChangeSet(int(current), names, domains, txt, certs, meta)
             finally:
                 await self.db.execute("COMMIT")
 
