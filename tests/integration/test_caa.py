@@ -8,7 +8,7 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 
-from tests.integration.test_certd_pebble import dns_target, wait_cert
+from tests.certd_harness import dns_target, wait_cert
 from tests.pebble import pebble_factory, requires_pebble
 from tests.support import ZONE, make_config, services
 from webgateway.model import acme_account_meta_key

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import stat
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,17 +14,16 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from certd.service import CertService
 from dnsd.service import DnsService
+from tests.certd_harness import dns_target, verify_chain, wait_cert
 from tests.pebble import Pebble, pebble_factory, requires_pebble
 from tests.support import ZONE, make_config, services
 from webgateway.config import Config
 from webgateway.dnsname import challenge_label
 from webgateway.model import (
-    Certificate,
     CertState,
     Domain,
     DomainState,
@@ -47,11 +45,6 @@ class Gw:
     pebble: Pebble
 
 
-def dns_target(cfg: Config) -> tuple[str, int]:
-    hp = cfg.dns.listen[0]
-    return str(hp.host), hp.port
-
-
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, pebble_factory, **pebble_kw) -> AsyncIterator[Gw]:  # type: ignore[no-untyped-def]
     cfg0 = make_config(tmp_path)
@@ -67,33 +60,6 @@ async def gateway(tmp_path: Path, pebble_factory, **pebble_kw) -> AsyncIterator[
         dnsd, certd = run.services["dnsd"], run.services["certd"]
         assert isinstance(dnsd, DnsService) and isinstance(certd, CertService)
         yield Gw(cfg, run.store, dnsd, certd, pb)
-
-
-async def wait_cert(store: SqliteStore, cid: str, seconds: float = 60,
-                    not_path: str = "") -> Certificate:
-    end = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < end:
-        last = await store.get_certificate(cid)
-        if last is not None and last.state == CertState.VALID and last.cert_path != not_path:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"certificate {cid} not valid after {seconds} s: {last}")
-
-
-def verify_chain(pb: Pebble, cert: Certificate, tmp: Path) -> None:
-    """openssl verify of the leaf against Pebble's root, intermediates from our chain file."""
-    root = tmp / "root.pem"
-    root.write_bytes(pb.root_pem())
-    chain = x509.load_pem_x509_certificates(Path(cert.cert_path).read_bytes())
-    assert len(chain) >= 2
-    pem = [c.public_bytes(serialization.Encoding.PEM) for c in chain]
-    (tmp / "inter.pem").write_bytes(b"".join(pem[1:]))
-    (tmp / "leaf.pem").write_bytes(pem[0])
-    r = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted",
-                        str(tmp / "inter.pem"), str(tmp / "leaf.pem")],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stdout + r.stderr
 
 
 async def txt_at(cfg: Config, fqdn: str) -> list[str]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import dns.message
 import pytest
 
-from tests.integration.test_dnsd_serve import Dns, start
+from tests.dnsd_harness import Dns, start
+from tests.hostile_dns import mutate, pointer_packet, seeds
 from tests.support import ZONE
-from tests.unit.test_dnsd_wire import _mutate, _pointer_packet, _seeds
 
 
 @pytest.fixture
@@ -26,13 +26,13 @@ async def d(tmp_path: Path) -> AsyncIterator[Dns]:
 
 def corpus(n: int, seed: int) -> list[bytes]:
     rnd = random.Random(seed)
-    seeds = _seeds()
+    starts = seeds()
     out = []
     for i in range(n):
         if i % 3 == 0:
-            out.append(_pointer_packet(rnd))
+            out.append(pointer_packet(rnd))
         else:
-            out.append(_mutate(rnd, rnd.choice(seeds)))
+            out.append(mutate(rnd, rnd.choice(starts)))
     return out
 
 

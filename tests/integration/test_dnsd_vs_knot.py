@@ -22,7 +22,7 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.integration.test_dnsd_serve import SHOP, SHOP_TARGET, Dns, start
+from tests.dnsd_harness import SHOP, SHOP_TARGET, Dns, start
 from tests.procs import Proc, wait_dns
 from tests.support import ZONE, free_port
 

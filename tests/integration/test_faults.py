@@ -13,7 +13,7 @@ from pathlib import Path
 import dns.asyncquery
 import dns.message
 
-from tests.integration.test_certd_pebble import dns_target, verify_chain, wait_cert
+from tests.certd_harness import dns_target, verify_chain, wait_cert
 from tests.pebble import pebble_factory, requires_pebble
 from tests.support import ZONE, make_config, services
 

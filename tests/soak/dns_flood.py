@@ -23,9 +23,9 @@ import dns.query
 import dns.rdatatype
 
 from tests.gateway import write_config
+from tests.hostile_dns import mutate, pointer_packet, seeds
 from tests.procs import Proc, wait_dns
 from tests.support import ZONE
-from tests.unit.test_dnsd_wire import _mutate, _pointer_packet, _seeds
 from webgateway.addresses import parse_hostport
 from webgateway.config import load_config
 from webgateway.model import Name
@@ -96,7 +96,7 @@ def hostile(rnd: random.Random, kind: str) -> bytes:
     if kind == "random":
         return rnd.randbytes(rnd.randrange(12, 512))
     if kind == "pointers":
-        return _pointer_packet(rnd)
+        return pointer_packet(rnd)
     if kind == "oversized":  # a valid query buried in a datagram far larger than any query
         q = dns.message.make_query(f"x{rnd.randrange(10**6)}.{ZONE}", "A").to_wire()
         return q + rnd.randbytes(rnd.randrange(1000, 4000))
@@ -107,10 +107,10 @@ def hostile(rnd: random.Random, kind: str) -> bytes:
         return bytes(b)
     if kind == "runt":  # a header cut short
         return rnd.randbytes(rnd.randrange(0, 12))
-    return _mutate(rnd, rnd.choice(_SEEDS))
+    return mutate(rnd, rnd.choice(_SEEDS))
 
 
-_SEEDS = _seeds()
+_SEEDS = seeds()
 
 
 def corpus(n: int, seed: int) -> list[bytes]:

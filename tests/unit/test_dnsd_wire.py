@@ -8,7 +8,6 @@ query's ID, never an exception.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import struct
 import time
@@ -24,34 +23,8 @@ from hypothesis import strategies as st
 from dnsd import wire
 from dnsd.responder import Responder
 from dnsd.zone import ZoneView
-from webgateway.config import ZoneConfig
-from webgateway.dnsname import challenge_label
-from webgateway.model import Domain, Name, Snapshot
-
-ZONE = "gw.test"
-
-
-def zone_config(**kw: object) -> ZoneConfig:
-    args: dict[str, object] = {
-        "name": ZONE,
-        "gateway_ipv4": (ipaddress.IPv4Address("192.0.2.1"),),
-        "gateway_ipv6": (ipaddress.IPv6Address("2001:db8::1"),),
-        "nameservers": {f"ns1.{ZONE}": (ipaddress.IPv4Address("192.0.2.53"),)},
-        "hostmaster": f"hostmaster@{ZONE}",
-    }
-    args.update(kw)
-    return ZoneConfig(**args)  # type: ignore[arg-type]
-
-
-def snapshot(serial: int = 7) -> Snapshot:
-    shop = "shop.example.org"
-    return Snapshot(
-        serial,
-        {lab: Name(lab, 1, ()) for lab in ("alice", "bob")},
-        {shop: Domain(shop, "alice", 1, challenge_label(shop))},
-        {f"_acme-challenge.{ZONE}": ("a", "b"), f"{challenge_label(shop)}._acme.{ZONE}": ("t",)},
-        {},
-    )
+from tests.dnszone import ZONE, snapshot, zone_config
+from tests.hostile_dns import mutate, pointer_packet, seeds
 
 
 @pytest.fixture(scope="module")
@@ -169,55 +142,6 @@ def test_truncate_keeps_question(responder: Responder) -> None:
 # ------------------------------------------------------------------ hostile input
 
 
-def _seeds() -> list[bytes]:
-    out = []
-    for name, rdtype in (("alice.gw.test", "A"), ("gw.test", "SOA"), ("nx.gw.test", "TXT"),
-                         ("_acme-challenge.shop.example.org", "TXT"), ("example.com", "ANY")):
-        for edns in (False, 0):
-            out.append(dns.message.make_query(name, rdtype, use_edns=edns).to_wire())
-    out.append(dnslib.DNSRecord.question("alice.gw.test", "A").pack())
-    return out
-
-
-def _pointer_packet(rnd: random.Random) -> bytes:
-    qd, an = rnd.randrange(0, 3), rnd.randrange(0, 40)
-    body = bytearray()
-    for _ in range(rnd.randrange(1, 200)):
-        kind = rnd.random()
-        if kind < 0.5:
-            target = rnd.randrange(0, 12 + len(body) + 4)
-            body += bytes((0xC0 | (target >> 8) & 0x3F, target & 0xFF))
-        elif kind < 0.8:
-            body += b"\x01a"
-        else:
-            body += bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 6)))
-    return struct.pack(">HHHHHH", rnd.randrange(65536), rnd.choice((0, 0x0100)), qd, an, 0,
-                       rnd.randrange(0, 3)) + bytes(body)
-
-
-def _mutate(rnd: random.Random, seed: bytes) -> bytes:
-    b = bytearray(seed)
-    op = rnd.randrange(6)
-    if op == 0:  # bit flips
-        for _ in range(rnd.randrange(1, 4)):
-            i = rnd.randrange(len(b))
-            b[i] ^= 1 << rnd.randrange(8)
-    elif op == 1:  # truncate
-        del b[rnd.randrange(len(b)) :]
-    elif op == 2:  # random byte values
-        for _ in range(rnd.randrange(1, 4)):
-            b[rnd.randrange(len(b))] = rnd.randrange(256)
-    elif op == 3:  # counts
-        b[4 + rnd.randrange(8)] = rnd.randrange(256)
-    elif op == 4:  # insert junk
-        i = rnd.randrange(len(b) + 1)
-        b[i:i] = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 8)))
-    else:  # splice in a pointer
-        i = rnd.randrange(12, len(b))
-        b[i : i + 2] = bytes((0xC0, rnd.randrange(256)))
-    return bytes(b)
-
-
 def check_reply(packet: bytes, reply: bytes | None) -> None:
     if reply is None:
         assert len(packet) < 12 or packet[2] & 0x80  # only runts and responses are ignored
@@ -228,15 +152,15 @@ def check_reply(packet: bytes, reply: bytes | None) -> None:
 
 def test_corpus_of_100k_hostile_packets(responder: Responder) -> None:
     rnd = random.Random(20261128)
-    seeds = _seeds()
+    starts = seeds()
     handled = 0
     t0 = time.process_time()
     for i in range(105_000):
         r = i % 10
         if r < 7:
-            packet = _mutate(rnd, rnd.choice(seeds))
+            packet = mutate(rnd, rnd.choice(starts))
         elif r < 9:
-            packet = _pointer_packet(rnd)
+            packet = pointer_packet(rnd)
         else:
             packet = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64)))
         check_reply(packet, responder.handle(packet))

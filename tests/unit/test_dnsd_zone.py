@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dnsd import wire
 from dnsd.responder import Responder
 from dnsd.zone import ENT, NODE, NX, OUTSIDE, ZoneView
-from tests.unit.test_dnsd_wire import ZONE, snapshot, zone_config
+from tests.dnszone import ZONE, snapshot, zone_config
 from webgateway.dnsname import challenge_label
 from webgateway.model import ChangeSet, Domain, Name, Snapshot
 
@@ -64,12 +64,14 @@ def test_incremental_apply_equals_fresh_load(steps: list[tuple[object, ...]]) ->
     serial = 1
     for kind, key, value in steps:
         serial += 1
-        cs = ChangeSet(serial, {}, {}, {}, {})
+        cs_names: dict[str, Name | None] = {}
+        cs_domains: dict[str, Domain | None] = {}
+        cs_txt: dict[str, tuple[str, ...]] = {}
         names, domains, txt = dict(state.names), dict(state.domains), dict(state.txt)
         if kind == "name":
             assert isinstance(key, str)
             new = Name(key, 1, ()) if value else None
-            cs.names[key] = new
+            cs_names[key] = new
             if new:
                 names[key] = new
             else:
@@ -77,20 +79,20 @@ def test_incremental_apply_equals_fresh_load(steps: list[tuple[object, ...]]) ->
         elif kind == "domain":
             assert isinstance(key, str)
             dom = Domain(key, "alice", 1, challenge_label(key)) if value else None
-            cs.domains[key] = dom
+            cs_domains[key] = dom
             if dom:
                 domains[key] = dom
             else:
                 domains.pop(key, None)
         else:
             assert isinstance(key, str) and isinstance(value, list)
-            cs.txt[key] = tuple(value)
+            cs_txt[key] = tuple(value)
             if value:
                 txt[key] = tuple(value)
             else:
                 txt.pop(key, None)
         state = Snapshot(serial, names, domains, txt, {})
-        view.apply(cs)
+        view.apply(ChangeSet(serial, cs_names, cs_domains, cs_txt, {}))
         fresh = ZoneView(zone_config())
         fresh.load(state)
         assert answers(view) == answers(fresh), steps
@@ -133,3 +135,27 @@ def test_txt_below_a_custom_domain_follows_the_domain_zone() -> None:
     assert node.kind == NODE and wire.TXT in node.rrsets
     view.apply(ChangeSet(5, {}, {shop: None}, {}, {}))
     assert view.find(wire.name_to_wire(f"t.{shop}")).kind == OUTSIDE
+
+
+def test_a_fresh_snapshot_drops_the_cached_replies() -> None:
+    """A snapshot load (start-up, and the follower's recovery from a failed change) must
+    retire every reply the responder cached from the view before it, as a change does."""
+    view = ZoneView(zone_config())
+    view.load(snapshot(serial=1))
+    r = Responder(view)
+
+    def ask(name: str, rdtype: str) -> dns.message.Message:
+        m = dns.message.make_query(name, rdtype, use_edns=False)
+        m.id = 7
+        raw = r.handle(m.to_wire())
+        assert raw is not None
+        return dns.message.from_wire(raw)
+
+    for _ in range(2):
+        assert ask(f"alice.{ZONE}", "A").rcode() == dns.rcode.NOERROR
+        assert ask(ZONE, "SOA").answer[0][0].serial == 1
+    assert r.hits == 2  # the second round came from the reply cache
+    snap = snapshot(serial=2)
+    view.load(replace(snap, names={k: v for k, v in snap.names.items() if k != "alice"}))
+    assert ask(f"alice.{ZONE}", "A").rcode() == dns.rcode.NXDOMAIN
+    assert ask(ZONE, "SOA").answer[0][0].serial == 2

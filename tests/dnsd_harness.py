@@ -1,0 +1,76 @@
+"""dnsd on a loopback port over a seeded store, and a client for it: what the dnsd
+integration tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.asyncquery
+import dns.flags
+import dns.message
+from prometheus_client import CollectorRegistry
+
+from dnsd.service import DnsService, build
+from tests.support import ZONE, make_config
+from webgateway.addresses import parse_hostport
+from webgateway.dnsname import challenge_label
+from webgateway.model import Domain, Name
+from webgateway.sqlite_store import SqliteStore
+
+BACKEND = (parse_hostport("10.9.8.7:8080"),)
+SHOP = "shop.example.org"
+SHOP_TARGET = f"{challenge_label(SHOP)}._acme.{ZONE}"
+
+
+@dataclass
+class Dns:
+    store: SqliteStore
+    svc: DnsService
+    host: str
+    port: int
+    owner: int
+    tmp: Path
+
+    async def q(self, name: str, rdtype: str = "A", *, tcp: bool = False,
+                use_edns: int | bool = 0, payload: int = 1232, want_dnssec: bool = False,
+                rd: bool = True) -> dns.message.Message:
+        m = dns.message.make_query(name, rdtype, use_edns=use_edns, payload=payload,
+                                   want_dnssec=want_dnssec)
+        if not rd:
+            m.flags &= ~dns.flags.RD
+        if tcp:
+            return await dns.asyncquery.tcp(m, self.host, port=self.port, timeout=3)
+        return await dns.asyncquery.udp(m, self.host, port=self.port, timeout=3,
+                                        ignore_trailing=False)
+
+    async def raw(self, packet: bytes, timeout: float = 1.0) -> bytes | None:
+        return await asyncio.to_thread(self._raw, packet, timeout)
+
+    def _raw(self, packet: bytes, timeout: float) -> bytes | None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(packet, (self.host, self.port))
+            try:
+                return s.recv(65535)
+            except TimeoutError:
+                return None
+
+
+async def start(tmp_path: Path, **sections: dict[str, Any]) -> Dns:
+    cfg = make_config(tmp_path, **sections)
+    store = SqliteStore(cfg.store.path, poll_interval=0.02)
+    await store.open()
+    owner = await store.create_owner("alice", "hash-alice")
+    await store.put_name(Name("alice", owner.id, BACKEND), 100)
+    await store.put_name(Name("bob", owner.id, BACKEND), 100)
+    await store.put_domain(Domain(SHOP, "alice", owner.id, challenge_label(SHOP)), 10)
+    await store.add_txt(f"_acme-challenge.{ZONE}", "wild-1")
+    await store.add_txt(f"_acme-challenge.{ZONE}", "wild-2")
+    await store.add_txt(SHOP_TARGET, "shop-token")
+    svc = build(cfg, store, CollectorRegistry())
+    await svc.start()
+    return Dns(store, svc, "127.0.0.1", cfg.dns.listen[0].port, owner.id, tmp_path)
