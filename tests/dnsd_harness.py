@@ -48,16 +48,19 @@ class Dns:
                                         ignore_trailing=False)
 
     async def raw(self, packet: bytes, timeout: float = 1.0) -> bytes | None:
-        return await asyncio.to_thread(self._raw, packet, timeout)
+        return await asyncio.to_thread(udp_exchange, packet, self.host, self.port, timeout)
 
-    def _raw(self, packet: bytes, timeout: float) -> bytes | None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(timeout)
-            s.sendto(packet, (self.host, self.port))
-            try:
-                return s.recv(65535)
-            except TimeoutError:
-                return None
+
+def udp_exchange(packet: bytes, host: str, port: int, timeout: float) -> bytes | None:
+    """Send raw bytes in one datagram; the first datagram back, or None within ``timeout``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(packet, (host, port))
+        try:
+            return s.recv(65535)
+        except TimeoutError:
+            return None
+
 
 
 async def start(tmp_path: Path, **sections: dict[str, Any]) -> Dns:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.dnsd_harness import SHOP, SHOP_TARGET, Dns, start
+from tests.dnsd_harness import SHOP, SHOP_TARGET, Dns, start, udp_exchange
 from tests.procs import Proc, wait_dns
 from tests.support import ZONE, free_port
 
@@ -123,13 +122,7 @@ async def _ask(m: dns.message.Message, port: int, tcp: bool) -> dns.message.Mess
 
 
 def _raw(packet: bytes, port: int) -> bytes | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.5)
-        s.sendto(packet, ("127.0.0.1", port))
-        try:
-            return s.recv(65535)
-        except TimeoutError:
-            return None
+    return udp_exchange(packet, "127.0.0.1", port, 0.5)
 
 
 def _edns_query(version: int) -> bytes:

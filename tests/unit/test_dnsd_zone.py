@@ -14,7 +14,7 @@ from dnsd.responder import Responder
 from dnsd.zone import ENT, NODE, NX, OUTSIDE, ZoneView
 from tests.dnszone import ZONE, snapshot, zone_config
 from webgateway.dnsname import challenge_label
-from webgateway.model import ChangeSet, Domain, Name, Snapshot
+from webgateway.model import ChangeSet, Domain, Name, Snapshot, merge
 
 LABELS = ["alice", "bob", "carol", "ns1", "_acme-challenge"]
 DOMAINS = ["shop.example.org", "a.example.org", "b.a.example.org", f"in.{ZONE}"]
@@ -64,35 +64,21 @@ def test_incremental_apply_equals_fresh_load(steps: list[tuple[object, ...]]) ->
     serial = 1
     for kind, key, value in steps:
         serial += 1
-        cs_names: dict[str, Name | None] = {}
-        cs_domains: dict[str, Domain | None] = {}
-        cs_txt: dict[str, tuple[str, ...]] = {}
-        names, domains, txt = dict(state.names), dict(state.domains), dict(state.txt)
+        assert isinstance(key, str)
         if kind == "name":
-            assert isinstance(key, str)
-            new = Name(key, 1, ()) if value else None
-            cs_names[key] = new
-            if new:
-                names[key] = new
-            else:
-                names.pop(key, None)
+            change = ChangeSet(serial, {key: Name(key, 1, ()) if value else None}, {}, {}, {})
         elif kind == "domain":
-            assert isinstance(key, str)
             dom = Domain(key, "alice", 1, challenge_label(key)) if value else None
-            cs_domains[key] = dom
-            if dom:
-                domains[key] = dom
-            else:
-                domains.pop(key, None)
+            change = ChangeSet(serial, {}, {key: dom}, {}, {})
         else:
-            assert isinstance(key, str) and isinstance(value, list)
-            cs_txt[key] = tuple(value)
-            if value:
-                txt[key] = tuple(value)
-            else:
-                txt.pop(key, None)
+            assert isinstance(value, list)
+            change = ChangeSet(serial, {}, {}, {key: tuple(value)}, {})
+        names, domains = dict(state.names), dict(state.domains)
+        merge(names, change.names)
+        merge(domains, change.domains)
+        txt = {k: v for k, v in {**state.txt, **change.txt}.items() if v}  # () = none left
         state = Snapshot(serial, names, domains, txt, {})
-        view.apply(ChangeSet(serial, cs_names, cs_domains, cs_txt, {}))
+        view.apply(change)
         fresh = ZoneView(zone_config())
         fresh.load(state)
         assert answers(view) == answers(fresh), steps
