@@ -199,7 +199,7 @@ class SqliteStore:
             self._pending = []
             touched = False
             try:
-                await self.db.execute("BEGIN IMMEDIATE")
+                await self._begin("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
                 raise StoreUnavailable(f"the store cannot start a write: {e}") from None
             try:
@@ -226,6 +226,16 @@ class SqliteStore:
                 raise
         if touched:
             self._notify()
+
+    async def _begin(self, sql: str) -> None:
+        """BEGIN that never leaves the connection inside a transaction when the caller is
+        cancelled (a service stopping): aiosqlite runs the statement in its thread even
+        after the awaiting task is gone, so the ROLLBACK is queued right behind it."""
+        try:
+            await self.db.execute(sql)
+        except asyncio.CancelledError:
+            await self._rollback()
+            raise
 
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -258,7 +268,7 @@ class SqliteStore:
 
     async def snapshot(self) -> Snapshot:
         async with self._read():
-            await self.db.execute("BEGIN")
+            await self._begin("BEGIN")
             try:
                 (serial,) = await self._one("SELECT value FROM serial WHERE id = 1")
                 names = {r[0]: _name(r) for r in await self._all(f"SELECT {_NAME_COLS} FROM names")}
@@ -280,7 +290,7 @@ class SqliteStore:
 
     async def changes_since(self, serial: int) -> ChangeSet | None:
         async with self._read():
-            await self.db.execute("BEGIN")
+            await self._begin("BEGIN")
             try:
                 (current,) = await self._one("SELECT value FROM serial WHERE id = 1")
                 (oldest,) = await self._one("SELECT MIN(serial) FROM changes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -245,3 +246,18 @@ async def test_a_failing_view_is_rebuilt_from_a_snapshot(store: SqliteStore) -> 
         assert {"a.gw.test", "b.gw.test"} <= seen  # nothing the failed apply held is lost
     finally:
         task.cancel()
+
+async def test_a_writer_cancelled_mid_begin_leaves_no_transaction_open(store: SqliteStore) -> None:
+    """A service stopping cancels its writes; the next writer must still get its BEGIN
+    (aiosqlite runs a cancelled statement anyway: without the ROLLBACK behind it, every
+    later write failed with 'cannot start a transaction within a transaction')."""
+    for i in range(40):
+        task = asyncio.create_task(store.add_txt("x.gw.test", f"v{i}"))
+        for _ in range(i % 4):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.add_txt("y.gw.test", f"w{i}")
+        await store.snapshot()
+    assert len([t for t in await store.list_txt() if t.fqdn == "y.gw.test"]) == 40
