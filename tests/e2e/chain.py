@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import knot
 from tests.procs import Proc, wait_dns, wait_tcp
 
 PARENT_ADDR = "127.0.0.3"
@@ -51,60 +52,16 @@ def _parent_zone(ns: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Knot:
+class Knot(knot.Knot):
     """Knot serving the root and the parent zone; records can be added like a registrar does."""
 
     def __init__(self, work: Path, ns: dict[str, str]) -> None:
-        self.dir = work / "knot"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "root.zone").write_text(_root_zone())
-        (self.dir / f"{PARENT}.zone").write_text(_parent_zone(ns))
-        self.conf = self.dir / "knot.conf"
-        self.conf.write_text(textwrap.dedent(f"""\
-            server:
-                rundir: "{self.dir}"
-                pidfile: "{self.dir}/knot.pid"
-                listen: {PARENT_ADDR}@53
-            log:
-              - target: stderr
-                any: info
-            database:
-                storage: "{self.dir}"
-            control:
-                listen: "{self.dir}/knot.sock"
-            template:
-              - id: default
-                storage: "{self.dir}"
-                zonefile-sync: -1
-                zonefile-load: whole
-                journal-content: changes
-                semantic-checks: off
-            zone:
-              - domain: .
-                file: "{self.dir}/root.zone"
-              - domain: {PARENT}
-                file: "{self.dir}/{PARENT}.zone"
-            """))
-        subprocess.run(["knotc", "-c", str(self.conf), "conf-check"], check=True,
-                       capture_output=True, timeout=30)
-        self.proc = Proc("knotd", ["knotd", "-c", str(self.conf)], self.dir / "knotd.log")
-        wait_dns(PARENT_ADDR, 53, f"{PARENT}.", self.proc)
+        super().__init__(work / "knot", PARENT_ADDR, 53,
+                         {PARENT: _parent_zone(ns), ".": _root_zone()})
 
-    def set_records(self, records: list[tuple[str, str, str]]) -> None:
-        """Add (owner, type, data) records to the parent zone, as the user would at a registrar."""
-        c = ["knotc", "-c", str(self.conf), "-t", "10"]
-        subprocess.run([*c, "zone-begin", PARENT], check=True, capture_output=True, timeout=30)
-        try:
-            for owner, rtype, data in records:
-                subprocess.run([*c, "zone-set", PARENT, owner, "60", rtype, data], check=True,
-                               capture_output=True, timeout=30)
-        except subprocess.CalledProcessError:
-            subprocess.run([*c, "zone-abort", PARENT], capture_output=True, timeout=30)
-            raise
-        subprocess.run([*c, "zone-commit", PARENT], check=True, capture_output=True, timeout=30)
-
-    def stop(self) -> None:
-        self.proc.stop()
+    def set_records(self, records: list[tuple[str, str, str]]) -> None:  # type: ignore[override]
+        """Add (owner, type, data) records to the parent zone."""
+        super().set_records(PARENT, records)
 
 
 class Unbound:

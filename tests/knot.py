@@ -1,0 +1,81 @@
+"""Knot as a real authoritative DNS server in tests: a DNS host whose records change the way
+a user changes them at their provider (``knotc zone-set`` in a transaction)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+from tests.procs import Proc, wait_dns
+
+
+def knot_missing() -> bool:
+    return not (shutil.which("knotd") and shutil.which("knotc"))
+
+
+class Knot:
+    """knotd serving ``zones`` (name -> zone file text) on ``host@port``, stopped by PID."""
+
+    def __init__(self, work: Path, host: str, port: int, zones: dict[str, str]) -> None:
+        self.dir = work
+        self.dir.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for name, text in zones.items():
+            path = self.dir / f"{name.rstrip('.') or 'root'}.zone"
+            path.write_text(text)
+            entries.append(f'  - domain: {name}\n    file: "{path}"')
+        self.conf = self.dir / "knot.conf"
+        self.conf.write_text(textwrap.dedent(f"""\
+            server:
+                rundir: "{self.dir}"
+                pidfile: "{self.dir}/knot.pid"
+                listen: {host}@{port}
+            log:
+              - target: stderr
+                any: info
+            database:
+                storage: "{self.dir}"
+            control:
+                listen: "{self.dir}/knot.sock"
+            template:
+              - id: default
+                storage: "{self.dir}"
+                zonefile-sync: -1
+                zonefile-load: whole
+                journal-content: changes
+                semantic-checks: off
+            zone:
+            """) + "\n".join(entries) + "\n")
+        subprocess.run(["knotc", "-c", str(self.conf), "conf-check"], check=True,
+                       capture_output=True, timeout=30)
+        self.proc = Proc("knotd", ["knotd", "-c", str(self.conf)], self.dir / "knotd.log")
+        wait_dns(host, port, next(iter(zones)), self.proc)
+
+    def set_records(self, zone: str, records: list[tuple[str, str, str]]) -> None:
+        """Add (owner, type, data) records to ``zone`` in one transaction, TTL 60."""
+        c = ["knotc", "-c", str(self.conf), "-t", "10"]
+        subprocess.run([*c, "zone-begin", zone], check=True, capture_output=True, timeout=30)
+        try:
+            for owner, rtype, data in records:
+                subprocess.run([*c, "zone-set", zone, owner, "60", rtype, data], check=True,
+                               capture_output=True, timeout=30)
+        except subprocess.CalledProcessError:
+            subprocess.run([*c, "zone-abort", zone], capture_output=True, timeout=30)
+            raise
+        subprocess.run([*c, "zone-commit", zone], check=True, capture_output=True, timeout=30)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def owner_zone(zone: str, negative_ttl: int = 1) -> str:
+    """A minimal zone file for a domain owner's DNS host (short negative TTL: tests retry)."""
+    return textwrap.dedent(f"""\
+        $ORIGIN {zone}.
+        $TTL 60
+        @ SOA ns.{zone}. hostmaster.{zone}. 1 3600 900 604800 {negative_ttl}
+        @ NS ns
+        ns A 127.0.0.1
+        """)
