@@ -7,10 +7,11 @@ high port): then the ``dns.listen`` addresses themselves are queried. Wildcard l
 addresses (0.0.0.0, ::) are reached through loopback. Name servers without glue (out of
 zone) are resolved at check time.
 
-``judge_domain`` decides whether a custom domain is pointed at us: its
-``_acme-challenge`` CNAME must target our per-domain label, and the domain itself must
-CNAME to its name under the zone -- or resolve to the gateway addresses (an apex domain
-cannot have a CNAME; a domain delegated to us by NS resolves to them too).
+``judge_domain`` decides whether one claim on a custom domain is proven: its
+``_acme-challenge`` CNAME must target that claim's own random label (so the CNAME names
+the claim the domain's owner made), and the domain itself must CNAME to the claim's name
+under the zone -- or resolve to the gateway addresses (an apex domain cannot have a CNAME;
+a held domain later delegated to us by NS resolves to them too).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ which certificates are wanted (the zone wildcard, plus one per verified custom d
 asks ``schedule.due_at`` when each needs an order, and runs orders as tasks; the ACME
 requests themselves run in the ``Issuer``'s thread pool. Nothing here blocks start-up:
 a CA that cannot be reached is a failed attempt with backoff, visible in the API.
+
+certd is also the judge of custom-domain claims, with or without ``[acme]``: it looks
+for each pending claim's proof in DNS (the store then drops the domain's other claims)
+and expires claims not proven within ``[api] domain_claim_ttl``. Both verdicts sit in
+the one loop that already watches the claims, so they cannot race each other.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from certd.schedule import (
     renew_at,
 )
 from webgateway.config import Config
-from webgateway.dnsname import challenge_label, is_within
+from webgateway.dnsname import is_within
 from webgateway.feed import Follower
 from webgateway.model import (
     Certificate,
@@ -60,32 +65,29 @@ VERIFY_FIRST, VERIFY_CAP = 0.1, 300.0
 ORDERS_PER_THREAD = 64
 #: Old key/chain files are deleted this long after the store points at the new pair.
 OLD_FILES_GRACE = 60.0
+#: How often pending claims past their TTL are expired (and old closed ones purged).
+CLAIM_SWEEP = 60.0
 
 
 class CertView:
-    """What certd follows: custom domains and certificates (names and TXT are not its concern)."""
+    """What certd follows: held domains (by fqdn), pending claims (by challenge label) and
+    certificates; names are not its concern."""
 
     def __init__(self) -> None:
         self.domains: dict[str, Domain] = {}
+        self.claims: dict[str, Domain] = {}
         self.certs: dict[str, Certificate] = {}
         self.txt: dict[str, tuple[str, ...]] = {}
-        self.removed_domains: set[str] = set()
 
     def load(self, snapshot: Snapshot) -> None:
-        gone = set(self.domains) - set(snapshot.domains)
-        self.removed_domains |= gone
         self.domains = dict(snapshot.domains)
+        self.claims = dict(snapshot.claims)
         self.certs = dict(snapshot.certificates)
         self.txt = dict(snapshot.txt)
 
     def apply(self, changes: ChangeSet) -> None:
-        for fqdn, dom in changes.domains.items():
-            if dom is None:
-                if self.domains.pop(fqdn, None) is not None:
-                    self.removed_domains.add(fqdn)
-            else:
-                self.domains[fqdn] = dom
-                self.removed_domains.discard(fqdn)
+        merge(self.domains, changes.domains)
+        merge(self.claims, changes.claims)
         merge(self.certs, changes.certificates)
         for fqdn, values in changes.txt.items():
             if values:
@@ -118,8 +120,10 @@ class CertService:
         self.follower = Follower(store, self.view, max_wait=1.0)
         self.issuer: Issuer | None = Issuer(config, store) if config.acme is not None else None
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.verifying: dict[str, asyncio.Task[None]] = {}
-        self.verify_next: dict[str, tuple[float, int]] = {}  # fqdn -> (when, attempts)
+        self.verifying: dict[str, asyncio.Task[None]] = {}  # by claim (challenge label)
+        self.verify_next: dict[str, tuple[float, int]] = {}  # claim -> (when, attempts)
+        self.sweep_at = 0.0
+        self.challenge_names: dict[str, str] = {}  # cert id -> its TXT name, kept for retiring
         self.cleaning: set[str] = set()
         # A bound on orders in flight (each holds TXT records and an open CA order); the
         # pool serves older orders first, so the bound is not what keeps latency low.
@@ -138,9 +142,10 @@ class CertService:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if self.issuer is None:
-            log.info("certd: no [acme] section, no certificates will be requested")
-            return
-        self.config.store.certs_dir.mkdir(parents=True, exist_ok=True)
+            log.info("certd: no [acme] section, no certificates will be requested"
+                     " (custom-domain claims are still judged)")
+        else:
+            self.config.store.certs_dir.mkdir(parents=True, exist_ok=True)
         self._main = asyncio.create_task(self._run(), name="certd")
 
     async def stop(self) -> None:
@@ -174,7 +179,8 @@ class CertService:
                 log.warning("certd: cannot read the store (%s); retrying", e)
                 await asyncio.sleep(1.0)
         self._spawn(self.follower.run(), "certd-follower")
-        await self._startup_cleanup()
+        if self.issuer is not None:
+            await self._startup_cleanup()
         while True:
             try:
                 wait = await self._tick(time.time())
@@ -192,10 +198,16 @@ class CertService:
 
     # ------------------------------------------------------------ what we want
     def txt_name(self, cert_id: str) -> str:
-        """Where the TXT of ``cert_id``'s challenges go (one name per certificate)."""
+        """Where the TXT of ``cert_id``'s challenges go: under the label of the claim holding
+        the domain (remembered, so a released domain's TXT is still found); "" if unknown."""
         if cert_id == ZONE_CERT:
             return f"_acme-challenge.{self.zone}"
-        return f"{challenge_label(cert_id)}._acme.{self.zone}"
+        dom = self.view.domains.get(cert_id)
+        if dom is not None:
+            name = f"{dom.challenge_label}._acme.{self.zone}"
+            self.challenge_names[cert_id] = name
+            return name
+        return self.challenge_names.get(cert_id, "")
 
     def wanted(self) -> dict[str, tuple[str, ...]]:
         out: dict[str, tuple[str, ...]] = {ZONE_CERT: (self.zone, f"*.{self.zone}")}
@@ -236,11 +248,10 @@ class CertService:
 
     async def _tick(self, now: float) -> float:
         """Start what is due; return seconds until the next thing is."""
-        nxt = now + MAX_IDLE
+        nxt = min(now + MAX_IDLE, await self._judge_claims(now))
+        if self.issuer is None:
+            return nxt - now
         wanted = self.wanted()
-        for fqdn in list(self.view.removed_domains):
-            self.view.removed_domains.discard(fqdn)
-            self.verify_next.pop(fqdn, None)
         for cid in list(self.view.certs):
             if cid not in wanted and cid not in self.cleaning:
                 task = self.running.pop(cid, None)
@@ -248,14 +259,6 @@ class CertService:
                     task.cancel()
                 self.cleaning.add(cid)
                 self._spawn(self._retire(cid), f"certd-retire-{cid}")
-        for fqdn, dom in self.view.domains.items():
-            if dom.state != DomainState.PENDING or fqdn in self.verifying:
-                continue
-            when, _ = self.verify_next.get(fqdn, (0.0, 0))
-            if when <= now:
-                self.verifying[fqdn] = self._spawn(self._verify(dom), f"certd-verify-{fqdn}")
-            else:
-                nxt = min(nxt, when)
         for cid, domains in wanted.items():
             if cid in self.running or cid in self.cleaning:
                 continue
@@ -279,32 +282,56 @@ class CertService:
         return bool(cert and cert.cert_path and os.path.exists(cert.cert_path)
                     and cert.key_path and os.path.exists(cert.key_path))
 
-    # ------------------------------------------------------------ custom domains
-    async def _verify(self, dom: Domain) -> None:
+    # ------------------------------------------------------------ custom-domain claims
+    async def _judge_claims(self, now: float) -> float:
+        """Expire old claims (every CLAIM_SWEEP) and start the DNS checks that are due;
+        returns when the next one is."""
+        nxt = now + MAX_IDLE
+        if now >= self.sweep_at:
+            self.sweep_at = now + CLAIM_SWEEP
+            n = await self.store.expire_claims(now, self.config.api.domain_claim_ttl)
+            if n:
+                log.info("certd: %d custom-domain claims expired or purged", n)
+        nxt = min(nxt, self.sweep_at)
+        for chal in [c for c in self.verify_next if c not in self.view.claims]:
+            del self.verify_next[chal]
+        for chal, claim in self.view.claims.items():
+            if chal in self.verifying:
+                continue
+            when, _ = self.verify_next.get(chal, (0.0, 0))
+            if when <= now:
+                self.verifying[chal] = self._spawn(self._verify(claim),
+                                                   f"certd-verify-{claim.fqdn}")
+            else:
+                nxt = min(nxt, when)
+        return nxt
+
+    async def _verify(self, claim: Domain) -> None:
+        """Look for this claim's proof; the store makes the first proven claim the holder."""
+        chal = claim.challenge_label
         try:
-            assert self.config.acme is not None
-            seen = await lookup_domain(dom.fqdn, self.config.acme.resolver)
+            resolver = self.config.acme.resolver if self.config.acme is not None else None
+            seen = await lookup_domain(claim.fqdn, resolver)
             gateway = [str(a) for a in (*self.config.zone.gateway_ipv4,
                                         *self.config.zone.gateway_ipv6)]
-            ok, detail = judge_domain(dom.fqdn, dom.label, dom.challenge_label, self.zone,
-                                      gateway, seen)
-            current = self.view.domains.get(dom.fqdn)
-            if current is None or current.state != DomainState.PENDING:
+            ok, detail = judge_domain(claim.fqdn, claim.label, chal, self.zone, gateway, seen)
+            if chal not in self.view.claims:
                 return
             if ok:
-                self.verify_next.pop(dom.fqdn, None)
-                await self.store.set_domain_state(
-                    dom.fqdn, DomainState.VERIFIED, f"{detail}; certificate requested")
+                self.verify_next.pop(chal, None)
+                then = "certificate requested" if self.issuer else "no [acme]: no certificate"
+                if await self.store.verify_claim(chal, f"{detail}; {then}"):
+                    log.info("certd: %s verified for owner %d (%s)", claim.fqdn,
+                             claim.owner_id, detail)
             else:
-                _, n = self.verify_next.get(dom.fqdn, (0.0, 0))
+                _, n = self.verify_next.get(chal, (0.0, 0))
                 delay = min(VERIFY_FIRST * 2**n, VERIFY_CAP)
-                self.verify_next[dom.fqdn] = (time.time() + delay, n + 1)
-                await self.store.set_domain_state(
-                    dom.fqdn, DomainState.PENDING, f"waiting for DNS: {detail}")
+                self.verify_next[chal] = (time.time() + delay, n + 1)
+                await self.store.set_claim_detail(chal, f"waiting for DNS: {detail}")
         except StoreError as e:
-            log.warning("certd: cannot record the state of %s: %s", dom.fqdn, e)
+            log.warning("certd: cannot record the state of %s: %s", claim.fqdn, e)
         finally:
-            self.verifying.pop(dom.fqdn, None)
+            self.verifying.pop(chal, None)
 
     async def _retire(self, cid: str) -> None:
         """A custom domain was removed: revoke its certificate, delete files, row and TXT."""
@@ -325,8 +352,11 @@ class CertService:
                             os.unlink(p)
             with contextlib.suppress(OSError, ValueError):
                 certfiles.pending_key_path(self.config.store.certs_dir, cid).unlink()
-            await self.store.remove_txt(self.txt_name(cid))
+            name = self.txt_name(cid)
+            if name:
+                await self.store.remove_txt(name)
             await self.store.delete_certificate(cid)
+            self.challenge_names.pop(cid, None)
         except StoreError as e:
             log.warning("certd: cleanup of %s failed (%s); will retry", cid, e)
         finally:
@@ -401,7 +431,8 @@ class CertService:
     async def _remove_txt(self, cid: str, published: dict[str, set[str]]) -> None:
         """Remove this certificate's challenge TXT (a no-op, no serial bump, if none)."""
         for fqdn in published or {self.txt_name(cid): set()}:
-            await self.store.remove_txt(fqdn)
+            if fqdn:
+                await self.store.remove_txt(fqdn)
 
     async def _install(self, cert: Certificate, issued: Issued) -> Certificate:
         assert self.config.acme is not None

@@ -190,6 +190,10 @@ class ZoneView:
         self._rebuild(w)
 
     def _set_domain(self, fqdn: str, dom: Domain | None) -> None:
+        """The feed's ``domains`` carry only the claim holding each domain (verified or
+        active): a domain is served as a zone, with its ``_acme-challenge`` CNAME to that
+        claim's target, only once its owner's proof was seen; before that the owner's DNS
+        holds the CNAMEs and we serve nothing for it (a pending claim proves nothing)."""
         old = self.domains.pop(fqdn, None)
         if old is not None:
             self._drop_domain(old)

@@ -15,15 +15,14 @@ import dns.message
 from prometheus_client import CollectorRegistry
 
 from dnsd.service import DnsService, build
-from tests.support import ZONE, make_config
+from tests.support import ZONE, fixed_label, held_domain, make_config
 from webgateway.addresses import parse_hostport
-from webgateway.dnsname import challenge_label
-from webgateway.model import Domain, Name
+from webgateway.model import Name
 from webgateway.sqlite_store import SqliteStore
 
 BACKEND = (parse_hostport("10.9.8.7:8080"),)
 SHOP = "shop.example.org"
-SHOP_TARGET = f"{challenge_label(SHOP)}._acme.{ZONE}"
+SHOP_TARGET = f"{fixed_label(SHOP)}._acme.{ZONE}"
 
 
 @dataclass
@@ -70,7 +69,7 @@ async def start(tmp_path: Path, **sections: dict[str, Any]) -> Dns:
     owner = await store.create_owner("alice", "hash-alice")
     await store.put_name(Name("alice", owner.id, BACKEND), 100)
     await store.put_name(Name("bob", owner.id, BACKEND), 100)
-    await store.put_domain(Domain(SHOP, "alice", owner.id, challenge_label(SHOP)), 10)
+    await held_domain(store, SHOP, "alice", owner.id, fixed_label(SHOP))
     await store.add_txt(f"_acme-challenge.{ZONE}", "wild-1")
     await store.add_txt(f"_acme-challenge.{ZONE}", "wild-2")
     await store.add_txt(SHOP_TARGET, "shop-token")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from tests.support import ZONE
+from tests.support import fixed_label as challenge_label
 from webgateway.config import ZoneConfig
-from webgateway.dnsname import challenge_label
 from webgateway.model import Domain, Name, Snapshot
 
 __all__ = ["ZONE", "snapshot", "zone_config"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from webgateway.config import Config, parse_config
+from webgateway.dnsname import new_challenge_label
+from webgateway.model import Domain
 from webgateway.service import Service
 from webgateway.sqlite_store import SqliteStore
 from webgateway.supervisor import factory
@@ -42,6 +45,24 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
             _HANDED_OUT.add((host, port))
             return port
     raise RuntimeError("no free port found")
+
+
+def fixed_label(fqdn: str) -> str:
+    """A stable challenge label per domain, for pure view fixtures (the API draws random ones)."""
+    return "d" + hashlib.sha256(fqdn.encode()).hexdigest()[:24]
+
+
+async def held_domain(store: SqliteStore, fqdn: str, label: str, owner_id: int,
+                      challenge: str | None = None) -> Domain:
+    """Claim ``fqdn`` for a name and mark the claim verified, as certd does once it sees the
+    owner's CNAMEs: for tests about what happens after verification (serving, routing,
+    issuance). The verification itself is tested against a real DNS server."""
+    claim = Domain(fqdn, label, owner_id, challenge or new_challenge_label())
+    await store.put_domain(claim, 100_000)
+    assert await store.verify_claim(claim.challenge_label, "verified by the test")
+    held = await store.get_domain(fqdn, owner_id)
+    assert held is not None
+    return held
 
 
 def raw_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:

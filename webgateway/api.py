@@ -30,12 +30,13 @@ from webgateway.certinfo import certificate_issuer
 from webgateway.config import Config, ConfigError
 from webgateway.dnsname import (
     RESERVED_LABELS,
-    challenge_label,
+    check_custom_domain,
     check_domain,
     check_label,
     is_within,
+    new_challenge_label,
 )
-from webgateway.model import Certificate, Domain, Name, Owner, TlsMode
+from webgateway.model import Certificate, Domain, DomainState, Name, Owner, TlsMode
 from webgateway.openapi import OPENAPI
 from webgateway.ratelimit import FailureLimiter
 from webgateway.store import (
@@ -316,7 +317,8 @@ class Api:
         certificate (it covers every name) and those of its own custom domains."""
         certs = await self.store.list_certificates()
         if caller.owner is not None:
-            mine = {"zone"} | {d.fqdn for d in await self.store.list_domains(caller.owner.id)}
+            held = await self.store.list_domains(caller.owner.id)
+            mine = {"zone"} | {d.fqdn for d in held if d.state.holds}
             certs = [c for c in certs if c.id in mine]
         views = [self._cert_view(c) for c in sorted(certs, key=lambda c: c.id)]
         return [v for v in views if v is not None]
@@ -330,13 +332,7 @@ class Api:
     async def domains_view(self, caller: Caller) -> list[dict[str, Any]]:
         domains = await self.store.list_domains(caller.owner_filter)
         owners = await self.store.owner_names() if caller.is_admin else None
-        views = []
-        for d in domains:
-            view = await self._domain_view(d)
-            if owners is not None:
-                view["owner"] = owners.get(d.owner_id, "?")
-            views.append(view)
-        return views
+        return [await self._domain_view(d, owners) for d in domains]
 
     async def _name_view(self, name: Name, owners: dict[int, str] | None = None) -> dict[str, Any]:
         cert: dict[str, Any] | None = None
@@ -355,6 +351,8 @@ class Api:
         } | ({} if owners is None else {"owner": owners.get(name.owner_id, "?")})
 
     def _cnames(self, domain: Domain) -> list[dict[str, str]]:
+        if domain.state.closed:
+            return []  # nothing to create: this claim no longer exists for the gateway
         return [
             {"name": domain.fqdn, "type": "CNAME", "target": f"{domain.label}.{self.zone}"},
             {
@@ -364,8 +362,14 @@ class Api:
             },
         ]
 
-    async def _domain_view(self, domain: Domain) -> dict[str, Any]:
-        return {
+    async def _domain_view(
+        self, domain: Domain, owners: dict[int, str] | None = None
+    ) -> dict[str, Any]:
+        """One claim. Only the claim holding the domain shows its certificate; a pending
+        claim says when it expires, a closed one why it closed (``detail``). ``owners``
+        (the admin's views) adds whose claim it is."""
+        pending = domain.state == DomainState.PENDING
+        view = {
             "fqdn": domain.fqdn,
             "name": domain.label,
             "state": str(domain.state),
@@ -375,8 +379,17 @@ class Api:
                 "A": [str(a) for a in self.config.zone.gateway_ipv4],
                 "AAAA": [str(a) for a in self.config.zone.gateway_ipv6],
             },
-            "certificate": self._cert_view(await self.store.get_certificate(domain.fqdn)),
+            "certificate": self._cert_view(await self.store.get_certificate(domain.fqdn))
+            if domain.state.holds
+            else None,
+            "created": rfc3339(domain.created),
+            "expires": rfc3339(domain.created + self.config.api.domain_claim_ttl)
+            if pending
+            else None,
         }
+        if owners is not None:
+            view["owner"] = owners.get(domain.owner_id, "?")
+        return view
 
     # ---------------------------------------------------------------- routes
     async def healthz(self, request: web.Request) -> web.Response:
@@ -546,9 +559,12 @@ class Api:
         await self.store.delete_name(self._label(request), owner.id)
         return web.Response(status=204)
 
-    def _fqdn(self, request: web.Request) -> str:
+    def _fqdn(self, request: web.Request, *, claim: bool = False) -> str:
+        """The path's domain. A new claim must be one a public CA can certify; reading or
+        releasing takes any well-formed name (a row from an older version stays reachable)."""
+        raw = request.match_info["fqdn"]
         try:
-            fqdn = check_domain(request.match_info["fqdn"])
+            fqdn = check_custom_domain(raw, self.zone) if claim else check_domain(raw)
         except ValueError as e:
             raise ApiError(422, "invalid_domain", str(e)) from None
         if is_within(fqdn, self.zone) or is_within(self.zone, fqdn):
@@ -559,11 +575,6 @@ class Api:
             )
         return fqdn
 
-    async def _visible_domain(self, request: web.Request) -> Domain:
-        caller = await self._caller(request)
-        fqdn = self._fqdn(request)
-        return _visible(caller, await self.store.get_domain(fqdn), f"domain {fqdn!r}")
-
     async def list_domains(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
         return web.json_response({"domains": await self.domains_view(caller)})
@@ -573,25 +584,39 @@ class Api:
         return web.json_response({"certificates": await self.certificates_view(caller)})
 
     async def get_domain(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._domain_view(await self._visible_domain(request)))
+        """The caller's claim (the admin: the holding claim, else the newest)."""
+        caller = await self._caller(request)
+        fqdn = self._fqdn(request)
+        claim = _visible(caller, await self.store.get_domain(fqdn, caller.owner_filter),
+                         f"domain {fqdn!r}")
+        owners = await self.store.owner_names() if caller.is_admin else None
+        return web.json_response(await self._domain_view(claim, owners))
 
     async def put_domain(self, request: web.Request) -> web.Response:
+        """Claim a domain (or move the caller's claim to another name). Each new claim gets
+        its own random ``_acme-challenge`` target: the DNS, not the order of requests,
+        decides which owner gets the domain."""
         owner = await self._owner(request)
-        fqdn = self._fqdn(request)
+        fqdn = self._fqdn(request, claim=True)
         body = await self._body(request, {"name": str}, ("name",))
         try:
             label = check_label(body["name"])
         except ValueError as e:
             raise ApiError(422, "invalid_name", str(e)) from None
-        domain = Domain(fqdn, label, owner.id, challenge_label(fqdn))
+        domain = Domain(fqdn, label, owner.id, new_challenge_label())
         created = await self.store.put_domain(domain, self.config.api.max_domains_per_owner)
-        stored = await self.store.get_domain(fqdn)
+        stored = await self.store.get_domain(fqdn, owner.id)
         assert stored is not None
-        return web.json_response(await self._domain_view(stored), status=201 if created else 200)
+        log.info("domain %s %s by owner %d", fqdn, "claimed" if created else "updated", owner.id)
+        return web.json_response(
+            await self._domain_view(stored), status=201 if created else 200
+        )
 
     async def delete_domain(self, request: web.Request) -> web.Response:
-        owner = await self._owner(request)
-        await self.store.delete_domain(self._fqdn(request), owner.id)
+        """An owner withdraws its claim (releasing the domain if it held it); the admin
+        removes every claim on the domain."""
+        caller = await self._caller(request)
+        await self.store.delete_domain(self._fqdn(request), caller.owner_filter)
         return web.Response(status=204)
 
 

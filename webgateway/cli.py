@@ -32,7 +32,7 @@ from webgateway.initconfig import (
 )
 from webgateway.status import CERT_HEADERS, cert_rows
 from webgateway.table import format_table
-from webgateway.when import date_of, rfc3339
+from webgateway.when import date_of, minute_of, rfc3339
 
 log = logging.getLogger("webgateway")
 
@@ -142,10 +142,16 @@ def _print_name(n: dict[str, Any]) -> None:
 
 def _print_domain(d: dict[str, Any]) -> None:
     print(f"domain:      {d['fqdn']} -> {d['name']}")
+    if "owner" in d:
+        print(f"owner:       {d['owner']}")
     print(f"state:       {d['state']}{' - ' + d['detail'] if d.get('detail') else ''}")
+    if d.get("expires"):
+        print(f"expires:     {minute_of(d['expires'])} unless the CNAMEs below are seen before")
     cert = d.get("certificate") or {}
     if cert:
         print(f"certificate: {cert['state']}")
+    if not d["records"]:
+        return
     print("create these DNS records at your DNS provider:")
     for r in d["records"]:
         print(f"  {r['name']}.  CNAME  {r['target']}.")
@@ -305,7 +311,7 @@ def cmd_domain_ls(args: argparse.Namespace) -> int:
             [
                 d["fqdn"],
                 d["name"],
-                d["state"],
+                d["state"] + (f" until {minute_of(d['expires'])}" if d.get("expires") else ""),
                 (d.get("certificate") or {}).get("state"),
                 d.get("detail"),
             ]
@@ -366,7 +372,7 @@ def cmd_domain_show(args: argparse.Namespace) -> int:
 
 def cmd_domain_rm(args: argparse.Namespace) -> int:
     Client.from_env().call("DELETE", f"/v1/domains/{_quote(args.fqdn)}")
-    print(f"domain {args.fqdn} removed")
+    print(f"domain claim {args.fqdn} removed")
     return 0
 
 
@@ -509,11 +515,14 @@ def parser() -> argparse.ArgumentParser:
     _command(names, "rm", "release a name", cmd_name_rm, "label")
 
     domain = _group(sub, "domain", "manage custom domains")
-    _command(domain, "add", "attach a domain to a name; prints the CNAMEs to create",
+    _command(domain, "add", "claim a domain for a name; prints the CNAMEs that prove it",
              cmd_domain_add, "fqdn").add_argument("--name", required=True, metavar="LABEL")
-    _json_flag(_command(domain, "ls", "list your domains", cmd_domain_ls))
-    _command(domain, "show", "show one domain", cmd_domain_show, "fqdn")
-    _command(domain, "rm", "detach a domain", cmd_domain_rm, "fqdn")
+    _json_flag(_command(domain, "ls", "list your domain claims (admin: every claim)",
+                        cmd_domain_ls))
+    _command(domain, "show", "show your claim: its state, or why it was dropped or expired",
+             cmd_domain_show, "fqdn")
+    _command(domain, "rm", "withdraw your claim (releases a domain you hold)", cmd_domain_rm,
+             "fqdn")
 
     cert = _group(sub, "cert", "certificates")
     _json_flag(_command(cert, "ls", "certificates: SANs, issuer, expiry date and days left",

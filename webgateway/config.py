@@ -88,6 +88,7 @@ class ApiConfig:
     auth_failures_per_minute: int = 20
     allow_loopback_backends: bool = False
     backend_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    domain_claim_ttl: float = 7 * 86400.0  # seconds an unproven domain claim is kept
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,39 @@ def _float(lo: float, hi: float) -> Parser:
         if not lo <= v <= hi:
             raise ValueError(f"must be between {lo} and {hi}, got {v}")
         return float(v)
+
+    return parse
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _human(secs: float) -> str:
+    unit = next(u for u in "dhms" if secs % _UNITS[u] == 0 or u == "s")
+    return f"{secs / _UNITS[unit]:g}{unit}"
+
+
+def _duration(lo: float, hi: float) -> Parser:
+    """Seconds, given as a number or as '7d', '12h', '30m', '45s'."""
+
+    def parse(v: Any) -> float:
+        if isinstance(v, str):
+            text = v.strip().lower()
+            unit = _UNITS.get(text[-1:])
+            try:
+                secs = float(text[:-1]) * unit if unit else float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{v!r} is not a duration: use seconds or a number with d, h, m or s"
+                    " ('7d', '12h', '30m')"
+                ) from None
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            secs = float(v)
+        else:
+            raise ValueError(f"expected a duration ('7d', '12h', '30m' or seconds), got {v!r}")
+        if not lo <= secs <= hi:  # also refuses nan and inf
+            raise ValueError(f"must be between {_human(lo)} and {_human(hi)}, got {v!r}")
+        return secs
 
     return parse
 
@@ -289,6 +323,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "auth_failures_per_minute": (_int(1, 100_000), False),
         "allow_loopback_backends": (_bool, False),
         "backend_networks": (_list(_network), False),
+        "domain_claim_ttl": (_duration(60, 366 * 86400), False),
     },
     "store": {
         "path": (_path, False),

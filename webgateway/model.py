@@ -37,9 +37,29 @@ class CertState(enum.StrEnum):
 
 
 class DomainState(enum.StrEnum):
+    """The life of one owner's claim on a custom domain.
+
+    Several owners may hold PENDING claims on one domain; the first whose proof (the
+    ``_acme-challenge`` CNAME to its own target) is seen in DNS becomes VERIFIED and the
+    others become DROPPED. A PENDING claim not proven within ``[api] domain_claim_ttl``
+    becomes EXPIRED. DROPPED and EXPIRED rows are kept (for one more TTL) so their owner
+    can read why; they hold nothing.
+    """
+
     PENDING = "pending"  # waiting for the owner's CNAMEs
     VERIFIED = "verified"  # CNAMEs seen; certificate requested
     ACTIVE = "active"  # certificate in place
+    DROPPED = "dropped"  # another owner's claim proved control first
+    EXPIRED = "expired"  # no proof within the claim TTL
+
+    @property
+    def holds(self) -> bool:
+        """True for the (at most one) claim that owns its domain: routed, served, certified."""
+        return self in (DomainState.VERIFIED, DomainState.ACTIVE)
+
+    @property
+    def closed(self) -> bool:
+        return self in (DomainState.DROPPED, DomainState.EXPIRED)
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,12 @@ class Name:
 
 @dataclass(frozen=True)
 class Domain:
+    """One owner's claim on a custom domain (at most one per owner and domain).
+
+    ``challenge_label`` is random per claim and identifies it: the owner proves the claim
+    by CNAMEing ``_acme-challenge.FQDN`` to ``<challenge_label>._acme.ZONE``.
+    """
+
     fqdn: str
     label: str  # the Name it routes to
     owner_id: int
@@ -88,6 +114,7 @@ class Domain:
     state: DomainState = DomainState.PENDING
     detail: str = ""
     created: float = 0.0
+    updated: float = 0.0  # last change of state (a closed claim is purged a TTL after it)
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,9 @@ class Snapshot:
     txt: Mapping[str, tuple[str, ...]]
     certificates: Mapping[str, Certificate]
     meta: Mapping[str, str] = field(default_factory=dict)
+    #: pending claims by challenge label (``domains`` holds only the claim that owns each
+    #: domain, by fqdn: what dnsd serves and the proxy routes)
+    claims: Mapping[str, Domain] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,14 +168,16 @@ class ChangeSet:
 
     serial: int
     names: Mapping[str, Name | None]
-    domains: Mapping[str, Domain | None]
+    domains: Mapping[str, Domain | None]  # fqdn -> the claim that holds it now (None: nobody)
     txt: Mapping[str, tuple[str, ...]]  # fqdn -> all its values now (empty: none left)
     certificates: Mapping[str, Certificate | None]
     meta: Mapping[str, str | None] = field(default_factory=dict)
+    claims: Mapping[str, Domain | None] = field(default_factory=dict)  # None: not pending now
 
     @property
     def empty(self) -> bool:
-        return not (self.names or self.domains or self.txt or self.certificates or self.meta)
+        return not (self.names or self.domains or self.txt or self.certificates or self.meta
+                    or self.claims)
 
 
 def merge(target: dict[K, V], changes: Mapping[K, V | None]) -> None:

@@ -186,16 +186,39 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"name": {"type": "string"}},
             },
             "Domain": {
+                "description": (
+                    "One owner's claim on a custom domain. Claims of several owners may be"
+                    " pending at once, each with its own _acme-challenge target; the first"
+                    " whose CNAME is seen in DNS holds the domain (verified, then active)"
+                    " and the others are dropped. A pending claim expires after"
+                    " [api] domain_claim_ttl. 'detail' says why a claim was dropped or expired."
+                ),
                 "type": "object",
                 "properties": {
                     "fqdn": {"type": "string"},
                     "name": {"type": "string"},
-                    "state": {"enum": ["pending", "verified", "active"]},
+                    "state": {"enum": ["pending", "verified", "active", "dropped", "expired"]},
                     "detail": {"type": ["string", "null"]},
-                    "records": {"type": "array", "items": {"type": "object"}},
+                    "records": {
+                        "description": "The CNAMEs to create (empty once the claim is closed)",
+                        "type": "array",
+                        "items": {"type": "object"},
+                    },
                     "apex_alternative": {"type": "object"},
-                    "owner": {"type": "string", "description": "in the admin's listing"},
-                    "certificate": {"$ref": "#/components/schemas/Certificate"},
+                    "certificate": {
+                        "description": "Only on the claim holding the domain",
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/Certificate"},
+                            {"type": "null"},
+                        ],
+                    },
+                    "created": {"type": ["string", "null"], "format": "date-time"},
+                    "expires": {
+                        "description": "When a pending claim expires (RFC 3339)",
+                        "type": ["string", "null"],
+                        "format": "date-time",
+                    },
+                    "owner": {"type": "string", "description": "whose claim (admin views)"},
                 },
             },
         },
@@ -341,12 +364,14 @@ OPENAPI: dict[str, Any] = {
             "Domain",
             _FQDN,
             {
-                "list": "The caller's custom domains",
-                "get": "Verification and certificate state",
-                "put": "Attach a custom domain to a name; returns the CNAMEs to create",
-                "delete": "Detach a custom domain (its certificate is revoked)",
+                "list": "The caller's domain claims (every claim for the admin)",
+                "get": "The caller's claim: verification, certificate, or why it closed",
+                "put": "Claim a custom domain for a name; returns the CNAMEs to create"
+                " (409 if another owner holds it)",
+                "delete": "Withdraw the caller's claim; a held domain is released and its"
+                " certificate revoked (admin: every claim on the domain)",
             },
-            put_errors=(*_RW, 404),
+            put_errors=(*_RW, 404, 409),
         ),
         "/v1/certificates": {
             "get": {

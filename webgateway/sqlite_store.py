@@ -72,6 +72,26 @@ MIGRATIONS: tuple[str, ...] = (
         failures INTEGER NOT NULL, next_attempt REAL NOT NULL, last_error TEXT NOT NULL,
         order_url TEXT NOT NULL, updated REAL NOT NULL);
     """,
+    # 2: domains become claims: one row per (domain, owner), keyed by the claim's random
+    # challenge label; at most one claim per domain holds it (verified or active). Existing
+    # rows keep their challenge label, so the CNAMEs their owners created keep working.
+    """
+    CREATE TABLE claims (
+        challenge_label TEXT PRIMARY KEY, fqdn TEXT NOT NULL,
+        label TEXT NOT NULL REFERENCES names(label),
+        owner_id INTEGER NOT NULL REFERENCES owners(id),
+        state TEXT NOT NULL, detail TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+        UNIQUE (fqdn, owner_id));
+    INSERT INTO claims
+        SELECT challenge_label, fqdn, label, owner_id, state, detail, created, created
+        FROM domains;
+    DROP TABLE domains;
+    ALTER TABLE claims RENAME TO domains;
+    CREATE UNIQUE INDEX domains_held ON domains(fqdn) WHERE state IN ('verified', 'active');
+    CREATE INDEX domains_owner ON domains(owner_id);
+    CREATE INDEX domains_label ON domains(label);
+    CREATE INDEX domains_state ON domains(state, created);
+    """,
 )
 
 #: Changes older than this many serials are pruned; a consumer that far behind reloads.
@@ -95,7 +115,11 @@ def _name(row: Any) -> Name:
 
 
 def _domain(row: Any) -> Domain:
-    return Domain(row[0], row[1], row[2], row[3], DomainState(row[4]), row[5], row[6])
+    return Domain(row[0], row[1], row[2], row[3], DomainState(row[4]), row[5], row[6], row[7])
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
 def _cert(row: Any) -> Certificate:
@@ -117,7 +141,10 @@ def _cert(row: Any) -> Certificate:
 
 
 _NAME_COLS = "label, owner_id, backends, tls, proxy_protocol, http2, created, updated"
-_DOMAIN_COLS = "fqdn, label, owner_id, challenge_label, state, detail, created"
+_DOMAIN_COLS = "fqdn, label, owner_id, challenge_label, state, detail, created, updated"
+#: SQL for "this claim holds its domain" (DomainState.holds) and "this claim is closed"
+_HELD = "state IN ('verified', 'active')"
+_CLOSED = "state IN ('dropped', 'expired')"
 _CERT_COLS = (
     "id, domains, state, cert_path, key_path, not_before, not_after, renew_at,"
     " failures, next_attempt, last_error, order_url, updated"
@@ -272,9 +299,17 @@ class SqliteStore:
             try:
                 (serial,) = await self._one("SELECT value FROM serial WHERE id = 1")
                 names = {r[0]: _name(r) for r in await self._all(f"SELECT {_NAME_COLS} FROM names")}
-                domains = {
-                    r[0]: _domain(r) for r in await self._all(f"SELECT {_DOMAIN_COLS} FROM domains")
-                }
+                domains: dict[str, Domain] = {}
+                claims: dict[str, Domain] = {}
+                for r in await self._all(
+                    f"SELECT {_DOMAIN_COLS} FROM domains WHERE state IN (?, ?, ?)",
+                    ("pending", "verified", "active"),
+                ):
+                    d = _domain(r)
+                    if d.state.holds:
+                        domains[d.fqdn] = d
+                    else:
+                        claims[d.challenge_label] = d
                 txt: dict[str, list[str]] = {}
                 for fqdn, value in await self._all("SELECT fqdn, value FROM txt ORDER BY created"):
                     txt.setdefault(fqdn, []).append(value)
@@ -286,7 +321,7 @@ class SqliteStore:
             finally:
                 await self.db.execute("COMMIT")
         txts = {k: tuple(v) for k, v in txt.items()}
-        return Snapshot(int(serial), names, domains, txts, certs, meta)
+        return Snapshot(int(serial), names, domains, txts, certs, meta, claims)
 
     async def changes_since(self, serial: int) -> ChangeSet | None:
         async with self._read():
@@ -306,15 +341,23 @@ class SqliteStore:
                 txt: dict[str, tuple[str, ...]] = {}
                 certs: dict[str, Certificate | None] = {}
                 meta: dict[str, str | None] = {}
+                claims: dict[str, Domain | None] = {}
                 for kind, key in rows:
                     if kind == "name":
                         r = await self._one(f"SELECT {_NAME_COLS} FROM names WHERE label=?", (key,))
                         names[key] = _name(r) if r else None
                     elif kind == "domain":
                         r = await self._one(
-                            f"SELECT {_DOMAIN_COLS} FROM domains WHERE fqdn=?", (key,)
+                            f"SELECT {_DOMAIN_COLS} FROM domains WHERE fqdn=? AND {_HELD}", (key,)
                         )
                         domains[key] = _domain(r) if r else None
+                    elif kind == "claim":
+                        r = await self._one(
+                            f"SELECT {_DOMAIN_COLS} FROM domains"
+                            " WHERE challenge_label=? AND state='pending'",
+                            (key,),
+                        )
+                        claims[key] = _domain(r) if r else None
                     elif kind == "txt":
                         vals = await self._all(
                             "SELECT value FROM txt WHERE fqdn=? ORDER BY created", (key,)
@@ -328,7 +371,7 @@ class SqliteStore:
                     elif kind == "meta":
                         r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
                         meta[key] = str(r[0]) if r else None
-                return ChangeSet(int(current), names, domains, txt, certs, meta)
+                return ChangeSet(int(current), names, domains, txt, certs, meta, claims)
             finally:
                 await self.db.execute("COMMIT")
 
@@ -390,11 +433,9 @@ class SqliteStore:
                     "SELECT label FROM names WHERE owner_id=? ORDER BY label", (owner_id,)
                 )
             )
-            await self.db.execute("DELETE FROM domains WHERE owner_id=?", (owner_id,))
+            await self._delete_claims("owner_id=?", (owner_id,))
             await self.db.execute("DELETE FROM names WHERE owner_id=?", (owner_id,))
             await self.db.execute("DELETE FROM owners WHERE id=?", (owner_id,))
-            for fqdn in domains:
-                self._touch("domain", fqdn)
             for label in labels:
                 self._touch("name", label)
             self._touch("owner", str(owner_id))
@@ -454,78 +495,193 @@ class SqliteStore:
             r = await self._one("SELECT owner_id FROM names WHERE label=?", (label,))
             if not r or r[0] != owner_id:
                 raise NotFound(f"you have no name {label!r}")
-            for (fqdn,) in await self._all("SELECT fqdn FROM domains WHERE label=?", (label,)):
-                self._touch("domain", fqdn)
-            await self.db.execute("DELETE FROM domains WHERE label=?", (label,))
+            await self._delete_claims("label=?", (label,))
             await self.db.execute("DELETE FROM names WHERE label=?", (label,))
             self._touch("name", label)
 
-    # ------------------------------------------------------------------ domains
+    # ------------------------------------------------------------------ domains (claims)
+    def _touch_claim(self, fqdn: str, challenge_label: str) -> None:
+        """A claim changed: the pending-claims feed, and the domain's holder, may have."""
+        self._touch("domain", fqdn)
+        self._touch("claim", challenge_label)
+
+    async def _delete_claims(self, where: str, args: tuple[Any, ...]) -> int:
+        rows = await self._all(f"SELECT fqdn, challenge_label FROM domains WHERE {where}", args)
+        for fqdn, chal in rows:
+            self._touch_claim(fqdn, chal)
+        await self.db.execute(f"DELETE FROM domains WHERE {where}", args)
+        return len(rows)
+
     async def put_domain(self, domain: Domain, max_domains: int) -> bool:
+        """The owner's claim on ``domain.fqdn``: created (True), or its name updated.
+
+        A pending claim of another owner blocks nothing; a domain another owner holds
+        (its proof was seen) is a Conflict. A closed claim (dropped, expired) of the same
+        owner is replaced by a fresh pending one with ``domain.challenge_label``.
+        """
+        now = time.time()
         async with self._write():
-            r = await self._one("SELECT owner_id FROM domains WHERE fqdn=?", (domain.fqdn,))
-            if r and r[0] != domain.owner_id:
-                raise Forbidden(f"{domain.fqdn!r} is attached by another owner")
             n = await self._one("SELECT owner_id FROM names WHERE label=?", (domain.label,))
             if not n or n[0] != domain.owner_id:
                 raise NotFound(f"you have no name {domain.label!r} to attach the domain to")
-            if not r:
-                (count,) = await self._one(
-                    "SELECT COUNT(*) FROM domains WHERE owner_id=?", (domain.owner_id,)
+            held = await self._one(
+                f"SELECT owner_id, updated FROM domains WHERE fqdn=? AND {_HELD}", (domain.fqdn,)
+            )
+            if held and held[0] != domain.owner_id:
+                raise Conflict(
+                    f"{domain.fqdn} is held by another owner: on {_utc(held[1])} the CNAME"
+                    f" _acme-challenge.{domain.fqdn} pointed at that owner's target, which"
+                    " proves control of the domain's DNS; only the holder (DELETE) or the"
+                    " gateway's operator can release it"
                 )
-                if count >= max_domains:
-                    raise QuotaExceeded(f"an owner may attach at most {max_domains} domains")
-                await self.db.execute(
-                    f"INSERT INTO domains ({_DOMAIN_COLS}) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        domain.fqdn,
-                        domain.label,
-                        domain.owner_id,
-                        domain.challenge_label,
-                        str(domain.state),
-                        domain.detail,
-                        time.time(),
-                    ),
+            mine = await self._one(
+                "SELECT challenge_label, state FROM domains WHERE fqdn=? AND owner_id=?",
+                (domain.fqdn, domain.owner_id),
+            )
+            if mine and not DomainState(mine[1]).closed:
+                cur = await self.db.execute(
+                    "UPDATE domains SET label=? WHERE challenge_label=? AND label!=?",
+                    (domain.label, mine[0], domain.label),
                 )
-            else:
-                await self.db.execute(
-                    "UPDATE domains SET label=? WHERE fqdn=?", (domain.label, domain.fqdn)
-                )
-            self._touch("domain", domain.fqdn)
-        return r is None
+                if cur.rowcount:
+                    self._touch_claim(domain.fqdn, mine[0])
+                return False
+            (count,) = await self._one(
+                f"SELECT COUNT(*) FROM domains WHERE owner_id=? AND NOT {_CLOSED}",
+                (domain.owner_id,),
+            )
+            if count >= max_domains:
+                raise QuotaExceeded(f"an owner may claim at most {max_domains} domains")
+            if mine:
+                await self._delete_claims("challenge_label=?", (mine[0],))
+            await self.db.execute(
+                f"INSERT INTO domains ({_DOMAIN_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    domain.fqdn,
+                    domain.label,
+                    domain.owner_id,
+                    domain.challenge_label,
+                    str(DomainState.PENDING),
+                    domain.detail,
+                    now,
+                    now,
+                ),
+            )
+            self._touch_claim(domain.fqdn, domain.challenge_label)
+        return True
 
-    async def get_domain(self, fqdn: str) -> Domain | None:
+    async def get_domain(self, fqdn: str, owner_id: int | None = None) -> Domain | None:
+        """The owner's claim; without an owner, the claim holding the domain, else the newest."""
+        sql = f"SELECT {_DOMAIN_COLS} FROM domains WHERE fqdn=?"
+        args: tuple[Any, ...] = (fqdn,)
+        if owner_id is not None:
+            sql, args = sql + " AND owner_id=?", (fqdn, owner_id)
         async with self._read():
-            r = await self._one(f"SELECT {_DOMAIN_COLS} FROM domains WHERE fqdn=?", (fqdn,))
+            r = await self._one(sql + f" ORDER BY {_HELD} DESC, created DESC LIMIT 1", args)
         return _domain(r) if r else None
 
     async def list_domains(self, owner_id: int | None = None) -> list[Domain]:
         async with self._read():
             if owner_id is None:
-                rows = await self._all(f"SELECT {_DOMAIN_COLS} FROM domains ORDER BY fqdn")
+                rows = await self._all(
+                    f"SELECT {_DOMAIN_COLS} FROM domains ORDER BY fqdn, created"
+                )
             else:
                 rows = await self._all(
-                    f"SELECT {_DOMAIN_COLS} FROM domains WHERE owner_id=? ORDER BY fqdn",
+                    f"SELECT {_DOMAIN_COLS} FROM domains WHERE owner_id=? ORDER BY fqdn, created",
                     (owner_id,),
                 )
         return [_domain(r) for r in rows]
 
-    async def delete_domain(self, fqdn: str, owner_id: int) -> None:
+    async def delete_domain(self, fqdn: str, owner_id: int | None) -> None:
+        """Remove the owner's claim (``None``, the operator: every claim on ``fqdn``)."""
+        where, args = ("fqdn=?", (fqdn,)) if owner_id is None else (
+            "fqdn=? AND owner_id=?", (fqdn, owner_id))
         async with self._write():
-            r = await self._one("SELECT owner_id FROM domains WHERE fqdn=?", (fqdn,))
-            if not r or r[0] != owner_id:
+            if not await self._delete_claims(where, args):
                 raise NotFound(f"you have no domain {fqdn!r}")
-            await self.db.execute("DELETE FROM domains WHERE fqdn=?", (fqdn,))
-            self._touch("domain", fqdn)
 
     async def set_domain_state(self, fqdn: str, state: DomainState, detail: str) -> None:
+        """Update the claim holding ``fqdn`` (certd: certificate requested, in place, failed)."""
+        if not state.holds:
+            raise ValueError(f"{state} is not a state that holds a domain")
         async with self._write():
-            cur = await self.db.execute(
-                "UPDATE domains SET state=?, detail=? WHERE fqdn=? AND (state!=? OR detail!=?)",
+            r = await self._one(
+                f"UPDATE domains SET state=?, detail=? WHERE fqdn=? AND {_HELD}"
+                " AND (state!=? OR detail!=?) RETURNING challenge_label",
                 (str(state), detail, fqdn, str(state), detail),
             )
-            if cur.rowcount:
-                self._touch("domain", fqdn)
+            if r:
+                self._touch_claim(fqdn, r[0])
+
+    async def set_claim_detail(self, challenge_label: str, detail: str) -> None:
+        """What the last DNS check of a pending claim saw (no-op if the claim closed)."""
+        async with self._write():
+            r = await self._one(
+                "UPDATE domains SET detail=? WHERE challenge_label=? AND state='pending'"
+                " AND detail!=? RETURNING fqdn",
+                (detail, challenge_label, detail),
+            )
+            if r:
+                self._touch_claim(r[0], challenge_label)
+
+    async def verify_claim(self, challenge_label: str, detail: str) -> bool:
+        """The claim's proof was seen: it holds its domain now and every other pending claim
+        on the domain is dropped, with the reason. False if the claim is no longer pending."""
+        now = time.time()
+        async with self._write():
+            r = await self._one(
+                "SELECT fqdn FROM domains WHERE challenge_label=? AND state='pending'",
+                (challenge_label,),
+            )
+            if not r or await self._one(
+                f"SELECT 1 FROM domains WHERE fqdn=? AND {_HELD}", (r[0],)
+            ):
+                return False
+            fqdn = r[0]
+            await self.db.execute(
+                "UPDATE domains SET state='verified', detail=?, updated=? WHERE challenge_label=?",
+                (detail, now, challenge_label),
+            )
+            self._touch_claim(fqdn, challenge_label)
+            why = (
+                f"dropped on {_utc(now)}: another owner proved control of {fqdn} first (its"
+                f" _acme-challenge.{fqdn} CNAME points at that owner's target, not at this"
+                " claim's). If the domain is yours, fix its DNS and ask the holder or the"
+                " gateway's operator to release it"
+            )
+            for (chal,) in await self._all(
+                "UPDATE domains SET state='dropped', detail=?, updated=?"
+                " WHERE fqdn=? AND state='pending' RETURNING challenge_label",
+                (why, now, fqdn),
+            ):
+                self._touch_claim(fqdn, chal)
+        return True
+
+    async def expire_claims(self, now: float, ttl: float) -> int:
+        """Pending claims older than ``ttl`` expire; closed claims are purged ``ttl`` after
+        they closed (an owner reads why in between). Returns how many rows changed."""
+        cutoff = now - ttl
+        async with self._write():
+            expired = await self._all(
+                "SELECT fqdn, challenge_label, detail, created FROM domains"
+                " WHERE state='pending' AND created < ?",
+                (cutoff,),
+            )
+            for fqdn, chal, last, created in expired:
+                why = (
+                    f"expired on {_utc(now)}: the _acme-challenge.{fqdn} CNAME of this claim"
+                    f" (made {_utc(created)}) was not seen in time; claim the domain again for"
+                    " a new target" + (f" (last check: {last})" if last else "")
+                )
+                await self.db.execute(
+                    "UPDATE domains SET state='expired', detail=?, updated=?"
+                    " WHERE challenge_label=?",
+                    (why[:1000], now, chal),
+                )
+                self._touch_claim(fqdn, chal)
+            purged = await self._delete_claims(f"{_CLOSED} AND updated < ?", (cutoff,))
+        return len(expired) + purged
 
     # ------------------------------------------------------------------ TXT
     async def add_txt(self, fqdn: str, value: str) -> None:

@@ -75,7 +75,9 @@ def failures_of(certs: list[dict[str, Any]], domains: list[dict[str, Any]]) -> l
             retry = f" (next try {minute_of(c['next_attempt'])})" if c.get("next_attempt") else ""
             out.append(f"certificate {c['id']}: {c.get('last_error') or c['state']}{retry}")
     for d in domains:
-        if d.get("state") not in ("active", "verified") and d.get("detail"):
+        # dropped/expired claims are closed business (another owner proved the domain,
+        # or nobody did in time), not something going wrong on the gateway
+        if d.get("state") == "pending" and d.get("detail"):
             out.append(f"domain {d['fqdn']}: {d['detail']}")
     return out
 

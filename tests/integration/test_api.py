@@ -23,6 +23,7 @@ from webgateway.api import ApiService
 from webgateway.model import Certificate, CertState
 from webgateway.openapi import OPENAPI
 from webgateway.sqlite_store import SqliteStore
+from webgateway.when import parse_rfc3339
 
 
 @dataclass
@@ -117,12 +118,15 @@ async def test_authorization_matrix(gw: Gw) -> None:
         ("PUT", "/v1/domains/shop.example.org", {"name": "aa"}),
         ("DELETE", "/v1/domains/shop.example.org", None),
     ]
+    # b cannot touch a's name (403 to overwrite), nor see or remove a's claim (404); b's
+    # PUT of the domain with a's name is 404: a claim routes only to the claimant's names
     expect_b = {"GET": 404, "PUT": 403, "DELETE": 404}
     for method, path, body in routes:
         assert (await gw.call(method, path, None, body))[0] == 401, (method, path)
         assert (await gw.call(method, path, "wg_wrong", body))[0] in (401, 429), (method, path)
         st, err = await gw.call(method, path, b, body)
-        assert st == expect_b[method], (method, path, st, err)
+        want = 404 if path.startswith("/v1/domains") else expect_b[method]
+        assert st == want, (method, path, st, err)
         assert set(err) == {"error", "detail"}
     # b's lists are empty, the admin sees everything but cannot write names
     assert (await gw.call("GET", "/v1/names", b))[1]["names"] == []
@@ -232,6 +236,15 @@ BAD_NAMES = [
     ("PUT", "/v1/domains/localhost", {"name": "ok"}, 422, "two labels"),
     ("PUT", "/v1/domains/shop.example.org", {"name": "nosuch"}, 404, "no name"),
     ("PUT", "/v1/domains/shop.example.org", {}, 422, "'name' is required"),
+    ("PUT", "/v1/names/xn--abc", {"backends": ["10.0.0.1:80"]}, 422, "not a valid IDNA"),
+    ("PUT", "/v1/names/ab--cd", {"backends": ["10.0.0.1:80"]}, 422, "reserved for IDNA"),
+    *[("PUT", f"/v1/domains/shop.{tld}", {"name": "ok"}, 422, f".{tld} is a special-use")
+      for tld in ("onion", "local", "localhost", "invalid", "home.arpa", "example", "internal",
+                  "alt")],
+    ("PUT", "/v1/domains/_dmarc.example.org", {"name": "ok"}, 422, "contains '_'"),
+    ("PUT", "/v1/domains/a_b.example.org", {"name": "ok"}, 422, "contains '_'"),
+    ("PUT", "/v1/domains/xn--abc.example.org", {"name": "ok"}, 422, "not a valid IDNA"),
+    ("PUT", "/v1/domains/shop.xn--ls8h.org", {"name": "ok"}, 422, "not a valid IDNA"),
     ("GET", "/v1/nope", None, 404, "openapi"),
     ("PATCH", "/v1/names/ok", {}, 405, "not allowed"),
 ]
@@ -325,6 +338,59 @@ async def test_domain_tells_the_cnames(gw: Gw) -> None:
     assert target.endswith("._acme.gw.test") and len(target.split(".")[0]) > 10
     assert (await gw.call("DELETE", "/v1/domains/shop.example.test", t))[0] == 204
     assert (await gw.call("GET", "/v1/domains/shop.example.test", t))[0] == 404
+
+
+async def test_claims_of_two_owners_then_the_proven_one_holds(gw: Gw) -> None:
+    """Pending claims never block; each gets its own target; once one is verified (certd's
+    verdict, here straight in the store) the other's GET says it was dropped and why, a
+    third owner gets 409 naming the CNAME, and the admin sees and can remove every claim."""
+    squatter, real, third = await gw.owner("squatter"), await gw.owner("real"), \
+        await gw.owner("third")
+    for t, label in ((squatter, "evil"), (real, "shop"), (third, "late")):
+        assert (await gw.call("PUT", f"/v1/names/{label}", t,
+                              {"backends": ["10.0.0.1:80"]}))[0] == 201
+    st, first = await gw.call("PUT", "/v1/domains/shop.example.org", squatter, {"name": "evil"})
+    assert st == 201 and first["state"] == "pending"
+    st, second = await gw.call("PUT", "/v1/domains/shop.example.org", real, {"name": "shop"})
+    assert st == 201 and second["state"] == "pending", second  # not blocked by the squatter
+    targets = [{r["name"]: r["target"] for r in d["records"]}["_acme-challenge.shop.example.org"]
+               for d in (first, second)]
+    assert targets[0] != targets[1]
+    # each owner sees its own claim only; a pending claim says when it expires
+    st, mine = await gw.call("GET", "/v1/domains/shop.example.org", real)
+    assert st == 200 and mine["name"] == "shop" and "owner" not in mine
+    assert parse_rfc3339(mine["expires"]) - parse_rfc3339(mine["created"]) == 7 * 86400
+    assert [d["name"] for d in (await gw.call("GET", "/v1/domains", squatter))[1]["domains"]] \
+        == ["evil"]
+    admin_view = (await gw.call("GET", "/v1/domains", gw.admin))[1]["domains"]
+    assert sorted(d["name"] for d in admin_view) == ["evil", "shop"]
+    assert sorted(d["owner"] for d in admin_view) == ["real", "squatter"]
+    # the real owner's CNAME is seen: certd's verdict
+    label = targets[1].split(".")[0]
+    assert await gw.store.verify_claim(label, "CNAMEs in place")
+    st, lost = await gw.call("GET", "/v1/domains/shop.example.org", squatter)
+    assert st == 200 and lost["state"] == "dropped", lost
+    assert "another owner proved control of shop.example.org first" in lost["detail"]
+    assert lost["records"] == [] and lost["certificate"] is None and lost["expires"] is None
+    st, won = await gw.call("GET", "/v1/domains/shop.example.org", real)
+    assert won["state"] == "verified" and won["certificate"]["state"] == "pending"
+    for t, label in ((third, "late"), (squatter, "evil")):
+        st, err = await gw.call("PUT", "/v1/domains/shop.example.org", t, {"name": label})
+        assert st == 409 and err["error"] == "conflict", err
+        assert "CNAME _acme-challenge.shop.example.org pointed at" in err["detail"]
+    # the holder may move its domain to another of its names (200, same target)
+    await gw.call("PUT", "/v1/names/shop2", real, {"backends": ["10.0.0.2:80"]})
+    st, moved = await gw.call("PUT", "/v1/domains/shop.example.org", real, {"name": "shop2"})
+    assert st == 200 and moved["records"] == [
+        {"name": "shop.example.org", "type": "CNAME", "target": "shop2.gw.test"},
+        {"name": "_acme-challenge.shop.example.org", "type": "CNAME", "target": targets[1]}]
+    # the operator's GET shows the holder; its DELETE removes every claim
+    st, held = await gw.call("GET", "/v1/domains/shop.example.org", gw.admin)
+    assert held["state"] == "verified" and held["name"] == "shop2"
+    assert (await gw.call("DELETE", "/v1/domains/shop.example.org", gw.admin))[0] == 204
+    assert (await gw.call("GET", "/v1/domains", gw.admin))[1]["domains"] == []
+    assert (await gw.call("PUT", "/v1/domains/shop.example.org", third,
+                          {"name": "late"}))[0] == 201
 
 
 async def test_health_metrics_and_openapi_match_routes(gw: Gw) -> None:

@@ -20,9 +20,8 @@ from certd.service import CertService
 from dnsd.service import DnsService
 from tests.certd_harness import dns_target, verify_chain, wait_cert
 from tests.pebble import Pebble, pebble_factory, requires_pebble
-from tests.support import ZONE, make_config, services
+from tests.support import ZONE, fixed_label, held_domain, make_config, services
 from webgateway.config import Config
-from webgateway.dnsname import challenge_label
 from webgateway.model import (
     CertState,
     Domain,
@@ -101,7 +100,7 @@ async def test_bad_nonce_30_percent_still_issues(tmp_path: Path, pebble_factory)
         await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
         fqdns = [f"s{i}.example.org" for i in range(3)]
         for fqdn in fqdns:
-            await gw.store.put_domain(Domain(fqdn, "shop", owner.id, challenge_label(fqdn)), 10)
+            await held_domain(gw.store, fqdn, "shop", owner.id)
         for fqdn in fqdns:
             c = await wait_cert(gw.store, fqdn)
             assert c.failures == 0
@@ -115,7 +114,7 @@ async def test_custom_domain_issue_then_remove_revokes(tmp_path: Path, pebble_fa
         from webgateway.addresses import parse_hostport
         await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
         fqdn = "shop.example.org"
-        await gw.store.put_domain(Domain(fqdn, "shop", owner.id, challenge_label(fqdn)), 10)
+        await held_domain(gw.store, fqdn, "shop", owner.id)
         cert = await wait_cert(gw.store, fqdn)
         assert cert.domains == (fqdn,)
         verify_chain(gw.pebble, cert, tmp_path)
@@ -144,7 +143,7 @@ async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) 
     certd = CertService(cfg, store, CollectorRegistry())
     await dnsd.start()
     # TXT of an order that died with a previous process (no order_url kept): removed
-    stale = f"{challenge_label('gone.example.org')}._acme.{ZONE}"
+    stale = f"{fixed_label('gone.example.org')}._acme.{ZONE}"
     await store.add_txt(stale, "left-over")
     # and a chain/key pair no certificate row points at (crash before the row was stored)
     orphans = [cfg.store.certs_dir / f"zone.dead.{k}.pem" for k in ("fullchain", "key")]
@@ -207,7 +206,8 @@ async def test_domain_without_cnames_waits_with_a_clear_detail(tmp_path: Path) -
         owner = await store.create_owner("bob", "h2")
         await store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
         fqdn = "shop.example.org"
-        await store.put_domain(Domain(fqdn, "shop", owner.id, challenge_label(fqdn)), 10)
+        claim = Domain(fqdn, "shop", owner.id, "c0123456789abcdef")
+        await store.put_domain(claim, 10)
         end = time.monotonic() + 20
         while True:
             d = await store.get_domain(fqdn)
@@ -217,7 +217,7 @@ async def test_domain_without_cnames_waits_with_a_clear_detail(tmp_path: Path) -
             await asyncio.sleep(0.05)
         assert d.state == DomainState.PENDING
         assert "waiting for DNS" in d.detail
-        assert f"_acme-challenge.{fqdn} -> {challenge_label(fqdn)}._acme.{ZONE}" in d.detail
+        assert f"_acme-challenge.{fqdn} -> {claim.challenge_label}._acme.{ZONE}" in d.detail
         await asyncio.sleep(0.5)
         assert await store.get_certificate(fqdn) is None
     finally:

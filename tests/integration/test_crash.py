@@ -15,15 +15,21 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.gateway import cli, write_config
+from tests.knot import Knot, knot_missing, owner_zone
 from tests.pebble import pebble_factory, requires_pebble
 from tests.procs import Proc, wait_tcp
 from tests.support import free_port
 
 __all__ = ["pebble_factory"]
-pytestmark = requires_pebble
+pytestmark = [requires_pebble,
+              pytest.mark.skipif(knot_missing(), reason="needs knotd (apt: knot)")]
 
 CLI = [sys.executable, "-m", "webgateway.cli"]
 DOMAINS = [f"site{i}.example.org" for i in range(12)]
@@ -37,22 +43,36 @@ def db_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         con.close()
 
 
-def put(url: str, token: str, path: str, body: dict[str, object]) -> None:
+def put(url: str, token: str, path: str, body: dict[str, object]) -> Any:
     req = urllib.request.Request(url + path, method="PUT", data=json.dumps(body).encode(),
                                  headers={"Authorization": f"Bearer {token}",
                                           "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status in (200, 201)
+        return json.loads(r.read())
 
 
-def test_kill_9_of_run_mid_orders(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def owner_dns(tmp_path: Path) -> Iterator[tuple[Knot, int]]:
+    """The domain owner's DNS host, where the claims' proofs are created."""
+    port = free_port()
+    knot = Knot(tmp_path / "knot", "127.0.0.1", port, {"example.org": owner_zone("example.org")})
+    try:
+        yield knot, port
+    finally:
+        knot.stop()
+
+
+def test_kill_9_of_run_mid_orders(tmp_path: Path, pebble_factory,  # type: ignore[no-untyped-def]
+                                  owner_dns: tuple[Knot, int]) -> None:
     dns_port, api_port = free_port(), free_port()
+    knot, knot_port = owner_dns
     pb = pebble_factory(("127.0.0.1", dns_port))
     cfg = write_config(
         tmp_path, dns={"listen": [f"127.0.0.1:{dns_port}"]},
         api={"listen": f"127.0.0.1:{api_port}", "max_domains_per_owner": 100},
         acme={"directory": pb.directory, "ca_bundle": str(pb.ca_bundle),
-              "resolver": f"127.0.0.1:{dns_port}", "concurrency": 2},
+              "resolver": f"127.0.0.1:{knot_port}", "concurrency": 2},
         store={"poll_interval": 0.02})
     db = tmp_path / "var" / "webgateway.db"
     url = f"http://127.0.0.1:{api_port}"
@@ -62,8 +82,12 @@ def test_kill_9_of_run_mid_orders(tmp_path: Path, pebble_factory) -> None:  # ty
     try:
         wait_tcp("127.0.0.1", api_port, run1)
         put(url, token, "/v1/names/site", {"backends": ["10.0.0.1:80"]})
+        records = []
         for d in DOMAINS:
-            put(url, token, f"/v1/domains/{d}", {"name": "site"})
+            claim = put(url, token, f"/v1/domains/{d}", {"name": "site"})
+            records += [(r["name"].removesuffix(".example.org"), "CNAME", r["target"] + ".")
+                        for r in claim["records"]]
+        knot.set_records("example.org", records)
         end = time.monotonic() + 60
         while True:  # some done, some still ordering: the worst moment to die
             run1.check()

@@ -78,8 +78,25 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"api": {"listen": "localhost:80"}}, "api.listen", "not an IPv4 or IPv6"),
     ({"store": {"poll_interval": True}}, "store.poll_interval", "number"),
     ({"log": {"level": "loud"}}, "log.level", "one of"),
+    ({"api": {"domain_claim_ttl": "1w"}}, "api.domain_claim_ttl", "'7d', '12h', '30m'"),
+    ({"api": {"domain_claim_ttl": "10s"}}, "api.domain_claim_ttl", "between 1m and 366d"),
+    ({"api": {"domain_claim_ttl": "nan"}}, "api.domain_claim_ttl", "between"),
+    ({"api": {"domain_claim_ttl": "400d"}}, "api.domain_claim_ttl", "between"),
+    ({"api": {"domain_claim_ttl": -3600}}, "api.domain_claim_ttl", "between"),
+    ({"api": {"domain_claim_ttl": True}}, "api.domain_claim_ttl", "expected a duration"),
     ({"bogus": {}}, "bogus", "unknown section"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("7d", 604800.0), ("12h", 43200.0), ("30m", 1800.0), ("90s", 90.0), ("3600", 3600.0),
+     (86400, 86400.0), (" 2D ", 172800.0), (1.5e3, 1500.0)],
+)
+def test_domain_claim_ttl_takes_a_duration(tmp_path: Path, value: object, seconds: float) -> None:
+    assert parse_config(raw_config(tmp_path), tmp_path).api.domain_claim_ttl == 7 * 86400
+    cfg = parse_config(raw_config(tmp_path, api={"domain_claim_ttl": value}), tmp_path)
+    assert cfg.api.domain_claim_ttl == seconds
 
 
 @pytest.mark.parametrize(("override", "key", "words"), BAD)

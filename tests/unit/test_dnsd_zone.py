@@ -13,7 +13,7 @@ from dnsd import wire
 from dnsd.responder import Responder
 from dnsd.zone import ENT, NODE, NX, OUTSIDE, ZoneView
 from tests.dnszone import ZONE, snapshot, zone_config
-from webgateway.dnsname import challenge_label
+from tests.support import fixed_label as challenge_label
 from webgateway.model import ChangeSet, Domain, Name, Snapshot, merge
 
 LABELS = ["alice", "bob", "carol", "ns1", "_acme-challenge"]

@@ -29,6 +29,8 @@ def test_failures_come_from_certificates_and_pending_domains() -> None:
         {"fqdn": "c.example", "state": "pending", "detail": "no CNAME at c.example yet"},
         {"fqdn": "d.example", "state": "pending", "detail": None},
         {"fqdn": "e.example", "state": "active", "detail": "old note"},
+        {"fqdn": "c.example", "state": "dropped", "detail": "dropped on ...: another owner"},
+        {"fqdn": "f.example", "state": "expired", "detail": "expired on ..."},
     ]
     assert failures_of(certs, domains) == [
         "certificate a.example: rateLimited (next try 2026-12-01 10:05 UTC)",

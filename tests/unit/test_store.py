@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -86,17 +88,156 @@ async def test_domains_follow_their_name(store: SqliteStore) -> None:
     a = await store.create_owner("a", "ha")
     b = await store.create_owner("b", "hb")
     await store.put_name(Name("x", a.id, BE), 5)
-    d = Domain("shop.example.org", "x", a.id, "dabc")
     with pytest.raises(NotFound):
-        await store.put_domain(Domain("shop.example.org", "x", b.id, "dabc"), 5)
-    assert await store.put_domain(d, 5) is True
-    with pytest.raises(Forbidden):
-        await store.put_domain(Domain("shop.example.org", "x", b.id, "dabc"), 5)
-    await store.set_domain_state("shop.example.org", DomainState.VERIFIED, "CNAMEs found")
+        await store.put_domain(Domain("shop.example.org", "x", b.id, "cb"), 5)
+    assert await store.put_domain(Domain("shop.example.org", "x", a.id, "ca"), 5) is True
+    assert await store.put_domain(Domain("shop.example.org", "x", a.id, "cz"), 5) is False
+    assert (await store.get_domain("shop.example.org", a.id)).challenge_label == "ca"  # type: ignore[union-attr]
+    assert await store.verify_claim("ca", "CNAMEs found")
+    await store.set_domain_state("shop.example.org", DomainState.ACTIVE, "cert in place")
     got = await store.get_domain("shop.example.org")
-    assert got is not None and got.state == DomainState.VERIFIED and got.detail == "CNAMEs found"
+    assert got is not None and got.state == DomainState.ACTIVE and got.detail == "cert in place"
+    with pytest.raises(ValueError):
+        await store.set_domain_state("shop.example.org", DomainState.PENDING, "no")
     await store.delete_name("x", a.id)
     assert await store.get_domain("shop.example.org") is None
+    assert (await store.snapshot()).domains == {}
+
+
+async def _owners_with_names(store: SqliteStore, n: int) -> list[int]:
+    ids = []
+    for i in range(n):
+        o = await store.create_owner(f"o{i}", f"h{i}")
+        await store.put_name(Name(f"n{i}", o.id, BE), 5)
+        ids.append(o.id)
+    return ids
+
+
+async def test_pending_claims_of_two_owners_coexist(store: SqliteStore) -> None:
+    a, b = await _owners_with_names(store, 2)
+    fqdn = "shop.example.org"
+    assert await store.put_domain(Domain(fqdn, "n0", a, "ca"), 5) is True
+    # the squatter's pending claim blocks nothing: the second owner claims too
+    assert await store.put_domain(Domain(fqdn, "n1", b, "cb"), 5) is True
+    mine, theirs = await store.get_domain(fqdn, a), await store.get_domain(fqdn, b)
+    assert mine is not None and theirs is not None
+    assert (mine.challenge_label, theirs.challenge_label) == ("ca", "cb")
+    assert mine.state == theirs.state == DomainState.PENDING
+    assert {d.owner_id for d in await store.list_domains()} == {a, b}
+    assert [d.owner_id for d in await store.list_domains(b)] == [b]
+    snap = await store.snapshot()
+    assert snap.domains == {}  # nothing is served or routed before a proof
+    assert set(snap.claims) == {"ca", "cb"}
+
+
+async def test_verification_drops_the_other_claims_with_a_reason(store: SqliteStore) -> None:
+    a, b, c = await _owners_with_names(store, 3)
+    fqdn = "shop.example.org"
+    await store.put_domain(Domain(fqdn, "n0", a, "ca"), 5)
+    await store.put_domain(Domain(fqdn, "n1", b, "cb"), 5)
+    await store.put_domain(Domain("other.example.org", "n0", a, "co"), 5)
+    before = await store.serial()
+    assert await store.verify_claim("cb", "CNAMEs in place") is True
+    assert await store.verify_claim("ca", "late") is False  # no longer pending
+    winner, loser = await store.get_domain(fqdn, b), await store.get_domain(fqdn, a)
+    assert winner is not None and winner.state == DomainState.VERIFIED
+    assert loser is not None and loser.state == DomainState.DROPPED
+    assert "another owner proved control" in loser.detail and "UTC" in loser.detail
+    assert f"_acme-challenge.{fqdn} CNAME" in loser.detail
+    assert (await store.get_domain(fqdn)) == winner  # the admin's view: the holder
+    # the feed: the domain now has a holder, neither claim is pending any more
+    cs = await store.changes_since(before)
+    assert cs is not None and cs.domains == {fqdn: winner}
+    assert cs.claims == {"ca": None, "cb": None}
+    snap = await store.snapshot()
+    assert snap.domains == {fqdn: winner} and set(snap.claims) == {"co"}
+    # a held domain cannot be claimed by anyone else: 409 says what proves ownership
+    for owner, label in ((c, "n2"), (a, "n0")):
+        with pytest.raises(Conflict, match=f"_acme-challenge.{fqdn} pointed at"):
+            await store.put_domain(Domain(fqdn, label, owner, "cx"), 5)
+    # the holder releases it; the dropped owner claims again with a fresh target
+    await store.delete_domain(fqdn, b)
+    assert await store.put_domain(Domain(fqdn, "n0", a, "ca2"), 5) is True
+    again = await store.get_domain(fqdn, a)
+    assert again is not None and again.state == DomainState.PENDING
+    assert again.challenge_label == "ca2" and again.detail == ""
+
+
+async def test_operator_removes_every_claim_of_a_domain(store: SqliteStore) -> None:
+    a, b = await _owners_with_names(store, 2)
+    await store.put_domain(Domain("shop.example.org", "n0", a, "ca"), 5)
+    await store.put_domain(Domain("shop.example.org", "n1", b, "cb"), 5)
+    with pytest.raises(NotFound):
+        await store.delete_domain("shop.example.org", 999)
+    await store.delete_domain("shop.example.org", None)
+    assert await store.list_domains() == []
+    with pytest.raises(NotFound):
+        await store.delete_domain("shop.example.org", None)
+
+
+async def test_pending_claims_expire_and_closed_ones_are_purged(store: SqliteStore) -> None:
+    a, b = await _owners_with_names(store, 2)
+    ttl = 3600.0
+    await store.put_domain(Domain("old.example.org", "n0", a, "c-old"), 2)
+    await store.put_domain(Domain("held.example.org", "n0", a, "c-held"), 2)
+    await store.verify_claim("c-held", "ok")
+    await store.set_claim_detail("c-old", "waiting for DNS: no CNAME")
+    with pytest.raises(QuotaExceeded):
+        await store.put_domain(Domain("third.example.org", "n0", a, "c3"), 2)
+    t0 = time.time()
+    assert await store.expire_claims(t0 + ttl / 2, ttl) == 0  # not yet
+    before = await store.serial()
+    assert await store.expire_claims(t0 + ttl + 1, ttl) == 1
+    old = await store.get_domain("old.example.org", a)
+    assert old is not None and old.state == DomainState.EXPIRED
+    assert old.detail.startswith("expired on ") and "was not seen in time" in old.detail
+    assert "last check: waiting for DNS: no CNAME" in old.detail
+    assert old.updated == t0 + ttl + 1
+    cs = await store.changes_since(before)
+    assert cs is not None and cs.claims == {"c-old": None}
+    held = await store.get_domain("held.example.org", a)
+    assert held is not None and held.state == DomainState.VERIFIED  # holders never expire
+    # an expired claim holds nothing: it no longer counts against the quota
+    assert await store.put_domain(Domain("third.example.org", "n0", a, "c3"), 2) is True
+    # and it is kept one more TTL for its owner to read, then purged
+    await store.delete_domain("third.example.org", a)
+    assert await store.expire_claims(t0 + 2 * ttl, ttl) == 0
+    assert await store.expire_claims(t0 + 2 * ttl + 2, ttl) == 1
+    assert await store.get_domain("old.example.org", a) is None
+    assert [d.fqdn for d in await store.list_domains()] == ["held.example.org"]
+    del b
+
+
+async def test_migration_keeps_existing_domains_and_their_challenge_labels(
+        tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    con.executescript("""
+        INSERT INTO owners VALUES (1, 'alice', 'h1', 0);
+        INSERT INTO owners VALUES (2, 'bob', 'h2', 0);
+        INSERT INTO names VALUES ('shop', 1, '[]', 'terminate', 0, 0, 0, 0);
+        INSERT INTO domains VALUES ('shop.example.org', 'shop', 1, 'd0123456789abcdef01234567',
+                                    'active', 'certificate valid', 5);
+        INSERT INTO domains VALUES ('new.example.org', 'shop', 2, 'd76543210fedcba9876543210',
+                                    'pending', '', 6);
+    """)
+    con.close()
+    s = SqliteStore(db)
+    await s.open()
+    try:
+        snap = await s.snapshot()
+        held = snap.domains["shop.example.org"]
+        assert held.challenge_label == "d0123456789abcdef01234567"
+        assert held.state == DomainState.ACTIVE and held.created == held.updated == 5
+        assert list(snap.claims) == ["d76543210fedcba9876543210"]
+        # the partial unique index: a second holder for one domain is impossible
+        await s.db.execute("UPDATE domains SET fqdn='shop.example.org'"
+                           " WHERE fqdn='new.example.org'")  # a second (pending) claim: fine
+        with pytest.raises(sqlite3.IntegrityError):
+            await s.db.execute("UPDATE domains SET state='verified' WHERE owner_id=2")
+    finally:
+        await s.close()
 
 
 async def test_owner_rotate_and_removal_take_everything_in_one_change(
@@ -246,6 +387,7 @@ async def test_a_failing_view_is_rebuilt_from_a_snapshot(store: SqliteStore) -> 
         assert {"a.gw.test", "b.gw.test"} <= seen  # nothing the failed apply held is lost
     finally:
         task.cancel()
+
 
 async def test_a_writer_cancelled_mid_begin_leaves_no_transaction_open(store: SqliteStore) -> None:
     """A service stopping cancels its writes; the next writer must still get its BEGIN
