@@ -23,7 +23,8 @@ from tests.integration.test_api import Gw
 from tests.integration.test_certd_pebble import dns_target, verify_chain
 from tests.knot import Knot, knot_missing, owner_zone
 from tests.pebble import pebble_factory, requires_pebble
-from tests.support import ZONE, free_port, make_config, services
+from tests.support import ZONE, Running, free_port, make_config, services
+from webgateway.api import ApiService
 from webgateway.config import Config
 from webgateway.model import Certificate
 from webgateway.when import parse_rfc3339
@@ -64,6 +65,16 @@ async def owners(gw: Gw, *names: str) -> list[str]:
     return tokens
 
 
+def api_client(run: Running, http: aiohttp.ClientSession, tmp: Path) -> Gw:
+    """test_api's client, on the API that ``services`` started."""
+    api = run.services["api"]
+    assert isinstance(api, ApiService)
+    cfg = run.config
+    return Gw(f"http://127.0.0.1:{cfg.api.listen.port}",
+              cfg.api.admin_token_file.read_text().strip(), http, run.store, tmp,
+              api.api.app.router)
+
+
 def challenge_target(claim: dict[str, Any]) -> str:
     return {r["name"]: r["target"] for r in claim["records"]}[f"_acme-challenge.{claim['fqdn']}"]
 
@@ -81,9 +92,7 @@ async def world(tmp_path: Path, pebble_factory) -> AsyncIterator[tuple[Gw, Knot,
             acme={"directory": pb.directory, "ca_bundle": str(pb.ca_bundle),
                   "resolver": f"127.0.0.1:{knot_port}", "propagation_timeout": 20})
         async with services(cfg, "dnsd", "certd", "api") as run, aiohttp.ClientSession() as http:
-            admin = cfg.api.admin_token_file.read_text().strip()
-            gw = Gw(f"http://127.0.0.1:{cfg.api.listen.port}", admin, http, run.store, tmp_path)
-            yield gw, knot, cfg, pb
+            yield api_client(run, http, tmp_path), knot, cfg, pb
     finally:
         knot.stop()
 
@@ -134,8 +143,7 @@ async def test_a_claim_without_proof_expires_and_says_so(tmp_path: Path) -> None
     """certd judges claims even without [acme]: a claim past domain_claim_ttl expires."""
     cfg = make_config(tmp_path, api={"domain_claim_ttl": "1h"})
     async with services(cfg, "api") as run, aiohttp.ClientSession() as http:
-        admin = cfg.api.admin_token_file.read_text().strip()
-        gw = Gw(f"http://127.0.0.1:{cfg.api.listen.port}", admin, http, run.store, tmp_path)
+        gw = api_client(run, http, tmp_path)
         (token,) = await owners(gw, "late")
         st, claim = await gw.call("PUT", f"/v1/domains/{SHOP}", token, {"name": "late"})
         assert st == 201
