@@ -6,10 +6,11 @@ asks ``schedule.due_at`` when each needs an order, and runs orders as tasks; the
 requests themselves run in the ``Issuer``'s thread pool. Nothing here blocks start-up:
 a CA that cannot be reached is a failed attempt with backoff, visible in the API.
 
-certd is also the judge of custom-domain claims, with or without ``[acme]``: it looks
-for each pending claim's proof in DNS (the store then drops the domain's other claims)
-and expires claims not proven within ``[api] domain_claim_ttl``. Both verdicts sit in
-the one loop that already watches the claims, so they cannot race each other.
+certd is also the judge of custom-domain claims: it looks for each pending claim's proof
+in DNS through ``[acme] resolver`` (the store then drops the domain's other claims), and
+expires claims not proven within ``[api] domain_claim_ttl`` -- the expiry also without
+``[acme]``, where nothing is verified (no resolver is configured, no certificate could
+follow). Both verdicts sit in the one loop that already watches the claims.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class CertService:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if self.issuer is None:
-            log.info("certd: no [acme] section, no certificates will be requested"
-                     " (custom-domain claims are still judged)")
+            log.info("certd: no [acme] section: no certificates, and custom-domain claims"
+                     " are not verified (they expire after [api] domain_claim_ttl)")
         else:
             self.config.store.certs_dir.mkdir(parents=True, exist_ok=True)
         self._main = asyncio.create_task(self._run(), name="certd")
@@ -293,6 +294,8 @@ class CertService:
             if n:
                 log.info("certd: %d custom-domain claims expired or purged", n)
         nxt = min(nxt, self.sweep_at)
+        if self.config.acme is None:
+            return nxt
         for chal in [c for c in self.verify_next if c not in self.view.claims]:
             del self.verify_next[chal]
         for chal, claim in self.view.claims.items():
@@ -310,8 +313,8 @@ class CertService:
         """Look for this claim's proof; the store makes the first proven claim the holder."""
         chal = claim.challenge_label
         try:
-            resolver = self.config.acme.resolver if self.config.acme is not None else None
-            seen = await lookup_domain(claim.fqdn, resolver)
+            assert self.config.acme is not None
+            seen = await lookup_domain(claim.fqdn, self.config.acme.resolver)
             gateway = [str(a) for a in (*self.config.zone.gateway_ipv4,
                                         *self.config.zone.gateway_ipv6)]
             ok, detail = judge_domain(claim.fqdn, claim.label, chal, self.zone, gateway, seen)
@@ -319,8 +322,7 @@ class CertService:
                 return
             if ok:
                 self.verify_next.pop(chal, None)
-                then = "certificate requested" if self.issuer else "no [acme]: no certificate"
-                if await self.store.verify_claim(chal, f"{detail}; {then}"):
+                if await self.store.verify_claim(chal, f"{detail}; certificate requested"):
                     log.info("certd: %s verified for owner %d (%s)", claim.fqdn,
                              claim.owner_id, detail)
             else:

@@ -459,7 +459,9 @@ async def test_certificates_listing_is_scoped_and_uses_dates(gw: Gw) -> None:
     for token, label, fqdn in ((a, "aa", "shop.a.test"), (b, "bb", "shop.b.test")):
         assert (await gw.call("PUT", f"/v1/names/{label}", token,
                               {"backends": ["10.0.0.1:80"]}))[0] == 201
-        assert (await gw.call("PUT", f"/v1/domains/{fqdn}", token, {"name": label}))[0] == 201
+        st, claim = await gw.call("PUT", f"/v1/domains/{fqdn}", token, {"name": label})
+        assert st == 201  # and certd saw its CNAMEs: the claim holds the domain
+        assert await gw.store.verify_claim(claim["records"][1]["target"].split(".")[0], "ok")
     now = time.time()
     for cid, days in (("zone", 30.5), ("shop.a.test", 80.2), ("shop.b.test", 5.9)):
         await gw.store.put_certificate(Certificate(

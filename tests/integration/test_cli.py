@@ -88,10 +88,13 @@ def test_domain_claims_from_the_cli(tmp_path: Path) -> None:
         r = cli("domain", "add", "shop.example.test", "--name", "bob", env=bob)
         assert r.returncode == 0 and "state:       pending" in r.stdout, r.stderr
         r = cli("domain", "ls", env=bob)
-        assert re.fullmatch(r"shop\.example\.test  -> bob  pending until \S+ \S+ UTC  cert:-\n",
-                            r.stdout), r.stdout
+        lines = r.stdout.splitlines()
+        assert re.match(r"DOMAIN\s+NAME\s+STATE\s+CERT\s+DETAIL$", lines[0]), r.stdout
+        assert re.fullmatch(r"shop\.example\.test\s+bob\s+pending until \S+ \S+ UTC\s+-\s+-",
+                            lines[1]), r.stdout
         r = cli("domain", "ls", env=admin)
-        assert sorted(re.findall(r"-> (\w+) .* owner:\d+$", r.stdout, re.M)) == ["alice", "bob"]
+        assert sorted(re.findall(r"^shop\.example\.test\s+(\w+)\s+(\w+)\s+pending", r.stdout,
+                                 re.M)) == [("alice", "alice"), ("bob", "bob")], r.stdout
         r = cli("domain", "rm", "shop.example.test", env=bob)
         assert r.returncode == 0 and "domain claim shop.example.test removed" in r.stdout
         r = cli("domain", "show", "shop.example.test", env=bob)

@@ -140,7 +140,7 @@ async def test_two_owners_claim_one_domain_and_the_dns_decides(world: Any) -> No
 
 
 async def test_a_claim_without_proof_expires_and_says_so(tmp_path: Path) -> None:
-    """certd judges claims even without [acme]: a claim past domain_claim_ttl expires."""
+    """certd expires claims even without [acme]: a claim past domain_claim_ttl says so."""
     cfg = make_config(tmp_path, api={"domain_claim_ttl": "1h"})
     async with services(cfg, "api") as run, aiohttp.ClientSession() as http:
         gw = api_client(run, http, tmp_path)
