@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from tests.support import make_config
 from webgateway.addresses import parse_hostport
 from webgateway.api import ApiService
-from webgateway.dnsname import challenge_label
+from webgateway.dnsname import new_challenge_label
 from webgateway.model import Certificate, CertState, Domain, Name
 from webgateway.sqlite_store import SqliteStore
 from webgateway.tokens import hash_token, new_token
@@ -59,7 +59,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     bob_id = next(i for i, n in (await store.owner_names()).items() if n == "bob")
     await store.put_name(Name("bobsite", bob_id, (parse_hostport("10.9.9.9:80"),)), 10)
     await store.put_domain(
-        Domain("shop.bob.test", "bobsite", bob_id, challenge_label("shop.bob.test")), 10
+        Domain("shop.bob.test", "bobsite", bob_id, new_challenge_label()), 10
     )
     # the zone certificate as certd would leave it: a real PEM from a test CA
     not_after = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60, hours=1)).replace(microsecond=0)
