@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from webgateway.addresses import HostPort
 from webgateway.config import Config
+from webgateway.logsetup import configure as configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ async def _serve(config: Config, conn: multiprocessing.connection.Connection) ->
 def worker_main(config: Config, conn: multiprocessing.connection.Connection) -> None:
     """Entry point of a worker process (spawned: nothing inherited but the arguments)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    logging.basicConfig(level=getattr(logging, config.log.level.upper()),
-                        format="%(asctime)s %(levelname)s dnsd-worker: %(message)s")
+    configure_logging(config.log, "dnsd-worker")
     try:
         import uvloop
 

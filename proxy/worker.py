@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.service import ProxyService
 from webgateway.config import Config, load_config
+from webgateway.logsetup import configure as configure_logging
 from webgateway.sqlite_store import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ async def _serve(config: Config) -> None:
 
 def main() -> None:
     config = load_config(Path(sys.argv[1]))
-    logging.basicConfig(level=getattr(logging, config.log.level.upper()),
-                        format="%(asctime)s %(levelname)s proxy-worker: %(message)s")
+    configure_logging(config.log, "proxy-worker")
     try:
         import uvloop
     except ImportError:  # pragma: no cover

@@ -30,6 +30,7 @@ from webgateway.initconfig import (
     validate,
     write_new,
 )
+from webgateway.logsetup import configure as configure_logging
 from webgateway.status import CERT_HEADERS, cert_rows
 from webgateway.table import format_table
 from webgateway.when import date_of, minute_of, rfc3339
@@ -45,14 +46,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _run_async(main: Coroutine[Any, Any, Any]) -> Any:
@@ -77,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from webgateway.supervisor import serve
 
     config = load_config(args.config)
-    _setup_logging(config.log.level)
+    configure_logging(config.log)
     if args.command == "certd" and config.acme is None:
         raise ConfigError("acme", "certd needs an [acme] section")
     _run_async(serve(config, services_for(config, args.command)))

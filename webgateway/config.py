@@ -75,6 +75,7 @@ class ProxyConfig:
     connect_timeout: float = 5.0
     max_connections: int = 10000
     max_connections_per_name: int = 1000
+    catch_all: HostPort | None = None
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,15 @@ class StoreConfig:
     poll_interval: float = 0.05
 
 
+#: ``[log] access_log = "-"``: the access log goes to standard output.
+STDOUT = Path("-")
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
+    format: str = "text"
+    access_log: Path | None = None  # None: off; Path("-"): standard output
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,27 @@ def _level(v: Any) -> str:
     return s
 
 
+def _log_format(v: Any) -> str:
+    s = _str(v)
+    if s not in ("text", "json"):
+        raise ValueError('must be "text" or "json"')
+    return s
+
+
+def _access_log(v: Any) -> Path | None:
+    """``""`` turns the access log off, ``"-"`` sends it to standard output."""
+    s = _str(v)
+    if not s:
+        return None
+    if "\x00" in s:
+        raise ValueError("path contains a NUL character")
+    return Path(s)
+
+
+def _catch_all(v: Any) -> HostPort:
+    return parse_hostport(_str(v))
+
+
 def _nameservers(v: Any) -> dict[str, tuple[Any, ...]]:
     if not isinstance(v, dict) or not v:
         raise ValueError('expected a table like { "ns1.gw.example.com" = ["203.0.113.10"] }')
@@ -314,6 +342,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "connect_timeout": (_float(0.1, 600), False),
         "max_connections": (_int(1, 1_000_000), False),
         "max_connections_per_name": (_int(1, 1_000_000), False),
+        "catch_all": (_catch_all, False),
     },
     "api": {
         "listen": (_hostport, False),
@@ -330,7 +359,11 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "certs_dir": (_path, False),
         "poll_interval": (_float(0.005, 60), False),
     },
-    "log": {"level": (_level, False)},
+    "log": {
+        "level": (_level, False),
+        "format": (_log_format, False),
+        "access_log": (_access_log, False),
+    },
 }
 
 _CLASSES: dict[str, type] = {
@@ -348,6 +381,7 @@ _PATH_KEYS = {
     ("api", "admin_token_file"),
     ("store", "path"),
     ("store", "certs_dir"),
+    ("log", "access_log"),
 }
 
 
@@ -368,7 +402,7 @@ def _section(name: str, raw: Any, base: Path) -> dict[str, Any]:
             values[key] = parse(raw[key])
         except ValueError as e:
             raise ConfigError(f"{name}.{key}", str(e)) from None
-        if (name, key) in _PATH_KEYS:
+        if (name, key) in _PATH_KEYS and values[key] not in (None, STDOUT):
             values[key] = (base / values[key]).resolve()
     return values
 
@@ -450,9 +484,14 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"{p} is not valid TOML: {e}") from None
     cfg = parse_config(raw, p.resolve().parent, source=p.resolve())
-    for d in (cfg.store.path.parent, cfg.store.certs_dir, cfg.api.admin_token_file.parent):
+    folders = [("store.path", cfg.store.path.parent), ("store.certs_dir", cfg.store.certs_dir),
+               ("api.admin_token_file", cfg.api.admin_token_file.parent)]
+    if cfg.log.access_log not in (None, STDOUT):
+        assert cfg.log.access_log is not None
+        folders.append(("log.access_log", cfg.log.access_log.parent))
+    for key, d in folders:
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError("store.path", f"cannot create {d}: {e.strerror}") from None
+            raise ConfigError(key, f"cannot create {d}: {e.strerror}") from None
     return cfg

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 
 DAY = 86400.0
 
@@ -17,6 +18,12 @@ def rfc3339(ts: float) -> str | None:
     if not ts:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_ms(ts: float) -> str:
+    """``2026-12-01T10:00:00.123Z``: log lines, where events a millisecond apart differ."""
+    ms = int(ts * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{ms:03d}Z"
 
 
 def parse_rfc3339(text: str) -> float:
