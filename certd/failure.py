@@ -26,6 +26,7 @@ MAX_MESSAGE = 500
 class Failure:
     kind: FailureKind
     message: str  # for the log and (cut to MAX_MESSAGE) the certificate's last_error
+    outcome: str  # the ``outcome`` label of webgateway_acme_orders_total: a short, fixed word
     keep_order: bool = True  # resume the same order next time (False: start a new one)
     forget_account: bool = False  # the CA no longer knows our account: register again
     unexpected: bool = False  # neither the CA nor the network: a bug, log the traceback
@@ -36,22 +37,23 @@ def classify(e: BaseException, directory: str) -> Failure:
     """The meaning of the exception an attempt ended with; ``directory`` names the CA."""
     transient = FailureKind.TRANSIENT
     if isinstance(e, OrderDead):
-        return Failure(FailureKind.ORDER, str(e), keep_order=False)
+        return Failure(FailureKind.ORDER, str(e), "order_invalid", keep_order=False)
     if isinstance(e, messages.Error):
-        return Failure(FailureKind.ORDER, f"the CA refused: {e.detail or e.code}",
+        return Failure(FailureKind.ORDER, f"the CA refused: {e.detail or e.code}", "ca_refused",
                        keep_order=False)
     if isinstance(e, AccountGone):
         return Failure(transient, f"the CA no longer knows our account ({e}); registering again",
-                       keep_order=False, forget_account=True)
+                       "account_gone", keep_order=False, forget_account=True)
     if isinstance(e, PropagationTimeout):
-        return Failure(transient, f"our DNS servers did not serve the TXT: {e}")
+        return Failure(transient, f"our DNS servers did not serve the TXT: {e}",
+                       "dns_propagation")
     if isinstance(e, RetryLater):
-        return Failure(transient, str(e), not_before=e.delay)
+        return Failure(transient, str(e), "retry_later", not_before=e.delay)
     if isinstance(e, TimeoutError):
-        return Failure(transient, str(e) or "the CA did not answer in time")
+        return Failure(transient, str(e) or "the CA did not answer in time", "timeout")
     if isinstance(e, OSError | acme_errors.Error) or type(e).__module__.startswith(
         ("requests", "urllib3")
     ):
         where = f"cannot reach the CA at {directory}: {type(e).__name__}: {e}"
-        return Failure(transient, where[:MAX_MESSAGE])
-    return Failure(transient, f"{type(e).__name__}: {e}", unexpected=True)
+        return Failure(transient, where[:MAX_MESSAGE], "ca_unreachable")
+    return Failure(transient, f"{type(e).__name__}: {e}", "error", unexpected=True)

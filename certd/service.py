@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -97,17 +97,42 @@ class CertView:
                 self.txt.pop(fqdn, None)
 
 
+#: Seconds an order may take, from a cached authorization to a slow CA and DNS propagation.
+ORDER_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 class _Metrics(Collector):
-    def __init__(self, svc: CertService) -> None:
+    """What certd's state says at scrape time; counters of orders are kept as they end."""
+
+    def __init__(self, svc: CertService, registry: CollectorRegistry) -> None:
         self.svc = svc
+        self.orders = Counter("webgateway_acme_orders", "ACME order attempts by outcome"
+                              " (issued, or why it failed)", ["outcome"], registry=registry)
+        self.duration = Histogram("webgateway_acme_order_duration_seconds",
+                                  "Time from starting an order attempt to its end, by result",
+                                  ["result"], buckets=ORDER_BUCKETS, registry=registry)
+        registry.register(self)
+
+    def ended(self, outcome: str, seconds: float) -> None:
+        self.orders.labels(outcome).inc()
+        self.duration.labels("issued" if outcome == "issued" else "failed").observe(seconds)
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self.svc
-        yield CounterMetricFamily("certd_issued", "certificates obtained", value=s.issued)
-        yield CounterMetricFamily("certd_failures", "failed order attempts", value=s.failed)
-        yield CounterMetricFamily("certd_bad_nonce_retries", "badNonce replies retried",
+        yield CounterMetricFamily("webgateway_acme_bad_nonce_retries",
+                                  "badNonce replies retried",
                                   value=s.issuer.bad_nonces if s.issuer else 0)
-        yield GaugeMetricFamily("certd_orders_in_flight", "orders running", value=len(s.running))
+        yield GaugeMetricFamily("webgateway_acme_orders_in_flight", "Orders running",
+                                value=len(s.running))
+        expiry = GaugeMetricFamily(
+            "webgateway_certificate_expiry_seconds", "Seconds until the certificate in place"
+            " expires (negative: expired), by certificate id (zone, or the custom domain)",
+            labels=["certificate"])
+        now = time.time()
+        for cid, cert in sorted(s.view.certs.items()):
+            if cert.not_after:
+                expiry.add_metric([cid], cert.not_after - now)
+        yield expiry
 
 
 class CertService:
@@ -132,13 +157,11 @@ class CertService:
         self.order_slots = asyncio.Semaphore(slots)
         self.ari_next: dict[str, float] = {}  # cert id -> when to ask renewalInfo again
         self.ari_running: set[str] = set()
-        self.issued = 0
-        self.failed = 0
         self.rng = random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        registry.register(_Metrics(self))
+        self.metrics = _Metrics(self, registry)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -413,7 +436,7 @@ class CertService:
                 )
             await self._remove_txt(cid, published)  # the order is done with them
             cert = await self._install(cert, issued)
-            self.issued += 1
+            self.metrics.ended("issued", time.monotonic() - t0)
             log.info("certd: certificate %s for %s obtained in %.2f s, valid until %s",
                      cid, ", ".join(domains), time.monotonic() - t0,
                      time.strftime("%Y-%m-%d %H:%M", time.gmtime(cert.not_after)))
@@ -424,7 +447,8 @@ class CertService:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            await self._failed(cid, cert, e)
+            outcome = await self._failed(cid, cert, e)
+            self.metrics.ended(outcome, time.monotonic() - t0)
         finally:
             self.running.pop(cid, None)
             with contextlib.suppress(StoreError):
@@ -484,7 +508,8 @@ class CertService:
             with contextlib.suppress(OSError):
                 os.unlink(p)
 
-    async def _failed(self, cid: str, cert: Certificate, e: Exception) -> None:
+    async def _failed(self, cid: str, cert: Certificate, e: Exception) -> str:
+        """Record a failed attempt; returns its outcome label for the metrics."""
         now = time.time()
         f = classify(e, self.config.acme.directory if self.config.acme else "")
         if f.unexpected:
@@ -498,7 +523,6 @@ class CertService:
         nxt = max(backoff(failures, now, f.kind, self.rng), now + f.not_before)
         new = replace(cert, state=CertState.FAILED, failures=failures, next_attempt=nxt,
                       last_error=msg[:MAX_MESSAGE], order_url=order_url)
-        self.failed += 1
         log.warning("certd: certificate %s failed (%d in a row): %s; next attempt in %.0f s",
                     cid, failures, msg, nxt - now)
         with contextlib.suppress(StoreError):
@@ -508,6 +532,7 @@ class CertService:
                 state_d = DomainState.ACTIVE if cert.cert_path else DomainState.VERIFIED
                 await self.store.set_domain_state(
                     cid, state_d, f"certificate request failed ({failures}x): {msg[:200]}")
+        return f.outcome
 
 
 def build(config: Config, store: Store, registry: CollectorRegistry) -> CertService:

@@ -24,15 +24,34 @@ log = logging.getLogger(__name__)
 _META_NOTIMP = frozenset({wire.OPT, 253, 254})  # OPT, MAILB, MAILA as question types
 _TRANSFERS = frozenset({wire.AXFR, wire.IXFR})
 
+#: The query types counted by name in ``webgateway_dns_queries_total``; any other type is
+#: "other" and a query whose question could not be read is "none", so the label stays
+#: bounded whatever clients send.
+QTYPE_NAMES: tuple[str, ...] = (
+    "A", "NS", "CNAME", "SOA", "PTR", "MX", "TXT", "AAAA", "SRV", "NAPTR", "OPT", "DS",
+    "RRSIG", "NSEC", "DNSKEY", "TLSA", "SVCB", "HTTPS", "IXFR", "AXFR", "ANY", "CAA",
+    "other", "none",
+)
+_OTHER = QTYPE_NAMES.index("other")
+NO_QUESTION = QTYPE_NAMES.index("none")
+_SLOT = [_OTHER] * 65536
+for _i, _name in enumerate(QTYPE_NAMES[:_OTHER]):
+    _SLOT[getattr(dnslib.QTYPE, _name)] = _i
+#: Counters per (qtype slot, rcode): index ``slot * RCODES + rcode`` (BADVERS is 16).
+RCODES = 24
+
 
 class Responder:
     """Answers one message at a time; counts what it did for the metrics collector."""
 
     def __init__(self, view: ZoneView, cache_size: int = 50_000) -> None:
         self.view = view
-        self.rcodes = [0] * 24  # index: rcode (BADVERS = 16); 23 = dropped
+        self.counts = [0] * (len(QTYPE_NAMES) * RCODES)  # see ``count_index``
+        self.dropped = 0  # responses and runts: no reply at all
+        self.truncated = 0  # UDP replies with TC=1
         self.slow = 0
         self.hits = 0
+        self._last = 0  # the counter index of the last reply built (cached with it)
         self.cache_size = cache_size
         self._cache: dict[bytes, tuple[bytes, int]] = {}
         self._gen = -1
@@ -53,13 +72,15 @@ class Responder:
         hit = self._cache.get(key)
         if hit is not None:
             self.hits += 1
-            self.rcodes[hit[1]] += 1
+            self.counts[hit[1]] += 1
+            if hit[0][0] & wire.TC:
+                self.truncated += 1
             return data[:2] + hit[0]
         resp = self._answer(data, False)
         if resp is not None and 12 <= len(data) <= 300:
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()
-            self._cache[key] = (resp[2:], resp[3] & 0x0F)
+            self._cache[key] = (resp[2:], self._last)
         return resp
 
     def _answer(self, data: bytes, tcp: bool) -> bytes | None:
@@ -76,7 +97,7 @@ class Responder:
         earns (FORMERR, NOTIMP for another opcode), or None for a response or a runt."""
         self.slow += 1
         if len(data) < 12 or data[2] & 0x80:
-            self.rcodes[23] += 1
+            self.dropped += 1
             return None
         try:
             scan = wire.scan_message(data)
@@ -105,7 +126,7 @@ class Responder:
         if qtype in _META_NOTIMP:
             return self._error(data, wire.NOTIMP, q.question, q.ekey)
         hdr, body = self.view.answer(q.qname, qtype, q.ekey)
-        self.rcodes[hdr[3]] += 1
+        self._count(qtype, hdr[3])
         resp = b"".join(
             (
                 data[:2],
@@ -118,12 +139,21 @@ class Responder:
         if not tcp:
             limit = max(512, min(q.udp_size, wire.OUR_UDP_SIZE)) if q.ekey else 512
             if len(resp) > limit:
+                self.truncated += 1
                 return _truncate(resp, q.question, q.ekey)
         return resp
 
+    def _count(self, qtype: int, rcode: int) -> None:
+        self._last = i = _SLOT[qtype] * RCODES + rcode
+        self.counts[i] += 1
+
     def _error(self, data: bytes, rcode: int, question: bytes, ekey: int) -> bytes:
         """An error reply: ID, opcode and RD echoed, the question when we could read it."""
-        self.rcodes[rcode] += 1
+        if question:
+            self._count(question[-4] << 8 | question[-3], rcode)
+        else:
+            self._last = NO_QUESTION * RCODES + rcode
+            self.counts[self._last] += 1
         byte2 = wire.QR | (data[2] & 0x79)  # opcode and RD
         ar = [wire.opt_rr(ekey, rcode >> 4)] if ekey else []
         hdr = wire.header(byte2, rcode, 1 if question else 0, 0, 0, len(ar),

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dnsd.responder import Responder
+from dnsd.responder import QTYPE_NAMES, RCODES, Responder
 from dnsd.workers import WorkerPool
 from dnsd.zone import ZoneView
 from webgateway.addresses import HostPort
@@ -31,7 +31,7 @@ from webgateway.store import Store
 log = logging.getLogger(__name__)
 
 _RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
-                5: "REFUSED", 16: "BADVERS", 23: "dropped"}
+                5: "REFUSED", 9: "NOTAUTH", 16: "BADVERS"}
 
 
 class UdpListener:
@@ -167,17 +167,32 @@ class _Metrics(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self.service
-        c = CounterMetricFamily("dnsd_responses", "DNS responses by rcode", labels=["rcode"])
-        for code, name in _RCODE_NAMES.items():
-            c.add_metric([name], s.responder.rcodes[code])
-        yield c
-        yield CounterMetricFamily("dnsd_slow_path", "queries that took the guarded parser",
-                                  value=s.responder.slow)
-        yield CounterMetricFamily("dnsd_tcp_refused", "TCP connections over the cap",
+        r = s.responder
+        q = CounterMetricFamily("webgateway_dns_queries", "DNS queries answered, by rcode and"
+                                " query type (unlisted types: other; no question: none)",
+                                labels=["rcode", "qtype"])
+        for i, n in enumerate(r.counts):
+            if n:
+                slot, code = divmod(i, RCODES)
+                q.add_metric([_RCODE_NAMES.get(code, str(code)), QTYPE_NAMES[slot]], n)
+        yield q
+        yield CounterMetricFamily("webgateway_dns_truncated", "UDP responses sent truncated"
+                                  " (TC=1: the client retries over TCP)", value=r.truncated)
+        d = CounterMetricFamily("webgateway_dns_dropped", "DNS messages given no reply, by"
+                                " reason", labels=["reason"])
+        d.add_metric(["not_a_query"], r.dropped)
+        d.add_metric(["send_failed"], sum(u.send_dropped for u in s._udp))
+        yield d
+        yield CounterMetricFamily("webgateway_dns_slow_path",
+                                  "Queries that took the guarded parser", value=r.slow)
+        yield CounterMetricFamily("webgateway_dns_cache_hits",
+                                  "UDP queries answered from the reply cache", value=r.hits)
+        yield CounterMetricFamily("webgateway_dns_tcp_refused",
+                                  "TCP connections closed at once: over max_tcp_connections",
                                   value=s.tcp_refused)
-        yield GaugeMetricFamily("dnsd_tcp_connections", "open TCP connections",
+        yield GaugeMetricFamily("webgateway_dns_tcp_connections", "Open TCP connections",
                                 value=len(s.tcp_conns))
-        yield GaugeMetricFamily("dnsd_zone_serial", "serial served in the SOA",
+        yield GaugeMetricFamily("webgateway_dns_zone_serial", "Serial served in the SOA",
                                 value=s.view.serial)
 
 

@@ -105,13 +105,14 @@ async def services(cfg: Config, *names: str, poll: float = 0.02) -> AsyncIterato
     """Open the store and start the named services in-process (as ``webgateway run`` does)."""
     store = SqliteStore(cfg.store.path, poll)
     await store.open()
+    registry = CollectorRegistry()
     started: dict[str, Service] = {}
     try:
         for name in names:
-            svc = factory(name)(cfg, store, CollectorRegistry())
+            svc = factory(name)(cfg, store, registry)
             await svc.start()
             started[name] = svc
-        yield Running(cfg, store, started)
+        yield Running(cfg, store, started, registry)
     finally:
         for svc in reversed(list(started.values())):
             await svc.stop()
@@ -123,3 +124,4 @@ class Running:
     config: Config
     store: SqliteStore
     services: dict[str, Service]
+    registry: CollectorRegistry  # one for all the services, as in ``webgateway run``

@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,7 @@ class SqliteStore:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._pending: list[tuple[str, str]] = []
+        self.write_observer: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -225,6 +226,7 @@ class SqliteStore:
         async with self._lock:
             self._pending = []
             touched = False
+            t0 = time.perf_counter()
             try:
                 await self._begin("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
@@ -245,6 +247,8 @@ class SqliteStore:
                         )
                 await self.db.execute("COMMIT")
                 touched = bool(self._pending)
+                if self.write_observer is not None:
+                    self.write_observer(time.perf_counter() - t0)
             except sqlite3.Error as e:
                 await self._rollback()
                 raise StoreUnavailable(f"the store refused the write: {e}") from None

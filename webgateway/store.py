@@ -7,6 +7,7 @@ exactly what LISTEN/NOTIFY plus a ``changes`` table gives on PostgreSQL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from webgateway.model import (
@@ -48,6 +49,9 @@ class StoreUnavailable(StoreError):
 
 
 class Store(Protocol):
+    #: Called with the seconds each committed write transaction took (metrics), when set.
+    write_observer: Callable[[float], None] | None
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 

@@ -11,13 +11,17 @@ import importlib
 import logging
 import signal
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from webgateway.config import Config
 from webgateway.service import Service, ServiceFactory
 from webgateway.sqlite_store import SqliteStore
 
 log = logging.getLogger(__name__)
+
+#: A commit is an fsync or two on SQLite, a round trip or two on PostgreSQL.
+STORE_WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                       2.5, 5.0)
 
 #: Service name -> "module:factory". Imported lazily so one service alone loads only its code.
 FACTORIES = {
@@ -43,6 +47,9 @@ async def serve(config: Config, names: list[str], stop: asyncio.Event | None = N
     store = SqliteStore(config.store.path, config.store.poll_interval)
     await store.open()
     registry = CollectorRegistry()
+    store.write_observer = Histogram(
+        "webgateway_store_write_seconds", "Write transactions of the store, begin to commit",
+        buckets=STORE_WRITE_BUCKETS, registry=registry).observe
     started: list[Service] = []
     try:
         for name in names:

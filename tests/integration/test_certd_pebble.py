@@ -42,6 +42,7 @@ class Gw:
     dnsd: DnsService
     certd: CertService
     pebble: Pebble
+    registry: CollectorRegistry
 
 
 @contextlib.asynccontextmanager
@@ -58,7 +59,7 @@ async def gateway(tmp_path: Path, pebble_factory, **pebble_kw) -> AsyncIterator[
     async with services(cfg, "dnsd", "certd") as run:
         dnsd, certd = run.services["dnsd"], run.services["certd"]
         assert isinstance(dnsd, DnsService) and isinstance(certd, CertService)
-        yield Gw(cfg, run.store, dnsd, certd, pb)
+        yield Gw(cfg, run.store, dnsd, certd, pb, run.registry)
 
 
 async def txt_at(cfg: Config, fqdn: str) -> list[str]:
@@ -86,6 +87,11 @@ async def test_wildcard_issued_through_our_dns(tmp_path: Path, pebble_factory) -
         assert await txt_at(gw.config, f"_acme-challenge.{ZONE}") == []
         url = await gw.store.get_meta(acme_account_meta_key(gw.pebble.directory))
         assert url and url.startswith("https://127.0.0.1")
+        sample = gw.registry.get_sample_value
+        assert sample("webgateway_acme_orders_total", {"outcome": "issued"}) == 1
+        assert sample("webgateway_acme_order_duration_seconds_count", {"result": "issued"}) == 1
+        left = sample("webgateway_certificate_expiry_seconds", {"certificate": "zone"})
+        assert left is not None and abs(left - (cert.not_after - time.time())) < 60
 
 
 async def test_bad_nonce_30_percent_still_issues(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
@@ -139,8 +145,9 @@ async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) 
     cfg = make_config(tmp_path, acme={"directory": f"https://127.0.0.1:{free_port()}/dir"})
     store = SqliteStore(cfg.store.path, 0.02)
     await store.open()
-    dnsd = DnsService(cfg, store, CollectorRegistry())
-    certd = CertService(cfg, store, CollectorRegistry())
+    registry = CollectorRegistry()
+    dnsd = DnsService(cfg, store, registry)
+    certd = CertService(cfg, store, registry)
     await dnsd.start()
     # TXT of an order that died with a previous process (no order_url kept): removed
     stale = f"{fixed_label('gone.example.org')}._acme.{ZONE}"
@@ -160,6 +167,8 @@ async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) 
             assert time.monotonic() < end
             await asyncio.sleep(0.05)
         assert c.state == CertState.FAILED and "cannot reach the CA" in c.last_error
+        assert (registry.get_sample_value("webgateway_acme_orders_total",
+                                          {"outcome": "ca_unreachable"}) or 0) >= 1
         assert c.next_attempt > time.time()
         host, port = dns_target(cfg)
         resp = await dns.asyncquery.udp(dns.message.make_query(ZONE, "SOA"), host, port=port,

@@ -60,8 +60,9 @@ async def test_metrics_count_responses(tmp_path: Path) -> None:
         m = dns.message.make_query(f"nx.{ZONE}", "A")
         for _ in range(3):
             await dns.asyncquery.udp(m, "127.0.0.1", port=cfg.dns.listen[0].port, timeout=3)
-        assert registry.get_sample_value("dnsd_responses_total", {"rcode": "NXDOMAIN"}) == 3
-        assert registry.get_sample_value("dnsd_zone_serial") == await store.serial()
+        assert registry.get_sample_value("webgateway_dns_queries_total",
+                                         {"rcode": "NXDOMAIN", "qtype": "A"}) == 3
+        assert registry.get_sample_value("webgateway_dns_zone_serial") == await store.serial()
     finally:
         await svc.stop()
         await store.close()
