@@ -47,32 +47,43 @@ class Dispatcher:
     def dispatch(self, sock: socket.socket, addr: tuple[str, int], hello: ch.ClientHello,
                  deadline: float) -> None:
         engine = self.engine
-        route = engine.table.route(hello.server_name) if hello.server_name else None
+        sni = hello.server_name
+        started = deadline - engine.limits.handshake_timeout
+        route = engine.table.route(sni) if sni else None
         if route is None:
-            log.debug("unknown server name %r from %s", hello.server_name, addr[0])
-            self._alert(sock, "unknown_name", hello)
+            if engine.catch_all is not None:
+                engine.spawn(self._passthrough(sock, addr, engine.catch_all,
+                                               engine.new_splice(addr, started, sni, None,
+                                                                 "catch_all")))
+                return
+            log.debug("unknown server name %r from %s", sni, addr[0])
+            self._alert(sock, addr, started, "unknown_sni", hello)
             return
         if route.passthrough:
-            engine.spawn(self._passthrough(sock, addr, route))
+            engine.spawn(self._passthrough(sock, addr, route, engine.new_splice(
+                addr, started, sni, route.name.label, "passthrough")))
             return
         ctx = engine.table.certs.context_for(route.host, route.name.http2)
         if ctx is None:
             log.debug("no certificate yet for %s", route.host)
-            self._alert(sock, "no_certificate", hello)
+            self._alert(sock, addr, started, "no_certificate", hello, route.name.label)
             return
-        engine.spawn(self._terminate(sock, addr, route, ctx, deadline))
+        engine.spawn(self._terminate(sock, addr, route, ctx, deadline, engine.new_splice(
+            addr, started, sni, route.name.label, "terminate")))
 
-    def _alert(self, sock: socket.socket, outcome: str, hello: ch.ClientHello) -> None:
-        self.engine.outcome(outcome)
+    def _alert(self, sock: socket.socket, addr: tuple[str, int], started: float, outcome: str,
+               hello: ch.ClientHello, route: str | None = None) -> None:
+        self.engine.finish(outcome, addr, started, sni=hello.server_name, route=route)
         with contextlib.suppress(OSError):
             sock.recv(hello.length)
         close_gently(self.loop, sock, self.engine, ch.alert(ch.ALERT_UNRECOGNIZED_NAME))
 
-    async def _passthrough(self, sock: socket.socket, addr: tuple[str, int], route: Route) -> None:
+    async def _passthrough(self, sock: socket.socket, addr: tuple[str, int], route: Route,
+                           sp: Splice) -> None:
         engine = self.engine
-        sp = engine.new_splice()
         if not engine.claim(sp, route):
-            self._close_without_backend(sp, sock, "name_limit")
+            sp.outcome = "over_cap"
+            self._close_without_backend(sp, sock)
             return
         try:
             ok = await engine.connect_backend(route, sp, addr, sock.getsockname())
@@ -81,28 +92,28 @@ class Dispatcher:
             sp.finish()
             raise
         if not ok:
-            self._close_without_backend(sp, sock, "no_backend")
+            self._close_without_backend(sp, sock)
             return
         try:
             await self.loop.connect_accepted_socket(lambda: sp.client, sock)
         except OSError:
             sock.close()
             sp.backend.close()
+            sp.outcome = "client_closed"
             sp.finish()
             return
-        engine.outcome("passthrough")
         sp.link()
 
-    def _close_without_backend(self, sp: Splice, sock: socket.socket, outcome: str) -> None:
+    def _close_without_backend(self, sp: Splice, sock: socket.socket) -> None:
         """Passthrough: we cannot speak inside the client's TLS, so a clean close."""
-        self.engine.outcome(outcome)
         self.engine.forget(sp)
+        self.engine.finish(sp.outcome, sp.client_addr, sp.started, sni=sp.sni, route=sp.route,
+                           mode=sp.mode)
         close_gently(self.loop, sock, self.engine)
 
     async def _terminate(self, sock: socket.socket, addr: tuple[str, int], route: Route,
-                         ctx: ssl.SSLContext, deadline: float) -> None:
+                         ctx: ssl.SSLContext, deadline: float, sp: Splice) -> None:
         engine = self.engine
-        sp = engine.new_splice()
         sp.client.half_close = False
         left = max(0.1, deadline - self.loop.time())
         try:
@@ -111,12 +122,12 @@ class Dispatcher:
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
             log.debug("TLS handshake with %s failed: %s", addr[0], e)
-            engine.outcome("handshake_failed")
+            sp.outcome, sp.reason = "handshake_failed", _handshake_failure(e)
             sock.close()
             sp.finish()
             return
         if not engine.claim(sp, route):
-            self._page_without_backend(sp, "name_limit", SERVICE_UNAVAILABLE)
+            self._page_without_backend(sp, "over_cap", SERVICE_UNAVAILABLE)
             return
         try:
             local = transport.get_extra_info("sockname")
@@ -125,14 +136,13 @@ class Dispatcher:
             transport.abort()
             raise
         if not ok:
-            self._page_without_backend(sp, "no_backend", BAD_GATEWAY)
+            self._page_without_backend(sp, sp.outcome, BAD_GATEWAY)
             return
-        engine.outcome("terminated")
         sp.link()
 
     def _page_without_backend(self, sp: Splice, outcome: str, page: bytes) -> None:
         """Terminated: an HTTP/1 page, then close; h2 clients just see the close."""
-        self.engine.outcome(outcome)
+        sp.outcome = outcome
         transport = sp.client.transport
         if transport is None or transport.is_closing():
             return
@@ -140,3 +150,12 @@ class Dispatcher:
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
             transport.write(page)
         transport.close()
+
+
+def _handshake_failure(e: BaseException) -> str:
+    """The ``reason`` of a failed TLS handshake (metrics and the access log)."""
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, ssl.SSLError):
+        return "tls_error"
+    return "client_closed"

@@ -15,14 +15,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
+from proxy.accesslog import AccessLog, entry
 from proxy.balancer import Balancer
 from proxy.connector import Connector, TcpConnector
+from proxy.metrics import CATCH_ALL, ProxyMetrics
 from proxy.proxyproto import header
 from proxy.routes import Route, RouteTable
 from proxy.splice import Splice
+from webgateway.addresses import HostPort
 from webgateway.backend_policy import BackendPolicy, Refusal
+from webgateway.model import Name, TlsMode
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +42,6 @@ class Limits:
     max_connections_per_name: int = 1000
 
 
-class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.connections = Counter(
-            "proxy_connections", "Client connections by outcome", ["outcome"], registry=registry
-        )
-        self.active = Gauge("proxy_active_connections", "Open client connections",
-                            registry=registry)
-        self.backend_failures = Counter(
-            "proxy_backend_connect_failures", "Failed connects to a backend", registry=registry
-        )
-        self.backend_refused = Counter(
-            "proxy_backend_refused", "Backend connects the backend policy refused",
-            registry=registry,
-        )
-
-
 class Engine:
     def __init__(
         self,
@@ -62,13 +50,19 @@ class Engine:
         registry: CollectorRegistry,
         connector: Connector | None = None,
         policy: BackendPolicy | None = None,
+        access_log: AccessLog | None = None,
+        catch_all: HostPort | None = None,
     ) -> None:
         self.table = table
         self.limits = limits
         self.policy = policy or BackendPolicy()
         self.balancer = Balancer()
         self.connector: Connector = connector or TcpConnector()
-        self.metrics = Metrics(registry)
+        self.metrics = ProxyMetrics(registry, table)
+        self.access_log = access_log
+        #: where connections for no known name go, untouched (``[proxy] catch_all``)
+        self.catch_all = (Route("", Name(CATCH_ALL, 0, (catch_all,), TlsMode.PASSTHROUGH))
+                          if catch_all is not None else None)
         self.count = 0  # connections from accept to close (peeking ones included)
         self.splices: set[Splice] = set()
         self.per_name: dict[str, int] = {}  # label -> spliced pairs open for it
@@ -76,37 +70,48 @@ class Engine:
         self.tasks: set[asyncio.Task[None]] = set()
         #: sockets not (yet) owned by a transport -> how to close them at shutdown
         self.loose: dict[object, Callable[[], None]] = {}
-        self._outcomes = {
-            k: self.metrics.connections.labels(k)
-            for k in ("terminated", "passthrough", "unknown_name", "no_certificate",
-                      "bad_hello", "handshake_failed", "no_backend", "rejected_limit",
-                      "timeout", "redirect", "not_found", "name_limit")
-        }
 
     # -- accounting
     def outcome(self, what: str) -> None:
-        self._outcomes[what].inc()
+        self.metrics.outcome(what)
+
+    def finish(self, outcome: str, client: tuple[str, int], started: float, *,
+               sni: str | None = None, route: str | None = None, mode: str | None = None,
+               backend: HostPort | None = None, bytes_in: int = 0, bytes_out: int = 0,
+               reason: str | None = None) -> None:
+        """Account for one HTTPS connection that ended: its outcome and access-log line."""
+        self.metrics.outcome(outcome)
+        if reason is not None and outcome == "handshake_failed":
+            self.metrics.handshake_failures.labels(reason).inc()
+        if self.access_log is not None:
+            self.access_log.write(entry(
+                now=time.time(), client=client, sni=sni, route=route, mode=mode,
+                backend=backend, bytes_in=bytes_in, bytes_out=bytes_out,
+                duration=asyncio.get_running_loop().time() - started, outcome=outcome,
+                reason=reason))
 
     def opened(self) -> bool:
         """Count a new client; False when the limit is reached (caller closes it)."""
         if self.count >= self.limits.max_connections:
-            self.outcome("rejected_limit")
             return False
         self.count += 1
-        self.metrics.active.inc()
+        self.metrics.open.inc()
         return True
 
     def closed(self) -> None:
         self.count -= 1
-        self.metrics.active.dec()
+        self.metrics.open.dec()
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def new_splice(self) -> Splice:
+    def new_splice(self, client: tuple[str, int], started: float, sni: str | None,
+                   route: str | None, mode: str) -> Splice:
+        """A pair for one client; the rest is what its access-log line will say."""
         sp = Splice(asyncio.get_running_loop(), self.limits.idle_timeout, self._splice_done)
+        sp.client_addr, sp.started, sp.sni, sp.route, sp.mode = client, started, sni, route, mode
         self.splices.add(sp)
         return sp
 
@@ -135,22 +140,36 @@ class Engine:
 
     def _splice_done(self, sp: Splice) -> None:
         self.splices.discard(sp)
+        label = sp.label
         self._unclaim(sp)
         if sp.backend_addr is not None:
             self.balancer.release(sp.backend_addr)
         self.closed()
+        bytes_in, bytes_out = sp.client.nbytes, sp.backend.nbytes
+        if sp.linked and label is not None:
+            self.metrics.name_done(label, bytes_in, bytes_out)
+        self.finish(sp.outcome, sp.client_addr, sp.started, sni=sp.sni, route=sp.route,
+                    mode=sp.mode, backend=sp.backend_addr, bytes_in=bytes_in,
+                    bytes_out=bytes_out, reason=sp.reason)
 
     # -- backends
     async def connect_backend(
         self, route: Route, sp: Splice, client: tuple[str, int], local: tuple[str, int]
     ) -> bool:
-        """Dial the route's backends in balancer order until one answers."""
+        """Dial the route's backends in balancer order until one answers.
+
+        On failure ``sp.outcome`` says why: a connect failed (``backend_unreachable``),
+        the policy refused every backend (``backend_refused``), or the client left.
+        """
+        refused = failed = False
         for b in self.balancer.order(route.backends):
             if sp.client.closed:
+                sp.outcome = "client_closed"
                 return False
             refusal = self.policy.judge(b)
             if refusal is not None:
                 self._refused(route, refusal)
+                refused = True
                 continue
             try:
                 transport, _ = await self.connector.connect(
@@ -158,24 +177,27 @@ class Engine:
                 )
             except (OSError, TimeoutError) as e:
                 failures = self.balancer.failed(b)
-                self.metrics.backend_failures.inc()
+                failed = True
+                self.metrics.backend_failures.labels(_connect_failure(e)).inc()
                 # One line when a backend goes down, not one per client while it stays down.
                 log.log(logging.INFO if failures == 1 else logging.DEBUG,
                         "backend %s of %s failed: %s", b, route.name.label, e or "timeout")
                 continue
             if sp.client.closed:
                 transport.close()
+                sp.outcome = "client_closed"
                 return False
             self.balancer.acquire(b)
             sp.backend_addr = b
             if route.name.proxy_protocol:
                 transport.write(header(client, local))
             return True
+        sp.outcome = "backend_refused" if refused and not failed else "backend_unreachable"
         return False
 
     def _refused(self, route: Route, refusal: Refusal) -> None:
         """Count a refused backend; say so once a minute per name, not once per client."""
-        self.metrics.backend_refused.inc()
+        self.metrics.backend_failures.labels("policy").inc()
         label = route.name.label
         now = time.monotonic()
         if now - self._refusal_logged.get(label, -_REFUSAL_LOG_EVERY) < _REFUSAL_LOG_EVERY:
@@ -193,3 +215,12 @@ class Engine:
             task.cancel()
         for sp in list(self.splices):
             sp.abort()
+
+
+def _connect_failure(e: BaseException) -> str:
+    """The ``reason`` label of a failed backend connect."""
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, ConnectionRefusedError):
+        return "refused"
+    return "unreachable"

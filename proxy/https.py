@@ -60,6 +60,7 @@ class HttpsListener:
                     self._paused = self.loop.call_later(1.0, self._resume_accept)
                 return
             if not engine.opened():
+                engine.finish("over_limit", addr, self.loop.time())
                 with contextlib.suppress(OSError):
                     conn.recv(ch.MAX_PEEK, socket.MSG_DONTWAIT)  # unread bytes => RST
                 conn.close()

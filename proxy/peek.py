@@ -49,7 +49,7 @@ class HelloPeek:
     """One accepted socket until its ClientHello is readable in full."""
 
     __slots__ = ("addr", "deadline", "delay", "dispatch", "engine", "fd", "last", "loop",
-                 "lowat", "reading", "sock", "timer")
+                 "lowat", "reading", "sock", "started", "timer")
 
     def __init__(self, engine: Engine, dispatch: Dispatch, sock: socket.socket,
                  addr: tuple[str, int]) -> None:
@@ -59,7 +59,8 @@ class HelloPeek:
         self.sock = sock
         self.fd = sock.fileno()
         self.addr = addr
-        self.deadline = self.loop.time() + engine.limits.handshake_timeout
+        self.started = self.loop.time()
+        self.deadline = self.started + engine.limits.handshake_timeout
         self.timer: asyncio.TimerHandle | None = self.loop.call_at(self.deadline, self._timeout)
         self.reading = False
         self.delay = 0.002
@@ -80,11 +81,13 @@ class HelloPeek:
             self.timer.cancel()
             self.timer = None
 
-    def _drop(self, outcome: str | None) -> None:
+    def _failed(self, reason: str) -> None:
+        self.engine.finish("handshake_failed", self.addr, self.started, reason=reason)
+
+    def _drop(self, reason: str) -> None:
         """Stop waiting and close at once (the client is gone, or out of time)."""
         self._stop_waiting()
-        if outcome is not None:
-            self.engine.outcome(outcome)
+        self._failed(reason)
         with contextlib.suppress(OSError):
             self.sock.recv(ch.MAX_PEEK)  # unread bytes would turn our FIN into a reset
         self.sock.close()
@@ -94,9 +97,9 @@ class HelloPeek:
         if self.timer is not None:
             self._drop("timeout")
 
-    def _reject(self, outcome: str, desc: int | None, consume: int) -> None:
+    def _reject(self, reason: str, desc: int | None, consume: int) -> None:
         self._stop_waiting()
-        self.engine.outcome(outcome)
+        self._failed(reason)
         with contextlib.suppress(OSError):
             self.sock.recv(consume)
         close_gently(self.loop, self.sock, self.engine,
@@ -113,7 +116,7 @@ class HelloPeek:
         except OSError:
             data = b""
         if not data:
-            self._drop(None)
+            self._drop("client_closed")
             return
         try:
             hello = ch.parse(data)
@@ -132,7 +135,7 @@ class HelloPeek:
         self.last = len(data)
         if not progressed and peer_closed(self.sock):
             # A peek never shows EOF behind unread bytes: ask TCP whether the client left.
-            self._drop("bad_hello")
+            self._drop("client_closed")
             return
         if progressed and self._set_lowat(bytes_wanted(data)):
             self._read_when_ready()

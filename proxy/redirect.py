@@ -107,6 +107,7 @@ class RedirectProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
         self.transport = cast(asyncio.Transport, transport)
         if not self.engine.opened():
+            self.engine.metrics.http.labels("over_limit").inc()
             self.transport.abort()
             return
         self.counted = True
@@ -116,7 +117,7 @@ class RedirectProtocol(asyncio.Protocol):
 
     def _timeout(self) -> None:
         self.timer = None
-        self.engine.outcome("timeout")
+        self.engine.metrics.http.labels("timeout").inc()
         if self.transport is not None:
             self.transport.abort()
 
@@ -127,17 +128,18 @@ class RedirectProtocol(asyncio.Protocol):
         try:
             head = parse_head(self.buf)
         except BadRequest:
+            self.engine.metrics.http.labels("bad_request").inc()
             self._answer(response(400, "Bad Request"))
             return
         if head is None:
             return
         route = self.engine.table.route(head.host) if head.host else None
         if route is None or head.host is None:
-            self.engine.outcome("not_found")
+            self.engine.metrics.http.labels("not_found").inc()
             self._answer(response(404, "Not Found"))
             return
         target = head.target if head.target.startswith("/") else "/"
-        self.engine.outcome("redirect")
+        self.engine.metrics.http.labels("redirect").inc()
         self._answer(response(301, "Moved Permanently", f"https://{head.host}{target}"))
 
     def _answer(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ from ipaddress import ip_address
 
 from prometheus_client import CollectorRegistry
 
+from proxy.accesslog import AccessLog
 from proxy.engine import Engine, Limits
 from proxy.https import HttpsListener
 from proxy.redirect import RedirectProtocol
@@ -17,7 +18,7 @@ from proxy.routes import RouteTable
 from proxy.workers import Workers
 from webgateway.addresses import HostPort
 from webgateway.backend_policy import policy_of
-from webgateway.config import Config
+from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
 from webgateway.listen import bind
 from webgateway.store import Store
@@ -41,7 +42,8 @@ class ProxyService:
         self.config = config
         self.store = store
         self.table = RouteTable(config.zone.name)
-        self.engine = Engine(self.table, limits_of(config), registry, policy=policy_of(config))
+        self.engine = Engine(self.table, limits_of(config), registry, policy=policy_of(config),
+                             catch_all=config.proxy.catch_all)
         self.follower = Follower(store, self.table)
         self.reuse_port = reuse_port or config.proxy.workers > 1
         self._https: list[HttpsListener] = []
@@ -52,6 +54,9 @@ class ProxyService:
         self.http_addresses: list[tuple[str, int]] = []
 
     async def start(self) -> None:
+        self._check_catch_all()
+        if self.config.log.access_log is not None:
+            self.engine.access_log = AccessLog(self.config.log.access_log)
         await self.follower.load()
         self._follow = asyncio.get_running_loop().create_task(self.follower.run())
         try:
@@ -78,6 +83,11 @@ class ProxyService:
                                ("proxy.http_listen", self.http_addresses))
             for host, port in bound
         )
+        try:
+            self._check_catch_all()
+        except ConfigError:
+            await self.stop()
+            raise
         if self.workers is not None:
             self.workers.start()
 
@@ -96,7 +106,17 @@ class ProxyService:
                 await self._follow
             self._follow = None
         self.engine.close_all()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)  # the aborted pairs' last access-log lines
+        if self.engine.access_log is not None:
+            self.engine.access_log.close()
+            self.engine.access_log = None
+
+    def _check_catch_all(self) -> None:
+        """The catch-all is a backend like any other: the policy must allow it."""
+        target = self.config.proxy.catch_all
+        refusal = self.engine.policy.judge(target) if target is not None else None
+        if refusal is not None:
+            raise ConfigError("proxy.catch_all", refusal.detail)
 
 
 def build(config: Config, store: Store, registry: CollectorRegistry) -> ProxyService:

@@ -24,7 +24,8 @@ PENDING_LIMIT: Final = 64 * 1024
 class Half(asyncio.Protocol):
     """One connection of a spliced pair."""
 
-    __slots__ = ("closed", "eof", "half_close", "paused", "peer", "pending", "splice", "transport")
+    __slots__ = ("closed", "eof", "half_close", "nbytes", "paused", "peer", "pending", "splice",
+                 "transport")
 
     def __init__(self, splice: Splice) -> None:
         self.splice = splice
@@ -35,6 +36,7 @@ class Half(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.half_close = True  # False for TLS: its transports close on EOF anyway
+        self.nbytes = 0  # read from this side (the access log and per-name metrics)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
@@ -44,6 +46,7 @@ class Half(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         sp = self.splice
         sp.activity += 1
+        self.nbytes += len(data)
         peer = self.peer
         if peer is not None and peer.transport is not None:
             if not peer.closed:
@@ -102,6 +105,15 @@ class Splice:
         self.backend = Half(self)
         self.backend_addr: HostPort | None = None
         self.label: str | None = None  # the name it is counted against, once claimed
+        # What the access log says when the pair is done (set by the dispatcher).
+        self.client_addr: tuple[str, int] = ("", 0)
+        self.started = 0.0
+        self.sni: str | None = None
+        self.mode: str | None = None
+        self.route: str | None = None
+        self.outcome = "client_closed"
+        self.reason: str | None = None
+        self.linked = False
         self.activity = 0
         self._seen = -1
         self._strikes = 0
@@ -114,6 +126,7 @@ class Splice:
         """Both sides are connected: flush what waited and start pumping."""
         c, b = self.client, self.backend
         c.peer, b.peer = b, c
+        self.linked, self.outcome = True, "ok"
         for src, dst in ((c, b), (b, c)):
             if dst.transport is None or dst.closed:
                 continue
@@ -175,6 +188,7 @@ class Splice:
         if self.activity == self._seen:
             self._strikes += 1
             if self._strikes >= 2:
+                self.outcome = "idle_timeout"
                 self.abort()
                 return
         else:

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 from prometheus_client import CollectorRegistry
 
 from proxy.service import ProxyService
 from tests.support import ZONE, make_config
 from webgateway.addresses import parse_hostport
+from webgateway.config import Config, ConfigError
 from webgateway.model import Certificate, CertState, Name, TlsMode
 from webgateway.sqlite_store import SqliteStore
 
@@ -152,6 +154,18 @@ async def gateway(tmp: Path, api: dict[str, Any] | None = None,
         await store.close()
 
 
+async def refused_at_start(cfg: Config) -> ConfigError:
+    """The ``ConfigError`` a proxy with ``cfg`` stops its start-up with."""
+    store = SqliteStore(cfg.store.path)
+    await store.open()
+    try:
+        with pytest.raises(ConfigError) as err:
+            await ProxyService(cfg, store, CollectorRegistry()).start()
+        return err.value
+    finally:
+        await store.close()
+
+
 async def run(*cmd: str, stdin: bytes = b"", timeout: float = 30) -> tuple[int, bytes, bytes]:
     """Run a real client (curl, openssl) without blocking the loop the proxy runs on."""
     proc = await asyncio.create_subprocess_exec(
@@ -180,4 +194,5 @@ async def curl(gw: Gateway, host: str, path: str = "/", *extra: str) -> tuple[in
     )
 
 
-__all__ = ["Backend", "BackendServer", "Gateway", "TlsMode", "curl", "fqdn", "gateway", "run"]
+__all__ = ["Backend", "BackendServer", "Gateway", "TlsMode", "curl", "fqdn", "gateway",
+           "refused_at_start", "run"]

@@ -424,12 +424,8 @@ def test_slow_client_back_pressure_bounds_proxy_buffers(tmp_path: Path) -> None:
 
 
 def test_port_in_use_is_a_config_error_and_stop_closes_pending_sockets(tmp_path: Path) -> None:
-    from prometheus_client import CollectorRegistry
-
-    from proxy.service import ProxyService
+    from tests.integration.proxy_harness import refused_at_start
     from tests.support import make_config
-    from webgateway.config import ConfigError
-    from webgateway.sqlite_store import SqliteStore
 
     async def main() -> None:
         with socket.socket() as busy:
@@ -437,14 +433,7 @@ def test_port_in_use_is_a_config_error_and_stop_closes_pending_sockets(tmp_path:
             busy.listen()
             port = busy.getsockname()[1]
             cfg = make_config(tmp_path, proxy={"https_listen": [f"127.0.0.1:{port}"]})
-            store = SqliteStore(cfg.store.path)
-            await store.open()
-            try:
-                with pytest.raises(ConfigError) as err:
-                    await ProxyService(cfg, store, CollectorRegistry()).start()
-                assert err.value.key == "proxy.https_listen"
-            finally:
-                await store.close()
+            assert (await refused_at_start(cfg)).key == "proxy.https_listen"
         async with gateway(tmp_path / "g") as gw:
             r, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
             w.write(b"\x16\x03")  # a hello that never completes

@@ -1,0 +1,96 @@
+"""The proxy's Prometheus families, and the bound on its per-name series.
+
+Per-name series (connections, bytes each way) are what an owner wants to see, and what
+could grow without end: labels come only from the route table (never from a client's
+server name), at most ``MAX_NAMES`` names get their own series per process, and the
+rest share ``name="_other"``. When the cap is reached, the series of names that have
+left the route table are dropped first (checked again only after the table changed),
+so a gateway whose names come and go keeps a current set. ``_`` cannot start a name,
+so ``_other`` and ``_catch_all`` never collide with one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from proxy.routes import RouteTable
+
+MAX_NAMES: Final = 1000
+OTHER: Final = "_other"
+CATCH_ALL: Final = "_catch_all"
+
+
+class ProxyMetrics:
+    def __init__(self, registry: CollectorRegistry, table: RouteTable,
+                 max_names: int = MAX_NAMES) -> None:
+        self.table = table
+        self.max_names = max_names
+        self.connections = Counter(
+            "webgateway_proxy_connections", "HTTPS connections by outcome, counted when they end",
+            ["outcome"], registry=registry)
+        self.open = Gauge("webgateway_proxy_open_connections",
+                          "Client connections open now (HTTPS and HTTP)", registry=registry)
+        self.handshake_failures = Counter(
+            "webgateway_proxy_handshake_failures",
+            "Connections that ended before a ClientHello was read or TLS was set up, by reason",
+            ["reason"], registry=registry)
+        self.backend_failures = Counter(
+            "webgateway_proxy_backend_failures",
+            "Backend connects that failed (policy: refused by the backend policy), by reason",
+            ["reason"], registry=registry)
+        self.name_connections = Counter(
+            "webgateway_proxy_name_connections",
+            "Connections spliced to a name's backend, counted when they end", ["name"],
+            registry=registry)
+        self.name_bytes = Counter(
+            "webgateway_proxy_name_bytes",
+            "Bytes a name's connections carried (in: from clients), counted when they end",
+            ["name", "direction"], registry=registry)
+        self.http = Counter("webgateway_proxy_http_requests",
+                            "Plain-HTTP requests (port 80) by outcome", ["outcome"],
+                            registry=registry)
+        self.tunnels = Gauge("webgateway_tunnels_connected",
+                             "Reverse-tunnel connections from nodes open now", registry=registry)
+        self._outcomes: dict[str, Counter] = {}
+        self._names: dict[str, tuple[Counter, Counter, Counter]] = {}
+        self._pruned_at = -1
+
+    def outcome(self, what: str) -> None:
+        child = self._outcomes.get(what)
+        if child is None:
+            child = self._outcomes[what] = self.connections.labels(what)
+        child.inc()
+
+    def name_done(self, label: str, bytes_in: int, bytes_out: int) -> None:
+        """One finished connection of ``label`` (a route table label or ``CATCH_ALL``)."""
+        series = self._names.get(label) or self._series(label)
+        series[0].inc()
+        if bytes_in:
+            series[1].inc(bytes_in)
+        if bytes_out:
+            series[2].inc(bytes_out)
+
+    def _series(self, label: str) -> tuple[Counter, Counter, Counter]:
+        if len(self._names) >= self.max_names + (OTHER in self._names):
+            self._prune()
+            if len(self._names) >= self.max_names + (OTHER in self._names):
+                label = OTHER
+                if label in self._names:
+                    return self._names[label]
+        series = (self.name_connections.labels(label), self.name_bytes.labels(label, "in"),
+                  self.name_bytes.labels(label, "out"))
+        self._names[label] = series
+        return series
+
+    def _prune(self) -> None:
+        if self._pruned_at == self.table.serial:
+            return
+        self._pruned_at = self.table.serial
+        names = self.table.names
+        for label in [k for k in self._names if k not in names and k not in (OTHER, CATCH_ALL)]:
+            del self._names[label]
+            self.name_connections.remove(label)
+            self.name_bytes.remove(label, "in")
+            self.name_bytes.remove(label, "out")
