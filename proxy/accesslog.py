@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Final
 
@@ -32,7 +33,7 @@ FLUSH_DELAY: Final = 1.0
 
 
 def entry(*, now: float, client: tuple[str, int], sni: str | None, route: str | None,
-          mode: str | None, backend: HostPort | None, bytes_in: int, bytes_out: int,
+          mode: str | None, backend: str | None, bytes_in: int, bytes_out: int,
           duration: float, outcome: str, reason: str | None = None) -> bytes:
     """One access-log line. ``bytes_in`` came from the client, ``bytes_out`` went to it."""
     line = {
@@ -42,7 +43,7 @@ def entry(*, now: float, client: tuple[str, int], sni: str | None, route: str | 
         "sni": sni,
         "route": route,
         "mode": mode,
-        "backend": str(backend) if backend is not None else None,
+        "backend": backend,
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "duration": round(duration, 6),
@@ -63,6 +64,7 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._fd = -1
         self._ino = 0
+        self._backends: dict[HostPort, str] = {}
         self._open()
 
     def _open(self) -> None:
@@ -74,6 +76,24 @@ class AccessLog:
         except OSError as e:
             raise ConfigError("log.access_log", f"cannot open {self.path}: {e.strerror}") from None
         self._fd, self._ino = fd, os.fstat(fd).st_ino
+
+    def record(self, *, client: tuple[str, int], sni: str | None, route: str | None,
+               mode: str | None, backend: HostPort | None, bytes_in: int, bytes_out: int,
+               duration: float, outcome: str, reason: str | None) -> None:
+        """Write the line of one finished connection (see ``entry``)."""
+        self.write(entry(now=time.time(), client=client, sni=sni, route=route, mode=mode,
+                         backend=self._backend(backend) if backend is not None else None,
+                         bytes_in=bytes_in, bytes_out=bytes_out, duration=duration,
+                         outcome=outcome, reason=reason))
+
+    def _backend(self, b: HostPort) -> str:
+        """``str(HostPort)`` costs microseconds (IPv6 formatting): remembered, bounded."""
+        text = self._backends.get(b)
+        if text is None:
+            if len(self._backends) >= 10_000:
+                self._backends.clear()
+            text = self._backends[b] = str(b)
+        return text
 
     def write(self, line: bytes) -> None:
         self._buf.append(line)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from proxy.accesslog import AccessLog, entry
+from proxy.accesslog import AccessLog
 from proxy.balancer import Balancer
 from proxy.connector import Connector, TcpConnector
 from proxy.metrics import CATCH_ALL, ProxyMetrics
@@ -84,11 +84,11 @@ class Engine:
         if reason is not None and outcome == "handshake_failed":
             self.metrics.handshake_failures.labels(reason).inc()
         if self.access_log is not None:
-            self.access_log.write(entry(
-                now=time.time(), client=client, sni=sni, route=route, mode=mode,
-                backend=backend, bytes_in=bytes_in, bytes_out=bytes_out,
+            self.access_log.record(
+                client=client, sni=sni, route=route, mode=mode, backend=backend,
+                bytes_in=bytes_in, bytes_out=bytes_out,
                 duration=asyncio.get_running_loop().time() - started, outcome=outcome,
-                reason=reason))
+                reason=reason)
 
     def opened(self) -> bool:
         """Count a new client; False when the limit is reached (caller closes it)."""
