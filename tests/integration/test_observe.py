@@ -22,6 +22,7 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.accesslog import AccessLog
 from tests.gateway import running, write_config
 from tests.integration.proxy_harness import (
     Backend,
@@ -262,3 +263,37 @@ async def test_catch_all_is_judged_by_the_backend_policy_at_start(tmp_path: Path
     err = await refused_at_start(cfg)
     assert err.key == "proxy.catch_all"
     assert ("loopback" if not allow_loopback else "own listener") in err.reason
+
+
+async def test_hostile_hellos_leave_clean_lines_and_no_new_series(tmp_path: Path) -> None:
+    from tests.unit.test_proxy_clienthello import _hello_with, _sni_ext, real_hello
+
+    log_path = tmp_path / "access.log"
+    async with gateway(tmp_path) as gw:
+        gw.proxy.engine.access_log = AccessLog(log_path)
+        hostile = [
+            _hello_with(_sni_ext(b'evil".gw.test\n{"outcome":"ok"}')),  # JSON/line injection
+            _hello_with(_sni_ext(b"\xc3\xa9\x00.gw.test")),
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not TLS
+            b"\x16\x03\x01\xff\xff" + b"\x01" * 64,  # a record longer than allowed
+        ]
+        unknown = [real_hello(f"n{i}.unknown.example") for i in range(30)]
+        for data in hostile + unknown:
+            r, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
+            w.write(data)
+            await w.drain()
+            await asyncio.wait_for(r.read(), 10)  # an alert or a close, never a hang
+            w.close()
+        await wait_for(lambda: gw.proxy.engine.count == 0)
+        gw.proxy.engine.access_log.flush()
+        sample = gw.registry.get_sample_value
+        assert sample("webgateway_proxy_handshake_failures_total", {"reason": "bad_hello"}) == 4
+        assert sample("webgateway_proxy_connections_total", {"outcome": "unknown_sni"}) == 30
+        labels = {v for m in gw.registry.collect() for s in m.samples for v in s.labels.values()}
+        assert not any("unknown.example" in v or "evil" in v for v in labels)
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 34
+    entries = [json.loads(line) for line in lines]
+    assert [e["outcome"] for e in entries[:4]] == ["handshake_failed"] * 4
+    assert all(e["sni"] is None and e["reason"] == "bad_hello" for e in entries[:4])
+    assert {e["sni"] for e in entries[4:]} == {f"n{i}.unknown.example" for i in range(30)}
