@@ -62,6 +62,17 @@ def test_access_log_flushes_after_a_second_and_follows_rotation(tmp_path: Path) 
     assert (tmp_path / "access.log.1").read_text().count("\n") == 1
 
 
+def test_access_log_to_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+    async def main() -> None:
+        log = AccessLog(STDOUT)
+        log.write(b'{"a":1}\n')
+        log.close()
+
+    asyncio.run(main())
+    assert capfd.readouterr().out == '{"a":1}\n'
+    os.write(1, b"")  # standard output stays open
+
+
 def test_access_log_that_cannot_be_opened_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         AccessLog(tmp_path)  # a directory
