@@ -147,10 +147,23 @@ class Engine:
         self.closed()
         bytes_in, bytes_out = sp.client.nbytes, sp.backend.nbytes
         if sp.linked and label is not None:
-            self.metrics.name_done(label, bytes_in, bytes_out)
+            done_in, done_out = sp.counted
+            self.metrics.name_done(label, bytes_in - done_in, bytes_out - done_out)
         self.finish(sp.outcome, sp.client_addr, sp.started, sni=sp.sni, route=sp.route,
                     mode=sp.mode, backend=sp.backend_addr, bytes_in=bytes_in,
                     bytes_out=bytes_out, reason=sp.reason)
+
+    def count_traffic(self) -> None:
+        """Add what open pairs carried since the last call to their names' byte series,
+        so a long download or a WebSocket shows up while it lasts, not only at its end."""
+        for sp in self.splices:
+            label = sp.label
+            if sp.linked and label is not None:
+                now = sp.client.nbytes, sp.backend.nbytes
+                done_in, done_out = sp.counted
+                if now != sp.counted:
+                    self.metrics.name_traffic(label, now[0] - done_in, now[1] - done_out)
+                    sp.counted = now
 
     # -- backends
     async def connect_backend(

@@ -46,7 +46,7 @@ class ProxyMetrics:
             registry=registry)
         self.name_bytes = Counter(
             "webgateway_proxy_name_bytes",
-            "Bytes a name's connections carried (in: from clients), counted when they end",
+            "Bytes a name's connections carried (in: from clients), every 10 s while open",
             ["name", "direction"], registry=registry)
         self.http = Counter("webgateway_proxy_http_requests",
                             "Plain-HTTP requests (port 80) by outcome", ["outcome"],
@@ -67,6 +67,14 @@ class ProxyMetrics:
         """One finished connection of ``label`` (a route table label or ``CATCH_ALL``)."""
         series = self._names.get(label) or self._series(label)
         series[0].inc()
+        self._add(series, bytes_in, bytes_out)
+
+    def name_traffic(self, label: str, bytes_in: int, bytes_out: int) -> None:
+        """Bytes an open connection of ``label`` carried since it was last counted."""
+        self._add(self._names.get(label) or self._series(label), bytes_in, bytes_out)
+
+    @staticmethod
+    def _add(series: tuple[Counter, Counter, Counter], bytes_in: int, bytes_out: int) -> None:
         if bytes_in:
             series[1].inc(bytes_in)
         if bytes_out:

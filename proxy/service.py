@@ -26,6 +26,8 @@ from webgateway.store import Store
 log = logging.getLogger(__name__)
 
 BACKLOG = 4096
+#: Seconds between adding open connections' bytes to the per-name series.
+TRAFFIC_EVERY = 10.0
 
 
 def limits_of(config: Config) -> Limits:
@@ -49,6 +51,7 @@ class ProxyService:
         self._https: list[HttpsListener] = []
         self._http: list[asyncio.AbstractServer] = []
         self._follow: asyncio.Task[None] | None = None
+        self._traffic: asyncio.Task[None] | None = None
         self.workers = Workers(config) if spawn else None
         self.https_addresses: list[tuple[str, int]] = []
         self.http_addresses: list[tuple[str, int]] = []
@@ -59,6 +62,7 @@ class ProxyService:
             self.engine.access_log = AccessLog(self.config.log.access_log)
         await self.follower.load()
         self._follow = asyncio.get_running_loop().create_task(self.follower.run())
+        self._traffic = asyncio.get_running_loop().create_task(self._count_traffic())
         try:
             for addr in self.config.proxy.https_listen:
                 sock = bind("proxy.https_listen", addr, reuse_port=self.reuse_port,
@@ -100,16 +104,22 @@ class ProxyService:
         for srv in self._http:
             srv.close()
         self._http.clear()
-        if self._follow is not None:
-            self._follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follow
-            self._follow = None
+        for task in (self._follow, self._traffic):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._follow = self._traffic = None
         self.engine.close_all()
         await asyncio.sleep(0.01)  # the aborted pairs' last access-log lines
         if self.engine.access_log is not None:
             self.engine.access_log.close()
             self.engine.access_log = None
+
+    async def _count_traffic(self) -> None:
+        while True:
+            await asyncio.sleep(TRAFFIC_EVERY)
+            self.engine.count_traffic()
 
     def _check_catch_all(self) -> None:
         """The catch-all is a backend like any other: the policy must allow it."""

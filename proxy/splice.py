@@ -114,6 +114,7 @@ class Splice:
         self.outcome = "client_closed"
         self.reason: str | None = None
         self.linked = False
+        self.counted = (0, 0)  # bytes in and out already added to the name's series
         self.activity = 0
         self._seen = -1
         self._strikes = 0

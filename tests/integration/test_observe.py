@@ -297,3 +297,39 @@ async def test_hostile_hellos_leave_clean_lines_and_no_new_series(tmp_path: Path
     assert [e["outcome"] for e in entries[:4]] == ["handshake_failed"] * 4
     assert all(e["sni"] is None and e["reason"] == "bad_hello" for e in entries[:4])
     assert {e["sni"] for e in entries[4:]} == {f"n{i}.unknown.example" for i in range(30)}
+
+
+async def test_open_connections_bytes_count_while_they_last_and_once(tmp_path: Path) -> None:
+    log_path = tmp_path / "access.log"
+    async with gateway(tmp_path) as gw:
+        gw.proxy.engine.access_log = AccessLog(log_path)
+        backend = BackendServer("b", "127.0.0.1")
+        await backend.start()
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("dl", backend.addr)
+        ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+        r, w = await asyncio.open_connection("127.0.0.1", gw.https_port, ssl=ctx,
+                                             server_hostname=fqdn("dl"))
+        sample = gw.registry.get_sample_value
+
+        def out() -> float:
+            return sample("webgateway_proxy_name_bytes_total",
+                          {"name": "dl", "direction": "out"}) or 0.0
+
+        for n in (100_000, 50_000):
+            w.write(f"GET /big/{n} HTTP/1.1\r\nHost: {fqdn('dl')}\r\n\r\n".encode())
+            await r.readuntil(b"\r\n\r\n")
+            await r.readexactly(n)
+            await asyncio.sleep(0.05)
+            gw.proxy.engine.count_traffic()  # what the service does every 10 s
+        assert 150_000 < out() < 151_000  # both bodies (and heads), the connection open
+        assert sample("webgateway_proxy_name_connections_total", {"name": "dl"}) == 0
+        w.close()
+        await wait_for(lambda: gw.proxy.engine.count == 0)
+        gw.proxy.engine.access_log.flush()
+        (line,) = [json.loads(x) for x in log_path.read_text().splitlines()]
+        assert out() == line["bytes_out"] and line["outcome"] == "ok"  # counted once
+        assert sample("webgateway_proxy_name_bytes_total",
+                      {"name": "dl", "direction": "in"}) == line["bytes_in"]
+        assert sample("webgateway_proxy_name_connections_total", {"name": "dl"}) == 1
+        await backend.close()
