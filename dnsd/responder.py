@@ -37,8 +37,11 @@ NO_QUESTION = QTYPE_NAMES.index("none")
 _SLOT = [_OTHER] * 65536
 for _i, _name in enumerate(QTYPE_NAMES[:_OTHER]):
     _SLOT[getattr(dnslib.QTYPE, _name)] = _i
-#: Counters per (qtype slot, rcode): index ``slot * RCODES + rcode`` (BADVERS is 16).
+#: Counters per (truncated, qtype slot, rcode): index ``truncated * TRUNCATED + slot * RCODES
+#: + rcode`` (BADVERS is 16). The index is cached with the reply, so a cache hit counts with
+#: one increment, truncated or not.
 RCODES = 24
+TRUNCATED = len(QTYPE_NAMES) * RCODES
 
 
 class Responder:
@@ -46,9 +49,8 @@ class Responder:
 
     def __init__(self, view: ZoneView, cache_size: int = 50_000) -> None:
         self.view = view
-        self.counts = [0] * (len(QTYPE_NAMES) * RCODES)  # see ``count_index``
+        self.counts = [0] * (2 * TRUNCATED)  # see ``TRUNCATED``
         self.dropped = 0  # responses and runts: no reply at all
-        self.truncated = 0  # UDP replies with TC=1
         self.slow = 0
         self.hits = 0
         self._last = 0  # the counter index of the last reply built (cached with it)
@@ -73,8 +75,6 @@ class Responder:
         if hit is not None:
             self.hits += 1
             self.counts[hit[1]] += 1
-            if hit[0][0] & wire.TC:
-                self.truncated += 1
             return data[:2] + hit[0]
         resp = self._answer(data, False)
         if resp is not None and 12 <= len(data) <= 300:
@@ -126,7 +126,6 @@ class Responder:
         if qtype in _META_NOTIMP:
             return self._error(data, wire.NOTIMP, q.question, q.ekey)
         hdr, body = self.view.answer(q.qname, qtype, q.ekey)
-        self._count(qtype, hdr[3])
         resp = b"".join(
             (
                 data[:2],
@@ -139,13 +138,18 @@ class Responder:
         if not tcp:
             limit = max(512, min(q.udp_size, wire.OUR_UDP_SIZE)) if q.ekey else 512
             if len(resp) > limit:
-                self.truncated += 1
+                self._count(qtype, hdr[3], TRUNCATED)
                 return _truncate(resp, q.question, q.ekey)
+        self._count(qtype, hdr[3])
         return resp
 
-    def _count(self, qtype: int, rcode: int) -> None:
-        self._last = i = _SLOT[qtype] * RCODES + rcode
+    def _count(self, qtype: int, rcode: int, truncated: int = 0) -> None:
+        self._last = i = truncated + _SLOT[qtype] * RCODES + rcode
         self.counts[i] += 1
+
+    def truncated(self) -> int:
+        """UDP replies sent with TC=1."""
+        return sum(self.counts[TRUNCATED:])
 
     def _error(self, data: bytes, rcode: int, question: bytes, ekey: int) -> bytes:
         """An error reply: ID, opcode and RD echoed, the question when we could read it."""

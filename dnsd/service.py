@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dnsd.responder import QTYPE_NAMES, RCODES, Responder
+from dnsd.responder import QTYPE_NAMES, RCODES, TRUNCATED, Responder
 from dnsd.workers import WorkerPool
 from dnsd.zone import ZoneView
 from webgateway.addresses import HostPort
@@ -171,13 +171,17 @@ class _Metrics(Collector):
         q = CounterMetricFamily("webgateway_dns_queries", "DNS queries answered, by rcode and"
                                 " query type (unlisted types: other; no question: none)",
                                 labels=["rcode", "qtype"])
+        merged: dict[int, int] = {}
         for i, n in enumerate(r.counts):
             if n:
-                slot, code = divmod(i, RCODES)
-                q.add_metric([_RCODE_NAMES.get(code, str(code)), QTYPE_NAMES[slot]], n)
+                key = i % TRUNCATED
+                merged[key] = merged.get(key, 0) + n
+        for key, n in sorted(merged.items()):
+            slot, code = divmod(key, RCODES)
+            q.add_metric([_RCODE_NAMES.get(code, str(code)), QTYPE_NAMES[slot]], n)
         yield q
         yield CounterMetricFamily("webgateway_dns_truncated", "UDP responses sent truncated"
-                                  " (TC=1: the client retries over TCP)", value=r.truncated)
+                                  " (TC=1: the client retries over TCP)", value=r.truncated())
         d = CounterMetricFamily("webgateway_dns_dropped", "DNS messages given no reply, by"
                                 " reason", labels=["reason"])
         d.add_metric(["not_a_query"], r.dropped)

@@ -153,6 +153,7 @@ async def test_metrics_access_log_and_json_logs_of_a_running_gateway(tmp_path: P
             assert value(m, q, q + "_total", rcode="NOERROR", qtype="A") == 1
             assert value(m, q, q + "_total", rcode="NXDOMAIN", qtype="TXT") == 1
             assert value(m, q, q + "_total", rcode="NOERROR", qtype="other") == 1
+            assert value(m, q, q + "_total", rcode="NOERROR", qtype="TXT") == 1  # truncated
             assert value(m, "webgateway_dns_truncated", "webgateway_dns_truncated_total") == 1
             assert value(m, "webgateway_dns_dropped", "webgateway_dns_dropped_total",
                          reason="not_a_query") == 0

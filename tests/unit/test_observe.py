@@ -210,4 +210,4 @@ def test_truncated_replies_are_counted_on_every_hit(tmp_path: Path) -> None:
     for _ in range(3):
         resp = r.handle(q)
         assert resp is not None and resp[2] & 0x02
-    assert r.truncated == 3 and r.hits == 2
+    assert r.truncated() == 3 and r.hits == 2
