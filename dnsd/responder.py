@@ -43,6 +43,11 @@ for _i, _name in enumerate(QTYPE_NAMES[:_OTHER]):
 RCODES = 24
 TRUNCATED = len(QTYPE_NAMES) * RCODES
 
+#: A cached reply: the filling query's bytes after its name (a hit ends with them), the
+#: reply's header after the ID, where the question ends, the reply's body after the
+#: question, and its counter index (see ``TRUNCATED``).
+_Cached = tuple[bytes, bytes, int, bytes, int]
+
 
 class Responder:
     """Answers one message at a time; counts what it did for the metrics collector."""
@@ -55,42 +60,80 @@ class Responder:
         self.hits = 0
         self._last = 0  # the counter index of the last reply built (cached with it)
         self.cache_size = cache_size
-        self._cache: dict[bytes, tuple[bytes, int]] = {}
+        self._cache: dict[bytes, _Cached] = {}
+        self._old: dict[bytes, _Cached] = {}
+        self._parts: dict[bytes, bytes] = {}
         self._gen = -1
 
     def handle(self, data: bytes, tcp: bool = False) -> bytes | None:
         """The reply to one message, or None when it deserves none.
 
-        Over UDP the exact query bytes after the ID (flags, question in its own case,
-        OPT) key a cache of whole replies: a hit is one slice, one dict lookup and one
-        concatenation. The cache dies with every change of the view.
+        Over UDP the query bytes after the ID, lower-cased, key a cache of whole replies,
+        so the random letter case resolvers put in every name (0x20) still hits. Only the
+        name may differ in case from the query that filled the entry: ``bytes.lower`` maps
+        exactly DNS's ASCII letters, but would also fold a qtype such as HTTPS (0x0041) or
+        an OPT length, so a hit must end with that query's bytes after its name. (Its
+        header cannot differ: only fast-path queries fill the cache, whose flag byte 2 is
+        below 8 and whose counts are 0 or 1, and folding byte 3 adds only AD, which the
+        reply ignores.) The reply is the cached header and body around this query's own
+        question, so its case is echoed.
+
+        Two generations of ``cache_size`` entries each: a full young one becomes the old
+        one, and an old entry asked again moves back to the young; so what is asked at
+        least once per ``cache_size`` new questions stays (where clearing a full cache
+        would drop a working set just larger than it all at once), in bounded memory.
+        Entries share their header, body and tail bytes. Both die with every change of
+        the view.
         """
         if tcp:
             return self._answer(data, True)
         if self._gen != self.view.gen:
-            self._cache.clear()
+            self._rotate()
+            self._rotate()
             self._gen = self.view.gen
-        key = data[2:]
+        key = data[2:].lower()
         hit = self._cache.get(key)
-        if hit is not None:
+        if hit is None:
+            hit = self._old.get(key)
+            if hit is not None:
+                self._keep(key, hit)
+        if hit is not None and data.endswith(hit[0]):
             self.hits += 1
-            self.counts[hit[1]] += 1
-            return data[:2] + hit[0]
-        resp = self._answer(data, False)
-        if resp is not None and 12 <= len(data) <= 300:
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()
-            self._cache[key] = (resp[2:], self._last)
+            self.counts[hit[4]] += 1
+            return data[:2] + hit[1] + data[12 : hit[2]] + hit[3]
+        q = wire.parse_fast(data)
+        if q is None:
+            return self._slow(data, False)
+        resp = self._reply(data, q, False)
+        if len(data) <= 300:
+            qend = 12 + len(q.question)
+            part = self._parts.setdefault
+            tail, head, body = data[qend - 4 :], resp[2:12], resp[qend:]
+            self._keep(key, (part(tail, tail), part(head, head), qend, part(body, body),
+                             self._last))
         return resp
+
+    def _keep(self, key: bytes, entry: _Cached) -> None:
+        if len(self._cache) >= self.cache_size:
+            self._rotate()
+        self._cache[key] = entry
+
+    def _rotate(self) -> None:
+        self._old = self._cache
+        self._cache = {}
+        self._parts = {}
 
     def _answer(self, data: bytes, tcp: bool) -> bytes | None:
         q = wire.parse_fast(data)
         if q is None:
-            guarded = self._guard(data)
-            if not isinstance(guarded, wire.Query):
-                return guarded
-            q = guarded
+            return self._slow(data, tcp)
         return self._reply(data, q, tcp)
+
+    def _slow(self, data: bytes, tcp: bool) -> bytes | None:
+        guarded = self._guard(data)
+        if not isinstance(guarded, wire.Query):
+            return guarded
+        return self._reply(data, guarded, tcp)
 
     def _guard(self, data: bytes) -> wire.Query | bytes | None:
         """The slow parse: the query in the fast parser's shape, or the error reply it

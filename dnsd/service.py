@@ -12,7 +12,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -54,14 +54,17 @@ class UdpListener:
         self._loop.add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
+        """Answer what is queued, then send the replies back to back: a client's socket
+        woken by the first reply is still awake for the next ones, where a send after
+        each answer would wake it again (a cross-CPU interrupt, costly under a VM)."""
         recv = self.sock.recvfrom
-        send = self.sock.sendto
         handle = self.responder.handle
+        out: list[tuple[bytes, Any]] = []
         for _ in range(self.BATCH):
             try:
                 data, addr = recv(4096)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as e:  # e.g. ICMP errors surfacing on the socket
                 log.debug("udp receive error: %s", e)
                 continue
@@ -71,10 +74,13 @@ class UdpListener:
                 log.exception("query handling failed")  # a bug: keep serving the others
                 continue
             if resp is not None:
-                try:
-                    send(resp, addr)
-                except OSError:
-                    self.send_dropped += 1
+                out.append((resp, addr))
+        send = self.sock.sendto
+        for resp, addr in out:
+            try:
+                send(resp, addr)
+            except OSError:
+                self.send_dropped += 1
 
     def close(self) -> None:
         if self._loop is not None:

@@ -56,6 +56,52 @@ def write_queries(out: Path, n: int) -> None:
     (out / "queries.txt").write_text("\n".join(q) + "\n")
 
 
+#: The resolver mix: (share, owner kind, type). Types as a public zone's authoritative
+#: server sees them: A and AAAA for every name, HTTPS from browsers (RFC 9460), CAA and
+#: TXT from CAs and mail checks, SOA/NS from resolvers' zone cuts, MX for data that is not
+#: there; owners "h" (reserved names), "t" (TXT names), "nx" (nonexistent), "@" (apex).
+RESOLVER_MIX = (
+    (0.40, "h", "A"), (0.18, "h", "AAAA"), (0.12, "h", "TYPE65"), (0.03, "h", "MX"),
+    (0.08, "t", "TXT"), (0.06, "nx", "A"), (0.04, "nx", "AAAA"), (0.02, "@", "CAA"),
+    (0.02, "@", "NS"), (0.02, "@", "SOA"), (0.01, "@", "A"), (0.02, "t", "TYPE65"),
+)
+RESOLVER_FILES = 3  # one per EDNS flavour run.sh sends: EDNS, EDNS+DO, EDNS+DO+cookie
+RESOLVER_LINES = 200_000  # per file: more lines than one run sends, each in its own case
+
+
+def _owner(kind: str, n: int, rnd: random.Random) -> str:
+    if kind == "h":
+        return f"h{rnd.randrange(n)}.{ZONE}"
+    if kind == "t":
+        return f"t{rnd.randrange(max(1, n // 10))}.{ZONE}"
+    if kind == "nx":
+        return f"nx{rnd.randrange(1_000_000)}.{ZONE}"
+    return ZONE
+
+
+def write_resolver_queries(out: Path, n: int, pool: int = 20_000) -> None:
+    """``resolver_K.txt``: POOL distinct questions drawn by RESOLVER_MIX, asked over and
+    over, each line in its own random 0x20 letter case (as Unbound with use-caps-for-id,
+    Google Public DNS and others send every query), so no two lines repeat their bytes;
+    and ``resolver_pool.txt``, each question once (run.sh's warm-up, as a server that has
+    been up for a while has seen them)."""
+    rnd = random.Random(20240102)
+    shares = [s for s, _, _ in RESOLVER_MIX]
+    questions = [
+        (_owner(kind, n, rnd), rdtype)
+        for _, kind, rdtype in rnd.choices(RESOLVER_MIX, weights=shares, k=pool)
+    ]
+    (out / "resolver_pool.txt").write_text("".join(f"{q} {t}\n" for q, t in questions))
+    for k in range(RESOLVER_FILES):
+        lines = []
+        for _ in range(RESOLVER_LINES):
+            name, rdtype = questions[rnd.randrange(pool)]
+            bits = rnd.getrandbits(len(name))
+            cased = "".join(c.upper() if bits >> i & 1 else c for i, c in enumerate(name))
+            lines.append(f"{cased} {rdtype}")
+        (out / f"resolver_{k}.txt").write_text("\n".join(lines) + "\n")
+
+
 def write_config(out: Path, port: int) -> None:
     (out / "webgateway.toml").write_text(
         f"""[zone]
@@ -112,6 +158,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_zone(out, n)
     write_queries(out, n)
+    write_resolver_queries(out, n)
     write_config(out, port)
     t0 = time.monotonic()
     asyncio.run(load_store(out, n, api_limit))

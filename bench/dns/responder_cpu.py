@@ -5,8 +5,10 @@ The zone is the benchmark's shape (N reserved names ``h*``, gateway A); the quer
 exact-name A queries with EDNS, each name in a random 0x20 letter case so every query is
 distinct bytes. "uncached" is the first pass through a fresh responder (reply-cache miss:
 hand parser, packed per-node answer, reply assembly, cache insert); "cached" is a second
-pass over the same bytes (one dict hit). Each figure is the best of ROUNDS passes of
-process CPU time, as µs per query, so other load on the machine inflates it least.
+pass over the same bytes; "cached, new 0x20 case" a third pass over the same questions in
+another random case, as a resolver asks again (the case-insensitive key must hit). Then
+the steps of a hit, each timed alone over the same queries. Each figure is the best of
+ROUNDS passes of process CPU time, as µs per query, so other load inflates it least.
 
 usage: python -m bench.dns.responder_cpu [NAMES=10000] [ROUNDS=7]
 """
@@ -42,6 +44,31 @@ def view(n: int) -> ZoneView:
     return v
 
 
+def steps(qs: list[bytes], rounds: int) -> dict[str, float]:
+    """The cache hit's steps, each alone over ``qs`` (cost of a bare loop subtracted)."""
+    cache = {q[2:].lower(): q for q in qs}
+    hdr, tail = qs[0][2:12], qs[0][-15:]
+
+    def bare(q: bytes) -> object:
+        return q
+
+    def lower(q: bytes) -> object:
+        return q[2:].lower()
+
+    def lookup(q: bytes) -> object:
+        return cache.get(q[2:].lower())
+
+    def check(q: bytes) -> object:
+        return q.endswith(tail)
+
+    def build(q: bytes) -> object:
+        return q[:2] + hdr + q[12:30] + tail
+
+    base = min(per_query(bare, qs) for _ in range(rounds))
+    return {f.__name__: min(per_query(f, qs) for _ in range(rounds)) - base
+            for f in (lower, lookup, check, build)}
+
+
 def queries(n: int, rnd: random.Random) -> list[bytes]:
     out = []
     for i in range(n):
@@ -64,13 +91,18 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     v = view(n)
     qs = queries(n, random.Random(1))
-    uncached, cached = [], []
+    recased = queries(n, random.Random(2))
+    uncached, cached, case20 = [], [], []
     for _ in range(rounds):
         r = Responder(v, cache_size=2 * n)
         uncached.append(per_query(r.handle, qs))
         cached.append(per_query(r.handle, qs))
+        hits = r.hits
+        case20.append(per_query(r.handle, recased))
+        assert r.hits - hits == len(recased), "a new 0x20 case missed the reply cache"
     print(f"{n} names, best of {rounds}: uncached {min(uncached):.3f} µs/q, "
-          f"cached {min(cached):.3f} µs/q")
+          f"cached {min(cached):.3f} µs/q, cached new 0x20 case {min(case20):.3f} µs/q")
+    print("hit steps, µs/q: " + ", ".join(f"{k} {v:.3f}" for k, v in steps(qs, rounds).items()))
 
 
 if __name__ == "__main__":

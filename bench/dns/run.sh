@@ -6,6 +6,11 @@
 #        CLIENTS=10 OUTSTANDING=100   dnsperf -c / -q
 #        WORKERS=1               dnsd [dns] workers (SO_REUSEPORT processes)
 #        MODE=udp|tcp            dnsperf -m
+#        MIX=exact|resolver      exact: queries.txt (exact names, no EDNS); resolver: three
+#                                dnsperf at once, one per EDNS flavour (EDNS; EDNS+DO;
+#                                EDNS+DO+client cookie), on resolver_K.txt (gen.py: every
+#                                line in its own 0x20 case, the type spread of a real zone),
+#                                after a warm-up asking each of its questions once per flavour
 #        SERVER_CPUS / CLIENT_CPUS   taskset pinning (e.g. SERVER_CPUS=0 CLIENT_CPUS=1)
 #        STATE=/tmp/webgateway-bench-dns   all files (zone, store, logs, dnsperf output)
 #
@@ -19,6 +24,7 @@ set -euo pipefail
 
 NAMES=${1:-10000}; SECS=${2:-10}; ROUNDS=${3:-2}
 CLIENTS=${CLIENTS:-10}; OUTSTANDING=${OUTSTANDING:-100}; WORKERS=${WORKERS:-1}; MODE=${MODE:-udp}
+MIX=${MIX:-exact}
 STATE=${STATE:-/tmp/webgateway-bench-dns}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=${PYTHON:-$HERE/../../.venv/bin/python}
@@ -112,17 +118,41 @@ printf 'names=%s start-up: knot %.2f s rss %s MiB | dnsd %.2f s rss %s MiB (work
 
 TCK=$(getconf CLK_TCK)
 declare -A QPS CPU
+FLAVOURS=("-e" "-D" "-D -E 10:0123456789abcdef")  # MIX=resolver: one dnsperf each
+perf() {  # PORT FILE OUT EXTRA-FLAGS CLIENTS OUTSTANDING
+  # shellcheck disable=SC2086
+  timeout $((SECS + 30)) $CPIN dnsperf -s 127.0.0.1 -p "$1" -m "$MODE" -d "$2" $4 \
+    -l "$SECS" -c "$5" -q "$6" -T 1 -t 2 >"$3" 2>&1
+}
 run_one() {  # NAME PORT PGID ROUND
-  local raw="$OUT/dnsperf_$1_$4.txt" c0 c1
+  local raw="$OUT/dnsperf_$1_$4.txt" c0 c1 k pids=()
   c0=$(ticks "$3")
-  timeout $((SECS + 30)) $CPIN dnsperf -s 127.0.0.1 -p "$2" -m "$MODE" -d "$OUT/queries.txt" \
-    -l "$SECS" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2 >"$raw" 2>&1 || die "dnsperf failed: $raw"
+  if [[ $MIX == resolver ]]; then
+    for k in 0 1 2; do
+      perf "$2" "$OUT/resolver_$k.txt" "$raw.$k" "${FLAVOURS[$k]}" \
+        $(( (CLIENTS + 2) / 3 )) $(( (OUTSTANDING + 2) / 3 )) & pids+=($!)
+    done
+    for k in "${pids[@]}"; do wait "$k" || die "dnsperf failed: $raw.*"; done
+    cat "$raw".0 "$raw".1 "$raw".2 >"$raw"
+  else
+    perf "$2" "$OUT/queries.txt" "$raw" "" "$CLIENTS" "$OUTSTANDING" || die "dnsperf failed: $raw"
+  fi
   c1=$(ticks "$3")
   awk -v n="$1" -v r="$4" -v cpu="$((c1 - c0))" -v tck="$TCK" '
-    /Queries per second:/ {qps=$4} /Queries completed:/ {done=$3} /Queries lost:/ {lost=$3}
-    /Response codes:/ {sub(/^ *Response codes: */,""); rc=$0}
-    END {printf "%s round=%s qps=%.0f cpu_us/q=%.2f lost=%s [%s]\n", n, r, qps, cpu*1e6/tck/done, lost, rc}' "$raw"
+    /Queries per second:/ {qps+=$4} /Queries completed:/ {done+=$3} /Queries lost:/ {lost+=$3}
+    /Response codes:/ {sub(/^ *Response codes: */,""); rc=rc "; " $0}
+    END {printf "%s round=%s qps=%.0f cpu_us/q=%.2f lost=%s [%s]\n", n, r, qps, cpu*1e6/tck/done, lost, substr(rc, 3)}' "$raw"
 }
+if [[ $MIX == resolver ]]; then  # both servers see every question once in each flavour first
+  for port in "$KPORT" "$DPORT"; do
+    warm=()
+    for k in 0 1 2; do
+      perf "$port" "$OUT/resolver_pool.txt" "$OUT/warm_${port}_$k.txt" "${FLAVOURS[$k]} -n 1" 4 40 &
+      warm+=($!)
+    done
+    for k in "${warm[@]}"; do wait "$k" || die "warm-up dnsperf failed: $OUT/warm_${port}_*.txt"; done
+  done
+fi
 for r in $(seq "$ROUNDS"); do
   for s in knot dnsd; do
     if [[ $s == knot ]]; then line=$(run_one knot "$KPORT" "$KPID" "$r"); else line=$(run_one dnsd "$DPORT" "$DPID" "$r"); fi
@@ -133,5 +163,5 @@ for r in $(seq "$ROUNDS"); do
 done
 mean() { tr ' ' '\n' <<<"$1" | awk 'NF {s+=$1; n++} END {printf "%.2f", s/n}'; }
 kq=$(mean "${QPS[knot]}"); dq=$(mean "${QPS[dnsd]}"); kc=$(mean "${CPU[knot]}"); dc=$(mean "${CPU[dnsd]}")
-printf 'SUMMARY names=%s mode=%s clients=%s workers=%s: knot %.0f q/s %.2f us/q | dnsd %.0f q/s %.2f us/q | ratio q/s %.2fx, knot/dnsd CPU per query %.2fx\n' \
-  "$NAMES" "$MODE" "$CLIENTS" "$WORKERS" "$kq" "$kc" "$dq" "$dc" "$(echo "$dq / $kq" | bc -l)" "$(echo "$kc / $dc" | bc -l)"
+printf 'SUMMARY names=%s mix=%s mode=%s clients=%s workers=%s: knot %.0f q/s %.2f us/q | dnsd %.0f q/s %.2f us/q | ratio q/s %.2fx, knot/dnsd CPU per query %.2fx\n' \
+  "$NAMES" "$MIX" "$MODE" "$CLIENTS" "$WORKERS" "$kq" "$kc" "$dq" "$dc" "$(echo "$dq / $kq" | bc -l)" "$(echo "$kc / $dc" | bc -l)"

@@ -12,6 +12,7 @@ import random
 import struct
 import time
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -137,6 +138,76 @@ def test_truncate_keeps_question(responder: Responder) -> None:
     r = ask(responder, "Big." + ZONE, "TXT", use_edns=False)
     assert r.flags & dns.flags.TC and not r.answer
     assert r.question[0].name.to_text() == "Big." + ZONE + "."
+
+
+def _query(name: str, rdtype: str | int, msg_id: int, **kw: object) -> bytes:
+    m = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+    m.id = msg_id
+    return m.to_wire()
+
+
+def test_0x20_case_hits_the_cache_and_echoes_its_own_case() -> None:
+    """Resolvers randomize the letter case of every query (0x20): the second asking, in
+    another case, must come from the reply cache with the same answer and its own case."""
+    view = ZoneView(zone_config())
+    view.load(snapshot())
+    r = Responder(view)
+    first = r.handle(_query(f"alice.{ZONE}", "A", 1, use_edns=0))
+    assert first is not None
+    for i, name in enumerate((f"AlIcE.{ZONE.upper()}", f"aLiCe.{ZONE}", f"ALICE.{ZONE}")):
+        raw = r.handle(_query(name, "A", 100 + i, use_edns=0))
+        assert raw is not None
+        reply = dns.message.from_wire(raw)
+        assert reply.id == 100 + i
+        assert reply.question[0].name.to_text() == name + "."  # the case as asked
+        assert raw[2:12] == first[2:12] and raw[len(raw) - 27 :] == first[len(first) - 27 :]
+        assert [rr.address for rr in reply.answer[0]] == ["192.0.2.1"]
+    assert r.hits == 3
+
+
+def test_folded_bytes_after_the_name_never_share_a_cache_entry() -> None:
+    """``bytes.lower`` folds 0x41 to 0x61 anywhere: HTTPS (65 = 0x0041) and type 97 share a
+    lower-cased key, and a UDP size of 0x0241 folds to 0x0261; each must get its own reply."""
+    view = ZoneView(zone_config())
+    view.load(snapshot())
+    view._set_txt("big." + ZONE, ["y" * 250, "z" * 250, "w" * 10])  # a 589-octet reply
+    view.gen += 1
+    r = Responder(view)
+    other = r.handle(_query(f"alice.{ZONE}", 97, 1))
+    https = r.handle(_query(f"alice.{ZONE}", "HTTPS", 2))
+    assert other is not None and https is not None
+    assert dns.message.from_wire(https).question[0].rdtype == 65
+    assert r.hits == 0
+    small = r.handle(_query("big." + ZONE, "TXT", 3, use_edns=0, payload=0x0241))
+    big = r.handle(_query("big." + ZONE, "TXT", 4, use_edns=0, payload=0x0261))
+    assert small is not None and big is not None
+    assert r.hits == 0
+    assert len(big) > len(small)  # 577 truncates, 609 does not
+    assert dns.message.from_wire(small).flags & dns.flags.TC
+
+
+def test_do_and_cookie_variants_answer_as_plain_edns() -> None:
+    """DO=1 and a client cookie (RFC 7873, option 10) get the same records; DO is echoed;
+    the cookie is ignored as by a server without cookies; DO=0 answers are unchanged."""
+    view = ZoneView(zone_config())
+    view.load(snapshot())
+    r = Responder(view)
+    cookie = dns.edns.GenericOption(10, bytes.fromhex("0123456789abcdef"))
+    server_cookie = dns.edns.GenericOption(10, bytes.fromhex("0123456789abcdef" + "11" * 16))
+    plain = r.handle(_query(f"alice.{ZONE}", "A", 9, use_edns=0))
+    assert plain is not None
+    for kw in ({"want_dnssec": True}, {"options": [cookie]}, {"options": [server_cookie]},
+               {"want_dnssec": True, "options": [cookie]}):
+        raw = r.handle(_query(f"ALICE.{ZONE}", "A", 9, use_edns=0, **kw))
+        assert raw is not None
+        reply = dns.message.from_wire(raw)
+        assert reply.rcode() == dns.rcode.NOERROR and not reply.options
+        assert [rr.address for rr in reply.answer[0]] == ["192.0.2.1"]
+        assert bool(reply.ednsflags & dns.flags.DO) == bool(kw.get("want_dnssec"))
+        if not kw.get("want_dnssec"):
+            assert raw[12:].lower() == plain[12:]  # DO=0: the plain answer, byte for byte
+    again = r.handle(_query(f"alice.{ZONE}", "A", 9, use_edns=0))
+    assert again == plain
 
 
 # ------------------------------------------------------------------ hostile input
