@@ -210,6 +210,19 @@ class Responder:
 
 def _truncate(resp: bytes, question: bytes, ekey: int) -> bytes:
     """TC=1 with the question (and OPT) kept: the client retries over TCP."""
+    return _tc(resp[:2], resp[2], resp[3], question, ekey)
+
+
+def _tc(msg_id: bytes, byte2: int, byte3: int, question: bytes, ekey: int) -> bytes:
     opt = wire.opt_rr(ekey) if ekey else b""
-    hdr = resp[:2] + bytes((resp[2] | wire.TC, resp[3])) + b"\x00\x01\x00\x00\x00\x00"
+    hdr = msg_id + bytes((byte2 | wire.TC, byte3)) + b"\x00\x01\x00\x00\x00\x00"
     return hdr + (b"\x00\x01" if opt else b"\x00\x00") + question + opt
+
+
+def slip(data: bytes) -> bytes | None:
+    """A rate-limited query's reply: TC=1 and the question, nothing else, so a resolver
+    retries over TCP; None for anything but a plain query (those get nothing)."""
+    q = wire.parse_fast(data)
+    if q is None:
+        return None
+    return _tc(data[:2], wire.QR | (data[2] & 0x01), data[3] & 0x10, q.question, q.ekey)

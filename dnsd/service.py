@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -18,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dnsd.responder import QTYPE_NAMES, RCODES, TRUNCATED, Responder
+from dnsd import rrl
+from dnsd.responder import QTYPE_NAMES, RCODES, TRUNCATED, Responder, slip
 from dnsd.workers import WorkerPool
 from dnsd.zone import ZoneView
 from webgateway.addresses import HostPort
@@ -43,9 +45,12 @@ class UdpListener:
 
     BATCH = 64
 
-    def __init__(self, sock: socket.socket, responder: Responder) -> None:
+    def __init__(
+        self, sock: socket.socket, responder: Responder, limiter: rrl.RateLimiter | None = None
+    ) -> None:
         self.sock = sock
         self.responder = responder
+        self.limiter = limiter
         self.send_dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -59,6 +64,8 @@ class UdpListener:
         each answer would wake it again (a cross-CPU interrupt, costly under a VM)."""
         recv = self.sock.recvfrom
         handle = self.responder.handle
+        limiter = self.limiter
+        now = time.monotonic() if limiter is not None else 0.0
         out: list[tuple[bytes, Any]] = []
         for _ in range(self.BATCH):
             try:
@@ -68,6 +75,12 @@ class UdpListener:
             except OSError as e:  # e.g. ICMP errors surfacing on the socket
                 log.debug("udp receive error: %s", e)
                 continue
+            if limiter is not None:
+                verdict = limiter.check(addr[0], now)
+                if verdict:
+                    if verdict == rrl.SLIP and (tc := slip(data)) is not None:
+                        out.append((tc, addr))
+                    continue
             try:
                 resp = handle(data)
             except Exception:
@@ -192,7 +205,12 @@ class _Metrics(Collector):
                                 " reason", labels=["reason"])
         d.add_metric(["not_a_query"], r.dropped)
         d.add_metric(["send_failed"], sum(u.send_dropped for u in s._udp))
+        if s.limiter is not None:
+            d.add_metric(["rate_limited"], s.limiter.limited - s.limiter.slipped)
         yield d
+        if s.limiter is not None:
+            yield CounterMetricFamily("webgateway_dns_rrl_slipped", "UDP queries over the rate"
+                                      " limit answered TC=1 instead", value=s.limiter.slipped)
         yield CounterMetricFamily("webgateway_dns_slow_path",
                                   "Queries that took the guarded parser", value=r.slow)
         yield CounterMetricFamily("webgateway_dns_cache_hits",
@@ -225,6 +243,7 @@ class DnsService:
         self.follower = Follower(store, self.view, max_wait=1.0)
         self.tcp_conns: set[TcpProtocol] = set()
         self.tcp_refused = 0
+        self.limiter: rrl.RateLimiter | None = None
         self._udp: list[UdpListener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._task: asyncio.Task[None] | None = None
@@ -254,8 +273,12 @@ class DnsService:
                 u.close()
                 t.close()
             raise
+        dns = self.config.dns
+        limiter = (rrl.RateLimiter(dns.rrl_responses_per_second, dns.rrl_slip, dns.rrl_table_size)
+                   if dns.rrl_responses_per_second else None)
+        self.limiter = limiter
         for udp, tcp in socks:
-            listener = UdpListener(udp, self.responder)
+            listener = UdpListener(udp, self.responder, limiter)
             listener.start()
             self._udp.append(listener)
             tcp.listen(1024)

@@ -50,6 +50,9 @@ class DnsConfig:
     workers: int = 1
     tcp_idle_timeout: float = 10.0
     max_tcp_connections: int = 1024
+    rrl_responses_per_second: int = 0  # per source /24 or /56 over UDP; 0: no limit
+    rrl_slip: int = 2  # every N-th limited query gets TC=1; 0: none
+    rrl_table_size: int = 65_536  # buckets (fixed memory); colliding networks share one
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,9 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "workers": (_int(1, 64), False),
         "tcp_idle_timeout": (_float(0.1, 3600), False),
         "max_tcp_connections": (_int(1, 1_000_000), False),
+        "rrl_responses_per_second": (_int(0, 1_000_000), False),
+        "rrl_slip": (_int(0, 10), False),
+        "rrl_table_size": (_int(1, 16_777_216), False),
     },
     "acme": {
         "directory": (_url, True),

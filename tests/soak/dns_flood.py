@@ -119,17 +119,21 @@ def corpus(n: int, seed: int) -> list[bytes]:
 
 
 def flood_udp(host: str, port: int, packets: list[bytes], seconds: float,
-              rate: float = 0.0) -> int:
+              rate: float = 0.0, source: str = "") -> int:
     """Send ``packets`` round and round for ``seconds`` without reading a reply; returns sent.
 
     Replies come back to a socket nobody reads (the kernel drops them), as with a spoofed
     source. Later rounds repeat the same bytes, so the server may answer some from its cache.
     ``rate`` (datagrams/s) paces the flood; 0 sends as fast as the socket takes them.
+    ``source``: the address to send from (say 127.0.1.1, another /24 than the honest
+    client's 127.0.0.1, as rate limiting by source network would see a real attacker).
     """
     sent = 0
     end = time.monotonic() + seconds
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setblocking(False)
+        if source:
+            s.bind((source, 0))
         addr = (host, port)
         while time.monotonic() < end:
             for p in packets:
@@ -204,6 +208,6 @@ def legit_rate(host: str, port: int, seconds: float) -> tuple[int, int, float]:
 
 
 def flood_worker(host: str, port: int, n: int, seed: int, seconds: float,
-                 rate: float = 0.0) -> int:
+                 rate: float = 0.0, source: str = "") -> int:
     """Entry point for a flooding process (multiprocessing), so the GIL is not shared."""
-    return flood_udp(host, port, corpus(n, seed), seconds, rate)
+    return flood_udp(host, port, corpus(n, seed), seconds, rate, source)
