@@ -498,3 +498,45 @@ async def test_client_udp_size_is_honoured(d: Dns) -> None:
         assert bool(r.flags & dns.flags.TC) is truncated, (use_edns, payload)
         if not truncated:
             assert len(r.answer[0]) == 7 and len(r.to_wire()) > 700
+
+
+async def _burst(host: str, port: int, source: str, n: int) -> list[dns.message.Message]:
+    """``n`` queries sent at once from ``source``; every reply that comes back in 1 s."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        s.bind((source, 0))
+        for i in range(n):
+            m = dns.message.make_query(f"AlIcE.{ZONE}", "A", use_edns=0)
+            m.id = i
+            s.sendto(m.to_wire(), (host, port))
+        got = []
+        while len(got) < n:
+            try:
+                got.append(dns.message.from_wire(
+                    await asyncio.wait_for(loop.sock_recv(s, 4096), 1.0)))
+            except TimeoutError:
+                break
+        return got
+
+
+async def test_rate_limit_per_source_network_with_slip(tmp_path: Path) -> None:
+    """A burst from one /24 gets the configured answers per second, then every second
+    query TC=1 (resolvers retry over TCP, which is not limited), the others nothing; a
+    client in another /24 is answered in full meanwhile."""
+    g = await start(tmp_path, dns={"rrl_responses_per_second": 10, "rrl_slip": 2})
+    try:
+        got = await _burst(g.host, g.port, "127.0.0.1", 60)
+        full = [r for r in got if not r.flags & dns.flags.TC]
+        tc = [r for r in got if r.flags & dns.flags.TC]
+        assert 10 <= len(full) <= 12  # the bucket, and what refilled while the burst ran
+        assert all(texts(r) == {"127.0.0.1"} for r in full)
+        assert 20 <= len(tc) <= 26 and all(not r.answer for r in tc)
+        assert all(r.question[0].name.to_text() == f"AlIcE.{ZONE}." for r in tc)
+        other = await _burst(g.host, g.port, "127.0.1.1", 5)
+        assert len(other) == 5 and all(texts(r) == {"127.0.0.1"} for r in other)
+        r = await g.q(f"alice.{ZONE}", tcp=True)
+        assert texts(r) == {"127.0.0.1"}
+    finally:
+        await g.svc.stop()
+        await g.store.close()
