@@ -4,7 +4,8 @@
 Same names on both sides (the bench.test shape of /work/shared/peers/dns/gen_zone.py):
 N reserved names h0..h{N-1} (A only: Knot's zone has exactly the gateway A for each,
 as our dnsd answers A for a reserved name), N/10 TXT names t0..t{N/10-1}, SOA/NS and
-glue. And a dnsperf query file: 70 % A hits, 15 % NXDOMAIN, 15 % TXT.
+glue. And a dnsperf query file: 70 % A hits, 15 % NXDOMAIN, 15 % TXT; and for run.sh's
+MIX=resolver, files of what recursive resolvers send (``write_resolver_queries``).
 
 The store is loaded through the Store API (owner, put_name, add_txt) for small zones;
 above --api-limit names the rows go in with one bulk INSERT on the store's own schema
