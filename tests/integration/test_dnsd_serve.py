@@ -520,12 +520,19 @@ async def _burst(host: str, port: int, source: str, n: int) -> list[dns.message.
         return got
 
 
-async def test_rate_limit_per_source_network_with_slip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batched", [True, False])
+async def test_rate_limit_per_source_network_with_slip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
     """A burst from one /24 gets the configured answers per second, then every second
     query TC=1 (resolvers retry over TCP, which is not limited), the others nothing; a
-    client in another /24 is answered in full meanwhile."""
+    client in another /24 is answered in full meanwhile. Through recvmmsg/sendmmsg and
+    through the one-datagram-a-call listener of systems without them."""
+    if not batched:
+        monkeypatch.setattr("dnsd.mmsg.available", lambda: False)
     g = await start(tmp_path, dns={"rrl_responses_per_second": 10, "rrl_slip": 2})
     try:
+        assert all((u._batch is not None) == batched for u in g.svc._udp)
         got = await _burst(g.host, g.port, "127.0.0.1", 60)
         full = [r for r in got if not r.flags & dns.flags.TC]
         tc = [r for r in got if r.flags & dns.flags.TC]
