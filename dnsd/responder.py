@@ -13,6 +13,7 @@ say) is added in one place.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import dnslib
 
@@ -64,6 +65,8 @@ class Responder:
         self._old: dict[bytes, _Cached] = {}
         self._parts: dict[bytes, bytes] = {}
         self._gen = -1
+        #: Takes TSIG-signed queries and transfers over UDP (``dnsd.transfer``), if set.
+        self.special: Callable[[bytes, wire.Scan, bool], bytes | None] | None = None
 
     def handle(self, data: bytes, tcp: bool = False) -> bytes | None:
         """The reply to one message, or None when it deserves none.
@@ -130,12 +133,12 @@ class Responder:
         return self._reply(data, q, tcp)
 
     def _slow(self, data: bytes, tcp: bool) -> bytes | None:
-        guarded = self._guard(data)
+        guarded = self._guard(data, tcp)
         if not isinstance(guarded, wire.Query):
             return guarded
         return self._reply(data, guarded, tcp)
 
-    def _guard(self, data: bytes) -> wire.Query | bytes | None:
+    def _guard(self, data: bytes, tcp: bool) -> wire.Query | bytes | None:
         """The slow parse: the query in the fast parser's shape, or the error reply it
         earns (FORMERR, NOTIMP for another opcode), or None for a response or a runt."""
         self.slow += 1
@@ -151,6 +154,8 @@ class Responder:
             dnslib.DNSRecord.parse(data)
         except Exception:  # dnslib raises more than DNSError on hostile bytes
             return self._error(data, wire.FORMERR, q.question, wire.NO_EDNS)
+        if self.special is not None and (scan.tsig_at >= 0 or q.qtype in _TRANSFERS):
+            return self.special(data, scan, tcp)
         if (data[2] >> 3) & 0x0F:  # an opcode other than QUERY
             return self._error(data, wire.NOTIMP, q.question, q.ekey)
         if not q.question or scan.opt_count > 1 or not scan.opt_ok:

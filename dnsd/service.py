@@ -2,13 +2,16 @@
 
 UDP: one datagram in, at most one out. TCP (RFC 7766): two-octet length framing, any
 number of pipelined queries per connection answered in order, an idle timeout, a cap on
-open connections, and reading paused while the client does not read its answers.
+open connections, and reading paused while the client does not read its answers. A zone
+transfer on TCP is streamed message by message, waiting while the client's window is
+full and yielding to the loop between messages, so answers keep flowing meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -19,8 +22,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dnsd import mmsg, rrl
+from dnsd import mmsg, rrl, transfer
+from dnsd.journal import Journal
+from dnsd.notify import NotifySchedule, NotifySender
 from dnsd.responder import QTYPE_NAMES, RCODES, TRUNCATED, Responder, slip
+from dnsd.tsig import Signer
 from dnsd.workers import WorkerPool
 from dnsd.zone import ZoneView
 from webgateway.addresses import HostPort
@@ -138,6 +144,9 @@ class TcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.paused = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.streaming: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -160,6 +169,13 @@ class TcpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        if self.streaming is not None:  # answered in order, after the transfer
+            if len(self.buf) > 2 * transfer.MESSAGE_SIZE and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._process()
+
+    def _process(self) -> None:
         out: list[bytes] = []
         buf = self.buf
         pos = 0
@@ -169,6 +185,10 @@ class TcpProtocol(asyncio.Protocol):
                 break
             msg = bytes(buf[pos + 2 : pos + 2 + size])
             pos += 2 + size
+            if self.server.transfers is not None and transfer.is_transfer(msg):
+                del buf[:pos]
+                self._stream(msg, out)
+                return
             try:
                 resp = self.responder.handle(msg, tcp=True)
             except Exception:
@@ -183,6 +203,45 @@ class TcpProtocol(asyncio.Protocol):
             self.transport.write(b"".join(out))
         self._arm()
 
+    def _stream(self, msg: bytes, out: list[bytes]) -> None:
+        if self.transport is None:
+            return
+        if out:
+            self.transport.write(b"".join(out))
+        if self.idle is not None:
+            self.idle.cancel()
+        self.streaming = asyncio.create_task(self._send_transfer(msg))
+
+    async def _send_transfer(self, msg: bytes) -> None:
+        transfers = self.server.transfers
+        assert transfers is not None and self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        timeout = self.server.config.dns.tcp_idle_timeout
+        try:
+            for reply in transfers.respond(msg, ipaddress.ip_address(peer[0]), int(time.time())):
+                if self.transport is None or self.transport.is_closing():
+                    return
+                self.transport.write(len(reply).to_bytes(2, "big") + reply)
+                if self.paused:
+                    await asyncio.wait_for(self.writable.wait(), timeout)
+                await asyncio.sleep(0)  # one message at a time: queries go between
+        except TimeoutError:
+            log.info("transfer to %s stopped: the client stopped reading", peer[0])
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        except Exception:
+            log.exception("zone transfer failed")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        finally:
+            self.streaming = None
+        if self.transport is not None:
+            if not self.paused:
+                self.transport.resume_reading()
+            self._process()
+
     def _close_after(self, out: list[bytes]) -> None:
         if self.transport is not None:
             if out:
@@ -192,16 +251,21 @@ class TcpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.transport is not None and not self.paused:
             self.paused = True
+            self.writable.clear()
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
-            self.transport.resume_reading()
+            self.writable.set()
+            if self.streaming is None:
+                self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
             self.idle.cancel()
+        if self.streaming is not None:
+            self.streaming.cancel()
         self.server.tcp_conns.discard(self)
         self.transport = None
 
@@ -250,6 +314,20 @@ class _Metrics(Collector):
                                 value=len(s.tcp_conns))
         yield GaugeMetricFamily("webgateway_dns_zone_serial", "Serial served in the SOA",
                                 value=s.view.serial)
+        if s.transfers is not None:
+            st = s.transfers.stats
+            t = CounterMetricFamily("dnsd_transfers", "zone transfer requests by outcome",
+                                    labels=["outcome"])
+            for name, value in (("axfr", st.axfr), ("ixfr", st.ixfr),
+                                ("ixfr_fallback_axfr", st.ixfr_fallback),
+                                ("refused", st.refused), ("tsig_error", st.tsig_errors)):
+                t.add_metric([name], value)
+            yield t
+        if s.notifier is not None:
+            yield CounterMetricFamily("dnsd_notify_sent", "NOTIFY messages sent",
+                                      value=s.notifier.sent)
+            yield CounterMetricFamily("dnsd_notify_acked", "NOTIFY messages acknowledged",
+                                      value=s.notifier.acked)
 
 
 UDP_RCVBUF = 4 * 1024 * 1024
@@ -259,16 +337,33 @@ class DnsService:
     name = "dnsd"
 
     def __init__(
-        self, config: Config, store: Store, registry: CollectorRegistry, *, reuse_port: bool = False
+        self, config: Config, store: Store, registry: CollectorRegistry, *,
+        reuse_port: bool = False, notify: bool = True,
     ) -> None:
+        """``notify``: send NOTIFY to the secondaries (the parent process; not workers)."""
         self.config = config
         self.reuse_port = reuse_port or config.dns.workers > 1
         self.pool: WorkerPool | None = None
         self.store = store
         account_key = acme_account_meta_key(config.acme.directory) if config.acme else None
         self.view = ZoneView(config.zone, account_key)
+        self.journal = Journal(self.view)
         self.responder = Responder(self.view)
-        self.follower = Follower(store, self.view, max_wait=1.0)
+        self.follower = Follower(store, self.journal, max_wait=1.0)
+        tsig = config.dns.tsig
+        signer = Signer(tsig) if tsig is not None else None
+        self.transfers = transfer.Transfers(self.journal, signer, config.dns.transfer_acl(),
+                                            self.responder.handle)
+        xfr = self.transfers
+        self.responder.special = lambda d, scan, tcp: xfr.signed_or_udp(d, scan, tcp,
+                                                                         int(time.time()))
+        self.notifier: NotifySender | None = None
+        if notify and signer is not None and config.dns.secondaries:
+            sources: dict[int, str] = {a.host.version: str(a.host)
+                                       for a in reversed(config.dns.listen)
+                       if not a.host.is_unspecified}
+            self.notifier = NotifySender(config.zone.name, NotifySchedule(config.dns.secondaries),
+                                         signer, sources)
         self.tcp_conns: set[TcpProtocol] = set()
         self.tcp_refused = 0
         self.limiter: rrl.RateLimiter | None = None
@@ -312,6 +407,9 @@ class DnsService:
             tcp.listen(1024)
             server = await loop.create_server(lambda: TcpProtocol(self), sock=tcp)
             self._servers.append(server)
+        if self.notifier is not None:
+            await self.notifier.start()
+            self.notifier.changed(self.view.serial)  # a restart may have missed changes
         self._task = asyncio.create_task(self._follow(), name="dnsd-follower")
         if self.config.dns.workers > 1:
             self.pool = WorkerPool(self.config, [p for _, p in self.bound],
@@ -333,10 +431,14 @@ class DnsService:
 
     async def _watch_serial(self) -> None:
         """Changes with nothing for DNS in them (owners) still move the SOA serial."""
+        notified = self.view.serial
         while True:
             await self.follower.applied.wait()
             if self.follower.serial != self.view.serial:
-                self.view.bump(self.follower.serial)
+                self.journal.bump(self.follower.serial)
+            if self.notifier is not None and self.view.serial != notified:
+                notified = self.view.serial
+                self.notifier.changed(notified)
 
     async def stop(self) -> None:
         if self.pool is not None:
@@ -347,6 +449,8 @@ class DnsService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.notifier is not None:
+            await self.notifier.stop()
         for u in self._udp:
             u.close()
         for s in self._servers:

@@ -20,6 +20,7 @@ SOA = 6
 TXT = 16
 AAAA = 28
 OPT = 41
+TSIG = 250
 IXFR = 251
 AXFR = 252
 ANY = 255
@@ -180,6 +181,7 @@ class Scan(NamedTuple):
     query: Query
     opt_count: int
     opt_ok: bool  # the OPT (if any) is owned by the root and sits in the additional section
+    tsig_at: int = -1  # offset of the TSIG record (always the last one), -1 without
 
 
 def scan_message(data: bytes) -> Scan:
@@ -213,6 +215,7 @@ def scan_message(data: bytes) -> Scan:
     opt_count = 0
     opt_ok = True
     udp_size, version, ekey = 512, 0, NO_EDNS
+    tsig_at = -1
     for i in range(an + ns + ar):
         owner_at = pos
         pos, _owner = _skip_name(data, pos, 12)
@@ -229,11 +232,16 @@ def scan_message(data: bytes) -> Scan:
             udp_size = rclass
             version = (ttl >> 16) & 0xFF
             ekey = EDNS_DO if ttl & 0x8000 else EDNS
+        elif rtype == TSIG:
+            if i != an + ns + ar - 1:
+                raise WireError("TSIG is not the last record")
+            tsig_at = owner_at
     if pos != n:
         raise WireError("trailing bytes after the last record")
     if opt_count != 1 or not opt_ok:
         udp_size, version, ekey = 512, 0, NO_EDNS
-    return Scan(Query(qname, qtype, qclass, question, ekey, udp_size, version), opt_count, opt_ok)
+    return Scan(Query(qname, qtype, qclass, question, ekey, udp_size, version), opt_count, opt_ok,
+                tsig_at)
 
 
 def _expand(data: bytes, pos: int) -> bytes:

@@ -42,7 +42,7 @@ async def _serve(config: Config, conn: multiprocessing.connection.Connection) ->
     loop.add_reader(conn.fileno(), stop.set)  # the parent wrote or went away
     store = SqliteStore(config.store.path, config.store.poll_interval)
     await store.open()
-    svc = DnsService(config, store, CollectorRegistry(), reuse_port=True)
+    svc = DnsService(config, store, CollectorRegistry(), reuse_port=True, notify=False)
     try:
         await svc.start()
         conn.send("ready")

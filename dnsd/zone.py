@@ -11,7 +11,7 @@ of older generations are dropped on first use, so a change costs O(what changed)
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from dnsd import wire
 from webgateway.config import ZoneConfig
@@ -29,6 +29,7 @@ _ANY_ORDER = (wire.A, wire.AAAA, wire.TXT, wire.SOA, wire.NS, wire.CAA)
 
 Rrsets = dict[int, tuple[bytes, ...]]
 Packed = tuple[bytes, bytes]
+Records = frozenset[tuple[int, bytes]]  # (type, rdata) at one owner, for zone transfers
 
 
 class Node:
@@ -107,6 +108,8 @@ class ZoneView:
                 self.static.setdefault(w, {}).update(sets)
         self.gen = 0
         self.serial = 0
+        #: While a journal records a change: owner -> (zone, records) before it.
+        self.touched: dict[bytes, tuple[bytes | None, Records]] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -169,6 +172,7 @@ class ZoneView:
 
     def _set_label(self, label: str, name: Name | None) -> None:
         raw = label.encode("ascii")
+        self._touch(bytes([len(raw)]) + raw + self.apex)
         if name is None:
             self.labels.discard(raw)
         else:
@@ -252,6 +256,7 @@ class ZoneView:
             pos += name[pos] + 1
 
     def _rebuild(self, name: bytes) -> None:
+        self._touch(name)
         zone = self.zone_of(name)
         rrsets: Rrsets = {}
         cname = None
@@ -285,6 +290,57 @@ class ZoneView:
         for a in node.ancestors:
             self.ent[a] = self.ent.get(a, 0) + 1
         self.nodes[name] = node
+
+    # ------------------------------------------------------------------ zone transfers
+    def _touch(self, name: bytes) -> None:
+        if self.touched is not None and name not in self.touched:
+            self.touched[name] = self.records_at(name)
+
+    @staticmethod
+    def _node_records(node: Node) -> list[tuple[int, bytes]]:
+        out = [(t, rd) for t, rds in node.rrsets.items() for rd in rds]
+        if node.cname is not None:
+            out.append((wire.CNAME, node.cname))
+        return out
+
+    def records_at(self, name: bytes) -> tuple[bytes | None, Records]:
+        """(zone, records) served at ``name`` apart from the SOA: what a transfer sends."""
+        node = self.nodes.get(name)
+        if node is not None:
+            return node.zone, frozenset(self._node_records(node))
+        first = name[0]
+        if first and name[first + 1 :] == self.apex and name[1 : first + 1] in self.labels:
+            return self.apex, frozenset((t, rd) for t, rds in self.gateway.items() for rd in rds)
+        return None, frozenset()
+
+    def soa_rdata(self) -> bytes:
+        return self._soa_rdata()
+
+    def contents(self, zone: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+        """Every (owner, type, rdata) of ``zone`` but the SOA, apex first, as of now.
+
+        The node and label lists are copied here (8 bytes a name, not the records), so
+        the records streamed later stay those of this serial even while changes apply:
+        nodes are replaced, never changed in place. Call ``soa_rdata`` at the same time.
+        """
+        nodes = [n for n in self.nodes.values() if n.zone == zone]
+        labels = list(self.labels) if zone == self.apex else []
+        taken = {n.name for n in nodes} if labels else set()
+        return self._stream(zone, nodes, labels, taken)
+
+    def _stream(self, zone: bytes, nodes: list[Node], labels: list[bytes],
+                taken: set[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
+        nodes.sort(key=lambda n: n.name != zone)
+        for node in nodes:
+            for t, rd in self._node_records(node):
+                yield node.name, t, rd
+        gateway = [(t, rd) for t, rds in self.gateway.items() for rd in rds]
+        apex = self.apex
+        for raw in labels:
+            name = bytes([len(raw)]) + raw + apex
+            if name not in taken:
+                for t, rd in gateway:
+                    yield name, t, rd
 
     # ------------------------------------------------------------------ lookup and packing
     def find(self, q: bytes) -> Node:

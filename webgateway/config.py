@@ -7,6 +7,7 @@ start-up with ``ConfigError(key, reason)`` -- one line an operator can act on.
 
 from __future__ import annotations
 
+import binascii
 import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
@@ -42,6 +43,22 @@ class ZoneConfig:
     reserved_labels: tuple[str, ...] = ()
 
 
+#: TSIG algorithms we sign and verify with (RFC 8945 section 6; hmac-sha256 is mandatory).
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224")
+
+
+@dataclass(frozen=True)
+class TsigConfig:
+    """The one TSIG key of zone transfers and NOTIFY; the secret never appears in a repr."""
+
+    name: str
+    secret: bytes = field(repr=False)
+    algorithm: str = "hmac-sha256"
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class DnsConfig:
     listen: tuple[HostPort, ...] = field(
@@ -53,6 +70,15 @@ class DnsConfig:
     rrl_responses_per_second: int = 0  # per source /24 or /56 over UDP; 0: no limit
     rrl_slip: int = 2  # every N-th limited query gets TC=1; 0: none
     rrl_table_size: int = 65_536  # buckets (fixed memory); colliding networks share one
+    secondaries: tuple[HostPort, ...] = ()
+    transfer_allow: tuple[IPNetwork, ...] = ()  # empty: the secondaries' addresses
+    tsig: TsigConfig | None = None
+
+    def transfer_acl(self) -> tuple[IPNetwork, ...]:
+        """Who may transfer the zone (when its TSIG also verifies)."""
+        if self.transfer_allow:
+            return self.transfer_allow
+        return tuple(ipaddress.ip_network(s.host) for s in self.secondaries)
 
 
 @dataclass(frozen=True)
@@ -292,6 +318,45 @@ def _catch_all(v: Any) -> HostPort:
     return parse_hostport(_str(v))
 
 
+def _network(v: Any) -> IPNetwork:
+    s = _str(v)
+    try:
+        return ipaddress.ip_network(s.strip(), strict=True)
+    except ValueError as e:
+        raise ValueError(f"{s!r} is not an address or network like 192.0.2.0/24: {e}") from None
+
+
+def _tsig_name(v: Any) -> str:
+    s = _str(v).strip().rstrip(".").lower()
+    labels = s.split(".")
+    if not s or len(s) > 253 or any(not 1 <= len(x) <= 63 for x in labels):
+        raise ValueError(f"{v!r} is not a key name (dot-separated labels, like 'xfr' or "
+                         "'gw-xfr.example.com')")
+    if not all(c.isalnum() or c in "-_." for c in s) or not s.isascii():
+        raise ValueError(f"{v!r}: use only letters, digits, '-', '_' and '.' in a key name")
+    return s
+
+
+def _tsig_algorithm(v: Any) -> str:
+    s = _str(v).strip().lower().rstrip(".")
+    if s not in TSIG_ALGORITHMS:
+        raise ValueError(f"unknown algorithm {v!r} (known: {', '.join(TSIG_ALGORITHMS)})")
+    return s
+
+
+def _tsig_secret(v: Any) -> bytes:
+    """Base64 as Knot's keymgr, tsig-keygen and ``openssl rand -base64 32`` print it."""
+    s = "".join(_str(v).split())
+    try:
+        raw = binascii.a2b_base64(s.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("is not valid base64 (generate one with: openssl rand -base64 32)"
+                         ) from None
+    if len(raw) < 16:
+        raise ValueError(f"is {len(raw)} bytes long; use at least 16 (openssl rand -base64 32)")
+    return raw
+
+
 def _nameservers(v: Any) -> dict[str, tuple[Any, ...]]:
     if not isinstance(v, dict) or not v:
         raise ValueError('expected a table like { "ns1.gw.example.com" = ["203.0.113.10"] }')
@@ -327,6 +392,14 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "rrl_responses_per_second": (_int(0, 1_000_000), False),
         "rrl_slip": (_int(0, 10), False),
         "rrl_table_size": (_int(1, 16_777_216), False),
+        "secondaries": (_list(lambda v: parse_hostport(_str(v))), False),
+        "transfer_allow": (_list(_network), False),
+    },
+    "dns.tsig": {  # a table inside [dns]
+        "name": (_tsig_name, True),
+        "algorithm": (_tsig_algorithm, False),
+        "secret": (_tsig_secret, False),
+        "secret_file": (_path, False),
     },
     "acme": {
         "directory": (_url, True),
@@ -388,6 +461,7 @@ _PATH_KEYS = {
     ("store", "path"),
     ("store", "certs_dir"),
     ("log", "access_log"),
+    ("dns.tsig", "secret_file"),
 }
 
 
@@ -395,7 +469,10 @@ def _section(name: str, raw: Any, base: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(name, f"expected a table [{name}], got {type(raw).__name__}")
     spec = _SPEC[name]
+    subs = {s.partition(".")[2] for s in _SPEC if s.startswith(name + ".")}
     for key in raw:
+        if key in subs:
+            continue  # a table of its own, parsed by the caller
         if key not in spec:
             raise ConfigError(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(spec))})")
     values: dict[str, Any] = {}
@@ -435,20 +512,56 @@ def _check_zone(z: dict[str, Any]) -> None:
         z["hostmaster"] = f"hostmaster@{zone}"
 
 
+def _tsig(raw: Any, base: Path) -> TsigConfig:
+    values = _section("dns.tsig", raw, base)
+    has_secret, has_file = "secret" in values, "secret_file" in values
+    if has_secret == has_file:
+        raise ConfigError("dns.tsig.secret", f"key {values['name']!r}: set exactly one of "
+                          "secret (base64) and secret_file")
+    if has_file:
+        path: Path = values.pop("secret_file")
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text("ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = getattr(e, "strerror", None) or "not base64 text"
+            raise ConfigError("dns.tsig.secret_file", f"cannot read {path}: {reason}") from None
+        if mode & 0o077:
+            raise ConfigError("dns.tsig.secret_file",
+                              f"{path} is readable by others: chmod 600 {path}")
+        try:
+            values["secret"] = _tsig_secret(text)
+        except ValueError as e:
+            raise ConfigError("dns.tsig.secret_file", f"{path} {e}") from None
+    return TsigConfig(**values)
+
+
+def _check_dns(d: dict[str, Any], raw: Mapping[str, Any], base: Path) -> None:
+    """No open AXFR: whoever may transfer the zone must also sign with the TSIG key."""
+    if "tsig" in raw:
+        d["tsig"] = _tsig(raw["tsig"], base)
+    if (d.get("secondaries") or d.get("transfer_allow")) and "tsig" not in d:
+        key = "dns.secondaries" if d.get("secondaries") else "dns.transfer_allow"
+        raise ConfigError(key, "zone transfers need a TSIG key: add [dns.tsig] with name "
+                          "and secret or secret_file")
+
+
 def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML document; ``base`` anchors relative paths."""
     for name in raw:
-        if name not in _SPEC:
-            raise ConfigError(name, f"unknown section (known: {', '.join(sorted(_SPEC))})")
+        if name not in _CLASSES:
+            raise ConfigError(name, f"unknown section (known: {', '.join(sorted(_CLASSES))})")
     if "zone" not in raw:
         raise ConfigError("zone", "the [zone] section is required")
     sections: dict[str, Any] = {}
-    for name in _SPEC:
+    for name in _CLASSES:
         if name not in raw:
             continue
         values = _section(name, raw[name], base)
         if name == "zone":
             _check_zone(values)
+        if name == "dns":
+            _check_dns(values, raw[name], base)
         sections[name] = _CLASSES[name](**values)
     for name in ("api", "store"):
         obj = sections.get(name) or _CLASSES[name]()
