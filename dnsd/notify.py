@@ -98,8 +98,8 @@ def notify_message(zone: str, serial: int, msg_id: int) -> dns.message.Message:
     """NOTIFY for ``zone`` with our SOA serial as the hint (RFC 1996 section 3.7)."""
     m = dns.message.make_query(zone, dns.rdatatype.SOA, use_edns=False)
     m.id = msg_id
+    m.flags = dns.flags.AA  # (dnspython keeps the opcode in the flags: set it after)
     m.set_opcode(dns.opcode.NOTIFY)
-    m.flags = dns.flags.AA
     soa = m.find_rrset(m.answer, m.question[0].name, dns.rdataclass.IN, dns.rdatatype.SOA,
                        create=True)
     soa.add(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, f". . {serial} 0 0 0 0"),
