@@ -90,6 +90,8 @@ class Journal:
     def since(self, serial: int, zone: bytes) -> Diff | None:
         """One condensed diff from ``serial`` to now for ``zone``, or None when the
         journal does not reach back that far (the caller sends the whole zone)."""
+        if serial == self.view.serial:
+            return Diff(serial, serial, (), ())
         start = next((i for i, d in enumerate(self.diffs) if d.old == serial), None)
         if start is None or self.diffs[-1].new != self.view.serial:
             return None

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.rdatatype
 import dns.tsig
@@ -44,7 +44,6 @@ class Stats:
     ixfr_fallback: int = 0
     refused: int = 0
     tsig_errors: int = 0
-    by_peer: dict[str, int] = field(default_factory=dict)
 
 
 def is_transfer(data: bytes) -> bool:
@@ -130,6 +129,7 @@ class Transfers:
             return sign([_error(data, scan.question, NOTAUTH, arcount=0)])
         if peer is None or not tcp:  # over UDP: the SOA only (RFC 1995 section 2)
             if scan.qtype == wire.AXFR:
+                self.stats.refused += 1
                 return sign([_error(data, scan.question, wire.REFUSED, arcount=0)])
             soa = wire.rr(_APEX, wire.SOA, self.view.ttl, self.view.soa_rdata())
             return sign(_pack(data, scan.question, [soa]))

@@ -155,3 +155,68 @@ def test_cli_reports_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert r.stderr.strip() == "webgateway: config error: zone.ttl: expected an integer, got str"
+
+
+# ------------------------------------------------------------------ zone transfers
+
+KEY32 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+TSIG_BAD: list[tuple[dict[str, Any], str, str]] = [
+    ({"secondaries": ["192.0.2.53:53"]}, "dns.secondaries", "need a TSIG key"),
+    ({"transfer_allow": ["192.0.2.0/24"]}, "dns.transfer_allow", "need a TSIG key"),
+    ({"secondaries": ["192.0.2.53"]}, "dns.secondaries", "address:port"),
+    ({"transfer_allow": ["192.0.2.1/24"]}, "dns.transfer_allow", "host bits"),
+    ({"tsig": {"secret": KEY32}}, "dns.tsig.name", "required"),
+    ({"tsig": {"name": "xfr"}}, "dns.tsig.secret", "exactly one of"),
+    ({"tsig": {"name": "xfr", "secret": KEY32, "secret_file": "k"}}, "dns.tsig.secret",
+     "exactly one of"),
+    ({"tsig": {"name": "xfr", "secret": "not base64!"}}, "dns.tsig.secret", "base64"),
+    ({"tsig": {"name": "xfr", "secret": "c2hvcnQ="}}, "dns.tsig.secret", "at least 16"),
+    ({"tsig": {"name": "xfr", "secret": KEY32, "algorithm": "hmac-md5"}},
+     "dns.tsig.algorithm", "unknown algorithm"),
+    ({"tsig": {"name": "x fr", "secret": KEY32}}, "dns.tsig.name", "key name"),
+    ({"tsig": {"name": "xfr", "secret": KEY32, "colour": 1}}, "dns.tsig.colour", "unknown key"),
+    ({"tsig": {"name": "xfr", "secret_file": "missing.key"}}, "dns.tsig.secret_file",
+     "cannot read"),
+]
+
+
+@pytest.mark.parametrize(("dns", "key", "words"), TSIG_BAD)
+def test_bad_transfer_settings_name_the_key(
+    tmp_path: Path, dns: dict[str, Any], key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw_config(tmp_path, dns=dns), tmp_path)
+    assert e.value.key == key
+    assert words in e.value.reason
+
+
+def test_transfer_settings_and_the_default_acl(tmp_path: Path) -> None:
+    cfg = parse_config(raw_config(tmp_path, dns={
+        "secondaries": ["192.0.2.53:53", "[2001:db8::53]:5353"],
+        "tsig": {"name": "XFR.example.", "secret": KEY32, "algorithm": "hmac-sha512"},
+    }), tmp_path)
+    assert cfg.dns.tsig is not None and cfg.dns.tsig.name == "xfr.example"
+    assert cfg.dns.tsig.secret == bytes(range(32)) and cfg.dns.tsig.algorithm == "hmac-sha512"
+    assert KEY32 not in repr(cfg) and "secret" not in repr(cfg.dns.tsig)
+    assert [str(n) for n in cfg.dns.transfer_acl()] == ["192.0.2.53/32", "2001:db8::53/128"]
+    cfg = parse_config(raw_config(tmp_path, dns={
+        "secondaries": ["192.0.2.53:53"], "transfer_allow": ["198.51.100.0/24"],
+        "tsig": {"name": "xfr", "secret": KEY32}}), tmp_path)
+    assert [str(n) for n in cfg.dns.transfer_acl()] == ["198.51.100.0/24"]
+
+
+def test_the_secret_file_is_relative_private_and_base64(tmp_path: Path) -> None:
+    f = tmp_path / "tsig.key"
+    f.write_text(KEY32 + "\n")
+    f.chmod(0o644)
+    doc = raw_config(tmp_path, dns={"tsig": {"name": "xfr", "secret_file": "tsig.key"}})
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "dns.tsig.secret_file" and "chmod 600" in e.value.reason
+    f.chmod(0o600)
+    tsig = parse_config(doc, tmp_path).dns.tsig
+    assert tsig is not None and tsig.secret == bytes(range(32))
+    f.write_text("%%%")
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "dns.tsig.secret_file" and "base64" in e.value.reason
