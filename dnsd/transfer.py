@@ -25,6 +25,7 @@ import dns.tsig
 from dnsd import wire
 from dnsd.journal import Journal, Record
 from dnsd.tsig import NOTAUTH, Signer, Verdict
+from dnsd.zone import ZoneContents
 from webgateway.addresses import IPAddress
 from webgateway.config import IPNetwork
 
@@ -158,16 +159,21 @@ class Transfers:
     def _axfr(self, zone: bytes) -> Iterator[bytes]:
         """SOA, every record of the zone, SOA (RFC 5936 section 2.2)."""
         soa = wire.rr(_APEX, wire.SOA, self.view.ttl, self.view.soa_rdata())
-        contents = self.view.contents(zone)
-        return self._framed(soa, contents, zone)
+        return self._whole(soa, self.view.snapshot(zone), zone)
 
-    def _framed(self, soa: bytes, contents: Iterable[tuple[bytes, int, bytes]],
-                zone: bytes) -> Iterator[bytes]:
+    def _whole(self, soa: bytes, snap: ZoneContents, zone: bytes) -> Iterator[bytes]:
         ttl = self.view.ttl
         cut = len(zone)
         yield soa
-        for owner, rtype, rdata in contents:
+        for owner, rtype, rdata in snap.records:
             yield owner[:-cut] + _APEX + _RR.pack(rtype, wire.IN, ttl, len(rdata)) + rdata
+        tails = [_RR.pack(t, wire.IN, ttl, len(rd)) + rd for t, rd in snap.gateway]
+        skip = snap.with_node
+        for raw in snap.labels:  # the bulk of a big zone: one concatenation a record
+            if raw not in skip:
+                owner = b"%c%s\xc0\x0c" % (len(raw), raw)
+                for tail in tails:
+                    yield owner + tail
         yield soa
 
     def _ixfr(self, zone: bytes, verdict: Verdict) -> Iterator[bytes]:

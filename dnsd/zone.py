@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from dnsd import wire
 from webgateway.config import ZoneConfig
@@ -30,6 +31,16 @@ _ANY_ORDER = (wire.A, wire.AAAA, wire.TXT, wire.SOA, wire.NS, wire.CAA)
 Rrsets = dict[int, tuple[bytes, ...]]
 Packed = tuple[bytes, bytes]
 Records = frozenset[tuple[int, bytes]]  # (type, rdata) at one owner, for zone transfers
+
+
+class ZoneContents(NamedTuple):
+    """A zone's records at one serial: node records, and the user labels whose records
+    are just the gateway's (kept apart: a million of them stream without a tuple each)."""
+
+    records: list[tuple[bytes, int, bytes]]  # (owner, type, rdata), apex first
+    labels: list[bytes]  # raw labels directly under the zone apex
+    gateway: list[tuple[int, bytes]]  # the records of each of those labels
+    with_node: set[bytes]  # labels that also have a node: their records are in ``records``
 
 
 class Node:
@@ -316,30 +327,32 @@ class ZoneView:
     def soa_rdata(self) -> bytes:
         return self._soa_rdata()
 
-    def contents(self, zone: bytes) -> Iterator[tuple[bytes, int, bytes]]:
-        """Every (owner, type, rdata) of ``zone`` but the SOA, apex first, as of now.
+    def snapshot(self, zone: bytes) -> ZoneContents:
+        """What ``zone`` holds now but the SOA (take ``soa_rdata`` at the same time).
 
-        The node and label lists are copied here (8 bytes a name, not the records), so
-        the records streamed later stay those of this serial even while changes apply:
-        nodes are replaced, never changed in place. Call ``soa_rdata`` at the same time.
+        The names are copied here (8 bytes a name, not their records), so a transfer
+        streamed from this later still sends this serial while changes apply: nodes are
+        replaced on change, never edited in place.
         """
-        nodes = [n for n in self.nodes.values() if n.zone == zone]
-        labels = list(self.labels) if zone == self.apex else []
-        taken = {n.name for n in nodes} if labels else set()
-        return self._stream(zone, nodes, labels, taken)
-
-    def _stream(self, zone: bytes, nodes: list[Node], labels: list[bytes],
-                taken: set[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
-        nodes.sort(key=lambda n: n.name != zone)
-        for node in nodes:
-            for t, rd in self._node_records(node):
-                yield node.name, t, rd
-        gateway = [(t, rd) for t, rds in self.gateway.items() for rd in rds]
         apex = self.apex
-        for raw in labels:
-            name = bytes([len(raw)]) + raw + apex
-            if name not in taken:
-                for t, rd in gateway:
+        nodes = [n for n in self.nodes.values() if n.zone == zone]
+        nodes.sort(key=lambda n: n.name != zone)
+        records = [(n.name, t, rd) for n in nodes for t, rd in self._node_records(n)]
+        if zone != apex:
+            return ZoneContents(records, [], [], set())
+        gateway = [(t, rd) for t, rds in self.gateway.items() for rd in rds]
+        with_node = {n.name[1 : n.name[0] + 1] for n in nodes
+                     if n.name and n.name[n.name[0] + 1 :] == apex}
+        return ZoneContents(records, list(self.labels), gateway, with_node)
+
+    def contents(self, zone: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+        """Every (owner, type, rdata) of ``zone`` but the SOA, apex first."""
+        snap = self.snapshot(zone)
+        yield from snap.records
+        for raw in snap.labels:
+            if raw not in snap.with_node:
+                name = bytes([len(raw)]) + raw + self.apex
+                for t, rd in snap.gateway:
                     yield name, t, rd
 
     # ------------------------------------------------------------------ lookup and packing
