@@ -95,22 +95,22 @@ class Journal:
         start = next((i for i, d in enumerate(self.diffs) if d.old == serial), None)
         if start is None or self.diffs[-1].new != self.view.serial:
             return None
-        removed: dict[Record, None] = {}
+        removed: dict[Record, None] = {}  # dicts: ordered sets
         added: dict[Record, None] = {}
         for i in range(start, len(self.diffs)):
             d = self.diffs[i]
-            for r in d.removed:
-                if r[0] != zone:
-                    continue
-                if r in added:
-                    del added[r]
-                else:
-                    removed[r] = None
-            for r in d.added:
-                if r[0] != zone:
-                    continue
-                if r in removed:
-                    del removed[r]
-                else:
-                    added[r] = None
+            _net(d.removed, zone, removed, added)
+            _net(d.added, zone, added, removed)
         return Diff(serial, self.view.serial, tuple(removed), tuple(added))
+
+
+def _net(records: tuple[Record, ...], zone: bytes, into: dict[Record, None],
+         undo: dict[Record, None]) -> None:
+    """Condense: a record that comes back after going (or goes after coming) is no change."""
+    for r in records:
+        if r[0] != zone:
+            continue
+        if r in undo:
+            del undo[r]
+        else:
+            into[r] = None

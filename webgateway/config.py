@@ -318,14 +318,6 @@ def _catch_all(v: Any) -> HostPort:
     return parse_hostport(_str(v))
 
 
-def _network(v: Any) -> IPNetwork:
-    s = _str(v)
-    try:
-        return ipaddress.ip_network(s.strip(), strict=True)
-    except ValueError as e:
-        raise ValueError(f"{s!r} is not an address or network like 192.0.2.0/24: {e}") from None
-
-
 def _tsig_name(v: Any) -> str:
     s = _str(v).strip().rstrip(".").lower()
     labels = s.split(".")

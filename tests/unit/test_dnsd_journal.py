@@ -84,12 +84,18 @@ def test_one_name_is_one_small_diff() -> None:
     assert condensed is not None and condensed.removed == condensed.added == ()
 
 
-def test_unknown_serials_and_reloads_mean_a_whole_zone() -> None:
+def one_name_per_serial(last: int, **bounds: int) -> tuple[ZoneView, Journal]:
+    """Serial 1 loaded, then serials 2..last each add one name."""
     view = ZoneView(zone_config())
-    journal = Journal(view, max_diffs=3)
+    journal = Journal(view, **bounds)
     journal.load(snapshot(serial=1))
-    for s in range(2, 7):
+    for s in range(2, last + 1):
         journal.apply(ChangeSet(s, {f"n{s}": Name(f"n{s}", 1, ())}, {}, {}, {}))
+    return view, journal
+
+
+def test_unknown_serials_and_reloads_mean_a_whole_zone() -> None:
+    view, journal = one_name_per_serial(6, max_diffs=3)
     assert journal.since(2, view.apex) is None  # older than the 3 diffs kept
     assert journal.since(3, view.apex) is not None
     assert journal.since(99, view.apex) is None
@@ -98,11 +104,7 @@ def test_unknown_serials_and_reloads_mean_a_whole_zone() -> None:
 
 
 def test_the_record_bound_drops_the_oldest() -> None:
-    view = ZoneView(zone_config())
-    journal = Journal(view, max_records=5)
-    journal.load(snapshot(serial=1))
-    for s in range(2, 6):
-        journal.apply(ChangeSet(s, {f"n{s}": Name(f"n{s}", 1, ())}, {}, {}, {}))
+    _, journal = one_name_per_serial(5, max_records=5)
     assert journal.records <= 5 and [d.old for d in journal.diffs] == [3, 4]
 
 
