@@ -10,6 +10,7 @@ of older generations are dropped on first use, so a change costs O(what changed)
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -125,6 +126,9 @@ class ZoneView:
 
     def _reset(self) -> None:
         self.labels: set[bytes] = set()
+        #: The same labels sorted: zone transfers copy it in canonical order (a secondary
+        #: builds its zone faster from sorted names, and a list copies faster than a set).
+        self.label_order: list[bytes] = []
         self.txt: dict[bytes, tuple[str, ...]] = {}
         self.domains: dict[str, Domain] = {}
         self.domain_apex: set[bytes] = set()  # custom domains (zones, when outside ours)
@@ -147,6 +151,7 @@ class ZoneView:
         self._reset()
         self.serial = snapshot.serial
         self.labels = {label.encode("ascii") for label in snapshot.names}
+        self.label_order = sorted(self.labels)
         for d in snapshot.domains.values():
             self._set_domain(d.fqdn, d)
         for fqdn, values in snapshot.txt.items():
@@ -185,9 +190,12 @@ class ZoneView:
         raw = label.encode("ascii")
         self._touch(bytes([len(raw)]) + raw + self.apex)
         if name is None:
-            self.labels.discard(raw)
-        else:
+            if raw in self.labels:
+                self.labels.discard(raw)
+                del self.label_order[bisect.bisect_left(self.label_order, raw)]
+        elif raw not in self.labels:
             self.labels.add(raw)
+            bisect.insort(self.label_order, raw)
         w = bytes([len(raw)]) + raw + self.apex
         if w in self.nodes:
             self._rebuild(w)
@@ -343,7 +351,7 @@ class ZoneView:
         gateway = [(t, rd) for t, rds in self.gateway.items() for rd in rds]
         with_node = {n.name[1 : n.name[0] + 1] for n in nodes
                      if n.name and n.name[n.name[0] + 1 :] == apex}
-        return ZoneContents(records, list(self.labels), gateway, with_node)
+        return ZoneContents(records, self.label_order.copy(), gateway, with_node)
 
     def contents(self, zone: bytes) -> Iterator[tuple[bytes, int, bytes]]:
         """Every (owner, type, rdata) of ``zone`` but the SOA, apex first."""

@@ -55,6 +55,7 @@ def test_diff_from_every_kept_serial_gives_todays_zone(steps: list[tuple[object,
             cs.txt[key] = tuple(value)
         journal.apply(cs)
         history[serial] = contents(view)
+        assert view.label_order == sorted(view.labels)  # the transfer order stays in step
     now = contents(view)
     for old, zones in history.items():
         for zone in set(zones) | set(now):
