@@ -53,7 +53,7 @@ def is_transfer(data: bytes) -> bool:
     if q is not None:
         return q.qtype in _TRANSFERS
     try:
-        return wire.scan_message(data).qtype in _TRANSFERS
+        return wire.scan_message(data).query.qtype in _TRANSFERS
     except wire.WireError:
         return False
 
@@ -97,48 +97,49 @@ class Transfers:
 
     def _respond(self, data: bytes, scan: wire.Scan, peer: IPAddress | None, now: int,
                  tcp: bool) -> Iterator[bytes]:
+        q = scan.query
         verdict = Verdict(None)
         if scan.tsig_at >= 0:
             if self.signer is None:  # we know no key: the key is unknown (RFC 8945 5.2.1)
                 self.stats.tsig_errors += 1
-                return iter([_error(data, scan.question, NOTAUTH)])
+                return iter([_error(data, q.question, NOTAUTH)])
             verdict = self.signer.verify(data, now)
             if verdict.message is None:
-                return iter([_error(data, scan.question, wire.FORMERR)])
+                return iter([_error(data, q.question, wire.FORMERR)])
             if verdict.error:
                 self.stats.tsig_errors += 1
-                reply = _error(data[:scan.tsig_at], scan.question, NOTAUTH, arcount=0)
+                reply = _error(data[:scan.tsig_at], q.question, NOTAUTH, arcount=0)
                 log.info("TSIG %s from %s for %s", _TSIG_ERRORS.get(verdict.error),
-                         peer or "udp", wire.wire_to_text(scan.qname or b"\x00"))
+                         peer or "udp", wire.wire_to_text(q.qname or b"\x00"))
                 return iter([self.signer.error_reply(reply, verdict, now)])
         sign = self._sign_with(verdict, now)
-        if scan.qtype not in _TRANSFERS:
+        if q.qtype not in _TRANSFERS:
             if not verdict.signed:
-                return iter([_error(data, scan.question, wire.REFUSED)])  # no TSIG: not ours
+                return iter([_error(data, q.question, wire.REFUSED)])  # no TSIG: not ours
             unsigned = _strip(data, scan.tsig_at)
             answered = self.answer(unsigned, tcp)
             return iter([] if answered is None else [next(sign([answered]))])
-        zone = scan.qname
-        refused = (not verdict.signed or scan.qclass != wire.IN
+        zone = q.qname
+        refused = (not verdict.signed or q.qclass != wire.IN
                    or (peer is not None and not self.allowed(peer)))
         if refused:
             self.stats.refused += 1
             log.info("transfer of %s refused to %s (%s)", wire.wire_to_text(zone or b"\x00"),
                      peer or "udp", "unsigned" if not verdict.signed else "not in the ACL")
-            return sign([_error(data, scan.question, wire.REFUSED, arcount=0)])
+            return sign([_error(data, q.question, wire.REFUSED, arcount=0)])
         if zone not in self.view.zones:
-            return sign([_error(data, scan.question, NOTAUTH, arcount=0)])
+            return sign([_error(data, q.question, NOTAUTH, arcount=0)])
         if peer is None or not tcp:  # over UDP: the SOA only (RFC 1995 section 2)
-            if scan.qtype == wire.AXFR:
+            if q.qtype == wire.AXFR:
                 self.stats.refused += 1
-                return sign([_error(data, scan.question, wire.REFUSED, arcount=0)])
+                return sign([_error(data, q.question, wire.REFUSED, arcount=0)])
             soa = wire.rr(_APEX, wire.SOA, self.view.ttl, self.view.soa_rdata())
-            return sign(_pack(data, scan.question, [soa]))
-        if scan.qtype == wire.AXFR:
+            return sign(_pack(data, q.question, [soa]))
+        if q.qtype == wire.AXFR:
             self.stats.axfr += 1
-            return sign(_pack(data, scan.question, self._axfr(zone)))
+            return sign(_pack(data, q.question, self._axfr(zone)))
         assert verdict.message is not None
-        return sign(_pack(data, scan.question, self._ixfr(zone, verdict)))
+        return sign(_pack(data, q.question, self._ixfr(zone, verdict)))
 
     def _sign_with(self, verdict: Verdict, now: int) -> Callable[[Iterable[bytes]],
                                                                  Iterator[bytes]]:
