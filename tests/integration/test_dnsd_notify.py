@@ -13,7 +13,7 @@ import dns.message
 import dns.opcode
 import dns.tsig
 
-from tests.integration.test_dnsd_serve import start
+from tests.dnsd_harness import start
 from tests.support import free_port
 
 SECRET = bytes(range(32))

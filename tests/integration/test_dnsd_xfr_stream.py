@@ -12,7 +12,7 @@ from pathlib import Path
 import dns.message
 import dns.tsig
 
-from tests.integration.test_dnsd_serve import start
+from tests.dnsd_harness import start
 from tests.support import ZONE
 from webgateway.model import Name, Snapshot
 

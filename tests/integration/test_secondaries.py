@@ -25,12 +25,11 @@ import dns.rrset
 import pytest
 
 from dnsd.service import DnsService
-from tests.integration.test_dnsd_serve import SHOP
+from tests.dnsd_harness import SHOP
 from tests.procs import Proc, wait_dns
-from tests.support import ZONE, Running, free_port, make_config, services
+from tests.support import ZONE, Running, fixed_label, free_port, held_domain, make_config, services
 from webgateway.addresses import parse_hostport
-from webgateway.dnsname import challenge_label
-from webgateway.model import Domain, Name
+from webgateway.model import Name
 from webgateway.tokens import hash_token
 
 pytestmark = pytest.mark.skipif(not (shutil.which("knotd") and shutil.which("nsd")
@@ -282,11 +281,10 @@ async def test_kdig_axfr_matches_the_answers_name_by_name(setup: Setup) -> None:
     store = s.gw.store
     dave = await store.get_name("dave")
     assert dave is not None
-    await store.put_domain(Domain(SHOP, "dave", dave.owner_id, challenge_label(SHOP)), 10)
-    await store.put_domain(Domain(f"promo.{ZONE}", "dave", dave.owner_id,
-                                  challenge_label(f"promo.{ZONE}")), 10)
+    await held_domain(store, SHOP, "dave", dave.owner_id, fixed_label(SHOP))
+    await held_domain(store, f"promo.{ZONE}", "dave", dave.owner_id)
     await store.add_txt(f"_acme-challenge.{ZONE}", "wildcard-token")
-    await store.add_txt(f"{challenge_label(SHOP)}._acme.{ZONE}", "shop-token")
+    await store.add_txt(f"{fixed_label(SHOP)}._acme.{ZONE}", "shop-token")
     await _caught_up(s)
     out = await kdig("-p", str(s.port), f"@{PRIMARY}", "-b", NSD, "-y", f"hmac-sha256:xfr:{SECRET}",
                "+nocomments", "+noheader", "+nostats", "AXFR", ZONE)

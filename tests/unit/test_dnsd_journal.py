@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from dnsd import wire
 from dnsd.journal import Journal
 from dnsd.zone import ZoneView
-from tests.unit.test_dnsd_wire import ZONE, snapshot, zone_config
+from tests.dnszone import ZONE, snapshot, zone_config
+from tests.support import fixed_label as challenge_label
 from tests.unit.test_dnsd_zone import DOMAINS, LABELS, TXT_AT
-from webgateway.dnsname import challenge_label
 from webgateway.model import ChangeSet, Domain, Name
 
 Content = set[tuple[bytes, int, bytes]]

@@ -22,7 +22,7 @@ from dnsd.responder import Responder
 from dnsd.transfer import MESSAGE_SIZE, Transfers, is_transfer
 from dnsd.tsig import BADKEY, BADSIG, BADTIME, NOTAUTH, Signer
 from dnsd.zone import ZoneView
-from tests.unit.test_dnsd_wire import ZONE, snapshot, zone_config
+from tests.dnszone import ZONE, snapshot, zone_config
 from webgateway.config import TsigConfig
 from webgateway.model import ChangeSet, Name, Snapshot
 
