@@ -76,22 +76,22 @@ async def test_a_100k_name_axfr_streams_while_udp_answers_go_on(tmp_path: Path) 
         d.svc.journal.load(Snapshot(snap.serial, {**snap.names, **names}, snap.domains,
                                     snap.txt, {}))
         stalled: list[float] = []
-        xfr = asyncio.create_task(asyncio.to_thread(_transfer, d.port, 1.0, stalled))
-        await asyncio.sleep(0.2)
-        assert not stalled or stalled[0] == 0
+        xfr = asyncio.create_task(asyncio.to_thread(_transfer, d.port, 3.0, stalled))
         worst = 0.0
+        paused = False
         for i in range(30):  # while the client does not read, queries are answered
             t0 = time.monotonic()
             r = await d.q(f"n{i * 997}.{ZONE}")
             worst = max(worst, time.monotonic() - t0)
             assert r.answer
+            paused = paused or any(c.streaming is not None and c.paused
+                                   for c in d.svc.tcp_conns)  # back-pressure
             await asyncio.sleep(0.02)
-        conns = d.svc.tcp_conns
-        assert any(c.streaming is not None and c.paused for c in conns)  # back-pressure
+        assert paused and not stalled  # seen while the client still sat on its first message
         messages, records = await asyncio.wait_for(xfr, 60)
         assert records == 2 * NAMES + 13
         assert messages > 50
-        assert worst < 0.2, worst
+        assert worst < 0.5, worst
     finally:
         await d.svc.stop()
         await d.store.close()
