@@ -314,21 +314,20 @@ class _Metrics(Collector):
                                 value=len(s.tcp_conns))
         yield GaugeMetricFamily("webgateway_dns_zone_serial", "Serial served in the SOA",
                                 value=s.view.serial)
-        if s.transfers is not None:
-            st = s.transfers.stats
-            t = CounterMetricFamily("dnsd_transfers", "zone transfer requests by outcome",
-                                    labels=["outcome"])
-            for name, value in (("axfr", st.axfr), ("ixfr", st.ixfr),
-                                ("ixfr_fallback_axfr", st.ixfr_fallback),
-                                ("refused", st.refused), ("tsig_error", st.tsig_errors)):
-                t.add_metric([name], value)
-            yield t
+        st = s.transfers.stats
+        t = CounterMetricFamily("webgateway_dns_transfers", "Zone transfer requests (AXFR, "
+                                "IXFR), by outcome", labels=["outcome"])
+        for name, value in (("axfr", st.axfr), ("ixfr", st.ixfr),
+                            ("ixfr_fallback_axfr", st.ixfr_fallback),
+                            ("refused", st.refused), ("tsig_error", st.tsig_errors)):
+            t.add_metric([name], value)
+        yield t
         if s.notifier is not None:
-            yield CounterMetricFamily("dnsd_notify_sent", "NOTIFY messages sent",
-                                      value=s.notifier.sent)
-            yield CounterMetricFamily("dnsd_notify_acked", "NOTIFY messages acknowledged",
+            yield CounterMetricFamily("webgateway_dns_notify_sent", "NOTIFY messages sent to "
+                                      "secondaries", value=s.notifier.sent)
+            yield CounterMetricFamily("webgateway_dns_notify_acked", "NOTIFY messages "
+                                      "acknowledged with a valid signature",
                                       value=s.notifier.acked)
-
 
 UDP_RCVBUF = 4 * 1024 * 1024
 
