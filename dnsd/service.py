@@ -374,6 +374,8 @@ class DnsService:
 
     async def start(self) -> None:
         await self.follower.load()
+        if self.config.dns.tsig is not None:
+            self.view.sorted_labels()  # before serving: the first AXFR must not stall answers
         loop = asyncio.get_running_loop()
         socks: list[tuple[socket.socket, socket.socket]] = []
         try:

@@ -126,9 +126,10 @@ class ZoneView:
 
     def _reset(self) -> None:
         self.labels: set[bytes] = set()
-        #: The same labels sorted: zone transfers copy it in canonical order (a secondary
-        #: builds its zone faster from sorted names, and a list copies faster than a set).
-        self.label_order: list[bytes] = []
+        #: The same labels sorted, made on the first zone transfer (1.5 s at 1M names) and
+        #: then kept in step: a secondary builds its zone faster from sorted names, and a
+        #: list copies faster than a set.
+        self.label_order: list[bytes] | None = None
         self.txt: dict[bytes, tuple[str, ...]] = {}
         self.domains: dict[str, Domain] = {}
         self.domain_apex: set[bytes] = set()  # custom domains (zones, when outside ours)
@@ -151,7 +152,6 @@ class ZoneView:
         self._reset()
         self.serial = snapshot.serial
         self.labels = {label.encode("ascii") for label in snapshot.names}
-        self.label_order = sorted(self.labels)
         for d in snapshot.domains.values():
             self._set_domain(d.fqdn, d)
         for fqdn, values in snapshot.txt.items():
@@ -189,13 +189,16 @@ class ZoneView:
     def _set_label(self, label: str, name: Name | None) -> None:
         raw = label.encode("ascii")
         self._touch(bytes([len(raw)]) + raw + self.apex)
+        order = self.label_order
         if name is None:
             if raw in self.labels:
                 self.labels.discard(raw)
-                del self.label_order[bisect.bisect_left(self.label_order, raw)]
+                if order is not None:
+                    del order[bisect.bisect_left(order, raw)]
         elif raw not in self.labels:
             self.labels.add(raw)
-            bisect.insort(self.label_order, raw)
+            if order is not None:
+                bisect.insort(order, raw)
         w = bytes([len(raw)]) + raw + self.apex
         if w in self.nodes:
             self._rebuild(w)
@@ -351,7 +354,12 @@ class ZoneView:
         gateway = [(t, rd) for t, rds in self.gateway.items() for rd in rds]
         with_node = {n.name[1 : n.name[0] + 1] for n in nodes
                      if n.name and n.name[n.name[0] + 1 :] == apex}
-        return ZoneContents(records, self.label_order.copy(), gateway, with_node)
+        return ZoneContents(records, self.sorted_labels().copy(), gateway, with_node)
+
+    def sorted_labels(self) -> list[bytes]:
+        if self.label_order is None:
+            self.label_order = sorted(self.labels)
+        return self.label_order
 
     def contents(self, zone: bytes) -> Iterator[tuple[bytes, int, bytes]]:
         """Every (owner, type, rdata) of ``zone`` but the SOA, apex first."""
