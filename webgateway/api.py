@@ -154,6 +154,7 @@ class Api:
         r.add_get("/v1/names/{label}", self.get_name)
         r.add_put("/v1/names/{label}", self.put_name)
         r.add_delete("/v1/names/{label}", self.delete_name)
+        r.add_post("/v1/names/{label}/tunnel-token", self.rotate_tunnel_token)
         r.add_get("/v1/domains", self.list_domains)
         r.add_get("/v1/domains/{fqdn}", self.get_domain)
         r.add_put("/v1/domains/{fqdn}", self.put_domain)
@@ -345,6 +346,7 @@ class Api:
             "tls": str(name.tls),
             "proxy_protocol": name.proxy_protocol,
             "http2": name.http2,
+            "tunnel": name.tunnel,
             "certificate": cert,
             "created": name.created,
             "updated": name.updated,
@@ -478,12 +480,14 @@ class Api:
     async def get_name(self, request: web.Request) -> web.Response:
         return web.json_response(await self._name_view(await self._visible_name(request)))
 
-    def _backends(self, raw: Any) -> tuple[HostPort, ...]:
-        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BACKENDS:
+    def _backends(self, raw: Any, tunnel: bool = False) -> tuple[HostPort, ...]:
+        least = 0 if tunnel else 1
+        if not isinstance(raw, list) or not least <= len(raw) <= MAX_BACKENDS:
             raise ApiError(
                 422,
                 "invalid_backends",
-                f"'backends' is a list of 1 to {MAX_BACKENDS} 'address:port' strings",
+                f"'backends' is a list of {least} to {MAX_BACKENDS} 'address:port' strings"
+                + ("" if tunnel else " (or set \"tunnel\": true to be served by a node)"),
             )
         out: list[HostPort] = []
         for item in raw:
@@ -509,30 +513,39 @@ class Api:
         """
         if stored is not None and stored.owner_id != owner.id:
             raise Forbidden(f"{label!r} belongs to another owner")
-        if stored is None and "backends" not in body:
+        base = stored or Name(label, owner.id, ())
+        tunnel = body.get("tunnel", base.tunnel)
+        if stored is None and "backends" not in body and not tunnel:
             raise ApiError(
                 422,
                 "missing_field",
-                "field 'backends' is required to create a name (an update may omit it)",
+                "field 'backends' is required to create a name (an update may omit it;"
+                " a \"tunnel\": true name is served by nodes that dial in instead)",
             )
-        base = stored or Name(label, owner.id, ())
         try:
             tls = TlsMode(body.get("tls", base.tls))
         except ValueError:
             raise ApiError(422, "invalid", "'tls' is 'terminate' or 'passthrough'") from None
+        backends = self._backends(body["backends"], tunnel) if "backends" in body else base.backends
+        if not backends and not tunnel:
+            raise ApiError(422, "invalid_backends",
+                           "a name that is not a tunnel name needs at least one backend")
         return dataclasses.replace(
             base,
-            backends=self._backends(body["backends"]) if "backends" in body else base.backends,
+            backends=backends,
             tls=tls,
             proxy_protocol=body.get("proxy_protocol", base.proxy_protocol),
             http2=body.get("http2", base.http2),
+            tunnel=tunnel,
+            tunnel_token_hash=base.tunnel_token_hash if tunnel else "",
         )
 
     async def put_name(self, request: web.Request) -> web.Response:
         owner = await self._owner(request)
         label = self._label(request)
         body = await self._body(
-            request, {"backends": list, "tls": str, "proxy_protocol": bool, "http2": bool}
+            request,
+            {"backends": list, "tls": str, "proxy_protocol": bool, "http2": bool, "tunnel": bool},
         )
         view, created = await self.save_name(owner, label, body)
         return web.json_response(view, status=201 if created else 200)
@@ -548,11 +561,26 @@ class Api:
         if label in self.reserved:
             raise ApiError(422, "reserved_name", f"{label!r} is reserved; choose another name")
         name = self._updated_name(label, owner, await self.store.get_name(label), body)
+        token = None
+        if name.tunnel and not name.tunnel_token_hash:
+            token = new_token()  # a name that just became a tunnel name gets its token
+            name = dataclasses.replace(name, tunnel_token_hash=hash_token(token))
         created = await self.store.put_name(name, self.config.api.max_names_per_owner)
         stored = await self.store.get_name(label)
         assert stored is not None
         log.info("name %s %s by owner %d", label, "created" if created else "updated", owner.id)
-        return await self._name_view(stored), created
+        view = await self._name_view(stored)
+        if token is not None:
+            view["tunnel_token"] = token  # shown once; only its hash is stored
+        return view, created
+
+    async def rotate_tunnel_token(self, request: web.Request) -> web.Response:
+        owner = await self._owner(request)
+        label = self._label(request)
+        token = new_token()
+        await self.store.set_tunnel_token(label, owner.id, hash_token(token))
+        log.info("tunnel token of %s rotated by owner %d", label, owner.id)
+        return web.json_response({"name": label, "tunnel_token": token})
 
     async def delete_name(self, request: web.Request) -> web.Response:
         owner = await self._owner(request)

@@ -97,6 +97,10 @@ class Name:
     http2: bool = False
     created: float = 0.0
     updated: float = 0.0
+    #: served through reverse tunnels (``tunnel/``); nodes authenticate with a token
+    #: whose SHA-256 is kept here, so the proxy checks it from memory
+    tunnel: bool = False
+    tunnel_token_hash: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ UPDATE_RULE = (
     "Creating a name needs `backends`; `tls`, `proxy_protocol` and `http2` default to"
     " terminate, false, false. An update changes only the fields it sends and keeps the"
     " others as stored (send `\"tls\": \"terminate\"` to switch a passthrough name back)."
+    " A `\"tunnel\": true` name is served by nodes that dial in (`webgateway tunnel`): it may"
+    " have no backends, and the answer that makes it one carries `tunnel_token`, once."
 )
 
 
@@ -155,13 +157,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "backends": {
                         "type": "array",
-                        "minItems": 1,
+                        "minItems": 0,
                         "maxItems": 16,
                         "items": {"type": "string", "examples": ["[fd00::5]:8080"]},
                     },
                     "tls": {"enum": ["terminate", "passthrough"], "default": "terminate"},
                     "proxy_protocol": {"type": "boolean", "default": False},
                     "http2": {"type": "boolean", "default": False},
+                    "tunnel": {"type": "boolean", "default": False},
                 },
             },
             "Name": {
@@ -173,6 +176,12 @@ OPENAPI: dict[str, Any] = {
                     "tls": {"enum": ["terminate", "passthrough"]},
                     "proxy_protocol": {"type": "boolean"},
                     "http2": {"type": "boolean"},
+                    "tunnel": {"type": "boolean"},
+                    "tunnel_token": {
+                        "type": "string",
+                        "description": "only in the answer that made it a tunnel name: the"
+                        " nodes' token, shown once",
+                    },
                     "certificate": {"$ref": "#/components/schemas/Certificate"},
                     "owner": {"type": "string", "description": "in the admin's listing"},
                     "created": {"type": "number"},
@@ -359,6 +368,27 @@ OPENAPI: dict[str, Any] = {
             put_errors=_RW,
             put_description=UPDATE_RULE,
         ),
+        "/v1/names/{label}/tunnel-token": {
+            "parameters": [_LABEL],
+            "post": {
+                "summary": "Rotate a tunnel name's token; the new one is shown once and the"
+                " old one stops working (its nodes' connections are dropped)",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp(
+                        "Rotated",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "tunnel_token": {"type": "string"},
+                            },
+                        },
+                    ),
+                    **_errors(401, 403, 404, 409, 422, 429, 503),
+                },
+            },
+        },
         **_owned(
             "domains",
             "Domain",

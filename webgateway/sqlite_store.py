@@ -92,6 +92,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX domains_label ON domains(label);
     CREATE INDEX domains_state ON domains(state, created);
     """,
+    # 3: reverse tunnels (a name served through nodes that dial in, with its token's hash)
+    """
+    ALTER TABLE names ADD COLUMN tunnel INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE names ADD COLUMN tunnel_token_hash TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 #: Changes older than this many serials are pruned; a consumer that far behind reloads.
@@ -110,7 +115,7 @@ def _backends(raw: str) -> tuple[HostPort, ...]:
 def _name(row: Any) -> Name:
     return Name(
         row[0], row[1], _backends(row[2]), _TLS[row[3]], bool(row[4]), bool(row[5]), row[6],
-        row[7],
+        row[7], bool(row[8]), row[9],
     )
 
 
@@ -140,7 +145,10 @@ def _cert(row: Any) -> Certificate:
     )
 
 
-_NAME_COLS = "label, owner_id, backends, tls, proxy_protocol, http2, created, updated"
+_NAME_COLS = (
+    "label, owner_id, backends, tls, proxy_protocol, http2, created, updated, tunnel,"
+    " tunnel_token_hash"
+)
 _DOMAIN_COLS = "fqdn, label, owner_id, challenge_label, state, detail, created, updated"
 #: SQL for "this claim holds its domain" (DomainState.holds) and "this claim is closed"
 _HELD = "state IN ('verified', 'active')"
@@ -454,7 +462,10 @@ class SqliteStore:
     async def put_name(self, name: Name, max_names: int) -> bool:
         now = time.time()
         async with self._write():
-            r = await self._one("SELECT owner_id, created FROM names WHERE label=?", (name.label,))
+            r = await self._one(
+                "SELECT owner_id, created, tunnel_token_hash FROM names WHERE label=?",
+                (name.label,),
+            )
             if r and r[0] != name.owner_id:
                 raise Forbidden(f"{name.label!r} belongs to another owner")
             if not r:
@@ -463,8 +474,10 @@ class SqliteStore:
                 )
                 if count >= max_names:
                     raise QuotaExceeded(f"an owner may hold at most {max_names} names")
+            # A tunnel name keeps its token unless a new hash is given; a plain one has none.
+            token_hash = (name.tunnel_token_hash or (r[2] if r else "")) if name.tunnel else ""
             await self.db.execute(
-                f"INSERT OR REPLACE INTO names ({_NAME_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO names ({_NAME_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     name.label,
                     name.owner_id,
@@ -474,10 +487,25 @@ class SqliteStore:
                     int(name.http2),
                     r[1] if r else now,
                     now,
+                    int(name.tunnel),
+                    token_hash,
                 ),
             )
             self._touch("name", name.label)
         return r is None
+
+    async def set_tunnel_token(self, label: str, owner_id: int, token_hash: str) -> None:
+        async with self._write():
+            r = await self._one("SELECT owner_id, tunnel FROM names WHERE label=?", (label,))
+            if not r or r[0] != owner_id:
+                raise NotFound(f"you have no name {label!r}")
+            if not r[1]:
+                raise Conflict(f"{label!r} is not a tunnel name; set \"tunnel\": true first")
+            await self.db.execute(
+                "UPDATE names SET tunnel_token_hash=?, updated=? WHERE label=?",
+                (token_hash, time.time(), label),
+            )
+            self._touch("name", label)
 
     async def get_name(self, label: str) -> Name | None:
         async with self._read():

@@ -23,6 +23,7 @@ from webgateway.api import ApiService
 from webgateway.model import Certificate, CertState
 from webgateway.openapi import OPENAPI
 from webgateway.sqlite_store import SqliteStore
+from webgateway.tokens import hash_token
 from webgateway.when import parse_rfc3339
 
 
@@ -487,3 +488,41 @@ async def test_certificates_listing_is_scoped_and_uses_dates(gw: Gw) -> None:
         assert set(view) <= set(schemas[schema]["properties"]), (schema, view)
     st, mine = await gw.call("GET", "/v1/names", a)
     assert "owner" not in mine["names"][0]
+
+
+async def test_tunnel_name_token_shown_once_hashed_rotated_revoked(gw: Gw) -> None:
+    t, other = await gw.owner("alice"), await gw.owner("bob")
+    st, n = await gw.call("PUT", "/v1/names/hidden", t, {"tunnel": True})
+    assert st == 201 and n["tunnel"] is True and n["backends"] == []
+    token = n["tunnel_token"]
+    assert token.startswith("wg_")
+    stored = await gw.store.get_name("hidden")
+    assert stored is not None and stored.tunnel_token_hash == hash_token(token)
+    assert token not in str(await gw.call("GET", "/v1/names/hidden", t))
+    # an update keeps the token and does not show it again; backends may be added
+    st, n = await gw.call("PUT", "/v1/names/hidden", t, {"backends": ["10.1.2.3:80"]})
+    assert st == 200 and "tunnel_token" not in n and n["backends"] == ["10.1.2.3:80"]
+    assert n["tunnel"] is True
+    assert (await gw.store.get_name("hidden")).tunnel_token_hash == hash_token(token)  # type: ignore[union-attr]
+    # rotation: a new token, the old hash gone; only the owner may rotate
+    assert (await gw.call("POST", "/v1/names/hidden/tunnel-token", other))[0] == 404
+    st, r = await gw.call("POST", "/v1/names/hidden/tunnel-token", t)
+    assert st == 200 and r["tunnel_token"] != token
+    assert (await gw.store.get_name("hidden")).tunnel_token_hash == hash_token(r["tunnel_token"])  # type: ignore[union-attr]
+    # a plain name has no token and cannot rotate one; it still needs backends
+    st, e = await gw.call("PUT", "/v1/names/plain", t, {"tls": "terminate"})
+    assert st == 422 and e["error"] == "missing_field" and "tunnel" in e["detail"]
+    assert (await gw.call("PUT", "/v1/names/plain", t, {"backends": ["10.1.2.3:80"]}))[0] == 201
+    st, e = await gw.call("POST", "/v1/names/plain/tunnel-token", t)
+    assert st == 409 and "not a tunnel name" in e["detail"]
+    st, e = await gw.call("PUT", "/v1/names/plain", t, {"backends": []})
+    assert st == 422 and "tunnel" in e["detail"]
+    # turning tunnel off drops the token; removing the name revokes it
+    st, n = await gw.call("PUT", "/v1/names/hidden", t, {"tunnel": False})
+    assert st == 200 and n["tunnel"] is False
+    assert (await gw.store.get_name("hidden")).tunnel_token_hash == ""  # type: ignore[union-attr]
+    st, n = await gw.call("PUT", "/v1/names/hidden", t, {"tunnel": True})
+    assert "tunnel_token" in n  # back on: a fresh token
+    assert (await gw.call("DELETE", "/v1/names/hidden", t))[0] == 204
+    assert await gw.store.get_name("hidden") is None
+    assert (await gw.call("PUT", "/v1/names/x", t, {"tunnel": "yes"}))[0] == 422
