@@ -13,7 +13,9 @@ Modules, one concept each:
   policy at connect time, metrics, live pairs and how to close them all.
 - ``lingering``   closing a turned-away client without a reset.
 - ``peek``        waiting for a complete ClientHello with ``MSG_PEEK`` (left in the kernel).
-- ``dispatch``    a complete hello -> terminate, pass through, or an alert / error page.
+- ``dispatch``    a complete hello -> terminate, pass through, or an alert / error page;
+  a hello with ALPN ``webgateway-tunnel/1`` and the zone as SNI is a node dialling in
+  (handed to ``tunnel.gateway``, whose pool the engine draws from for tunnel names).
 - ``https``       the :443 accept loop (batches, pause when out of descriptors).
 - ``redirect``    the :80 listener: 301 to https:// for names we serve, else 404.
 - ``service``     binds the listeners and follows the store; ``build(config, store, registry)``.

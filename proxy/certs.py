@@ -12,12 +12,14 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from tunnel.wire import ALPN as TUNNEL_ALPN
 from webgateway.model import Certificate, CertState
 
 log = logging.getLogger(__name__)
 
 H1: tuple[str, ...] = ("http/1.1",)
 H2: tuple[str, ...] = ("h2", "http/1.1")
+TUNNEL: tuple[str, ...] = (TUNNEL_ALPN,)
 
 
 def _context(cert: Certificate, alpn: tuple[str, ...]) -> ssl.SSLContext:
@@ -34,6 +36,7 @@ class _Loaded:
     cert: Certificate
     h1: ssl.SSLContext
     h2: ssl.SSLContext
+    tunnel: ssl.SSLContext
 
 
 def _same_files(a: Certificate, b: Certificate) -> bool:
@@ -70,7 +73,7 @@ class CertTable:
         if old is not None and _same_files(old.cert, cert):
             return
         try:
-            loaded = _Loaded(cert, _context(cert, H1), _context(cert, H2))
+            loaded = _Loaded(cert, *(_context(cert, a) for a in (H1, H2, TUNNEL)))
         except (OSError, ssl.SSLError, ValueError) as e:
             # Keep the previous context if any: a half-written renewal must not take a
             # working name down.
@@ -88,7 +91,8 @@ class CertTable:
                 by_san[d.lower().rstrip(".")] = cid
         self._by_san = by_san
 
-    def context_for(self, server_name: str, http2: bool = False) -> ssl.SSLContext | None:
+    def context_for(self, server_name: str, http2: bool = False,
+                    tunnel: bool = False) -> ssl.SSLContext | None:
         cid = self._by_san.get(server_name)
         if cid is None:
             _, dot, parent = server_name.partition(".")
@@ -98,4 +102,4 @@ class CertTable:
             if cid is None:
                 return None
         ld = self._loaded[cid]
-        return ld.h2 if http2 else ld.h1
+        return ld.tunnel if tunnel else ld.h2 if http2 else ld.h1

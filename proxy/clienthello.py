@@ -28,6 +28,7 @@ _EXT_SNI: Final = 0
 _EXT_ALPN: Final = 16
 
 # Alert descriptions (RFC 8446 6.2) the proxy sends itself.
+ALERT_HANDSHAKE_FAILURE: Final = 40
 ALERT_DECODE_ERROR: Final = 50
 ALERT_UNRECOGNIZED_NAME: Final = 112
 

@@ -21,6 +21,8 @@ from proxy.engine import Engine
 from proxy.lingering import close_gently
 from proxy.routes import Route
 from proxy.splice import Splice
+from tunnel import wire as tunnel_wire
+from tunnel.gateway import TunnelConn
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ class Dispatcher:
         engine = self.engine
         sni = hello.server_name
         started = deadline - engine.limits.handshake_timeout
+        if tunnel_wire.ALPN in hello.alpn and engine.tunnels is not None:
+            self._tunnel(sock, addr, hello, started, deadline)
+            return
         route = engine.table.route(sni) if sni else None
         if route is None:
             if engine.catch_all is not None:
@@ -72,11 +77,60 @@ class Dispatcher:
             addr, started, sni, route.name.label, "terminate")))
 
     def _alert(self, sock: socket.socket, addr: tuple[str, int], started: float, outcome: str,
-               hello: ch.ClientHello, route: str | None = None) -> None:
+               hello: ch.ClientHello, route: str | None = None,
+               desc: int = ch.ALERT_UNRECOGNIZED_NAME) -> None:
         self.engine.finish(outcome, addr, started, sni=hello.server_name, route=route)
         with contextlib.suppress(OSError):
             sock.recv(hello.length)
-        close_gently(self.loop, sock, self.engine, ch.alert(ch.ALERT_UNRECOGNIZED_NAME))
+        close_gently(self.loop, sock, self.engine, ch.alert(desc))
+
+    def _tunnel(self, sock: socket.socket, addr: tuple[str, int], hello: ch.ClientHello,
+                started: float, deadline: float) -> None:
+        """A node dialling in (ALPN ``webgateway-tunnel/1``): TLS with the zone's certificate."""
+        tunnels, zone = self.engine.tunnels, self.engine.table.zone
+        assert tunnels is not None
+        if tunnels.throttled(addr[0]):
+            self._alert(sock, addr, started, "tunnel_refused", hello,
+                        desc=ch.ALERT_HANDSHAKE_FAILURE)
+            return
+        if hello.server_name != zone:
+            tunnels.failed(addr[0], f"server name {hello.server_name!r} is not the zone {zone}")
+            self._alert(sock, addr, started, "tunnel_refused", hello)
+            return
+        ctx = self.engine.table.certs.context_for(zone, tunnel=True)
+        if ctx is None:
+            log.debug("no certificate yet for %s: tunnel from %s refused", zone, addr[0])
+            self._alert(sock, addr, started, "no_certificate", hello)
+            return
+        self.engine.spawn(self._tunnel_handshake(sock, addr, ctx, started, deadline))
+
+    async def _tunnel_handshake(self, sock: socket.socket, addr: tuple[str, int],
+                                ctx: ssl.SSLContext, started: float, deadline: float) -> None:
+        engine = self.engine
+        assert engine.tunnels is not None
+        tc = TunnelConn(engine.tunnels, addr[0], engine.closed, engine.limits.handshake_timeout)
+        result = await self._handshake(sock, addr, tc, ctx, deadline)
+        if isinstance(result, str):
+            engine.finish("handshake_failed", addr, started, sni=engine.table.zone,
+                          mode="tunnel", reason=result)
+            engine.closed()
+            return
+        engine.outcome("tunnel")
+
+    async def _handshake(self, sock: socket.socket, addr: tuple[str, int],
+                         protocol: asyncio.Protocol, ctx: ssl.SSLContext,
+                         deadline: float) -> asyncio.Transport | str:
+        """TLS on an accepted socket: the transport, or why it failed (socket closed)."""
+        left = max(0.1, deadline - self.loop.time())
+        try:
+            transport, _ = await self.loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=left
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
+            log.debug("TLS handshake with %s failed: %s", addr[0], e)
+            sock.close()
+            return _handshake_failure(e)
+        return transport
 
     async def _passthrough(self, sock: socket.socket, addr: tuple[str, int], route: Route,
                            sp: Splice) -> None:
@@ -115,15 +169,9 @@ class Dispatcher:
                          ctx: ssl.SSLContext, deadline: float, sp: Splice) -> None:
         engine = self.engine
         sp.client.half_close = False
-        left = max(0.1, deadline - self.loop.time())
-        try:
-            transport, _ = await self.loop.connect_accepted_socket(
-                lambda: sp.client, sock, ssl=ctx, ssl_handshake_timeout=left
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
-            log.debug("TLS handshake with %s failed: %s", addr[0], e)
-            sp.outcome, sp.reason = "handshake_failed", _handshake_failure(e)
-            sock.close()
+        transport = await self._handshake(sock, addr, sp.client, ctx, deadline)
+        if isinstance(transport, str):
+            sp.outcome, sp.reason = "handshake_failed", transport
             sp.finish()
             return
         if not engine.claim(sp, route):

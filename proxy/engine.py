@@ -24,6 +24,7 @@ from proxy.metrics import CATCH_ALL, ProxyMetrics
 from proxy.proxyproto import header
 from proxy.routes import Route, RouteTable
 from proxy.splice import Splice
+from tunnel.gateway import Tunnels
 from webgateway.addresses import HostPort
 from webgateway.backend_policy import BackendPolicy, Refusal
 from webgateway.model import Name, TlsMode
@@ -58,6 +59,8 @@ class Engine:
         self.policy = policy or BackendPolicy()
         self.balancer = Balancer()
         self.connector: Connector = connector or TcpConnector()
+        #: node connections of tunnel names (set by the service once the loop runs)
+        self.tunnels: Tunnels | None = None
         self.metrics = ProxyMetrics(registry, table)
         self.access_log = access_log
         #: where connections for no known name go, untouched (``[proxy] catch_all``)
@@ -144,6 +147,8 @@ class Engine:
         self._unclaim(sp)
         if sp.backend_addr is not None:
             self.balancer.release(sp.backend_addr)
+        if sp.release is not None:
+            sp.release()
         self.closed()
         bytes_in, bytes_out = sp.client.nbytes, sp.backend.nbytes
         if sp.linked and label is not None:
@@ -169,12 +174,30 @@ class Engine:
     async def connect_backend(
         self, route: Route, sp: Splice, client: tuple[str, int], local: tuple[str, int]
     ) -> bool:
-        """Dial the route's backends in balancer order until one answers.
+        """A tunnel stream for a tunnel name, else the backends in balancer order.
 
         On failure ``sp.outcome`` says why: a connect failed (``backend_unreachable``),
         the policy refused every backend (``backend_refused``), or the client left.
         """
         refused = failed = False
+        if route.name.tunnel and self.tunnels is not None:
+            try:
+                transport, _, release = await self.tunnels.open(
+                    route.name.label, lambda: sp.backend, self.limits.connect_timeout
+                )
+            except (OSError, TimeoutError) as e:
+                failed = True
+                log.debug("no tunnel stream for %s: %s", route.name.label, e or "timeout")
+            else:
+                sp.release = release
+                if sp.client.closed:
+                    transport.close()
+                    sp.outcome = "client_closed"
+                    return False
+                sp.backend.half_close = False  # a TLS stream: no half-close
+                if route.name.proxy_protocol:
+                    transport.write(header(client, local))
+                return True
         for b in self.balancer.order(route.backends):
             if sp.client.closed:
                 sp.outcome = "client_closed"
@@ -226,6 +249,8 @@ class Engine:
             close()
         for task in list(self.tasks):
             task.cancel()
+        if self.tunnels is not None:
+            self.tunnels.close_all()
         for sp in list(self.splices):
             sp.abort()
 

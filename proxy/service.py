@@ -16,6 +16,7 @@ from proxy.https import HttpsListener
 from proxy.redirect import RedirectProtocol
 from proxy.routes import RouteTable
 from proxy.workers import Workers
+from tunnel.gateway import Tunnels
 from webgateway.addresses import HostPort
 from webgateway.backend_policy import policy_of
 from webgateway.config import Config, ConfigError
@@ -60,6 +61,7 @@ class ProxyService:
         self._check_catch_all()
         if self.config.log.access_log is not None:
             self.engine.access_log = AccessLog(self.config.log.access_log)
+        self.engine.tunnels = Tunnels(lambda label: self.table.names.get(label))
         await self.follower.load()
         self._follow = asyncio.get_running_loop().create_task(self.follower.run())
         self._traffic = asyncio.get_running_loop().create_task(self._count_traffic())
@@ -94,6 +96,10 @@ class ProxyService:
             raise
         if self.workers is not None:
             self.workers.start()
+            if self.config.proxy.workers > 1:
+                log.warning("tunnel names need [proxy] workers = 1 for now: each worker keeps"
+                            " its own pool of node connections, and a client may land on a"
+                            " worker without one (502)")
 
     async def stop(self) -> None:
         if self.workers is not None:

@@ -105,6 +105,8 @@ class Splice:
         self.backend = Half(self)
         self.backend_addr: HostPort | None = None
         self.label: str | None = None  # the name it is counted against, once claimed
+        #: called once when the pair is done (a tunnel stream returns its slot)
+        self.release: Callable[[], None] | None = None
         # What the access log says when the pair is done (set by the dispatcher).
         self.client_addr: tuple[str, int] = ("", 0)
         self.started = 0.0

@@ -63,6 +63,23 @@ class State(enum.Enum):
     CLOSED = "closed"  # REFUSE sent or received, or a protocol error
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """How an idle connection proves it is alive, on both sides.
+
+    The node pings every ``ping_every``; each side checks every ``check_every`` and drops a
+    connection it has not heard from for ``dead_after``: a silently dead peer (a NAT that
+    forgot us, a cable pulled) is found within ``dead_after + check_every`` (25 s).
+    """
+
+    ping_every: float = 10.0
+    dead_after: float = 20.0
+    check_every: float = 5.0
+
+
+LIVENESS: Final = Liveness()
+
+
 class ProtocolError(ValueError):
     """The peer broke the protocol; the message says how (safe to log and to send)."""
 
@@ -78,33 +95,22 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
-class Accepted:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
 class Refused:
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class Ping:
-    pass
+class Signal:
+    """A frame without payload: ACCEPT, PING, PONG, OPEN or OPENED."""
+
+    kind: Kind
 
 
-@dataclass(frozen=True, slots=True)
-class Pong:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Open:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    pass
+ACCEPTED: Final = Signal(Kind.ACCEPT)
+PING: Final = Signal(Kind.PING)
+PONG: Final = Signal(Kind.PONG)
+OPEN: Final = Signal(Kind.OPEN)
+OPENED: Final = Signal(Kind.OPENED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,7 @@ class Data:
     data: bytes
 
 
-Event = Hello | Accepted | Refused | Ping | Pong | Open | Opened | Data
+Event = Hello | Refused | Signal | Data
 
 
 def valid_token(token: str) -> bool:
@@ -178,11 +184,6 @@ _RECEIVE: Final[dict[tuple[Role, State], dict[Kind, State]]] = {
                               Kind.REFUSE: State.CLOSED},
 }
 
-_EVENTS: Final[dict[Kind, Event]] = {
-    Kind.ACCEPT: Accepted(), Kind.PING: Ping(), Kind.PONG: Pong(), Kind.OPEN: Open(),
-    Kind.OPENED: Opened(),
-}
-
 
 class Connection:
     """One side of one tunnel connection. Feed it bytes; ask it for bytes to send."""
@@ -242,7 +243,7 @@ class Connection:
         elif payload:
             self._fail(f"{k.name} carries no payload")
         else:
-            ev = _EVENTS[k]
+            ev = Signal(k)
         self.state = allowed[k]
         return ev
 

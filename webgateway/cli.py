@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from webgateway.config import Config, ConfigError, load_config
+from webgateway.config import Config, ConfigError, LogConfig, load_config
 from webgateway.initconfig import (
     LETSENCRYPT,
     Answers,
@@ -128,6 +128,8 @@ def _print_name(n: dict[str, Any]) -> None:
     print(f"fqdn:        {n['fqdn']}")
     print(f"backends:    {', '.join(n['backends'])}")
     print(f"tls:         {n['tls']}{' (PROXY protocol v2)' if n.get('proxy_protocol') else ''}")
+    if n.get("tunnel"):
+        print("tunnel:      yes (nodes dial in with the name's tunnel token)")
     if cert:
         extra = f" - {cert['last_error']}" if cert.get("last_error") else ""
         print(f"certificate: {cert['state']}{extra}")
@@ -223,9 +225,42 @@ def cmd_name_add(args: argparse.Namespace) -> int:
         "tls": args.tls,
         "proxy_protocol": args.proxy_protocol,
         "http2": args.http2,
+        "tunnel": args.tunnel,
     }
     body = {k: v for k, v in given.items() if v is not None}
-    _print_name(Client.from_env().call("PUT", f"/v1/names/{_quote(args.label)}", body))
+    n = Client.from_env().call("PUT", f"/v1/names/{_quote(args.label)}", body)
+    _print_name(n)
+    if "tunnel_token" in n:
+        _print_tunnel_token(n["name"], n["fqdn"], n["tunnel_token"])
+    return 0
+
+
+def _print_tunnel_token(label: str, fqdn: str, token: str) -> None:
+    zone = fqdn.split(".", 1)[1]
+    print(f"tunnel token: {token}")
+    print("shown only once; on the node run:", file=sys.stderr)
+    print(f"  webgateway tunnel --gateway {zone} --name {label} --token TOKEN"
+          " --to 127.0.0.1:8080", file=sys.stderr)
+
+
+def cmd_name_rotate_tunnel_token(args: argparse.Namespace) -> int:
+    client = Client.from_env()
+    r = client.call("POST", f"/v1/names/{_quote(args.label)}/tunnel-token")
+    n = client.call("GET", f"/v1/names/{_quote(args.label)}")
+    _print_tunnel_token(r["name"], n["fqdn"], r["tunnel_token"])
+    return 0
+
+
+def cmd_tunnel(args: argparse.Namespace) -> int:
+    from tunnel.node import run_node
+    from tunnel.settings import load
+
+    flags = {"gateway": args.gateway, "name": args.name, "token": args.token,
+             "token_file": args.token_file, "to": args.to, "ca": args.ca,
+             "server_name": args.server_name, "pool": args.pool}
+    settings = load(flags, args.config)
+    configure_logging(LogConfig(level=args.log_level))
+    _run_async(run_node(settings))
     return 0
 
 
@@ -502,10 +537,29 @@ def parser() -> argparse.ArgumentParser:
                     help="send PROXY v2 to backends")
     na.add_argument("--http2", action=argparse.BooleanOptionalAction,
                     help="the backend speaks h2 (offer ALPN h2)")
+    na.add_argument("--tunnel", action=argparse.BooleanOptionalAction,
+                    help="served by nodes that dial in (webgateway tunnel); prints their token")
     _json_flag(_command(names, "ls", "list your names (admin: everyone's, with the owner)",
                         cmd_name_ls))
     _command(names, "show", "show one name", cmd_name_show, "label")
     _command(names, "rm", "release a name", cmd_name_rm, "label")
+    _command(names, "rotate-tunnel-token", "new tunnel token (the old one stops working)",
+             cmd_name_rotate_tunnel_token, "label")
+
+    tu = sub.add_parser("tunnel", help="serve a name from this (hidden) node: dial the gateway")
+    tu.add_argument("--config", type=Path, help="TOML file with the same keys (flags win)")
+    tu.add_argument("--gateway", action="append", metavar="HOST[:PORT]",
+                    help="the gateway's HTTPS listener (port 443 by default); repeatable")
+    tu.add_argument("--name", metavar="LABEL", help="the name to serve")
+    tu.add_argument("--token", help="the name's tunnel token")
+    tu.add_argument("--token-file", type=Path, help="read the token from this file")
+    tu.add_argument("--to", metavar="HOST:PORT", help="the local service to expose")
+    tu.add_argument("--ca", help="trust this CA file for the gateway (default: system roots)")
+    tu.add_argument("--server-name", metavar="ZONE",
+                    help="TLS server name (the gateway's zone) when --gateway is an address")
+    tu.add_argument("--pool", type=int, help="idle connections kept per gateway (default 2)")
+    tu.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    tu.set_defaults(func=cmd_tunnel)
 
     domain = _group(sub, "domain", "manage custom domains")
     _command(domain, "add", "claim a domain for a name; prints the CNAMEs that prove it",

@@ -211,7 +211,8 @@ def test_run_serves_everything_and_stops_on_sigint(tmp_path: Path) -> None:
 def test_help_lists_the_commands() -> None:
     r = cli("--help")
     assert r.returncode == 0
-    for word in ("run", "dnsd", "certd", "proxy", "api", "owner", "name", "domain", "check"):
+    for word in ("run", "dnsd", "certd", "proxy", "api", "owner", "name", "domain", "check",
+                 "tunnel"):
         assert word in r.stdout
 
 
@@ -301,3 +302,36 @@ def test_owner_token_update_and_closed_pipe(tmp_path: Path) -> None:
         assert cli("name", "ls", env=env).returncode == 1
         r = cli("owner", "rm", "alice", env=admin_env)
         assert r.returncode == 1 and "no owner 'alice'" in r.stderr
+
+
+def test_tunnel_name_commands(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    with running(cfg) as (proc, url):
+        admin = (tmp_path / "admin.token").read_text().strip()
+        r = cli("owner", "add", "alice", env={"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": admin})
+        env = {"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": r.stdout.strip()}
+        r = cli("name", "add", "hidden", "--tunnel", env=env)
+        assert r.returncode == 0, r.stderr
+        tunnel_token = r.stdout.split("tunnel token: ")[1].split()[0]
+        assert tunnel_token.startswith("wg_") and "webgateway tunnel --gateway gw.test" in r.stderr
+        assert "tunnel:      yes" in r.stdout
+        r = cli("name", "rotate-tunnel-token", "hidden", env=env)
+        assert r.returncode == 0 and "tunnel token: wg_" in r.stdout, r.stderr
+        assert tunnel_token not in r.stdout
+        r = cli("name", "add", "nobackend", env=env)
+        assert r.returncode == 1 and "tunnel" in r.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        log = proc.stderr.read() if proc.stderr else ""
+        assert tunnel_token not in log and "Traceback" not in log
+
+
+def test_tunnel_command_mistakes_are_one_line() -> None:
+    base = ("tunnel", "--gateway", "gw.example.com", "--name", "alice", "--to", "127.0.0.1:80")
+    for args, key in (((*base,), "token"),
+                      ((*base, "--token", "wg_x", "--pool", "0"), "pool"),
+                      (("tunnel", "--gateway", "192.0.2.1", "--name", "alice", "--token", "t",
+                        "--to", "127.0.0.1:80"), "server_name")):
+        r = cli(*args)
+        assert r.returncode == 2, r.stderr
+        assert f"config error: {key}:" in r.stderr and len(r.stderr.strip().splitlines()) == 1

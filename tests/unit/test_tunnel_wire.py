@@ -22,13 +22,13 @@ def test_full_exchange_then_raw_bytes() -> None:
     assert hello == wire.Hello("alice", "wg_secret", SESSION)
     assert "wg_secret" not in repr(hello)
     assert gw.state is wire.State.AUTH
-    assert node.receive(gw.accept()) == [wire.Accepted()]
-    assert gw.receive(node.ping()) == [wire.Ping()]
-    assert node.receive(gw.pong()) == [wire.Pong()]
-    assert node.receive(gw.open()) == [wire.Open()]
+    assert node.receive(gw.accept()) == [wire.ACCEPTED]
+    assert gw.receive(node.ping()) == [wire.PING]
+    assert node.receive(gw.pong()) == [wire.PONG]
+    assert node.receive(gw.open()) == [wire.OPEN]
     # OPENED and the first raw bytes may share one read
     assert gw.receive(node.opened() + b"\x03\x00\x05SSH-2.0") == [
-        wire.Opened(), wire.Data(b"\x03\x00\x05SSH-2.0")]
+        wire.OPENED, wire.Data(b"\x03\x00\x05SSH-2.0")]
     assert gw.receive(b"\x01\x02") == [wire.Data(b"\x01\x02")]
     assert node.receive(b"\x06\x00\x00") == [wire.Data(b"\x06\x00\x00")]  # looks like OPEN
 

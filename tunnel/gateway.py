@@ -1,0 +1,385 @@
+"""The gateway's side of the tunnels: authenticate node connections, pool them, hand them out.
+
+A node's TLS connection arrives on the proxy's :443 (the proxy picked it out by ALPN and
+terminated TLS with the zone certificate). ``TunnelConn`` speaks ``tunnel.wire`` on it;
+once the HELLO's token matches the name's hash in the proxy's in-memory view, the
+connection waits in ``Tunnels``' pool for that name. ``Tunnels.open`` is what the proxy
+calls instead of dialling a backend: it takes an idle connection (from the node with the
+fewest streams in use), sends OPEN, waits for OPENED, and gives the raw transport to the
+caller's protocol -- from then on the proxy's splice pumps it like any backend socket.
+
+Failures are cheap and bounded: a refused HELLO costs one frame and a close, a failing
+address is throttled (``FailureLimiter``) and logged once per window, pools and waiters
+have caps, and every connection that has not reached the pool has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, TypeVar, cast
+
+from tunnel import wire
+from webgateway.model import Name
+from webgateway.ratelimit import FailureLimiter
+from webgateway.tokens import hash_token
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+#: Idle connections one name may keep in the pool (all its nodes together).
+MAX_IDLE_PER_NAME: Final = 64
+#: Clients that may wait for a pooled connection of one name at once.
+MAX_WAITERS_PER_NAME: Final = 1024
+#: Failed HELLOs one address may send per minute before it is refused unheard.
+FAILURES_PER_MINUTE: Final = 20
+
+
+class TunnelConn(asyncio.Protocol):
+    """One node connection on the gateway, from HELLO until it is handed out or closed."""
+
+    def __init__(self, hub: Tunnels, peer: str, on_gone: Callable[[], None],
+                 hello_timeout: float) -> None:
+        self.hub = hub
+        self.peer = peer
+        self.on_gone = on_gone  # releases the proxy's connection count, exactly once
+        self.conn = wire.Connection(wire.Role.GATEWAY)
+        self.transport: asyncio.Transport | None = None
+        self.label = ""
+        self.session = b""
+        self.token_hash = ""
+        self.last_ping = 0.0
+        self.opening: asyncio.Future[None] | None = None
+        self.early: list[bytes] = []
+        self.pooled = False  # counted in its session's ``attached``
+        self.timer: asyncio.TimerHandle | None = None
+        self.hello_timeout = hello_timeout
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.hub.live.add(self)
+        self.timer = self.hub.loop.call_later(self.hello_timeout, self._hello_timeout)
+
+    def _hello_timeout(self) -> None:
+        self.timer = None
+        if self.conn.state is wire.State.HELLO:
+            self.hub.failed(self.peer, "no HELLO in time")
+            self._refuse("no HELLO in time")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive(data)
+        except wire.ProtocolError as e:
+            if self.label:
+                log.info("tunnel %s from %s broke the protocol: %s", self.label, self.peer, e)
+            else:
+                self.hub.failed(self.peer, str(e))
+            self._refuse(str(e))
+            return
+        for ev in events:
+            if isinstance(ev, wire.Hello):
+                self._hello(ev)
+            elif ev == wire.PING:
+                self._ping()
+            elif ev == wire.OPENED:
+                # Hold the stream until the proxy's protocol takes it over (a loop turn).
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                if self.opening is not None and not self.opening.done():
+                    self.opening.set_result(None)
+            elif isinstance(ev, wire.Refused):
+                if self.opening is not None and not self.opening.done():
+                    self.opening.set_exception(
+                        ConnectionRefusedError(f"the node refused: {ev.reason}"))
+                self._close()
+            elif isinstance(ev, wire.Data):
+                self.early.append(ev.data)  # a server-first protocol spoke at once
+
+    def _hello(self, hello: wire.Hello) -> None:
+        reason = self.hub.authenticate(self, hello)
+        if reason is not None:
+            self.hub.failed(self.peer, reason)
+            self._refuse(reason)
+            return
+        self._write(self.conn.accept())
+        self.last_ping = self.hub.loop.time()
+        self.hub.pool(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.hub.loop.call_later(self.hub.liveness.check_every, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.conn.state is not wire.State.IDLE:
+            return
+        if self.hub.loop.time() - self.last_ping > self.hub.liveness.dead_after:
+            log.info("tunnel %s from %s: silent for %.0f s, dropped", self.label, self.peer,
+                     self.hub.liveness.dead_after)
+            self._close()
+            return
+        if not self.hub.still_valid(self):
+            self._refuse("the tunnel token was rotated or the name removed")
+            return
+        self._arm()
+
+    def _ping(self) -> None:
+        self.last_ping = self.hub.loop.time()
+        if self.conn.state is wire.State.IDLE:
+            self._write(self.conn.pong())
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _refuse(self, reason: str) -> None:
+        self._write(self.conn.refuse(reason))
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.hub.unpool(self)
+        fut = self.opening
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionResetError("the tunnel connection closed"))
+        self.gone()
+
+    def gone(self) -> None:
+        self.hub.live.discard(self)
+        on_gone, self.on_gone = self.on_gone, _nothing
+        on_gone()
+
+    def start_open(self) -> asyncio.Future[None]:
+        """Send OPEN; the future is done when OPENED arrives."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.opening = self.hub.loop.create_future()
+        if self.transport is None or self.transport.is_closing():
+            self.opening.set_exception(ConnectionResetError("the tunnel connection closed"))
+        else:
+            self._write(self.conn.open())
+        return self.opening
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class _Session:
+    """One node process's connections for one name."""
+
+    idle: collections.deque[TunnelConn] = field(default_factory=collections.deque)
+    attached: int = 0  # authenticated and not yet closed or handed out
+    active: int = 0  # handed out to clients, not yet released
+    served: int = 0  # streams so far: ties go to the least used node
+
+
+class Tunnels:
+    """Per name: node sessions and their idle connections; ``open`` hands one out."""
+
+    def __init__(self, lookup: Callable[[str], Name | None],
+                 failures_per_minute: int = FAILURES_PER_MINUTE,
+                 liveness: wire.Liveness = wire.LIVENESS) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.liveness = liveness
+        self.lookup = lookup
+        self.limiter = FailureLimiter(failures_per_minute)
+        self.sessions: dict[str, dict[bytes, _Session]] = {}
+        self.waiters: dict[str, collections.deque[asyncio.Future[TunnelConn]]] = {}
+        self.idle_count: dict[str, int] = {}
+        self.live: set[TunnelConn] = set()  # every connection not handed out yet
+
+    # ------------------------------------------------------------------ admission
+    def throttled(self, peer: str) -> bool:
+        """True when ``peer`` failed too often lately: refuse it before the TLS handshake."""
+        return self.limiter.retry_after(peer) > 0
+
+    def failed(self, peer: str, reason: str) -> None:
+        # One line per address until it is throttled, then silence until the window passes.
+        if not self.throttled(peer):
+            log.warning("tunnel connection from %s refused: %s", peer, reason)
+        self.limiter.failed(peer)
+
+    def authenticate(self, tc: TunnelConn, hello: wire.Hello) -> str | None:
+        """None when the HELLO may join the pool, else the reason (sent to the node)."""
+        name = self.lookup(hello.label)
+        # One answer for "no such name", "not a tunnel name" and "wrong token", so a
+        # token guesser learns nothing about which names exist.
+        if name is None or not name.tunnel or not name.tunnel_token_hash or not hmac.compare_digest(
+            hash_token(hello.token), name.tunnel_token_hash
+        ):
+            return f"the token is not valid for {hello.label!r}"
+        if self.idle_count.get(hello.label, 0) >= MAX_IDLE_PER_NAME:
+            return f"{hello.label!r} has {MAX_IDLE_PER_NAME} idle connections already"
+        tc.label, tc.session, tc.token_hash = hello.label, hello.session, name.tunnel_token_hash
+        return None
+
+    def still_valid(self, tc: TunnelConn) -> bool:
+        name = self.lookup(tc.label)
+        return name is not None and name.tunnel and name.tunnel_token_hash == tc.token_hash
+
+    # ------------------------------------------------------------------ the pool
+    def _session(self, tc: TunnelConn) -> _Session:
+        return self.sessions.setdefault(tc.label, {}).setdefault(tc.session, _Session())
+
+    def pool(self, tc: TunnelConn) -> None:
+        self._session(tc).attached += 1
+        tc.pooled = True
+        self._offer(tc)
+
+    def _offer(self, tc: TunnelConn) -> None:
+        """Give a pooled connection to the first waiting client, or put it in the pool."""
+        s = self._session(tc)
+        waiters = self.waiters.get(tc.label)
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(tc)
+                return
+        s.idle.append(tc)
+        self.idle_count[tc.label] = self.idle_count.get(tc.label, 0) + 1
+
+    def unpool(self, tc: TunnelConn) -> None:
+        """``tc`` closed or was handed out: it leaves its session."""
+        if not tc.pooled:
+            return
+        tc.pooled = False
+        s = self.sessions[tc.label][tc.session]
+        if tc in s.idle:
+            s.idle.remove(tc)
+            self.idle_count[tc.label] -= 1
+        s.attached -= 1
+        self._prune(tc.label, tc.session)
+
+    def _prune(self, label: str, session: bytes) -> None:
+        sessions = self.sessions.get(label)
+        if not sessions:
+            return
+        s = sessions.get(session)
+        if s is not None and s.attached <= 0 and s.active <= 0:
+            del sessions[session]
+        if not sessions:
+            del self.sessions[label]
+            self.idle_count.pop(label, None)
+            for fut in self.waiters.pop(label, ()):
+                if not fut.done():
+                    fut.set_exception(ConnectionRefusedError("no tunnel connected"))
+
+    def connected(self, label: str) -> int:
+        """How many node sessions are connected for ``label``."""
+        return len(self.sessions.get(label, ()))
+
+    def _take(self, label: str) -> TunnelConn | None:
+        sessions = self.sessions.get(label)
+        if not sessions:
+            return None
+        best = min((s for s in sessions.values() if s.idle),
+                   key=lambda s: (s.active, s.served), default=None)
+        if best is None:
+            return None
+        best.served += 1
+        self.idle_count[label] -= 1
+        return best.idle.popleft()
+
+    async def open(self, label: str, protocol_factory: Callable[[], P],
+                   timeout: float) -> tuple[asyncio.Transport, P, Callable[[], None]]:  # noqa: ASYNC109
+        """A raw stream to one of ``label``'s nodes, driving a new protocol.
+
+        Returns the transport, the protocol and a release callback (call it once the
+        stream is done). Raises ``ConnectionRefusedError`` when no node is connected (at
+        once: no waiting on a dead name) and ``TimeoutError`` when none answers in time.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                tc = self._take(label)
+                if tc is not None and not self.still_valid(tc):
+                    tc._refuse("the tunnel token was rotated or the name removed")
+                    continue
+                if tc is None:
+                    if not self.sessions.get(label):
+                        raise ConnectionRefusedError("no tunnel connected")
+                    waiters = self.waiters.setdefault(label, collections.deque())
+                    if len(waiters) >= MAX_WAITERS_PER_NAME:
+                        raise ConnectionRefusedError("too many clients waiting for a tunnel")
+                    fut: asyncio.Future[TunnelConn] = self.loop.create_future()
+                    waiters.append(fut)
+                    try:
+                        tc = await fut
+                    except BaseException:
+                        if fut.done() and not fut.cancelled() and fut.exception() is None:
+                            self._offer(fut.result())  # handed to us as we gave up
+                        raise
+                    finally:
+                        if not fut.done():
+                            fut.cancel()
+                        with contextlib.suppress(ValueError):
+                            waiters.remove(fut)
+                s = self._session(tc)
+                s.active += 1
+                try:
+                    await tc.start_open()
+                except ConnectionError as e:
+                    s.active -= 1
+                    self._prune(tc.label, tc.session)
+                    log.debug("tunnel %s: a pooled connection failed to open: %s", label, e)
+                    if isinstance(e, ConnectionRefusedError):
+                        raise  # the node is up but its backend refused: like a TCP refusal
+                    continue  # that connection died: the next one, at once
+                except BaseException:
+                    s.active -= 1
+                    if tc.transport is not None:
+                        tc.transport.abort()
+                    raise
+                try:
+                    return self._hand_over(tc, s, protocol_factory)
+                except ConnectionResetError:
+                    continue
+
+    def _hand_over(self, tc: TunnelConn, s: _Session, protocol_factory: Callable[[], P],
+                   ) -> tuple[asyncio.Transport, P, Callable[[], None]]:
+        transport = tc.transport
+        assert transport is not None
+        self.unpool(tc)
+        tc.gone()  # the client's connection is counted from here on, not this one
+        if transport.is_closing():
+            s.active -= 1
+            self._prune(tc.label, tc.session)
+            raise ConnectionResetError("the tunnel connection closed while opening")
+        protocol = protocol_factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        for data in tc.early:
+            protocol.data_received(data)
+        tc.early.clear()
+        transport.resume_reading()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                s.active -= 1
+                self._prune(tc.label, tc.session)
+
+        return transport, protocol, release
+
+    def close_all(self) -> None:
+        for tc in list(self.live):
+            if tc.transport is not None:
+                tc.transport.abort()

@@ -1,0 +1,299 @@
+"""The node's side (``webgateway tunnel``): keep idle connections at every gateway, serve them.
+
+For each gateway the node keeps ``pool`` connections dialled, authenticated and idle
+(pinging, see ``wire.Liveness``). When the gateway OPENs one for a client, the node
+connects it to ``--to``, answers OPENED and splices the two (the proxy's own byte pump,
+so back-pressure works the same way: a slow side pauses reading on the other), and a
+replacement is dialled at once. A connection that fails or is lost is redialled after a
+jittered exponential back-off capped at 30 s, forever: a gateway restart, a network
+outage or a refused token never needs the node to be restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import ssl
+from typing import Final, cast
+
+from proxy.splice import Splice
+from tunnel import wire
+from tunnel.backoff import Backoff
+from tunnel.settings import Endpoint, NodeSettings
+
+log = logging.getLogger(__name__)
+
+#: Longest a node-side stream may sit without traffic in either direction.
+STREAM_IDLE: Final = 3600.0
+
+
+class Outcome(enum.Enum):
+    TAKEN = "taken"  # the gateway opened it for a client: dial a replacement now
+    LOST = "lost"  # closed, refused or timed out: back off, then dial again
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers the gateway the last session it gave us.
+
+    Every stream costs the node a fresh connection (the replacement), so resuming TLS
+    (a ticket instead of a certificate chain to send, sign and verify) takes most of the
+    handshake's CPU off both ends. asyncio and uvloop cannot pass a session to
+    ``create_connection``; they do call ``wrap_bio``, so the session goes in there.
+    """
+
+    session: ssl.SSLSession | None = None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname,
+                                session or self.session)
+
+
+def client_context(settings: NodeSettings) -> ResumingContext:
+    """Verify the gateway like a browser would: system roots (or ``ca``) and the name.
+
+    One per gateway: a session is only good with the gateway that issued it.
+    """
+    ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+    if settings.ca:
+        ctx.load_verify_locations(cafile=str(settings.ca))
+    else:
+        ctx.load_default_certs()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols([wire.ALPN])
+    return ctx
+
+
+class NodeConn(asyncio.Protocol):
+    """One pooled connection, from HELLO until it is spliced to the backend or closed."""
+
+    def __init__(self, link: GatewayLink, done: asyncio.Future[Outcome]) -> None:
+        self.link = link
+        self.done = done
+        self.conn = wire.Connection(wire.Role.NODE)
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_pong = 0.0
+        self.last_ping = 0.0
+        self.accepted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn != wire.ALPN:
+            self.link.problem(f"the gateway does not speak {wire.ALPN} (ALPN {alpn!r}):"
+                              " not a webgateway, or one without tunnels")
+            self.transport.close()
+            return
+        if ssl_object.session_reused:
+            log.debug("gateway %s: TLS session resumed", self.link.gateway)
+        s = self.link.settings
+        self.transport.write(self.conn.hello(s.name, s.token, self.link.session))
+        self.timer = self.link.loop.call_later(s.connect_timeout, self._no_answer)
+
+    def _no_answer(self) -> None:
+        self.timer = None
+        if self.conn.state is wire.State.AUTH:
+            self.link.problem("no answer to HELLO in time")
+            self._close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive(data)
+        except wire.ProtocolError as e:
+            self.link.problem(f"the gateway broke the protocol: {e}")
+            self._close()
+            return
+        for ev in events:
+            if ev == wire.ACCEPTED:
+                self.accepted = True
+                self._keep_session()
+                self.link.accepted()
+                self.last_pong = self.last_ping = self.link.loop.time()
+                self._arm()
+            elif ev == wire.PONG:
+                self.last_pong = self.link.loop.time()
+            elif isinstance(ev, wire.Refused):
+                self.link.problem(f"the gateway refused: {ev.reason}")
+                self._close()
+            elif ev == wire.OPEN:
+                self._cancel_timer()
+                self.link.spawn(self._open())
+
+    def _keep_session(self) -> None:
+        """Remember the session for the next dial (its ticket has arrived by now)."""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        if ssl_object is not None and ssl_object.session is not None:
+            self.link.ctx.session = ssl_object.session
+
+    def _arm(self) -> None:
+        self._cancel_timer()
+        self.timer = self.link.loop.call_later(self.link.liveness.check_every, self._heartbeat)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _heartbeat(self) -> None:
+        self.timer = None
+        if self.conn.state is not wire.State.IDLE or self.transport is None:
+            return
+        now, live = self.link.loop.time(), self.link.liveness
+        if now - self.last_pong > live.dead_after:
+            self.link.problem(f"no PONG for {live.dead_after:.0f} s: the connection is dead")
+            self.transport.abort()
+            return
+        if now - self.last_ping >= live.ping_every:
+            self.last_ping = now
+            self.transport.write(self.conn.ping())
+        self._arm()
+
+    async def _open(self) -> None:
+        """Connect the backend; then OPENED and the splice, or REFUSE with the reason.
+
+        Only then is the replacement dialled: its TLS handshake would otherwise compete
+        for the CPU with this stream's OPENED on both ends (measured in-process: the
+        gateway waited 3.0 ms for OPENED at the median, 1.0 ms once the dial came after).
+        """
+        try:
+            await self._connect_backend()
+        finally:
+            self._finish(Outcome.TAKEN)
+
+    async def _connect_backend(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        to = self.link.settings.to
+        loop = self.link.loop
+        sp = Splice(loop, STREAM_IDLE, self.link.streams.discard)
+        self.link.streams.add(sp)
+        sp.client.half_close = False  # the tunnel side is TLS: no half-close
+        try:
+            async with asyncio.timeout(self.link.settings.connect_timeout):
+                await loop.create_connection(lambda: sp.backend, to.host, to.port)
+        except (OSError, TimeoutError) as e:
+            reason = f"the node cannot connect to {to}: {getattr(e, 'strerror', None) or e}"
+            log.warning("%s", reason)
+            sp.cancel()
+            self.link.streams.discard(sp)
+            if not transport.is_closing():
+                transport.write(self.conn.refuse(reason))
+                transport.close()
+            return
+        if transport.is_closing():
+            sp.backend.close()
+            sp.finish()
+            return
+        transport.write(self.conn.opened())
+        transport.set_protocol(sp.client)
+        sp.client.connection_made(transport)
+        sp.link()
+
+    def _finish(self, outcome: Outcome) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._finish(Outcome.LOST)
+
+
+class GatewayLink:
+    """The node's pool at one gateway: ``pool`` slots, each one connection at a time."""
+
+    def __init__(self, settings: NodeSettings, gateway: Endpoint, ctx: ResumingContext,
+                 session: bytes, streams: set[Splice],
+                 liveness: wire.Liveness = wire.LIVENESS) -> None:
+        self.settings = settings
+        self.liveness = liveness
+        self.gateway = gateway
+        self.ctx = ctx
+        self.session = session
+        self.streams = streams
+        self.loop = asyncio.get_running_loop()
+        self.backoff = Backoff()
+        self.healthy = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def problem(self, what: str) -> None:
+        # One warning when the link goes bad, not one per retry while it stays bad.
+        level = logging.WARNING if self.healthy or self.backoff.failures == 0 else logging.DEBUG
+        log.log(level, "gateway %s: %s", self.gateway, what)
+        self.healthy = False
+
+    def accepted(self) -> None:
+        self.backoff.reset()
+        if not self.healthy:
+            log.info("gateway %s: tunnel for %s is up", self.gateway, self.settings.name)
+        self.healthy = True
+
+    async def run(self) -> None:
+        for _ in range(self.settings.pool):
+            self.spawn(self._slot())
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            for task in list(self.tasks):
+                task.cancel()
+
+    async def _slot(self) -> None:
+        while True:
+            outcome = await self._one()
+            if outcome is Outcome.TAKEN:
+                continue
+            delay = self.backoff.next()
+            log.debug("gateway %s: dialling again in %.2f s", self.gateway, delay)
+            await asyncio.sleep(delay)
+
+    async def _one(self) -> Outcome:
+        done: asyncio.Future[Outcome] = self.loop.create_future()
+        g = self.gateway
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                transport, _ = await self.loop.create_connection(
+                    lambda: NodeConn(self, done), g.host, g.port, ssl=self.ctx,
+                    server_hostname=self.settings.server_name,
+                    ssl_handshake_timeout=self.settings.connect_timeout,
+                )
+        except ssl.SSLCertVerificationError as e:
+            self.problem(f"its certificate does not verify, refused: {e.verify_message}")
+            return Outcome.LOST
+        except (OSError, TimeoutError, ssl.SSLError) as e:
+            self.problem(f"cannot connect: {getattr(e, 'strerror', None) or e or 'timeout'}")
+            return Outcome.LOST
+        try:
+            return await done
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+
+
+async def run_node(settings: NodeSettings, liveness: wire.Liveness = wire.LIVENESS) -> None:
+    """Serve ``settings.name`` through every gateway until cancelled."""
+    session = os.urandom(wire.SESSION_BYTES)
+    streams: set[Splice] = set()
+    links = [GatewayLink(settings, g, client_context(settings), session, streams, liveness)
+             for g in settings.gateways]
+    log.info("tunnel for %s to %s via %s", settings.name, settings.to,
+             ", ".join(str(g) for g in settings.gateways))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for link in links:
+                tg.create_task(link.run())
+    finally:
+        for sp in list(streams):
+            sp.abort()
