@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Final, TypeVar, cast
 from tunnel import wire
 from webgateway.model import Name
 from webgateway.ratelimit import FailureLimiter
-from webgateway.tokens import same_token
+from webgateway.tokens import hash_token
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,8 @@ class Tunnels:
         name = self.lookup(hello.label)
         # One answer for "no such name", "not a tunnel name" and "wrong token", so a
         # token guesser learns nothing about which names exist.
-        if name is None or not name.tunnel or not name.tunnel_token_hash or not same_token(
-            hello.token, name.tunnel_token_hash
+        if name is None or not name.tunnel or not name.tunnel_token_hash or not hmac.compare_digest(
+            hash_token(hello.token), name.tunnel_token_hash
         ):
             return f"the token is not valid for {hello.label!r}"
         if self.idle_count.get(hello.label, 0) >= MAX_IDLE_PER_NAME:
