@@ -26,6 +26,11 @@ def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
+def _strings(*names: str) -> dict[str, Any]:
+    """An object of string fields (what the token rotations answer)."""
+    return {"type": "object", "properties": {n: {"type": "string"} for n in names}}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Malformed JSON",
@@ -341,16 +346,7 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "200": _resp(
-                        "Rotated",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "owner": {"type": "string"},
-                                "token": {"type": "string"},
-                            },
-                        },
-                    ),
+                    "200": _resp("Rotated", _strings("owner", "token")),
                     **_errors(*_RW, 404),
                 },
             }
@@ -375,16 +371,7 @@ OPENAPI: dict[str, Any] = {
                 " old one stops working (its nodes' connections are dropped)",
                 "security": _AUTH,
                 "responses": {
-                    "200": _resp(
-                        "Rotated",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string"},
-                                "tunnel_token": {"type": "string"},
-                            },
-                        },
-                    ),
+                    "200": _resp("Rotated", _strings("name", "tunnel_token")),
                     **_errors(401, 403, 404, 409, 422, 429, 503),
                 },
             },
