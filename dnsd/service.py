@@ -29,6 +29,7 @@ from dnsd.responder import QTYPE_NAMES, RCODES, TRUNCATED, Responder, slip
 from dnsd.tsig import Signer
 from dnsd.workers import WorkerPool
 from dnsd.zone import ZoneView
+from webgateway import zonekeys
 from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
@@ -330,6 +331,7 @@ class _Metrics(Collector):
                                       value=s.notifier.acked)
 
 UDP_RCVBUF = 4 * 1024 * 1024
+RESIGN_INTERVAL = 3600.0
 
 
 class DnsService:
@@ -345,7 +347,7 @@ class DnsService:
         self.pool: WorkerPool | None = None
         self.store = store
         account_key = acme_account_meta_key(config.acme.directory) if config.acme else None
-        self.view = ZoneView(config.zone, account_key)
+        self.view = ZoneView(config.zone, account_key, config.dnssec)
         self.journal = Journal(self.view)
         self.responder = Responder(self.view)
         self.follower = Follower(store, self.journal, max_wait=1.0)
@@ -373,6 +375,8 @@ class DnsService:
         registry.register(_Metrics(self))
 
     async def start(self) -> None:
+        if self.view.dnssec is not None:
+            await zonekeys.ensure(self.store)  # before the first load: signed from the start
         await self.follower.load()
         if self.config.dns.tsig is not None:
             self.view.sorted_labels()  # before serving: the first AXFR must not stall answers
@@ -425,10 +429,21 @@ class DnsService:
 
     async def _follow(self) -> None:
         watch = asyncio.create_task(self._watch_serial())
+        resign = asyncio.create_task(self._resign()) if self.view.dnssec is not None else None
         try:
             await self.follower.run()
         finally:
             watch.cancel()
+            if resign is not None:
+                resign.cancel()
+
+    async def _resign(self) -> None:
+        """A quiet zone keeps its cached answers for ever; a new generation every hour
+        makes them be rebuilt, so a signature is served for at most an hour past its
+        refresh point (refresh is at least an hour before expiry)."""
+        while True:
+            await asyncio.sleep(RESIGN_INTERVAL)
+            self.view.bump(self.view.serial)
 
     async def _watch_serial(self) -> None:
         """Changes with nothing for DNS in them (owners) still move the SOA serial."""

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterable, Iterator
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from dnsd import wire
-from webgateway.config import ZoneConfig
+from dnsd.signer import QNAME, Denial, RRset, Signer
+from webgateway import zonekeys
+from webgateway.config import DnssecConfig, ZoneConfig
 from webgateway.dnsname import is_within
 from webgateway.model import ChangeSet, Domain, Name, Snapshot
+
+log = logging.getLogger(__name__)
 
 # node kinds
 NODE = 0
@@ -31,6 +37,8 @@ _ANY_ORDER = (wire.A, wire.AAAA, wire.TXT, wire.SOA, wire.NS, wire.CAA)
 
 Rrsets = dict[int, tuple[bytes, ...]]
 Packed = tuple[bytes, bytes]
+#: flags, rcode, answer, authority, additional, and what a signed negative answer proves
+Sections = tuple[int, int, list[RRset], list[RRset], list[RRset], Denial | None]
 Records = frozenset[tuple[int, bytes]]  # (type, rdata) at one owner, for zone transfers
 
 
@@ -80,10 +88,21 @@ def _ancestors(name: bytes, zone: bytes) -> tuple[bytes, ...]:
 class ZoneView:
     """Implements the follower's View (``load``/``apply``) and ``answer(qname, qtype, ekey)``."""
 
-    def __init__(self, zone: ZoneConfig, account_key: str | None = None) -> None:
+    def __init__(
+        self,
+        zone: ZoneConfig,
+        account_key: str | None = None,
+        dnssec: DnssecConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         """``account_key``: the store meta key of the ACME account URL, when CAA records
-        carry the RFC 8657 ``accounturi`` binding (``zone.caa_accounturi``)."""
+        carry the RFC 8657 ``accounturi`` binding (``zone.caa_accounturi``). ``dnssec``:
+        sign DO=1 answers with the key the store's meta holds (``zonekeys``)."""
         self.config = zone
+        self.dnssec = dnssec if dnssec is not None and dnssec.enabled else None
+        self.clock = clock
+        self.signer: Signer | None = None
+        self.keys_text: str | None = None
         self.account_key = account_key if zone.caa_accounturi else None
         self.account_url = ""
         self.apex = wire.name_to_wire(zone.name)
@@ -149,6 +168,7 @@ class ZoneView:
         if self.account_key is not None:
             self.account_url = snapshot.meta.get(self.account_key, "")
             self._set_caa()
+        self._set_keys(snapshot.meta.get(zonekeys.META_KEY))
         self._reset()
         self.serial = snapshot.serial
         self.labels = {label.encode("ascii") for label in snapshot.names}
@@ -170,6 +190,9 @@ class ZoneView:
             self.account_url = changes.meta[self.account_key] or ""
             self._set_caa()
             self._rebuild(self.apex)
+        if zonekeys.META_KEY in changes.meta and self._set_keys(changes.meta[zonekeys.META_KEY]):
+            for apex in self.zones:
+                self._rebuild(apex)
         self.gen += 1
 
     def bump(self, serial: int) -> None:
@@ -178,6 +201,32 @@ class ZoneView:
         self.gen += 1
 
     # ------------------------------------------------------------------ sources -> nodes
+    def _set_keys(self, text: str | None) -> bool:
+        """Sign with the stored keys (True when they changed). Unreadable key material is
+        logged without its content and the previous keys stay in use."""
+        if self.dnssec is None or text == self.keys_text:
+            return False
+        if text is None:
+            self.signer, self.keys_text = None, None
+            return True
+        try:
+            keys = zonekeys.load(text)
+        except zonekeys.KeyMaterialError as e:
+            log.error("dnssec: %s; answers keep the previous keys", e)
+            return False
+        self.signer = Signer(keys, self.dnssec.signature_validity, self.dnssec.signature_refresh,
+                             self.clock)
+        self.keys_text = text
+        return True
+
+    def _keysets(self, apex: bytes) -> Rrsets:
+        """DNSKEY, CDS and CDNSKEY at a zone apex (nothing while the zone is unsigned)."""
+        if self.signer is None:
+            return {}
+        dnskeys = tuple(k.dnskey for k in self.signer.keys)
+        cds = tuple(k.ds(apex) for k in self.signer.keys)
+        return {zonekeys.DNSKEY: dnskeys, zonekeys.CDS: cds, zonekeys.CDNSKEY: dnskeys}
+
     def _set_caa(self) -> None:
         apex = self.static[self.apex]
         bind = f"; accounturi={self.account_url}" if self.account_url else ""
@@ -291,6 +340,8 @@ class ZoneView:
             if first and name[first + 1 :] == self.apex and name[1 : first + 1] in self.labels:
                 rrsets.update(self.gateway)
             rrsets.update(self.static.get(name, {}))  # configured records win
+            if name == zone:
+                rrsets.update(self._keysets(name))
             cname = self.cnames.get(name)
             if cname is None and name in self.txt:
                 rrsets[wire.TXT] = tuple(wire.txt_rdata(v) for v in self.txt[name])
@@ -403,7 +454,13 @@ class ZoneView:
         key = (qtype, ekey)
         packed = node.cache.get(key)
         if packed is None:
-            packed = self._pack(node, qtype, ekey)
+            if ekey == wire.EDNS_DO and self.signer is not None:
+                flags, rcode, an, ns, ar, denial = self._sections(node, qtype)
+                packed = self.signer.answer(qname, flags, rcode, (an, ns, ar), denial)
+                if not node.name:  # a shared node: the signed owner is the query name
+                    return packed
+            else:
+                packed = self._pack(node, qtype, ekey)
             if len(node.cache) < 64:
                 node.cache[key] = packed
         return packed
@@ -418,55 +475,68 @@ class ZoneView:
             return {**node.rrsets, wire.SOA: (self._soa_rdata(),)}
         return node.rrsets
 
-    def _negative_soa(self, zone: bytes) -> bytes:
-        return wire.rr(zone, wire.SOA, self.neg_ttl, self._soa_rdata())
+    def _negative_soa(self, zone: bytes) -> RRset:
+        return RRset(zone, wire.SOA, self.neg_ttl, (self._soa_rdata(),), zone)
 
     def _pack(self, node: Node, qtype: int, ekey: int) -> Packed:
+        flags, rcode, an, ns, ar, _ = self._sections(node, qtype)
+        return self._finish(flags, rcode, an, ns, ar, ekey)
+
+    def _sections(self, node: Node, qtype: int) -> Sections:
+        """The answer as RRsets (the owner ``QNAME`` is the query name), with what a
+        negative answer must prove when it is signed."""
         if node.kind == OUTSIDE:
-            return self._finish(wire.QR, wire.REFUSED, [], [], [], ekey)
-        if node.kind == NX:
-            return self._finish(wire.QR_AA, wire.NXDOMAIN, [], [self._negative_soa(node.zone)],
-                                [], ekey)
-        if node.kind == ENT:
-            return self._finish(wire.QR_AA, wire.NOERROR, [], [self._negative_soa(node.zone)],
-                                [], ekey)
-        an: list[bytes] = []
-        ns: list[bytes] = []
-        ar: list[bytes] = []
+            return wire.QR, wire.REFUSED, [], [], [], None
+        zone = node.zone
+        if node.kind in (NX, ENT):
+            denial = Denial(QNAME, zone, self.neg_ttl, None if node.kind == NX else ())
+            rcode = wire.NXDOMAIN if node.kind == NX else wire.NOERROR
+            return wire.QR_AA, rcode, [], [self._negative_soa(zone)], [], denial
+        an: list[RRset] = []
+        ns: list[RRset] = []
+        ar: list[RRset] = []
         rcode = wire.NOERROR
+        ttl = self.ttl
         if node.cname is not None:
-            an.append(wire.rr(b"\xc0\x0c", wire.CNAME, self.ttl, node.cname))
-            if qtype not in (wire.CNAME, wire.ANY):
-                target = self.find(node.cname)
-                sets = self._rrsets(target) if target.kind == NODE else {}
-                if qtype in sets:
-                    an += [wire.rr(node.cname, qtype, self.ttl, rd) for rd in sets[qtype]]
-                elif target.kind in (NODE, ENT, NX):
-                    ns.append(self._negative_soa(target.zone))
-                    if target.kind == NX:
-                        rcode = wire.NXDOMAIN
-            return self._finish(wire.QR_AA, rcode, an, ns, ar, ekey)
+            an.append(RRset(QNAME, wire.CNAME, ttl, (node.cname,), zone))
+            if qtype in (wire.CNAME, wire.ANY):
+                return wire.QR_AA, rcode, an, ns, ar, None
+            target = self.find(node.cname)
+            sets = self._rrsets(target) if target.kind == NODE else {}
+            if qtype in sets:
+                an.append(RRset(node.cname, qtype, ttl, sets[qtype], target.zone))
+                return wire.QR_AA, rcode, an, ns, ar, None
+            if target.kind not in (NODE, ENT, NX):
+                return wire.QR_AA, rcode, an, ns, ar, None
+            ns.append(self._negative_soa(target.zone))
+            if target.kind == NX:
+                rcode = wire.NXDOMAIN
+            types = None if target.kind == NX else tuple(sets)
+            return wire.QR_AA, rcode, an, ns, ar, Denial(node.cname, target.zone,
+                                                          self.neg_ttl, types)
         sets = self._rrsets(node)
         rtype = qtype
         if qtype == wire.ANY:
             rtype = next((t for t in _ANY_ORDER if t in sets), 0)
-        if rtype in sets:
-            ttl = self.ttl
-            an += [wire.rr(b"\xc0\x0c", rtype, ttl, rd) for rd in sets[rtype]]
-            if rtype == wire.NS:
-                for host in sets[rtype]:
-                    glue = self.glue.get(host, {})
-                    for t in (wire.A, wire.AAAA):
-                        ar += [wire.rr(host, t, ttl, rd) for rd in glue.get(t, ())]
-        else:
-            ns.append(self._negative_soa(node.zone))
-        return self._finish(wire.QR_AA, rcode, an, ns, ar, ekey)
+        if rtype not in sets:
+            ns.append(self._negative_soa(zone))
+            return wire.QR_AA, rcode, an, ns, ar, Denial(QNAME, zone, self.neg_ttl, tuple(sets))
+        an.append(RRset(QNAME, rtype, ttl, sets[rtype], zone))
+        if rtype == wire.NS:
+            for host in sets[rtype]:
+                glue = self.glue.get(host, {})
+                ar += [RRset(host, t, ttl, glue[t], self.apex) for t in (wire.A, wire.AAAA)
+                       if t in glue]
+        return wire.QR_AA, rcode, an, ns, ar, None
 
     @staticmethod
     def _finish(
-        flags: int, rcode: int, an: list[bytes], ns: list[bytes], ar: list[bytes], ekey: int
+        flags: int, rcode: int, an: list[RRset], ns: list[RRset], ar: list[RRset], ekey: int
     ) -> Packed:
+        body = [wire.rr(s.owner, s.rtype, s.ttl, rd) for s in (*an, *ns, *ar) for rd in s.rdatas]
+        counts = [sum(len(s.rdatas) for s in sec) for sec in (an, ns, ar)]
         if ekey:
-            ar = [*ar, wire.opt_rr(ekey)]
-        hdr = wire.header(flags, rcode, 1, len(an), len(ns), len(ar))
-        return hdr, b"".join(an + ns + ar)
+            body.append(wire.opt_rr(ekey))
+            counts[2] += 1
+        hdr = wire.header(flags, rcode, 1, *counts)
+        return hdr, b"".join(body)

@@ -140,9 +140,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DnssecConfig:
+    enabled: bool = False
+    signature_validity: float = 14 * 86400.0
+    signature_refresh: float = 7 * 86400.0  # re-sign when less than this is left
+
+
+@dataclass(frozen=True)
 class Config:
     zone: ZoneConfig
     dns: DnsConfig = field(default_factory=DnsConfig)
+    dnssec: DnssecConfig = field(default_factory=DnssecConfig)
     acme: AcmeConfig | None = None
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -393,6 +401,11 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "secret": (_tsig_secret, False),
         "secret_file": (_path, False),
     },
+    "dnssec": {
+        "enabled": (_bool, False),
+        "signature_validity": (_duration(3 * 3600, 90 * 86400), False),
+        "signature_refresh": (_duration(3600, 60 * 86400), False),
+    },
     "acme": {
         "directory": (_url, True),
         "email": (_email, False),
@@ -440,6 +453,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
 _CLASSES: dict[str, type] = {
     "zone": ZoneConfig,
     "dns": DnsConfig,
+    "dnssec": DnssecConfig,
     "acme": AcmeConfig,
     "proxy": ProxyConfig,
     "api": ApiConfig,
@@ -538,6 +552,15 @@ def _check_dns(d: dict[str, Any], raw: Mapping[str, Any], base: Path) -> None:
                           "and secret or secret_file")
 
 
+def _check_dnssec(d: dict[str, Any]) -> None:
+    validity = d.get("signature_validity", DnssecConfig.signature_validity)
+    refresh = d.get("signature_refresh", DnssecConfig.signature_refresh)
+    if refresh > validity - 3600:
+        raise ConfigError("dnssec.signature_refresh",
+                          f"must be at least 1h below signature_validity ({_human(validity)}),"
+                          f" got {_human(refresh)}")
+
+
 def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML document; ``base`` anchors relative paths."""
     for name in raw:
@@ -554,6 +577,8 @@ def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None)
             _check_zone(values)
         if name == "dns":
             _check_dns(values, raw[name], base)
+        if name == "dnssec":
+            _check_dnssec(values)
         sections[name] = _CLASSES[name](**values)
     for name in ("api", "store"):
         obj = sections.get(name) or _CLASSES[name]()
