@@ -8,6 +8,13 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import dns.message
+import dns.name
+import dns.query
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
 from tests.procs import Proc, wait_dns
 
 
@@ -18,7 +25,9 @@ def knot_missing() -> bool:
 class Knot:
     """knotd serving ``zones`` (name -> zone file text) on ``host@port``, stopped by PID."""
 
-    def __init__(self, work: Path, host: str, port: int, zones: dict[str, str]) -> None:
+    def __init__(self, work: Path, host: str, port: int, zones: dict[str, str],
+                 signed: bool = False) -> None:
+        """``signed``: Knot's automatic signing (one ECDSAP256SHA256 CSK per zone, NSEC)."""
         self.dir = work
         self.dir.mkdir(parents=True, exist_ok=True)
         entries = []
@@ -27,6 +36,7 @@ class Knot:
             path.write_text(text)
             entries.append(f'  - domain: {name}\n    file: "{path}"')
         self.conf = self.dir / "knot.conf"
+        self.host, self.port = host, port
         self.conf.write_text(textwrap.dedent(f"""\
             server:
                 rundir: "{self.dir}"
@@ -39,6 +49,7 @@ class Knot:
                 storage: "{self.dir}"
             control:
                 listen: "{self.dir}/knot.sock"
+            """) + (_POLICY if signed else "") + textwrap.dedent(f"""\
             template:
               - id: default
                 storage: "{self.dir}"
@@ -46,12 +57,18 @@ class Knot:
                 zonefile-load: whole
                 journal-content: changes
                 semantic-checks: off
-            zone:
-            """) + "\n".join(entries) + "\n")
+            """) + (_SIGNING if signed else "") + "zone:\n" + "\n".join(entries) + "\n")
         subprocess.run(["knotc", "-c", str(self.conf), "conf-check"], check=True,
                        capture_output=True, timeout=30)
         self.proc = Proc("knotd", ["knotd", "-c", str(self.conf)], self.dir / "knotd.log")
         wait_dns(host, port, next(iter(zones)), self.proc)
+
+    def dnskeys(self, zone: str) -> dns.rrset.RRset:
+        """The zone's DNSKEY RRset as Knot serves it (signed zones)."""
+        q = dns.message.make_query(zone, "DNSKEY", want_dnssec=True)
+        r = dns.query.tcp(q, self.host, port=self.port, timeout=5)
+        return r.find_rrset(r.answer, dns.name.from_text(zone), dns.rdataclass.IN,
+                            dns.rdatatype.DNSKEY)
 
     def set_records(self, zone: str, records: list[tuple[str, str, str]]) -> None:
         """Add (owner, type, data) records to ``zone`` in one transaction, TTL 60."""
@@ -68,6 +85,21 @@ class Knot:
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+# Automatic signing: one ECDSAP256SHA256 key per zone (a CSK), NSEC; the DS is put in the
+# parent by the test itself, so Knot is told not to wait for a submission check.
+_POLICY = textwrap.dedent("""\
+    policy:
+      - id: test
+        algorithm: ecdsap256sha256
+        single-type-signing: on
+        nsec3: off
+        dnskey-ttl: 60
+        zone-max-ttl: 60
+        propagation-delay: 0
+    """)
+_SIGNING = "    dnssec-signing: on\n    dnssec-policy: test\n"
 
 
 def owner_zone(zone: str, negative_ttl: int = 1) -> str:

@@ -428,6 +428,36 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zone_ds(args: argparse.Namespace) -> int:
+    """The DS records to give the parent (the keys are generated here on first use)."""
+    from webgateway import zonekeys
+    from webgateway.sqlite_store import SqliteStore
+
+    config = load_config(args.config)
+    if not config.dnssec.enabled:
+        raise CliError("dnssec.enabled is false: the zone is not signed, and a DS at the"
+                       " parent would make every answer fail validation; set [dnssec]"
+                       " enabled = true first")
+
+    async def keys() -> list[zonekeys.ZoneKey]:
+        store = SqliteStore(config.store.path)
+        await store.open()
+        try:
+            return await zonekeys.ensure(store)
+        finally:
+            await store.close()
+
+    try:
+        found = asyncio.run(keys())
+    except zonekeys.KeyMaterialError as e:
+        raise CliError(str(e)) from None
+    for line in zonekeys.ds_lines(config.zone.name, found):
+        print(line)
+    print(f"give these DS records to the registrar of the parent of {config.zone.name}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from webgateway.delegation import run_check
 
@@ -574,6 +604,10 @@ def parser() -> argparse.ArgumentParser:
     cert = _group(sub, "cert", "certificates")
     _json_flag(_command(cert, "ls", "certificates: SANs, issuer, expiry date and days left",
                         cmd_cert_ls))
+
+    zone = _group(sub, "zone", "the zone's DNSSEC keys")
+    _command(zone, "ds", "print the DS records to hand to the parent zone", cmd_zone_ds)\
+        .add_argument("--config", required=True, help="TOML configuration file")
 
     st = sub.add_parser("status", help="the operator's one screen (exit 1 if anything is wrong)")
     st.add_argument("--config", help="also check dnsd, the proxy and every listed name server")

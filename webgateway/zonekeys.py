@@ -20,6 +20,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+import dns.name
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -102,6 +103,16 @@ def load(text: str) -> list[ZoneKey]:
     if not keys:
         raise KeyMaterialError(f"store meta {META_KEY!r} holds no key")
     return keys
+
+
+def ds_lines(zone: str, keys: list[ZoneKey], ttl: int = 3600) -> list[str]:
+    """The DS records for the parent, one line each in zone-file form."""
+    owner = zone.rstrip(".").lower() + "."
+    out = []
+    for k in keys:
+        digest = k.ds(dns.name.from_text(owner).to_digestable())[4:].hex().upper()
+        out.append(f"{owner} {ttl} IN DS {k.tag} {ALGORITHM} {DIGEST_SHA256} {digest}")
+    return out
 
 
 async def ensure(store: Store) -> list[ZoneKey]:

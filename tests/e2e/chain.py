@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.dnssec
+
 from tests import knot
 from tests.procs import Proc, wait_dns, wait_tcp
 
@@ -53,11 +55,21 @@ def _parent_zone(ns: dict[str, str]) -> str:
 
 
 class Knot(knot.Knot):
-    """Knot serving the root and the parent zone; records can be added like a registrar does."""
+    """Knot serving the root and the parent zone, both signed (automatic signing), the
+    parent's DS in the root; records can be added like a registrar does."""
 
     def __init__(self, work: Path, ns: dict[str, str]) -> None:
         super().__init__(work / "knot", PARENT_ADDR, 53,
-                         {PARENT: _parent_zone(ns), ".": _root_zone()})
+                         {PARENT: _parent_zone(ns), ".": _root_zone()}, signed=True)
+        ds = [dns.dnssec.make_ds(PARENT + ".", k, "SHA256").to_text()
+              for k in self.dnskeys(PARENT + ".") if k.flags & 1]
+        super().set_records(".", [(PARENT + ".", "DS", d) for d in ds])
+
+    def trust_anchor(self) -> str:
+        """The root's key-signing DNSKEY, as a resolver's trust anchor line."""
+        keys = [k for k in self.dnskeys(".") if k.flags & 1]
+        assert keys, "the root has no SEP key"
+        return f". DNSKEY {keys[0].to_text()}"
 
     def set_records(self, records: list[tuple[str, str, str]]) -> None:  # type: ignore[override]
         """Add (owner, type, data) records to the parent zone."""
@@ -65,21 +77,33 @@ class Knot(knot.Knot):
 
 
 class Unbound:
-    def __init__(self, work: Path) -> None:
-        self.dir = work / "unbound"
+    """A validating recursive resolver from our root (``anchor``: the root's DNSKEY line).
+
+    ``stub``: (zone, address) sends that zone's queries to one address instead of the
+    servers the parent names -- the way a test puts a relay in the path.
+    """
+
+    def __init__(self, work: Path, anchor: str, addr: str = UNBOUND_ADDR,
+                 stub: tuple[str, str] | None = None) -> None:
+        self.addr = addr
+        self.dir = work / f"unbound-{addr}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        stub_conf = (f'stub-zone:\n    name: "{stub[0]}"\n    stub-addr: {stub[1]}@53\n'
+                     if stub else "")
         (self.dir / "root.hints").write_text(
             f".  3600000 NS a.root-servers.test.\na.root-servers.test. 3600000 A {PARENT_ADDR}\n")
         conf = self.dir / "unbound.conf"
         conf.write_text(textwrap.dedent(f"""\
             server:
-                interface: {UNBOUND_ADDR}
+                interface: {addr}
                 port: 53
                 do-ip6: no
                 do-not-query-localhost: no
                 access-control: 127.0.0.0/8 allow
                 root-hints: "{self.dir}/root.hints"
-                module-config: "iterator"
+                module-config: "validator iterator"
+                trust-anchor: "{anchor}"
+                val-log-level: 2
                 username: ""
                 chroot: ""
                 directory: "{self.dir}"
@@ -95,11 +119,11 @@ class Unbound:
                 local-zone: "test." nodefault
             remote-control:
                 control-enable: no
-            """))
+            """) + stub_conf)
         subprocess.run(["unbound-checkconf", str(conf)], check=True, capture_output=True,
                        timeout=30)
         self.proc = Proc("unbound", ["unbound", "-d", "-c", str(conf)], self.dir / "unbound.log")
-        wait_dns(UNBOUND_ADDR, 53, f"{PARENT}.", self.proc)
+        wait_dns(addr, 53, f"{PARENT}.", self.proc)
 
     def stop(self) -> None:
         self.proc.stop()

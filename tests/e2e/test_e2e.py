@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.flags
 import dns.message
 import dns.query
+import dns.rcode
 import dns.rdatatype
 import pytest
 
@@ -71,6 +74,7 @@ class World:
     gateway: Proc
     api: str
     root_pem: Path
+    unbound: Unbound
 
     def resolve(self, name: str, rdtype: str = "A") -> list[str]:
         """Ask Unbound, as any client on the Internet would."""
@@ -117,7 +121,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with contextlib.ExitStack() as stack:
         knot = Knot(tmp, {f"ns1.{ZONE}": DNSD_ADDR})
         stack.callback(knot.stop)
-        unbound = Unbound(tmp)
+        unbound = Unbound(tmp, knot.trust_anchor())
         stack.callback(unbound.stop)
         pebble = stack.enter_context(start_pebble(tmp / "pebble", (UNBOUND_ADDR, 53)))
         overlay = stack.enter_context(Overlay.create("e2e"))
@@ -138,7 +142,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             acme={"directory": pebble.directory, "email": "ops@example.test",
                   "ca_bundle": str(pebble.ca_bundle), "resolver": f"{UNBOUND_ADDR}:53"},
             api={"allow_loopback_backends": False},
+            dnssec={"enabled": True},
         )
+        # signed from the first answer: the keys are made and our DS is at the parent
+        # before the gateway starts, as an operator following the README does
+        ds = cli("zone", "ds", "--config", str(cfg))
+        assert ds.returncode == 0, ds.stderr
+        knot.set_records([(line.split()[0], "DS", " ".join(line.split()[4:]))
+                          for line in ds.stdout.splitlines()])
         import tomllib
 
         api = "http://" + tomllib.loads(cfg.read_text())["api"]["listen"]
@@ -158,7 +169,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 break
             time.sleep(0.2)
         assert state.startswith("valid"), f"zone certificate: {state}\n{gateway.tail()}"
-        yield World(tmp, knot, pebble, overlay, cfg, gateway, api, root_pem)
+        yield World(tmp, knot, pebble, overlay, cfg, gateway, api, root_pem, unbound)
         assert gateway.stop() == 0, gateway.tail()
 
 
@@ -251,3 +262,186 @@ def test_custom_domain_through_cname_delegated_dns01(world: World) -> None:
         input="", capture_output=True, text=True, timeout=30)
     assert "Verify return code: 0 (ok)" in out.stdout, out.stdout[-2000:]
     assert "CN = shop.example.test" in out.stdout or "CN=shop.example.test" in out.stdout
+
+
+# ---------------------------------------------------------------- DNSSEC through a validator
+
+
+def _validated(addr: str, name: str, rdtype: str) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, want_dnssec=True)
+    return dns.query.udp(q, addr, port=53, timeout=5)
+
+
+def _ad(m: dns.message.Message) -> bool:
+    return bool(m.flags & dns.flags.AD)
+
+
+def test_signed_answers_validate_at_the_resolver(world: World) -> None:
+    env = _owner(world, "signer")
+    backend = f"[{world.overlay.backend_addr}]:{BACKEND_PORT}"
+    assert cli("name", "add", "signed", "--backend", backend, env=env).returncode == 0
+    host = f"signed.{ZONE}"
+    end = time.monotonic() + 5
+    while not _validated(UNBOUND_ADDR, host, "A").answer and time.monotonic() < end:
+        time.sleep(0.05)
+    cases = [(host, "A", True), (ZONE, "SOA", True), (ZONE, "CAA", False), (ZONE, "DNSKEY", True),
+             (f"nx-{os.getpid()}.{ZONE}", "A", False),  # no such name: compact denial
+             (host, "TXT", False), (f"_acme.{ZONE}", "A", False)]  # NODATA, empty non-terminal
+    for name, rdtype, has_answer in cases:
+        m = _validated(UNBOUND_ADDR, name, rdtype)
+        assert m.rcode() == dns.rcode.NOERROR, (name, rdtype, m)
+        assert _ad(m), f"{name} {rdtype} not validated (AD=0):\n{m}"
+        assert bool(m.answer) == has_answer, (name, rdtype, m)
+
+
+def test_a_new_name_validates_within_a_second(world: World) -> None:
+    env = _owner(world, "quick")
+    backend = f"[{world.overlay.backend_addr}]:{BACKEND_PORT}"
+    host = f"quick.{ZONE}"
+    r = cli("name", "add", "quick", "--backend", backend, env=env)
+    t0 = time.monotonic()
+    assert r.returncode == 0, r.stderr
+    m = None
+    while time.monotonic() - t0 < 5:
+        m = _validated(UNBOUND_ADDR, host, "A")
+        if m.answer:
+            break
+        time.sleep(0.02)
+    elapsed = time.monotonic() - t0
+    assert m is not None and m.answer and _ad(m), m
+    print(f"\nname added -> validated A (AD=1) via Unbound in {elapsed * 1000:.0f} ms")
+    assert elapsed < 1.0
+
+
+def test_the_dns01_txt_validates(world: World) -> None:
+    """What certd publishes for DNS-01 is signed as soon as it is served."""
+    import asyncio
+
+    from webgateway.sqlite_store import SqliteStore
+
+    fqdn = f"_acme-challenge.txtcheck.{ZONE}"
+
+    async def put(value: str | None) -> None:
+        store = SqliteStore(world.tmp / "var" / "webgateway.db")
+        await store.open()
+        try:
+            if value is None:
+                await store.remove_txt(fqdn)
+            else:
+                await store.add_txt(fqdn, value)
+        finally:
+            await store.close()
+
+    asyncio.run(put("token-for-dns01"))
+    t0 = time.monotonic()
+    try:
+        # asked at dnsd first: a resolver asked before the change would cache the denial
+        served = None
+        while time.monotonic() - t0 < 5:
+            served = _validated(DNSD_ADDR, fqdn, "TXT")
+            if served.answer:
+                break
+            time.sleep(0.01)
+        assert served is not None and served.answer, served
+        assert any(r.rdtype == dns.rdatatype.RRSIG for r in served.answer), served
+        m = _validated(UNBOUND_ADDR, fqdn, "TXT")
+        elapsed = time.monotonic() - t0
+        assert _ad(m) and m.answer[0][0].strings == (b"token-for-dns01",), m
+        print(f"\nTXT stored -> validated via Unbound in {elapsed * 1000:.0f} ms")
+        assert elapsed < 1.0, elapsed
+    finally:
+        asyncio.run(put(None))
+
+
+class _TamperingRelay:
+    """A UDP relay in front of dnsd that flips the last byte of the first A record's RDATA
+    in answers about names starting ``tampered``: a forger on the path."""
+
+    def __init__(self, listen: str, upstream: str) -> None:
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((listen, 53))
+        self.sock.settimeout(0.2)
+        self.upstream = upstream
+        self.flipped = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        up.settimeout(2)
+        try:
+            while not self.stop.is_set():
+                try:
+                    data, client = self.sock.recvfrom(4096)
+                    up.sendto(data, (self.upstream, 53))
+                    reply, _ = up.recvfrom(65535)
+                except OSError:
+                    continue
+                self.sock.sendto(self._tamper(reply), client)
+        finally:
+            up.close()
+
+    def _tamper(self, reply: bytes) -> bytes:
+        m = dns.message.from_wire(reply)
+        if not m.question or not m.question[0].name.labels[0].lower().startswith(b"tampered"):
+            return reply
+        for rrset in m.answer:
+            if rrset.rdtype == dns.rdatatype.A:
+                rdata = rrset[0].to_wire()
+                at = reply.find(rdata, 12 + len(m.question[0].name.to_wire() or b"") + 4)
+                if at > 0:
+                    self.flipped += 1
+                    end = at + len(rdata) - 1
+                    return reply[:end] + bytes([reply[end] ^ 0x01]) + reply[end + 1:]
+        return reply
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+RELAY_ADDR = "127.0.0.6"
+TAMPER_RESOLVER = "127.0.0.7"
+
+
+def test_a_tampered_answer_is_servfail(world: World) -> None:
+    env = _owner(world, "victim")
+    backend = f"[{world.overlay.backend_addr}]:{BACKEND_PORT}"
+    for label in ("tampered", "intact"):
+        assert cli("name", "add", label, "--backend", backend, env=env).returncode == 0
+    relay = _TamperingRelay(RELAY_ADDR, DNSD_ADDR)
+    try:
+        resolver = Unbound(world.tmp, world.knot.trust_anchor(), TAMPER_RESOLVER,
+                           stub=(ZONE, RELAY_ADDR))
+        try:
+            # the same path validates when nothing is changed on it...
+            end = time.monotonic() + 5
+            good = _validated(TAMPER_RESOLVER, f"intact.{ZONE}", "A")
+            while not good.answer and time.monotonic() < end:
+                time.sleep(0.05)
+                good = _validated(TAMPER_RESOLVER, f"intact.{ZONE}", "A")
+            assert _ad(good) and [rd.to_text() for rd in good.answer[0]] == [PROXY_ADDR], good
+            # ...and one flipped bit in an A record is caught
+            bad = _validated(TAMPER_RESOLVER, f"tampered.{ZONE}", "A")
+            assert relay.flipped >= 1
+            assert bad.rcode() == dns.rcode.SERVFAIL, bad
+            assert not bad.answer
+        finally:
+            resolver.stop()
+    finally:
+        relay.close()
+
+
+def test_delv_validates_from_the_root_anchor(world: World, tmp_path: Path) -> None:
+    if shutil.which("delv") is None:
+        pytest.skip("delv (bind9-dnsutils) is not installed")
+    flags, proto, alg, key = world.knot.trust_anchor().split(" ", 2)[2].split(" ", 3)
+    anchors = tmp_path / "anchors.conf"
+    anchors.write_text(f'trust-anchors {{ . static-key {flags} {proto} {alg} "{key}"; }};\n')
+    r = subprocess.run(["delv", f"@{UNBOUND_ADDR}", "-a", str(anchors), "+root", ZONE, "SOA"],
+                       capture_output=True, text=True, timeout=30)
+    assert "; fully validated" in r.stdout, r.stdout + r.stderr
