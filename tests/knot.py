@@ -72,12 +72,18 @@ class Knot:
 
     def set_records(self, zone: str, records: list[tuple[str, str, str]]) -> None:
         """Add (owner, type, data) records to ``zone`` in one transaction, TTL 60."""
+        self._transaction(zone, [["zone-set", zone, o, "60", t, d] for o, t, d in records])
+
+    def unset_records(self, zone: str, owner: str, rtype: str) -> None:
+        """Remove the ``rtype`` RRset at ``owner`` from ``zone``."""
+        self._transaction(zone, [["zone-unset", zone, owner, rtype]])
+
+    def _transaction(self, zone: str, commands: list[list[str]]) -> None:
         c = ["knotc", "-c", str(self.conf), "-t", "10"]
         subprocess.run([*c, "zone-begin", zone], check=True, capture_output=True, timeout=30)
         try:
-            for owner, rtype, data in records:
-                subprocess.run([*c, "zone-set", zone, owner, "60", rtype, data], check=True,
-                               capture_output=True, timeout=30)
+            for cmd in commands:
+                subprocess.run([*c, *cmd], check=True, capture_output=True, timeout=30)
         except subprocess.CalledProcessError:
             subprocess.run([*c, "zone-abort", zone], capture_output=True, timeout=30)
             raise

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+import time
 from dataclasses import dataclass, field
 
+import dns.dnssec
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
 import dns.query
+import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 
@@ -43,6 +46,54 @@ class Observed:
     soa_serials: dict[str, int | str] = field(default_factory=dict)  # "ns (addr)" -> serial/error
     resolver_soa: int | str | None = None
     errors: list[str] = field(default_factory=list)
+    parent_ds: dict[str, set[str]] = field(default_factory=dict)  # parent server -> DS texts
+    our_ds: set[str] = field(default_factory=set)  # DS (SHA-256) of the DNSKEYs we serve
+    signatures: dict[str, float | str] = field(default_factory=dict)  # ns -> expiry / error
+
+
+def _ds_key(text: str) -> str:
+    """A DS as compared: key tag, algorithm, digest type and digest, case-folded."""
+    return " ".join(text.split()).upper()
+
+
+def judge_dnssec(config: Config, obs: Observed, now: float) -> list[tuple[bool, str]]:
+    """The DS chain (the parent's DS names a key we serve) and our signatures' expiry."""
+    zone = config.zone.name
+    out: list[tuple[bool, str]] = []
+    if not config.dnssec.enabled:
+        for server, ds in sorted(obs.parent_ds.items()):
+            if ds:
+                out.append((False, f"parent server {server} has a DS for {zone} but [dnssec]"
+                                   " enabled is false: remove the DS at your registrar (or"
+                                   " enable DNSSEC), or validating resolvers fail every answer"))
+        return out
+    ours = {_ds_key(d) for d in obs.our_ds}
+    if not ours:
+        out.append((False, f"our name servers publish no DNSKEY for {zone}: is dnsd running"
+                           " this configuration ([dnssec] enabled = true)?"))
+    for server, ds in sorted(obs.parent_ds.items()):
+        theirs = {_ds_key(d) for d in ds}
+        if theirs & ours:
+            out.append((True, f"DS for {zone} at {server} matches our key"))
+        elif not theirs:
+            out.append((False, f"parent server {server} has no DS for {zone}: the zone is not"
+                               " validated; give your registrar the output of"
+                               " `webgateway zone ds`"))
+        else:
+            out.append((False, f"DS for {zone} at {server} ({'; '.join(sorted(ds))}) matches"
+                               " none of our keys: resolvers that validate fail every answer;"
+                               " replace it at your registrar with the output of"
+                               " `webgateway zone ds`"))
+    for server, exp in sorted(obs.signatures.items()):
+        if isinstance(exp, str):
+            out.append((False, f"signatures from {server} do not validate: {exp}"))
+        elif exp - now < 2 * 86400:
+            out.append((False, f"signatures from {server} expire in {(exp - now) / 3600:.0f} h:"
+                               " is dnsd running, and is its clock right?"))
+        else:
+            out.append((True, f"signatures from {server} are valid for"
+                              f" {(exp - now) / 86400:.1f} more days"))
+    return out
 
 
 def judge(config: Config, obs: Observed) -> list[tuple[bool, str]]:
@@ -153,8 +204,9 @@ def ns_port(config: Config, ip: IPAddress, override: int | None) -> int:
     return config.dns.listen[0].port
 
 
-def _query(qname: str, rdtype: str, where: str, port: int) -> dns.message.Message:
-    q = dns.message.make_query(qname, rdtype)
+def _query(qname: str, rdtype: str, where: str, port: int,
+           dnssec: bool = False) -> dns.message.Message:
+    q = dns.message.make_query(qname, rdtype, want_dnssec=dnssec)
     q.flags &= ~dns.flags.RD
     r = dns.query.udp(q, where, timeout=TIMEOUT, port=port)
     if r.flags & dns.flags.TC:
@@ -209,13 +261,52 @@ def observe(config: Config, resolver_spec: str | None, port: int | None = None) 
                     )
             obs.referral_ns[key] = ns_names
             obs.referral_glue[key] = glue
+            try:
+                r = _query(zone, "DS", addr, 53)
+            except Exception as e:
+                obs.errors.append(f"parent server {key} did not answer for DS: {explain(e)}")
+                continue
+            obs.parent_ds[key] = {
+                x.to_text() for rr in r.answer if rr.rdtype == dns.rdatatype.DS for x in rr}
     obs.soa_serials.update(nameserver_serials(config, port))
+    if config.dnssec.enabled:
+        for key, ip, p in _our_servers(config, port):
+            obs.signatures[key] = _signatures(zone, ip, p, obs.our_ds)
     try:
         ans = res.resolve(zone, "SOA")
         obs.resolver_soa = int(ans[0].serial)
     except Exception as e:
         obs.resolver_soa = explain(e)
     return obs
+
+
+def _signatures(zone: str, addr: str, port: int, ds_out: set[str]) -> float | str:
+    """The earliest expiry of the RRSIGs over our DNSKEY and SOA once both validate (the
+    DS of the DNSKEYs served go to ``ds_out``), or why they do not."""
+    name = dns.name.from_text(zone)
+    try:
+        keys = _query(zone, "DNSKEY", addr, port, dnssec=True)
+        soa = _query(zone, "SOA", addr, port, dnssec=True)
+    except Exception as e:
+        return explain(e)
+    try:
+        keyset = keys.find_rrset(keys.answer, name, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+    except KeyError:
+        return "no DNSKEY in the answer"
+    ds_out.update(dns.dnssec.make_ds(name, k, "SHA256").to_text() for k in keyset if k.flags & 1)
+    expiry = []
+    for msg, rdtype in ((keys, dns.rdatatype.DNSKEY), (soa, dns.rdatatype.SOA)):
+        try:
+            rrset = msg.find_rrset(msg.answer, name, dns.rdataclass.IN, rdtype)
+            sig = msg.find_rrset(msg.answer, name, dns.rdataclass.IN, dns.rdatatype.RRSIG,
+                                 rdtype)
+            dns.dnssec.validate(rrset, sig, {name: keyset})
+        except KeyError:
+            return f"no RRSIG over the {dns.rdatatype.to_text(rdtype)}"
+        except dns.exception.ValidationFailure as e:
+            return f"the {dns.rdatatype.to_text(rdtype)} RRSIG is invalid ({e})"
+        expiry.append(min(s.expiration for s in sig))
+    return float(min(expiry))
 
 
 def soa_serial(zone: str, addr: str, port: int) -> int | str:
@@ -235,12 +326,16 @@ def nameserver_serials(config: Config, port: int | None = None) -> dict[str, int
 
     Shared by ``webgateway check`` and ``webgateway status``.
     """
-    out: dict[str, int | str] = {}
+    return {key: soa_serial(config.zone.name, ip, p) for key, ip, p in _our_servers(config, port)}
+
+
+def _our_servers(config: Config, port: int | None) -> list[tuple[str, str, int]]:
+    """("ns (addr)", address, port) for every address of every listed name server."""
+    out = []
     for host, ips in config.zone.nameservers.items():
         for ip in ips:
             p = ns_port(config, ip, port)
-            key = f"{host} ({ip if p == 53 else HostPort(ip, p)})"
-            out[key] = soa_serial(config.zone.name, str(ip), p)
+            out.append((f"{host} ({ip if p == 53 else HostPort(ip, p)})", str(ip), p))
     return out
 
 
@@ -252,7 +347,8 @@ def _try_resolve(res: dns.resolver.Resolver, host: str, rdtype: str) -> list[str
 
 
 def run_check(config: Config, resolver_spec: str | None, port: int | None = None) -> int:
-    findings = judge(config, observe(config, resolver_spec, port))
+    obs = observe(config, resolver_spec, port)
+    findings = judge(config, obs) + judge_dnssec(config, obs, time.time())
     for ok, text in findings:
         print(f"{'ok ' if ok else 'FIX'}  {text}")
     bad = sum(1 for ok, _ in findings if not ok)

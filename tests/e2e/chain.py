@@ -75,6 +75,9 @@ class Knot(knot.Knot):
         """Add (owner, type, data) records to the parent zone."""
         super().set_records(PARENT, records)
 
+    def unset_records(self, owner: str, rtype: str) -> None:  # type: ignore[override]
+        super().unset_records(PARENT, owner, rtype)
+
 
 class Unbound:
     """A validating recursive resolver from our root (``anchor``: the root's DNSKEY line).

@@ -178,6 +178,9 @@ def test_check_reports_a_correct_delegation(world: World) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"delegates {ZONE} to ns1.{ZONE}" in r.stdout
     assert f"glue for ns1.{ZONE}" in r.stdout and "SOA serial" in r.stdout
+    assert f"DS for {ZONE} at ns.example.test ({PARENT_ADDR}) matches our key" in r.stdout
+    assert re.search(rf"signatures from ns1.{ZONE} \({DNSD_ADDR}\) are valid for 1[34]\.\d"
+                     " more days", r.stdout), r.stdout
     assert f"{ZONE} is delegated correctly" in r.stdout
 
 
@@ -445,3 +448,21 @@ def test_delv_validates_from_the_root_anchor(world: World, tmp_path: Path) -> No
     r = subprocess.run(["delv", f"@{UNBOUND_ADDR}", "-a", str(anchors), "+root", ZONE, "SOA"],
                        capture_output=True, text=True, timeout=30)
     assert "; fully validated" in r.stdout, r.stdout + r.stderr
+
+
+def test_check_says_fix_when_the_parents_ds_is_not_our_key(world: World) -> None:
+    """Last in the module: the parent's DS is swapped for a stranger's and put back."""
+    ds = cli("zone", "ds", "--config", str(world.config)).stdout.split()
+    good = " ".join(ds[4:])
+    wrong = " ".join([*ds[4:7], "0" * 64])
+    world.knot.unset_records("gw", "DS")
+    world.knot.set_records([("gw", "DS", wrong)])
+    try:
+        r = cli("check", "--config", str(world.config), "--resolver", f"{UNBOUND_ADDR}:53")
+        assert r.returncode == 1, r.stdout
+        fixes = [line for line in r.stdout.splitlines() if line.startswith("FIX")]
+        assert any("matches none of our keys" in f and "webgateway zone ds" in f
+                   for f in fixes), r.stdout
+    finally:
+        world.knot.unset_records("gw", "DS")
+        world.knot.set_records([("gw", "DS", good)])

@@ -46,7 +46,9 @@ class Gw:
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, pebble_factory, **pebble_kw) -> AsyncIterator[Gw]:  # type: ignore[no-untyped-def]
+async def gateway(  # type: ignore[no-untyped-def]
+    tmp_path: Path, pebble_factory, dnssec: bool = False, **pebble_kw
+) -> AsyncIterator[Gw]:
     cfg0 = make_config(tmp_path)
     pb = pebble_factory(dns_target(cfg0), **pebble_kw)
     acme = {"directory": pb.directory, "ca_bundle": str(pb.ca_bundle), "email": "ops@example.com",
@@ -55,7 +57,8 @@ async def gateway(tmp_path: Path, pebble_factory, **pebble_kw) -> AsyncIterator[
     if "eab_keys" in pebble_kw:
         kid, hmac = next(iter(pebble_kw["eab_keys"].items()))
         acme.update(eab_kid=kid, eab_hmac_key=hmac)
-    cfg = make_config(tmp_path, acme=acme, dns={"listen": [str(cfg0.dns.listen[0])]})
+    cfg = make_config(tmp_path, acme=acme, dns={"listen": [str(cfg0.dns.listen[0])]},
+                      dnssec={"enabled": dnssec})
     async with services(cfg, "dnsd", "certd") as run:
         dnsd, certd = run.services["dnsd"], run.services["certd"]
         assert isinstance(dnsd, DnsService) and isinstance(certd, CertService)
@@ -92,6 +95,31 @@ async def test_wildcard_issued_through_our_dns(tmp_path: Path, pebble_factory) -
         assert sample("webgateway_acme_order_duration_seconds_count", {"result": "issued"}) == 1
         left = sample("webgateway_certificate_expiry_seconds", {"certificate": "zone"})
         assert left is not None and abs(left - (cert.not_after - time.time())) < 60
+
+
+async def test_wildcard_issued_with_dnssec_on(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
+    """certd keeps working when dnsd signs: the DNS-01 TXT answers carry RRSIGs."""
+    async with gateway(tmp_path, pebble_factory, dnssec=True) as gw:
+        seen: list[dns.message.Message] = []
+        host, port = dns_target(gw.config)
+        fqdn = f"_acme-challenge.{ZONE}"
+
+        async def watch() -> None:  # catch the TXT while the order is being validated
+            while True:
+                q = dns.message.make_query(fqdn, "TXT", want_dnssec=True)
+                r = await dns.asyncquery.udp(q, host, port=port, timeout=2)
+                if r.answer:
+                    seen.append(r)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            cert = await wait_cert(gw.store, "zone")
+        finally:
+            watcher.cancel()
+        assert set(cert.domains) == {ZONE, f"*.{ZONE}"}
+        assert seen, "the DNS-01 TXT was never seen"
+        assert {r.rdtype for r in seen[0].answer} == {16, 46}  # TXT and its RRSIG
 
 
 async def test_bad_nonce_30_percent_still_issues(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ import dns.resolver
 import pytest
 
 from tests.support import make_config
-from webgateway.delegation import Observed, explain, judge, ns_port
+from webgateway.delegation import Observed, explain, judge, judge_dnssec, ns_port
 
 
 def good(tmp: Path) -> tuple[Observed, object]:
@@ -85,3 +85,43 @@ def test_our_name_servers_are_asked_on_the_listen_port(tmp_path: Path) -> None:
     assert ns_port(cfg, nine, None) == 5300
     assert ns_port(cfg, other, None) == 5300  # a public address behind NAT: the first port
     assert ns_port(cfg, one, 53) == 53  # --port wins
+
+
+DS = "27045 13 2 CC0E4827D820B375B6E7E1DDA0A874793FA1FC5842B74923A33AA37FBA6EAC6F"
+NOW = 1_800_000_000.0
+
+
+def signed(tmp: Path) -> tuple[Observed, object]:
+    cfg = make_config(tmp, dnssec={"enabled": True})
+    obs = Observed(parent_ds={"a (127.0.0.3)": {DS.lower()}}, our_ds={DS},
+                   signatures={"ns1.gw.test (127.0.0.1)": NOW + 13 * 86400})
+    return obs, cfg
+
+
+def test_dnssec_chain_good(tmp_path: Path) -> None:
+    obs, cfg = signed(tmp_path)
+    findings = judge_dnssec(cfg, obs, NOW)  # type: ignore[arg-type]
+    assert [ok for ok, _ in findings] == [True, True]
+    assert "matches our key" in findings[0][1] and "13.0 more days" in findings[1][1]
+
+
+def test_dnssec_faults_name_the_fix(tmp_path: Path) -> None:
+    obs, cfg = signed(tmp_path)
+    obs.parent_ds["a (127.0.0.3)"] = {"1 13 2 00AA"}
+    obs.parent_ds["b (127.0.0.4)"] = set()
+    obs.signatures["ns1.gw.test (127.0.0.1)"] = NOW + 3600
+    obs.signatures["ns2.gw.test (127.0.0.2)"] = "no RRSIG over the SOA"
+    fixes = [text for ok, text in judge_dnssec(cfg, obs, NOW) if not ok]  # type: ignore[arg-type]
+    assert len(fixes) == 4
+    assert "matches none of our keys" in fixes[0] and "webgateway zone ds" in fixes[0]
+    assert "has no DS" in fixes[1]
+    assert "expire in 1 h" in fixes[2]
+    assert "do not validate: no RRSIG over the SOA" in fixes[3]
+
+
+def test_a_ds_without_dnssec_is_a_fault(tmp_path: Path) -> None:
+    obs, _ = signed(tmp_path)
+    cfg = make_config(tmp_path)
+    assert judge_dnssec(cfg, Observed(), NOW) == []  # type: ignore[arg-type]
+    (fix,) = judge_dnssec(cfg, obs, NOW)  # type: ignore[arg-type]
+    assert not fix[0] and "remove the DS" in fix[1]
