@@ -275,6 +275,16 @@ def _validated(addr: str, name: str, rdtype: str) -> dns.message.Message:
     return dns.query.udp(q, addr, port=53, timeout=5)
 
 
+def _answered(addr: str, name: str, rdtype: str, seconds: float = 5) -> dns.message.Message:
+    """Ask (DO=1) until the answer section is not empty, for at most ``seconds``."""
+    end = time.monotonic() + seconds
+    m = _validated(addr, name, rdtype)
+    while not m.answer and time.monotonic() < end:
+        time.sleep(0.01)
+        m = _validated(addr, name, rdtype)
+    return m
+
+
 def _ad(m: dns.message.Message) -> bool:
     return bool(m.flags & dns.flags.AD)
 
@@ -284,9 +294,7 @@ def test_signed_answers_validate_at_the_resolver(world: World) -> None:
     backend = f"[{world.overlay.backend_addr}]:{BACKEND_PORT}"
     assert cli("name", "add", "signed", "--backend", backend, env=env).returncode == 0
     host = f"signed.{ZONE}"
-    end = time.monotonic() + 5
-    while not _validated(UNBOUND_ADDR, host, "A").answer and time.monotonic() < end:
-        time.sleep(0.05)
+    _answered(UNBOUND_ADDR, host, "A")
     cases = [(host, "A", True), (ZONE, "SOA", True), (ZONE, "CAA", False), (ZONE, "DNSKEY", True),
              (f"nx-{os.getpid()}.{ZONE}", "A", False),  # no such name: compact denial
              (host, "TXT", False), (f"_acme.{ZONE}", "A", False)]  # NODATA, empty non-terminal
@@ -304,14 +312,9 @@ def test_a_new_name_validates_within_a_second(world: World) -> None:
     r = cli("name", "add", "quick", "--backend", backend, env=env)
     t0 = time.monotonic()
     assert r.returncode == 0, r.stderr
-    m = None
-    while time.monotonic() - t0 < 5:
-        m = _validated(UNBOUND_ADDR, host, "A")
-        if m.answer:
-            break
-        time.sleep(0.02)
+    m = _answered(UNBOUND_ADDR, host, "A")
     elapsed = time.monotonic() - t0
-    assert m is not None and m.answer and _ad(m), m
+    assert m.answer and _ad(m), m
     print(f"\nname added -> validated A (AD=1) via Unbound in {elapsed * 1000:.0f} ms")
     assert elapsed < 1.0
 
@@ -339,13 +342,8 @@ def test_the_dns01_txt_validates(world: World) -> None:
     t0 = time.monotonic()
     try:
         # asked at dnsd first: a resolver asked before the change would cache the denial
-        served = None
-        while time.monotonic() - t0 < 5:
-            served = _validated(DNSD_ADDR, fqdn, "TXT")
-            if served.answer:
-                break
-            time.sleep(0.01)
-        assert served is not None and served.answer, served
+        served = _answered(DNSD_ADDR, fqdn, "TXT")
+        assert served.answer, served
         assert any(r.rdtype == dns.rdatatype.RRSIG for r in served.answer), served
         m = _validated(UNBOUND_ADDR, fqdn, "TXT")
         elapsed = time.monotonic() - t0
@@ -422,11 +420,7 @@ def test_a_tampered_answer_is_servfail(world: World) -> None:
                            stub=(ZONE, RELAY_ADDR))
         try:
             # the same path validates when nothing is changed on it...
-            end = time.monotonic() + 5
-            good = _validated(TAMPER_RESOLVER, f"intact.{ZONE}", "A")
-            while not good.answer and time.monotonic() < end:
-                time.sleep(0.05)
-                good = _validated(TAMPER_RESOLVER, f"intact.{ZONE}", "A")
+            good = _answered(TAMPER_RESOLVER, f"intact.{ZONE}", "A")
             assert _ad(good) and [rd.to_text() for rd in good.answer[0]] == [PROXY_ADDR], good
             # ...and one flipped bit in an A record is caught
             bad = _validated(TAMPER_RESOLVER, f"tampered.{ZONE}", "A")
