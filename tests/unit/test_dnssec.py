@@ -269,3 +269,15 @@ def test_config_dnssec_keys() -> None:
         parse_config({**base, "dnssec": {"enabled": "yes"}}, Path("/tmp"))
     with pytest.raises(ConfigError, match=r"dnssec.rollover: unknown key"):
         parse_config({**base, "dnssec": {"rollover": 1}}, Path("/tmp"))
+
+
+def test_a_0x20_recased_do_query_hits_the_reply_cache_and_validates() -> None:
+    r = Responder(signed_view())
+    keys = dnskeys(r)
+    for name in (f"alice.{ZONE}", f"ALiCE.{ZONE}".upper(), f"nx.{ZONE}", f"Nx.{ZONE}"):
+        q = dns.message.make_query(name, "A", want_dnssec=True, use_edns=0)
+        raw = r.handle(q.to_wire())
+        assert raw is not None
+        m = dns.message.from_wire(raw)
+        assert m.question[0].name.to_text() == name + "." and validate_all(m, keys) >= 1
+    assert r.hits == 2
