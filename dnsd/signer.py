@@ -70,6 +70,20 @@ def type_bitmap(types: Iterable[int]) -> bytes:
     return bytes(out)
 
 
+def successor(name: bytes) -> bytes | None:
+    """The name right after ``name`` in canonical order that is not below it: ``\\000.name``,
+    or, when that would pass 255 octets, the first label's last octet plus one (RFC 4471
+    3.1.2, skipping the upper-case letters, which sort as lower case). None for the one
+    case left (that octet is already 0xFF): such an answer goes without an NSEC."""
+    if len(name) + 2 <= wire.MAX_NAME:
+        return b"\x01\x00" + name
+    last = name[name[0]]
+    if last == 0xFF:
+        return None
+    nxt = last + 1 if last + 1 != ord("A") else ord("Z") + 1
+    return name[: name[0]] + bytes((nxt,)) + name[name[0] + 1 :]
+
+
 def label_count(name: bytes) -> int:
     n = 0
     pos = 0
@@ -160,8 +174,10 @@ class Signer:
             types = (RRSIG, NSEC, NXNAME) if denial.types is None else (
                 *denial.types, RRSIG, NSEC)
             real = qname if denial.owner == QNAME else denial.owner
-            nsec = b"\x01\x00" + real + type_bitmap(types)
-            ns = [*ns, RRset(denial.owner, NSEC, denial.ttl, (nsec,), denial.zone)]
+            nxt = successor(real)
+            if nxt is not None:
+                nsec = nxt + type_bitmap(types)
+                ns = [*ns, RRset(denial.owner, NSEC, denial.ttl, (nsec,), denial.zone)]
             if rcode == wire.NXDOMAIN:
                 rcode = wire.NOERROR
         body: list[bytes] = []

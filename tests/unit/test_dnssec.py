@@ -281,3 +281,19 @@ def test_a_0x20_recased_do_query_hits_the_reply_cache_and_validates() -> None:
         m = dns.message.from_wire(raw)
         assert m.question[0].name.to_text() == name + "." and validate_all(m, keys) >= 1
     assert r.hits == 2
+
+
+def test_a_missing_name_of_255_octets_gets_a_valid_nsec() -> None:
+    r = Responder(signed_view())
+    keys = dnskeys(r)
+    # one label of 52 octets, then 3 of 63 and gw.test: 254 octets, \000.name would not fit
+    name = ".".join(["b" * 51 + "?"] + ["a" * 63] * 3 + [ZONE])
+    m = ask(r, name, "A")
+    assert len(dns.name.from_text(name).to_wire()) == 254
+    n = nsec(m)
+    assert n[0].next == dns.name.from_text(name.replace("?", "@", 1))
+    assert validate_all(m, keys) == 2
+    upper = ask(r, name.replace("?", "@"), "A")  # '@' + 1 is 'A': skipped to '['
+    assert nsec(upper)[0].next.labels[0].endswith(b"[")
+    ff = ask(r, name.replace("?", "\\255"), "A")  # no successor: no NSEC, never a bad one
+    assert not any(s.rdtype == dns.rdatatype.NSEC for s in ff.authority)
