@@ -267,6 +267,9 @@ def test_config_dnssec_keys() -> None:
                      Path("/tmp"))
     with pytest.raises(ConfigError, match=r"dnssec.enabled: expected true or false"):
         parse_config({**base, "dnssec": {"enabled": "yes"}}, Path("/tmp"))
+    xfr = {"secondaries": ["192.0.2.9:53"], "tsig": {"name": "k", "secret": "a2V5" * 8}}
+    with pytest.raises(ConfigError, match=r"dnssec.enabled: zone transfers do not carry"):
+        parse_config({**base, "dns": xfr, "dnssec": {"enabled": True}}, Path("/tmp"))
     with pytest.raises(ConfigError, match=r"dnssec.rollover: unknown key"):
         parse_config({**base, "dnssec": {"rollover": 1}}, Path("/tmp"))
 
