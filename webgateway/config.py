@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from webgateway.addresses import HostPort, parse_hostport, parse_ip
 from webgateway.dnsname import check_domain, check_label, is_within
@@ -123,9 +123,13 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """``path`` (SQLite, one gateway) or ``url`` (PostgreSQL, a fleet): never both."""
+
     path: Path = Path("var/webgateway.db")
+    url: str = ""
     certs_dir: Path = Path("var/certs")
     poll_interval: float = 0.05
+    timeout: float = 10.0
 
 
 #: ``[log] access_log = "-"``: the access log goes to standard output.
@@ -284,6 +288,46 @@ def _url(v: Any) -> str:
     return s
 
 
+_PG_QUERY_KEYS = ("host", "port", "user", "sslmode", "application_name")
+
+
+def _postgres_url(v: Any) -> str:
+    """``postgresql://USER@HOST:PORT/DB`` or ``postgresql:///DB?host=/socket/dir``.
+
+    A password is refused: it would sit in a config file and could reach a log line; libpq's
+    ``PGPASSWORD`` or ``~/.pgpass`` (which asyncpg reads too) keep it out of both.
+    """
+    url = _str(v)
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("expected postgresql://USER@HOST:PORT/DB or postgresql:///DB?host=/dir")
+    try:
+        password, port = parts.password, parts.port
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as e:
+        raise ValueError(f"not a valid URL: {e}") from None
+    if password is not None:
+        raise ValueError("holds a password: put it in PGPASSWORD or ~/.pgpass, not the config")
+    if port == 0:
+        raise ValueError("port 0 is not a PostgreSQL port")
+    db = parts.path.removeprefix("/")
+    if not db or "/" in db:
+        raise ValueError("names no database: end it with /DBNAME")
+    if parts.fragment:
+        raise ValueError("has a #fragment")
+    params = dict(query)
+    for key, value in query:
+        if key not in _PG_QUERY_KEYS:
+            raise ValueError(f"unknown parameter {key!r} (known: {', '.join(_PG_QUERY_KEYS)})")
+        if key == "host" and not value.startswith("/"):
+            raise ValueError("?host= must be the absolute path of the socket directory")
+        if key == "port" and not (value.isdigit() and 0 < int(value) < 65536):
+            raise ValueError(f"?port= must be a port number, got {value!r}")
+    if not parts.hostname and "host" not in params:
+        raise ValueError("names no server: postgresql://USER@HOST:PORT/DB or ?host=/socket/dir")
+    return url
+
+
 def _email(v: Any) -> str:
     s = _str(v)
     if s and ("@" not in s or " " in s or s.startswith("@") or s.endswith("@")):
@@ -440,8 +484,10 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
     },
     "store": {
         "path": (_path, False),
+        "url": (_postgres_url, False),
         "certs_dir": (_path, False),
         "poll_interval": (_float(0.005, 60), False),
+        "timeout": (_float(0.1, 600), False),
     },
     "log": {
         "level": (_level, False),
@@ -579,6 +625,10 @@ def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None)
             _check_dns(values, raw[name], base)
         if name == "dnssec":
             _check_dnssec(values)
+        if name == "store" and "path" in values and "url" in values:
+            raise ConfigError(
+                "store.url", "set either path (SQLite, one gateway) or url (PostgreSQL), not both"
+            )
         sections[name] = _CLASSES[name](**values)
     for name in ("api", "store"):
         obj = sections.get(name) or _CLASSES[name]()
@@ -624,8 +674,10 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"{p} is not valid TOML: {e}") from None
     cfg = parse_config(raw, p.resolve().parent, source=p.resolve())
-    folders = [("store.path", cfg.store.path.parent), ("store.certs_dir", cfg.store.certs_dir),
+    folders = [("store.certs_dir", cfg.store.certs_dir),
                ("api.admin_token_file", cfg.api.admin_token_file.parent)]
+    if not cfg.store.url:  # PostgreSQL: no database file here
+        folders.insert(0, ("store.path", cfg.store.path.parent))
     if cfg.log.access_log not in (None, STDOUT):
         assert cfg.log.access_log is not None
         folders.append(("log.access_log", cfg.log.access_log.parent))

@@ -220,3 +220,52 @@ def test_the_secret_file_is_relative_private_and_base64(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(doc, tmp_path)
     assert e.value.key == "dns.tsig.secret_file" and "base64" in e.value.reason
+
+
+BAD_STORE_URLS: list[tuple[str, str]] = [
+    ("mysql://u@h/db", "postgresql://"),
+    ("postgresql://u:secret@127.0.0.1/db", "password"),
+    ("postgresql://u@127.0.0.1:5432", "names no database"),
+    ("postgresql://u@127.0.0.1:5432/", "names no database"),
+    ("postgresql://u@127.0.0.1:5432/a/b", "names no database"),
+    ("postgresql://u@127.0.0.1:99999/db", "not a valid URL"),
+    ("postgresql://u@127.0.0.1:0/db", "port 0"),
+    ("postgresql:///db", "names no server"),
+    ("postgresql:///db?host=relative/dir", "absolute path"),
+    ("postgresql:///db?host=/run/pg&port=x", "port number"),
+    ("postgresql://u@h/db?options=-c%20x", "unknown parameter 'options'"),
+    ("postgresql://u@h/db?host", "not a valid URL"),
+    ("postgresql://u@h/db#frag", "fragment"),
+    ("", "postgresql://"),
+]
+
+
+@pytest.mark.parametrize(("url", "words"), BAD_STORE_URLS)
+def test_bad_store_url_names_the_key(tmp_path: Path, url: str, words: str) -> None:
+    doc = raw_config(tmp_path)
+    doc["store"] = {"url": url}
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "store.url"
+    assert words in e.value.reason
+    assert "secret" not in str(e.value)
+
+
+def test_store_url_and_path_are_exclusive(tmp_path: Path) -> None:
+    doc = raw_config(tmp_path)
+    doc["store"] = {"path": "x.db", "url": "postgresql://wg@127.0.0.1:5432/wg"}
+    with pytest.raises(ConfigError, match="not both") as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "store.url"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://webgateway@127.0.0.1:5432/webgateway",
+    "postgres://wg@[::1]/wg?sslmode=require",
+    "postgresql:///webgateway?host=/run/postgresql&port=5433&user=wg",
+])
+def test_good_store_urls(tmp_path: Path, url: str) -> None:
+    doc = raw_config(tmp_path)
+    doc["store"] = {"url": url, "timeout": 3}
+    cfg = parse_config(doc, tmp_path)
+    assert cfg.store.url == url and cfg.store.timeout == 3.0
