@@ -34,14 +34,13 @@ def worker_config(config: Config, ports: list[int]) -> Config:
 
 async def _serve(config: Config, conn: multiprocessing.connection.Connection) -> None:
     from dnsd.service import DnsService
-    from webgateway.sqlite_store import SqliteStore
+    from webgateway.storefactory import open_store
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_reader(conn.fileno(), stop.set)  # the parent wrote or went away
-    store = SqliteStore(config.store.path, config.store.poll_interval)
-    await store.open()
+    store = await open_store(config.store)
     svc = DnsService(config, store, CollectorRegistry(), reuse_port=True, notify=False)
     try:
         await svc.start()

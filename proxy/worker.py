@@ -21,14 +21,13 @@ from prometheus_client import CollectorRegistry
 from proxy.service import ProxyService
 from webgateway.config import Config, load_config
 from webgateway.logsetup import configure as configure_logging
-from webgateway.sqlite_store import SqliteStore
+from webgateway.storefactory import open_store
 
 log = logging.getLogger(__name__)
 
 
 async def _serve(config: Config) -> None:
-    store = SqliteStore(config.store.path, config.store.poll_interval)
-    await store.open()
+    store = await open_store(config.store)
     svc = ProxyService(config, store, CollectorRegistry(), reuse_port=True, spawn=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

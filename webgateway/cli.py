@@ -73,7 +73,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.log)
     if args.command == "certd" and config.acme is None:
         raise ConfigError("acme", "certd needs an [acme] section")
-    _run_async(serve(config, services_for(config, args.command)))
+    from webgateway.store import StoreError
+
+    try:
+        _run_async(serve(config, services_for(config, args.command)))
+    except StoreError as e:  # e.g. PostgreSQL unreachable at start-up: one line, no traceback
+        raise CliError(f"the store cannot be opened: {e}") from None
     return 0
 
 
@@ -158,14 +163,13 @@ def _print_domain(d: dict[str, Any]) -> None:
 
 def cmd_owner_add(args: argparse.Namespace) -> int:
     if args.config:
-        from webgateway.sqlite_store import SqliteStore
+        from webgateway.storefactory import open_store
         from webgateway.tokens import hash_token, new_token
 
         config = load_config(args.config)
 
         async def add() -> str:
-            store = SqliteStore(config.store.path)
-            await store.open()
+            store = await open_store(config.store)
             try:
                 token = new_token()
                 await store.create_owner(args.name, hash_token(token))

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from webgateway.config import Config
 from webgateway.service import Service, ServiceFactory
-from webgateway.sqlite_store import SqliteStore
+from webgateway.storefactory import open_store
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ async def serve(config: Config, names: list[str], stop: asyncio.Event | None = N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    store = SqliteStore(config.store.path, config.store.poll_interval)
-    await store.open()
+    store = await open_store(config.store)
     registry = CollectorRegistry()
     store.write_observer = Histogram(
         "webgateway_store_write_seconds", "Write transactions of the store, begin to commit",

@@ -1,0 +1,669 @@
+"""The store's logic written once over SQL, for the SQLite and the PostgreSQL backends.
+
+Both backends keep the same tables, one serial bumped per write and the same ``changes``
+feed; they differ only in how a statement runs, how a transaction starts and ends, and how
+other processes are woken. So every ``Store`` method lives here, in SQL that both dialects
+accept (``?`` placeholders, ``ON CONFLICT``, ``RETURNING``), row decoding and change-set
+assembly included, and a backend supplies the primitives: ``_one``, ``_all``, ``_exec``,
+``_exec_many``, ``_read``, ``_transaction`` and ``_published``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+from webgateway.addresses import HostPort, parse_hostport
+from webgateway.model import (
+    Certificate,
+    CertState,
+    ChangeSet,
+    Domain,
+    DomainState,
+    Name,
+    Owner,
+    OwnerRemoval,
+    OwnerSummary,
+    Snapshot,
+    TlsMode,
+    TxtRecord,
+)
+from webgateway.store import Conflict, Forbidden, NotFound, QuotaExceeded
+
+#: Changes older than this many serials are pruned; a consumer that far behind reloads.
+CHANGES_KEPT = 100_000
+
+_TLS = {m.value: m for m in TlsMode}
+
+
+@functools.lru_cache(maxsize=4096)
+def _backends(raw: str) -> tuple[HostPort, ...]:
+    """Backends column -> values; cached because many names share one backend list."""
+    return tuple(parse_hostport(b) for b in json.loads(raw))
+
+
+def decode_name(row: Any) -> Name:
+    return Name(
+        row[0], row[1], _backends(row[2]), _TLS[row[3]], bool(row[4]), bool(row[5]), row[6],
+        row[7], bool(row[8]), row[9],
+    )
+
+
+def decode_domain(row: Any) -> Domain:
+    return Domain(row[0], row[1], row[2], row[3], DomainState(row[4]), row[5], row[6], row[7])
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def decode_cert(row: Any) -> Certificate:
+    return Certificate(
+        id=row[0],
+        domains=tuple(json.loads(row[1])),
+        state=CertState(row[2]),
+        cert_path=row[3],
+        key_path=row[4],
+        not_before=row[5],
+        not_after=row[6],
+        renew_at=row[7],
+        failures=row[8],
+        next_attempt=row[9],
+        last_error=row[10],
+        order_url=row[11],
+        updated=row[12],
+    )
+
+
+NAME_COLS = (
+    "label, owner_id, backends, tls, proxy_protocol, http2, created, updated, tunnel,"
+    " tunnel_token_hash"
+)
+DOMAIN_COLS = "fqdn, label, owner_id, challenge_label, state, detail, created, updated"
+#: SQL for "this claim holds its domain" (DomainState.holds) and "this claim is closed"
+_HELD = "state IN ('verified', 'active')"
+_CLOSED = "state IN ('dropped', 'expired')"
+CERT_COLS = (
+    "id, domains, state, cert_path, key_path, not_before, not_after, renew_at,"
+    " failures, next_attempt, last_error, order_url, updated"
+)
+
+
+def upsert(table: str, cols: str, key: str) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every column: a replace both dialects run."""
+    names = [c.strip() for c in cols.split(",")]
+    sets = ", ".join(f"{c} = excluded.{c}" for c in names if c != key)
+    marks = ", ".join("?" for _ in names)
+    return f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {sets}"
+
+
+_NAME_UPSERT = upsert("names", NAME_COLS, "label")
+_CERT_UPSERT = upsert("certificates", CERT_COLS, "id")
+
+
+class SqlStore:
+    """Every ``Store`` method over the backend primitives below (see the module docstring)."""
+
+    poll_interval: float
+
+    def __init__(self, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+        self.write_observer: Callable[[float], None] | None = None
+        self._changed = asyncio.Event()
+        self._pending: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ backend primitives
+    async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def _exec(self, sql: str, args: Iterable[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        raise NotImplementedError
+
+    async def _exec_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def _read(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Exclusive use of the connection for single-statement reads (no transaction)."""
+        raise NotImplementedError
+
+    def _transaction(self, write: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        """Exclusive use of the connection in one transaction: a consistent read, or a write
+        serialized with every other writer of the store (committed, or rolled back on error)."""
+        raise NotImplementedError
+
+    async def _published(self, serial: int) -> None:
+        """Inside the write's transaction, once ``serial`` is taken: wake other processes."""
+
+    # ------------------------------------------------------------------ writes and the feed
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[None]:
+        """One transaction, one serial bump, recording every key touched via ``_touch``."""
+        t0 = time.perf_counter()  # the wait for the connection is part of a write's time
+        async with self._transaction(write=True):
+            self._pending = []
+            yield
+            touched = bool(self._pending)
+            if touched:
+                (serial,) = await self._one(
+                    "UPDATE serial SET value = value + 1 WHERE id = 1 RETURNING value"
+                )
+                await self._exec_many(
+                    "INSERT INTO changes VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(serial, k, key) for k, key in dict.fromkeys(self._pending)],
+                )
+                if serial % 1000 == 0:
+                    await self._exec(
+                        "DELETE FROM changes WHERE serial <= ?", (serial - CHANGES_KEPT,)
+                    )
+                await self._published(serial)
+        if self.write_observer is not None:
+            self.write_observer(time.perf_counter() - t0)
+        if touched:
+            self._notify()
+
+    def _touch(self, kind: str, key: str) -> None:
+        self._pending.append((kind, key))
+
+    def _notify(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    async def serial(self) -> int:
+        async with self._read():
+            (value,) = await self._one("SELECT value FROM serial WHERE id = 1")
+        return int(value)
+
+    async def wait_changed(self, after: int, max_wait: float) -> int:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max_wait
+        while True:
+            ev = self._changed
+            current = await self.serial()
+            left = end - loop.time()
+            if current > after or left <= 0:
+                return current
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), min(left, self.poll_interval))
+
+    async def snapshot(self) -> Snapshot:
+        async with self._transaction(write=False):
+            (serial,) = await self._one("SELECT value FROM serial WHERE id = 1")
+            rows = await self._all(f"SELECT {NAME_COLS} FROM names")
+            names = {r[0]: decode_name(r) for r in rows}
+            domains: dict[str, Domain] = {}
+            claims: dict[str, Domain] = {}
+            for r in await self._all(
+                f"SELECT {DOMAIN_COLS} FROM domains WHERE state IN (?, ?, ?)",
+                ("pending", "verified", "active"),
+            ):
+                d = decode_domain(r)
+                if d.state.holds:
+                    domains[d.fqdn] = d
+                else:
+                    claims[d.challenge_label] = d
+            txt: dict[str, list[str]] = {}
+            for fqdn, value in await self._all("SELECT fqdn, value FROM txt ORDER BY created"):
+                txt.setdefault(fqdn, []).append(value)
+            rows = await self._all(f"SELECT {CERT_COLS} FROM certificates")
+            certs = {r[0]: decode_cert(r) for r in rows}
+            meta = {k: v for k, v in await self._all("SELECT key, value FROM meta")}
+        txts = {k: tuple(v) for k, v in txt.items()}
+        return Snapshot(int(serial), names, domains, txts, certs, meta, claims)
+
+    async def changes_since(self, serial: int) -> ChangeSet | None:
+        async with self._transaction(write=False):
+            (current,) = await self._one("SELECT value FROM serial WHERE id = 1")
+            (oldest,) = await self._one("SELECT MIN(serial) FROM changes")
+            if serial > current:
+                return None  # the store was replaced; start over
+            if serial < current and (oldest is None or oldest > serial + 1):
+                return None
+            rows = await self._all(
+                "SELECT DISTINCT kind, key FROM changes WHERE serial > ?", (serial,)
+            )
+            names: dict[str, Name | None] = {}
+            domains: dict[str, Domain | None] = {}
+            txt: dict[str, tuple[str, ...]] = {}
+            certs: dict[str, Certificate | None] = {}
+            meta: dict[str, str | None] = {}
+            claims: dict[str, Domain | None] = {}
+            for kind, key in rows:
+                if kind == "name":
+                    r = await self._one(f"SELECT {NAME_COLS} FROM names WHERE label=?", (key,))
+                    names[key] = decode_name(r) if r else None
+                elif kind == "domain":
+                    r = await self._one(
+                        f"SELECT {DOMAIN_COLS} FROM domains WHERE fqdn=? AND {_HELD}", (key,)
+                    )
+                    domains[key] = decode_domain(r) if r else None
+                elif kind == "claim":
+                    r = await self._one(
+                        f"SELECT {DOMAIN_COLS} FROM domains"
+                        " WHERE challenge_label=? AND state='pending'",
+                        (key,),
+                    )
+                    claims[key] = decode_domain(r) if r else None
+                elif kind == "txt":
+                    vals = await self._all(
+                        "SELECT value FROM txt WHERE fqdn=? ORDER BY created", (key,)
+                    )
+                    txt[key] = tuple(v for (v,) in vals)
+                elif kind == "cert":
+                    r = await self._one(f"SELECT {CERT_COLS} FROM certificates WHERE id=?", (key,))
+                    certs[key] = decode_cert(r) if r else None
+                elif kind == "meta":
+                    r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
+                    meta[key] = str(r[0]) if r else None
+            return ChangeSet(int(current), names, domains, txt, certs, meta, claims)
+
+    # ------------------------------------------------------------------ owners
+    async def create_owner(self, name: str, token_hash: str) -> Owner:
+        async with self._write():
+            if await self._one("SELECT 1 FROM owners WHERE name=?", (name,)):
+                raise Conflict(f"an owner named {name!r} exists already")
+            (owner_id,) = await self._one(
+                "INSERT INTO owners (name, token_hash, created) VALUES (?, ?, ?) RETURNING id",
+                (name, token_hash, time.time()),
+            )
+            self._touch("owner", str(owner_id))
+        return Owner(int(owner_id), name)
+
+    async def owner_by_token_hash(self, token_hash: str) -> Owner | None:
+        async with self._read():
+            r = await self._one("SELECT id, name FROM owners WHERE token_hash=?", (token_hash,))
+        return Owner(r[0], r[1]) if r else None
+
+    async def list_owners(self) -> list[OwnerSummary]:
+        async with self._read():
+            rows = await self._all(
+                "SELECT o.name, o.created,"
+                " (SELECT COUNT(*) FROM names n WHERE n.owner_id = o.id),"
+                " (SELECT COUNT(*) FROM domains d WHERE d.owner_id = o.id)"
+                " FROM owners o ORDER BY o.name"
+            )
+        return [OwnerSummary(*r) for r in rows]
+
+    async def set_owner_token(self, name: str, token_hash: str) -> Owner:
+        async with self._write():
+            r = await self._one("SELECT id FROM owners WHERE name=?", (name,))
+            if not r:
+                raise NotFound(f"there is no owner {name!r}")
+            await self._exec(
+                "UPDATE owners SET token_hash=? WHERE id=?", (token_hash, r[0])
+            )
+            self._touch("owner", str(r[0]))
+        return Owner(r[0], name)
+
+    async def delete_owner(self, name: str) -> OwnerRemoval:
+        async with self._write():
+            r = await self._one("SELECT id FROM owners WHERE name=?", (name,))
+            if not r:
+                raise NotFound(f"there is no owner {name!r}")
+            owner_id = r[0]
+            domains = tuple(
+                fqdn
+                for (fqdn,) in await self._all(
+                    "SELECT fqdn FROM domains WHERE owner_id=? ORDER BY fqdn", (owner_id,)
+                )
+            )
+            labels = tuple(
+                label
+                for (label,) in await self._all(
+                    "SELECT label FROM names WHERE owner_id=? ORDER BY label", (owner_id,)
+                )
+            )
+            await self._delete_claims("owner_id=?", (owner_id,))
+            await self._exec("DELETE FROM names WHERE owner_id=?", (owner_id,))
+            await self._exec("DELETE FROM owners WHERE id=?", (owner_id,))
+            for label in labels:
+                self._touch("name", label)
+            self._touch("owner", str(owner_id))
+        return OwnerRemoval(name, labels, domains)
+
+    async def owner_names(self) -> dict[int, str]:
+        async with self._read():
+            rows = await self._all("SELECT id, name FROM owners")
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    # ------------------------------------------------------------------ names
+    async def put_name(self, name: Name, max_names: int) -> bool:
+        now = time.time()
+        async with self._write():
+            r = await self._one(
+                "SELECT owner_id, created, tunnel_token_hash FROM names WHERE label=?",
+                (name.label,),
+            )
+            # A tunnel name keeps its token unless a new hash is given; a plain one has none.
+            token_hash = (name.tunnel_token_hash or (r[2] if r else "")) if name.tunnel else ""
+            if r and r[0] != name.owner_id:
+                raise Forbidden(f"{name.label!r} belongs to another owner")
+            if not r:
+                (count,) = await self._one(
+                    "SELECT COUNT(*) FROM names WHERE owner_id=?", (name.owner_id,)
+                )
+                if count >= max_names:
+                    raise QuotaExceeded(f"an owner may hold at most {max_names} names")
+            await self._exec(
+                _NAME_UPSERT,
+                (
+                    name.label,
+                    name.owner_id,
+                    json.dumps([str(b) for b in name.backends]),
+                    str(name.tls),
+                    int(name.proxy_protocol),
+                    int(name.http2),
+                    r[1] if r else now,
+                    now,
+                    int(name.tunnel),
+                    token_hash,
+                ),
+            )
+            self._touch("name", name.label)
+        return r is None
+
+    async def get_name(self, label: str) -> Name | None:
+        async with self._read():
+            r = await self._one(f"SELECT {NAME_COLS} FROM names WHERE label=?", (label,))
+        return decode_name(r) if r else None
+
+    async def list_names(self, owner_id: int | None = None) -> list[Name]:
+        async with self._read():
+            if owner_id is None:
+                rows = await self._all(f"SELECT {NAME_COLS} FROM names ORDER BY label")
+            else:
+                rows = await self._all(
+                    f"SELECT {NAME_COLS} FROM names WHERE owner_id=? ORDER BY label", (owner_id,)
+                )
+        return [decode_name(r) for r in rows]
+
+    async def delete_name(self, label: str, owner_id: int) -> None:
+        async with self._write():
+            r = await self._one("SELECT owner_id FROM names WHERE label=?", (label,))
+            if not r or r[0] != owner_id:
+                raise NotFound(f"you have no name {label!r}")
+            await self._delete_claims("label=?", (label,))
+            await self._exec("DELETE FROM names WHERE label=?", (label,))
+            self._touch("name", label)
+
+    async def set_tunnel_token(self, label: str, owner_id: int, token_hash: str) -> None:
+        async with self._write():
+            r = await self._one("SELECT owner_id, tunnel FROM names WHERE label=?", (label,))
+            if not r or r[0] != owner_id:
+                raise NotFound(f"you have no name {label!r}")
+            if not r[1]:
+                raise Conflict(f"{label!r} is not a tunnel name; set \"tunnel\": true first")
+            await self._exec(
+                "UPDATE names SET tunnel_token_hash=?, updated=? WHERE label=?",
+                (token_hash, time.time(), label),
+            )
+            self._touch("name", label)
+
+    # ------------------------------------------------------------------ domains (claims)
+    def _touch_claim(self, fqdn: str, challenge_label: str) -> None:
+        """A claim changed: the pending-claims feed, and the domain's holder, may have."""
+        self._touch("domain", fqdn)
+        self._touch("claim", challenge_label)
+
+    async def _delete_claims(self, where: str, args: tuple[Any, ...]) -> int:
+        rows = await self._all(f"SELECT fqdn, challenge_label FROM domains WHERE {where}", args)
+        for fqdn, chal in rows:
+            self._touch_claim(fqdn, chal)
+        await self._exec(f"DELETE FROM domains WHERE {where}", args)
+        return len(rows)
+
+    async def put_domain(self, domain: Domain, max_domains: int) -> bool:
+        """The owner's claim on ``domain.fqdn``: created (True), or its name updated.
+
+        A pending claim of another owner blocks nothing; a domain another owner holds
+        (its proof was seen) is a Conflict. A closed claim (dropped, expired) of the same
+        owner is replaced by a fresh pending one with ``domain.challenge_label``.
+        """
+        now = time.time()
+        async with self._write():
+            n = await self._one("SELECT owner_id FROM names WHERE label=?", (domain.label,))
+            if not n or n[0] != domain.owner_id:
+                raise NotFound(f"you have no name {domain.label!r} to attach the domain to")
+            held = await self._one(
+                f"SELECT owner_id, updated FROM domains WHERE fqdn=? AND {_HELD}", (domain.fqdn,)
+            )
+            if held and held[0] != domain.owner_id:
+                raise Conflict(
+                    f"{domain.fqdn} is held by another owner: on {_utc(held[1])} the CNAME"
+                    f" _acme-challenge.{domain.fqdn} pointed at that owner's target, which"
+                    " proves control of the domain's DNS; only the holder (DELETE) or the"
+                    " gateway's operator can release it"
+                )
+            mine = await self._one(
+                "SELECT challenge_label, state FROM domains WHERE fqdn=? AND owner_id=?",
+                (domain.fqdn, domain.owner_id),
+            )
+            if mine and not DomainState(mine[1]).closed:
+                if await self._exec(
+                    "UPDATE domains SET label=? WHERE challenge_label=? AND label!=?",
+                    (domain.label, mine[0], domain.label),
+                ):
+                    self._touch_claim(domain.fqdn, mine[0])
+                return False
+            (count,) = await self._one(
+                f"SELECT COUNT(*) FROM domains WHERE owner_id=? AND NOT {_CLOSED}",
+                (domain.owner_id,),
+            )
+            if count >= max_domains:
+                raise QuotaExceeded(f"an owner may claim at most {max_domains} domains")
+            if mine:
+                await self._delete_claims("challenge_label=?", (mine[0],))
+            await self._exec(
+                f"INSERT INTO domains ({DOMAIN_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    domain.fqdn,
+                    domain.label,
+                    domain.owner_id,
+                    domain.challenge_label,
+                    str(DomainState.PENDING),
+                    domain.detail,
+                    now,
+                    now,
+                ),
+            )
+            self._touch_claim(domain.fqdn, domain.challenge_label)
+        return True
+
+    async def get_domain(self, fqdn: str, owner_id: int | None = None) -> Domain | None:
+        """The owner's claim; without an owner, the claim holding the domain, else the newest."""
+        sql = f"SELECT {DOMAIN_COLS} FROM domains WHERE fqdn=?"
+        args: tuple[Any, ...] = (fqdn,)
+        if owner_id is not None:
+            sql, args = sql + " AND owner_id=?", (fqdn, owner_id)
+        async with self._read():
+            r = await self._one(sql + f" ORDER BY {_HELD} DESC, created DESC LIMIT 1", args)
+        return decode_domain(r) if r else None
+
+    async def list_domains(self, owner_id: int | None = None) -> list[Domain]:
+        async with self._read():
+            if owner_id is None:
+                rows = await self._all(
+                    f"SELECT {DOMAIN_COLS} FROM domains ORDER BY fqdn, created"
+                )
+            else:
+                rows = await self._all(
+                    f"SELECT {DOMAIN_COLS} FROM domains WHERE owner_id=? ORDER BY fqdn, created",
+                    (owner_id,),
+                )
+        return [decode_domain(r) for r in rows]
+
+    async def delete_domain(self, fqdn: str, owner_id: int | None) -> None:
+        """Remove the owner's claim (``None``, the operator: every claim on ``fqdn``)."""
+        where, args = ("fqdn=?", (fqdn,)) if owner_id is None else (
+            "fqdn=? AND owner_id=?", (fqdn, owner_id))
+        async with self._write():
+            if not await self._delete_claims(where, args):
+                raise NotFound(f"you have no domain {fqdn!r}")
+
+    async def set_domain_state(self, fqdn: str, state: DomainState, detail: str) -> None:
+        """Update the claim holding ``fqdn`` (certd: certificate requested, in place, failed)."""
+        if not state.holds:
+            raise ValueError(f"{state} is not a state that holds a domain")
+        async with self._write():
+            r = await self._one(
+                f"UPDATE domains SET state=?, detail=? WHERE fqdn=? AND {_HELD}"
+                " AND (state!=? OR detail!=?) RETURNING challenge_label",
+                (str(state), detail, fqdn, str(state), detail),
+            )
+            if r:
+                self._touch_claim(fqdn, r[0])
+
+    async def set_claim_detail(self, challenge_label: str, detail: str) -> None:
+        """What the last DNS check of a pending claim saw (no-op if the claim closed)."""
+        async with self._write():
+            r = await self._one(
+                "UPDATE domains SET detail=? WHERE challenge_label=? AND state='pending'"
+                " AND detail!=? RETURNING fqdn",
+                (detail, challenge_label, detail),
+            )
+            if r:
+                self._touch_claim(r[0], challenge_label)
+
+    async def verify_claim(self, challenge_label: str, detail: str) -> bool:
+        """The claim's proof was seen: it holds its domain now and every other pending claim
+        on the domain is dropped, with the reason. False if the claim is no longer pending."""
+        now = time.time()
+        async with self._write():
+            r = await self._one(
+                "SELECT fqdn FROM domains WHERE challenge_label=? AND state='pending'",
+                (challenge_label,),
+            )
+            if not r or await self._one(
+                f"SELECT 1 FROM domains WHERE fqdn=? AND {_HELD}", (r[0],)
+            ):
+                return False
+            fqdn = r[0]
+            await self._exec(
+                "UPDATE domains SET state='verified', detail=?, updated=? WHERE challenge_label=?",
+                (detail, now, challenge_label),
+            )
+            self._touch_claim(fqdn, challenge_label)
+            why = (
+                f"dropped on {_utc(now)}: another owner proved control of {fqdn} first (its"
+                f" _acme-challenge.{fqdn} CNAME points at that owner's target, not at this"
+                " claim's). If the domain is yours, fix its DNS and ask the holder or the"
+                " gateway's operator to release it"
+            )
+            for (chal,) in await self._all(
+                "UPDATE domains SET state='dropped', detail=?, updated=?"
+                " WHERE fqdn=? AND state='pending' RETURNING challenge_label",
+                (why, now, fqdn),
+            ):
+                self._touch_claim(fqdn, chal)
+        return True
+
+    async def expire_claims(self, now: float, ttl: float) -> int:
+        """Pending claims older than ``ttl`` expire; closed claims are purged ``ttl`` after
+        they closed (an owner reads why in between). Returns how many rows changed."""
+        cutoff = now - ttl
+        async with self._write():
+            expired = await self._all(
+                "SELECT fqdn, challenge_label, detail, created FROM domains"
+                " WHERE state='pending' AND created < ?",
+                (cutoff,),
+            )
+            for fqdn, chal, last, created in expired:
+                why = (
+                    f"expired on {_utc(now)}: the _acme-challenge.{fqdn} CNAME of this claim"
+                    f" (made {_utc(created)}) was not seen in time; claim the domain again for"
+                    " a new target" + (f" (last check: {last})" if last else "")
+                )
+                await self._exec(
+                    "UPDATE domains SET state='expired', detail=?, updated=?"
+                    " WHERE challenge_label=?",
+                    (why[:1000], now, chal),
+                )
+                self._touch_claim(fqdn, chal)
+            purged = await self._delete_claims(f"{_CLOSED} AND updated < ?", (cutoff,))
+        return len(expired) + purged
+
+    # ------------------------------------------------------------------ TXT
+    async def add_txt(self, fqdn: str, value: str) -> None:
+        async with self._write():
+            await self._exec(
+                "INSERT INTO txt VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (fqdn, value, time.time()),
+            )
+            self._touch("txt", fqdn)
+
+    async def remove_txt(self, fqdn: str, value: str | None = None) -> None:
+        async with self._write():
+            if value is None:
+                removed = await self._exec("DELETE FROM txt WHERE fqdn=?", (fqdn,))
+            else:
+                removed = await self._exec(
+                    "DELETE FROM txt WHERE fqdn=? AND value=?", (fqdn, value)
+                )
+            if removed:
+                self._touch("txt", fqdn)
+
+    async def list_txt(self) -> list[TxtRecord]:
+        async with self._read():
+            rows = await self._all("SELECT fqdn, value, created FROM txt ORDER BY fqdn, created")
+        return [TxtRecord(*r) for r in rows]
+
+    # ------------------------------------------------------------------ certificates
+    async def put_certificate(self, cert: Certificate) -> None:
+        async with self._write():
+            await self._exec(
+                _CERT_UPSERT,
+                (
+                    cert.id,
+                    json.dumps(list(cert.domains)),
+                    str(cert.state),
+                    cert.cert_path,
+                    cert.key_path,
+                    cert.not_before,
+                    cert.not_after,
+                    cert.renew_at,
+                    cert.failures,
+                    cert.next_attempt,
+                    cert.last_error,
+                    cert.order_url,
+                    time.time(),
+                ),
+            )
+            self._touch("cert", cert.id)
+
+    async def get_certificate(self, cert_id: str) -> Certificate | None:
+        async with self._read():
+            r = await self._one(f"SELECT {CERT_COLS} FROM certificates WHERE id=?", (cert_id,))
+        return decode_cert(r) if r else None
+
+    async def list_certificates(self) -> list[Certificate]:
+        async with self._read():
+            rows = await self._all(f"SELECT {CERT_COLS} FROM certificates ORDER BY id")
+        return [decode_cert(r) for r in rows]
+
+    async def delete_certificate(self, cert_id: str) -> None:
+        async with self._write():
+            if await self._exec("DELETE FROM certificates WHERE id=?", (cert_id,)):
+                self._touch("cert", cert_id)
+
+    # ------------------------------------------------------------------ meta
+    async def get_meta(self, key: str) -> str | None:
+        async with self._read():
+            r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
+        return str(r[0]) if r else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._write():
+            if await self._exec(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                " SET value = excluded.value WHERE meta.value != excluded.value",
+                (key, value),
+            ):
+                self._touch("meta", key)

@@ -1,0 +1,26 @@
+"""The one place a store is built: SQLite for one gateway, PostgreSQL for a fleet.
+
+Every process that needs the store (the supervisor, dnsd and proxy worker processes, the
+CLI's ``owner add --config``) calls ``open_store`` with the validated ``[store]`` section,
+so the backend, ``poll_interval`` and ``timeout`` are chosen in one place.
+"""
+
+from __future__ import annotations
+
+from webgateway.config import StoreConfig
+from webgateway.store import Store
+
+
+async def open_store(config: StoreConfig) -> Store:
+    """The configured store, opened (and migrated to this build's schema)."""
+    store: Store
+    if config.url:
+        from webgateway.pg_store import PgStore
+
+        store = PgStore(config.url, config.poll_interval, config.timeout)
+    else:
+        from webgateway.sqlite_store import SqliteStore
+
+        store = SqliteStore(config.path, config.poll_interval)
+    await store.open()
+    return store
