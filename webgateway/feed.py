@@ -60,14 +60,21 @@ class Follower:
         """Follow forever. A store hiccup is retried; a view that fails to apply a change
         may be half-updated, so it is rebuilt from a fresh snapshot. Neither is fatal."""
         reload = self.serial == 0
+        failing = False  # an outage is logged when it starts and ends, not once a second
         while True:
             try:
                 if reload:
                     await self.load()
                     reload = False
                 await self.step()
+                if failing:
+                    log.warning("%s follows the store again at serial %d",
+                                type(self.view).__name__, self.serial)
+                    failing = False
             except StoreError as e:
-                log.warning("store read failed, retrying: %s", e)
+                if not failing:
+                    log.warning("store read failed, retrying: %s", e)
+                failing = True
                 await asyncio.sleep(self.max_wait)
             except Exception:
                 log.exception("%s failed to follow the store; reloading",
