@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry
 from dnsd.service import DnsService, build
 from tests.support import ZONE, fixed_label, held_domain, make_config
 from webgateway.addresses import parse_hostport
+from webgateway.config import StoreConfig
 from webgateway.model import Name
-from webgateway.sqlite_store import SqliteStore
+from webgateway.store import Store
+from webgateway.storefactory import open_store
 
 BACKEND = (parse_hostport("10.9.8.7:8080"),)
 SHOP = "shop.example.org"
@@ -27,12 +29,13 @@ SHOP_TARGET = f"{fixed_label(SHOP)}._acme.{ZONE}"
 
 @dataclass
 class Dns:
-    store: SqliteStore
+    store: Store
     svc: DnsService
     host: str
     port: int
     owner: int
     tmp: Path
+    store_config: StoreConfig
 
     async def q(self, name: str, rdtype: str = "A", *, tcp: bool = False,
                 use_edns: int | bool = 0, payload: int = 1232, want_dnssec: bool = False,
@@ -64,8 +67,7 @@ def udp_exchange(packet: bytes, host: str, port: int, timeout: float) -> bytes |
 
 async def start(tmp_path: Path, **sections: dict[str, Any]) -> Dns:
     cfg = make_config(tmp_path, **sections)
-    store = SqliteStore(cfg.store.path, poll_interval=0.02)
-    await store.open()
+    store = await open_store(replace(cfg.store, poll_interval=0.02))
     owner = await store.create_owner("alice", "hash-alice")
     await store.put_name(Name("alice", owner.id, BACKEND), 100)
     await store.put_name(Name("bob", owner.id, BACKEND), 100)
@@ -75,4 +77,4 @@ async def start(tmp_path: Path, **sections: dict[str, Any]) -> Dns:
     await store.add_txt(SHOP_TARGET, "shop-token")
     svc = build(cfg, store, CollectorRegistry())
     await svc.start()
-    return Dns(store, svc, "127.0.0.1", cfg.dns.listen[0].port, owner.id, tmp_path)
+    return Dns(store, svc, "127.0.0.1", cfg.dns.listen[0].port, owner.id, tmp_path, cfg.store)

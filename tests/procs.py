@@ -21,13 +21,15 @@ import dns.query
 
 class Proc:
     def __init__(self, name: str, cmd: Sequence[str], log: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 user: str | None = None) -> None:
         self.name = name
         self.log = log
         self._logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             list(cmd), stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            user=user, group=user, extra_groups=[] if user else None)
 
     @property
     def pid(self) -> int:

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ from webgateway.config import Config, parse_config
 from webgateway.dnsname import new_challenge_label
 from webgateway.model import Domain
 from webgateway.service import Service
-from webgateway.sqlite_store import SqliteStore
+from webgateway.store import Store
+from webgateway.storefactory import open_store
 from webgateway.supervisor import factory
 
 ZONE = "gw.test"
@@ -52,7 +53,7 @@ def fixed_label(fqdn: str) -> str:
     return "d" + hashlib.sha256(fqdn.encode()).hexdigest()[:24]
 
 
-async def held_domain(store: SqliteStore, fqdn: str, label: str, owner_id: int,
+async def held_domain(store: Store, fqdn: str, label: str, owner_id: int,
                       challenge: str | None = None) -> Domain:
     """Claim ``fqdn`` for a name and mark the claim verified, as certd does once it sees the
     owner's CNAMEs: for tests about what happens after verification (serving, routing,
@@ -90,12 +91,15 @@ def raw_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     }
     for name, values in sections.items():
         doc.setdefault(name, {}).update(values)
+    if "url" in doc["store"]:
+        del doc["store"]["path"]  # PostgreSQL: the two are exclusive
     return doc
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     cfg = parse_config(raw_config(tmp_path, **sections), tmp_path)
-    cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
+    if not cfg.store.url:
+        cfg.store.path.parent.mkdir(parents=True, exist_ok=True)
     cfg.store.certs_dir.mkdir(parents=True, exist_ok=True)
     return cfg
 
@@ -103,8 +107,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
 @contextlib.asynccontextmanager
 async def services(cfg: Config, *names: str, poll: float = 0.02) -> AsyncIterator[Running]:
     """Open the store and start the named services in-process (as ``webgateway run`` does)."""
-    store = SqliteStore(cfg.store.path, poll)
-    await store.open()
+    store = await open_store(replace(cfg.store, poll_interval=poll))
     registry = CollectorRegistry()
     started: dict[str, Service] = {}
     try:
@@ -119,9 +122,21 @@ async def services(cfg: Config, *names: str, poll: float = 0.02) -> AsyncIterato
         await store.close()
 
 
+async def store_rows(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    """Reach under the Store interface (what a test inspects or damages on purpose)."""
+    from webgateway.pg_store import PgStore
+    from webgateway.sqlite_store import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        async with store.db.execute(sql) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+    assert isinstance(store, PgStore)
+    return [tuple(r) for r in await store.conn.fetch(sql)]
+
+
 @dataclass
 class Running:
     config: Config
-    store: SqliteStore
+    store: Store
     services: dict[str, Service]
     registry: CollectorRegistry  # one for all the services, as in ``webgateway run``

@@ -28,11 +28,13 @@ from tests.support import ZONE, free_port, make_config
 from webgateway.config import ConfigError
 from webgateway.model import Name
 from webgateway.sqlite_store import SqliteStore
+from webgateway.storefactory import open_store
 
 
 @pytest.fixture
-async def d(tmp_path: Path) -> AsyncIterator[Dns]:
-    g = await start(tmp_path, zone={"caa_issuers": ["letsencrypt.org", "pki.goog"]})
+async def d(tmp_path: Path, store_section: dict[str, Any]) -> AsyncIterator[Dns]:
+    g = await start(tmp_path, zone={"caa_issuers": ["letsencrypt.org", "pki.goog"]},
+                    store=store_section)
     yield g
     await g.svc.stop()
     await g.store.close()
@@ -287,8 +289,7 @@ async def _visible_after(d: Dns, write: Any, check: Any) -> float:
 
 async def test_changes_visible_within_100ms_and_serial_moves(d: Dns) -> None:
     """A write by another store handle (another process: polled) shows up in < 100 ms."""
-    other = SqliteStore(d.store.path)
-    await other.open()
+    other = await open_store(d.store_config)
     try:
         best = []
         for _ in range(3):  # best of three: one scheduling hiccup on a busy CI is not a bug

@@ -1,4 +1,5 @@
-"""The SQLite store: ownership, quotas, the serial and the change feed (on a temp file)."""
+"""The store on both backends (SQLite on a temp file, PostgreSQL in a throw-away server):
+ownership, quotas, the serial and the change feed behave the same."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support import store_rows
 from webgateway.addresses import parse_hostport
+from webgateway.config import StoreConfig
 from webgateway.feed import Follower
 from webgateway.model import (
     Certificate,
@@ -25,21 +30,34 @@ from webgateway.model import (
     Snapshot,
     TlsMode,
 )
+from webgateway.pg_store import MIGRATIONS as PG_MIGRATIONS
+from webgateway.pg_store import PgStore
 from webgateway.sqlite_store import MIGRATIONS, SqliteStore
-from webgateway.store import Conflict, Forbidden, NotFound, QuotaExceeded
+from webgateway.store import Conflict, Forbidden, NotFound, QuotaExceeded, Store
+from webgateway.storefactory import open_store
 
 BE = (parse_hostport("[fd00::5]:8080"),)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "db" / "wg.db", poll_interval=0.01)
-    await s.open()
+def store_config(store_section: dict[str, Any], tmp_path: Path) -> StoreConfig:
+    """Where a store lives, on each backend: the tests below open it through the factory."""
+    return StoreConfig(**{"path": tmp_path / "db" / "wg.db", **store_section,
+                          "poll_interval": 0.01})
+
+
+@pytest.fixture
+async def store(store_config: StoreConfig) -> AsyncIterator[Store]:
+    s = await open_store(store_config)
     yield s
     await s.close()
 
 
-async def test_file_is_private_and_schema_versioned(store: SqliteStore) -> None:
+async def test_file_is_private_and_schema_versioned(store: Store) -> None:
+    if isinstance(store, PgStore):
+        assert await store.schema_version() == len(PG_MIGRATIONS)
+        return
+    assert isinstance(store, SqliteStore)
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     async with store.db.execute("PRAGMA user_version") as cur:
         assert (await cur.fetchone()) == (len(MIGRATIONS),)
@@ -47,21 +65,19 @@ async def test_file_is_private_and_schema_versioned(store: SqliteStore) -> None:
         assert (await cur.fetchone()) == ("wal",)
 
 
-async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "wg.db")
-    await s.open()
+async def test_reopen_keeps_data_and_does_not_remigrate(store_config: StoreConfig) -> None:
+    s = await open_store(store_config)
     owner = await s.create_owner("alice", "h1")
     await s.put_name(Name("alice", owner.id, BE), 10)
     serial = await s.serial()
     await s.close()
-    s2 = SqliteStore(tmp_path / "wg.db")
-    await s2.open()
+    s2 = await open_store(store_config)
     assert await s2.serial() == serial
     assert (await s2.get_name("alice")) is not None
     await s2.close()
 
 
-async def test_ownership_and_quota(store: SqliteStore) -> None:
+async def test_ownership_and_quota(store: Store) -> None:
     a = await store.create_owner("a", "ha")
     b = await store.create_owner("b", "hb")
     with pytest.raises(Conflict):
@@ -84,7 +100,7 @@ async def test_ownership_and_quota(store: SqliteStore) -> None:
     assert await store.list_names(b.id) == []
 
 
-async def test_domains_follow_their_name(store: SqliteStore) -> None:
+async def test_domains_follow_their_name(store: Store) -> None:
     a = await store.create_owner("a", "ha")
     b = await store.create_owner("b", "hb")
     await store.put_name(Name("x", a.id, BE), 5)
@@ -104,7 +120,7 @@ async def test_domains_follow_their_name(store: SqliteStore) -> None:
     assert (await store.snapshot()).domains == {}
 
 
-async def _owners_with_names(store: SqliteStore, n: int) -> list[int]:
+async def _owners_with_names(store: Store, n: int) -> list[int]:
     ids = []
     for i in range(n):
         o = await store.create_owner(f"o{i}", f"h{i}")
@@ -113,7 +129,7 @@ async def _owners_with_names(store: SqliteStore, n: int) -> list[int]:
     return ids
 
 
-async def test_pending_claims_of_two_owners_coexist(store: SqliteStore) -> None:
+async def test_pending_claims_of_two_owners_coexist(store: Store) -> None:
     a, b = await _owners_with_names(store, 2)
     fqdn = "shop.example.org"
     assert await store.put_domain(Domain(fqdn, "n0", a, "ca"), 5) is True
@@ -130,7 +146,7 @@ async def test_pending_claims_of_two_owners_coexist(store: SqliteStore) -> None:
     assert set(snap.claims) == {"ca", "cb"}
 
 
-async def test_verification_drops_the_other_claims_with_a_reason(store: SqliteStore) -> None:
+async def test_verification_drops_the_other_claims_with_a_reason(store: Store) -> None:
     a, b, c = await _owners_with_names(store, 3)
     fqdn = "shop.example.org"
     await store.put_domain(Domain(fqdn, "n0", a, "ca"), 5)
@@ -163,7 +179,7 @@ async def test_verification_drops_the_other_claims_with_a_reason(store: SqliteSt
     assert again.challenge_label == "ca2" and again.detail == ""
 
 
-async def test_operator_removes_every_claim_of_a_domain(store: SqliteStore) -> None:
+async def test_operator_removes_every_claim_of_a_domain(store: Store) -> None:
     a, b = await _owners_with_names(store, 2)
     await store.put_domain(Domain("shop.example.org", "n0", a, "ca"), 5)
     await store.put_domain(Domain("shop.example.org", "n1", b, "cb"), 5)
@@ -175,7 +191,7 @@ async def test_operator_removes_every_claim_of_a_domain(store: SqliteStore) -> N
         await store.delete_domain("shop.example.org", None)
 
 
-async def test_pending_claims_expire_and_closed_ones_are_purged(store: SqliteStore) -> None:
+async def test_pending_claims_expire_and_closed_ones_are_purged(store: Store) -> None:
     a, b = await _owners_with_names(store, 2)
     ttl = 3600.0
     await store.put_domain(Domain("old.example.org", "n0", a, "c-old"), 2)
@@ -241,7 +257,7 @@ async def test_migration_keeps_existing_domains_and_their_challenge_labels(
 
 
 async def test_owner_rotate_and_removal_take_everything_in_one_change(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     a = await store.create_owner("a", "ha")
     b = await store.create_owner("b", "hb")
@@ -286,7 +302,7 @@ class Recorder:
         self.changes.append(changes)
 
 
-async def test_every_write_bumps_the_serial_and_feeds_followers(store: SqliteStore) -> None:
+async def test_every_write_bumps_the_serial_and_feeds_followers(store: Store) -> None:
     view = Recorder()
     follower = Follower(store, view, max_wait=0.5)
     await follower.load()
@@ -324,30 +340,28 @@ async def test_every_write_bumps_the_serial_and_feeds_followers(store: SqliteSto
         task.cancel()
 
 
-async def test_noop_writes_do_not_bump(store: SqliteStore) -> None:
+async def test_noop_writes_do_not_bump(store: Store) -> None:
     s0 = await store.serial()
     await store.remove_txt("nothing.gw.test")
     await store.delete_certificate("none")
     assert await store.serial() == s0
 
 
-async def test_snapshot_and_stale_changes(store: SqliteStore) -> None:
+async def test_snapshot_and_stale_changes(store: Store) -> None:
     a = await store.create_owner("a", "ha")
     await store.put_name(Name("x", a.id, BE), 5)
     snap = await store.snapshot()
     assert set(snap.names) == {"x"} and snap.serial == await store.serial()
     assert await store.changes_since(snap.serial + 100) is None
-    await store.db.execute("DELETE FROM changes")
+    await store_rows(store, "DELETE FROM changes")
     assert await store.changes_since(1) is None
     cs = await store.changes_since(snap.serial)
     assert cs is not None and cs.empty
 
 
-async def test_second_process_sees_changes_by_polling(tmp_path: Path) -> None:
-    writer = SqliteStore(tmp_path / "wg.db")
-    reader = SqliteStore(tmp_path / "wg.db", poll_interval=0.01)
-    await writer.open()
-    await reader.open()
+async def test_second_process_sees_changes_by_polling(store_config: StoreConfig) -> None:
+    writer = await open_store(replace(store_config, poll_interval=0.05))
+    reader = await open_store(store_config)
     try:
         s0 = await reader.serial()
         waiter = asyncio.create_task(reader.wait_changed(s0, 5))
@@ -370,7 +384,7 @@ class Flaky(Recorder):
         super().apply(changes)
 
 
-async def test_a_failing_view_is_rebuilt_from_a_snapshot(store: SqliteStore) -> None:
+async def test_a_failing_view_is_rebuilt_from_a_snapshot(store: Store) -> None:
     view = Flaky()
     follower = Follower(store, view, max_wait=0.05)
     await follower.load()
@@ -389,7 +403,7 @@ async def test_a_failing_view_is_rebuilt_from_a_snapshot(store: SqliteStore) -> 
         task.cancel()
 
 
-async def test_a_writer_cancelled_mid_begin_leaves_no_transaction_open(store: SqliteStore) -> None:
+async def test_a_writer_cancelled_mid_begin_leaves_no_transaction_open(store: Store) -> None:
     """A service stopping cancels its writes; the next writer must still get its BEGIN
     (aiosqlite runs a cancelled statement anyway: without the ROLLBACK behind it, every
     later write failed with 'cannot start a transaction within a transaction')."""
