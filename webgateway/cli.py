@@ -435,7 +435,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_zone_ds(args: argparse.Namespace) -> int:
     """The DS records to give the parent (the keys are generated here on first use)."""
     from webgateway import zonekeys
-    from webgateway.sqlite_store import SqliteStore
+    from webgateway.storefactory import open_store
 
     config = load_config(args.config)
     if not config.dnssec.enabled:
@@ -444,8 +444,7 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
                        " enabled = true first")
 
     async def keys() -> list[zonekeys.ZoneKey]:
-        store = SqliteStore(config.store.path)
-        await store.open()
+        store = await open_store(config.store)
         try:
             return await zonekeys.ensure(store)
         finally:
