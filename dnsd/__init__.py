@@ -2,5 +2,6 @@
 
 ``wire`` parses and packs DNS messages (sans-IO, bounded), ``zone`` is the in-memory view
 kept current from the store, ``responder`` turns query bytes into reply bytes, and
-``service``/``workers`` are the asyncio shell: UDP and TCP listeners, SO_REUSEPORT workers.
+``service`` is the asyncio shell: UDP and TCP listeners, and the ``SO_REUSEPORT`` worker
+processes of ``[dns] workers`` (``webgateway.workerpool``).
 """

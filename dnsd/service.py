@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -27,7 +28,6 @@ from dnsd.journal import Journal
 from dnsd.notify import NotifySchedule, NotifySender
 from dnsd.responder import QTYPE_NAMES, RCODES, TRUNCATED, Responder, slip
 from dnsd.tsig import Signer
-from dnsd.workers import WorkerPool
 from dnsd.zone import ZoneView
 from webgateway import zonekeys
 from webgateway.addresses import HostPort
@@ -36,6 +36,7 @@ from webgateway.feed import Follower
 from webgateway.listen import bind
 from webgateway.model import acme_account_meta_key
 from webgateway.store import Store
+from webgateway.workerpool import WorkerPool, pooled_registry
 
 log = logging.getLogger(__name__)
 
@@ -338,13 +339,15 @@ class DnsService:
     name = "dnsd"
 
     def __init__(
-        self, config: Config, store: Store, registry: CollectorRegistry, *,
-        reuse_port: bool = False, notify: bool = True,
+        self, config: Config, store: Store, registry: CollectorRegistry, *, worker: bool = False
     ) -> None:
-        """``notify``: send NOTIFY to the secondaries (the parent process; not workers)."""
+        """``worker``: one of the pool's processes (shares the ports, starts no pool, and
+        leaves sending NOTIFY to the secondaries to the parent)."""
+        notify = not worker
         self.config = config
-        self.reuse_port = reuse_port or config.dns.workers > 1
-        self.pool: WorkerPool | None = None
+        self.reuse_port = worker or config.dns.workers > 1
+        self.pool = WorkerPool("dnsd", "dns.workers", "dnsd.service:worker",
+                               0 if worker else config.dns.workers - 1)
         self.store = store
         account_key = acme_account_meta_key(config.acme.directory) if config.acme else None
         self.view = ZoneView(config.zone, account_key, config.dnssec)
@@ -372,7 +375,7 @@ class DnsService:
         self._servers: list[asyncio.AbstractServer] = []
         self._task: asyncio.Task[None] | None = None
         self.bound: list[tuple[HostPort, int]] = []  # (address, actual port)
-        registry.register(_Metrics(self))
+        pooled_registry(registry, self.pool).register(_Metrics(self))
 
     async def start(self) -> None:
         if self.view.dnssec is not None:
@@ -416,14 +419,13 @@ class DnsService:
             await self.notifier.start()
             self.notifier.changed(self.view.serial)  # a restart may have missed changes
         self._task = asyncio.create_task(self._follow(), name="dnsd-follower")
-        if self.config.dns.workers > 1:
-            self.pool = WorkerPool(self.config, [p for _, p in self.bound],
-                                   self.config.dns.workers - 1)
-            try:
-                await self.pool.start()
-            except RuntimeError:
-                await self.stop()
-                raise
+        listen = tuple(HostPort(a.host, p) for a, p in self.bound)
+        try:
+            await self.pool.start(replace(self.config,
+                                          dns=replace(self.config.dns, listen=listen)))
+        except ConfigError:
+            await self.stop()
+            raise
         log.info("dnsd serving %s at serial %d on %s", self.config.zone.name, self.view.serial,
                  ", ".join(f"{a.host}:{p}" for a, p in self.bound))
 
@@ -457,9 +459,7 @@ class DnsService:
                 self.notifier.changed(notified)
 
     async def stop(self) -> None:
-        if self.pool is not None:
-            pool, self.pool = self.pool, None
-            await pool.stop()
+        await self.pool.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -482,3 +482,7 @@ class DnsService:
 
 def build(config: Config, store: Store, registry: CollectorRegistry) -> DnsService:
     return DnsService(config, store, registry)
+
+
+def worker(config: Config, store: Store, registry: CollectorRegistry) -> DnsService:
+    return DnsService(config, store, registry, worker=True)

@@ -18,7 +18,6 @@ Modules, one concept each:
   (handed to ``tunnel.gateway``, whose pool the engine draws from for tunnel names).
 - ``https``       the :443 accept loop (batches, pause when out of descriptors).
 - ``redirect``    the :80 listener: 301 to https:// for names we serve, else 404.
-- ``service``     binds the listeners and follows the store; ``build(config, store, registry)``.
-- ``workers``     the parent's handle on its extra ``SO_REUSEPORT`` worker processes.
-- ``worker``      one worker process (``python -m proxy.worker CONFIG``).
+- ``service``     binds the listeners and follows the store; ``build(config, store, registry)``,
+  and ``worker`` for the processes of ``[proxy] workers`` (``webgateway.workerpool``).
 """

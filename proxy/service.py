@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from dataclasses import replace
 from ipaddress import ip_address
 
 from prometheus_client import CollectorRegistry
@@ -15,7 +16,6 @@ from proxy.engine import Engine, Limits
 from proxy.https import HttpsListener
 from proxy.redirect import RedirectProtocol
 from proxy.routes import RouteTable
-from proxy.workers import Workers
 from tunnel.gateway import Tunnels
 from webgateway.addresses import HostPort
 from webgateway.backend_policy import policy_of
@@ -23,6 +23,7 @@ from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
 from webgateway.listen import bind
 from webgateway.store import Store
+from webgateway.workerpool import WorkerPool, pooled_registry
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,22 @@ def limits_of(config: Config) -> Limits:
 class ProxyService:
     name = "proxy"
 
-    def __init__(self, config: Config, store: Store, registry: CollectorRegistry,
-                 reuse_port: bool = False, spawn: bool = True) -> None:
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry, *,
+                 worker: bool = False) -> None:
+        """``worker``: one of the pool's processes (shares the ports, starts no pool)."""
         self.config = config
         self.store = store
         self.table = RouteTable(config.zone.name)
-        self.engine = Engine(self.table, limits_of(config), registry, policy=policy_of(config),
-                             catch_all=config.proxy.catch_all)
+        self.pool = WorkerPool("proxy", "proxy.workers", "proxy.service:worker",
+                               0 if worker else config.proxy.workers - 1)
+        self.engine = Engine(self.table, limits_of(config), pooled_registry(registry, self.pool),
+                             policy=policy_of(config), catch_all=config.proxy.catch_all)
         self.follower = Follower(store, self.table)
-        self.reuse_port = reuse_port or config.proxy.workers > 1
+        self.reuse_port = worker or config.proxy.workers > 1
         self._https: list[HttpsListener] = []
         self._http: list[asyncio.AbstractServer] = []
         self._follow: asyncio.Task[None] | None = None
         self._traffic: asyncio.Task[None] | None = None
-        self.workers = Workers(config) if spawn else None
         self.https_addresses: list[tuple[str, int]] = []
         self.http_addresses: list[tuple[str, int]] = []
 
@@ -82,28 +85,25 @@ class ProxyService:
         except BaseException:
             await self.stop()
             raise
+        https = tuple(HostPort(ip_address(h), p) for h, p in self.https_addresses)
+        http = tuple(HostPort(ip_address(h), p) for h, p in self.http_addresses)
         # A port-0 listener is known only now: a backend there would be a loop too.
         self.engine.policy = self.engine.policy.with_listeners(
-            (key, HostPort(ip_address(host), port))
-            for key, bound in (("proxy.https_listen", self.https_addresses),
-                               ("proxy.http_listen", self.http_addresses))
-            for host, port in bound
-        )
+            [("proxy.https_listen", a) for a in https] + [("proxy.http_listen", a) for a in http])
+        proxy = replace(self.config.proxy, https_listen=https, http_listen=http)
         try:
             self._check_catch_all()
+            await self.pool.start(replace(self.config, proxy=proxy))
         except ConfigError:
             await self.stop()
             raise
-        if self.workers is not None:
-            self.workers.start()
-            if self.config.proxy.workers > 1:
-                log.warning("tunnel names need [proxy] workers = 1 for now: each worker keeps"
-                            " its own pool of node connections, and a client may land on a"
-                            " worker without one (502)")
+        if self.pool.count:
+            log.warning("tunnel names need [proxy] workers = 1 for now: each worker keeps"
+                        " its own pool of node connections, and a client may land on a"
+                        " worker without one (502)")
 
     async def stop(self) -> None:
-        if self.workers is not None:
-            await self.workers.stop()
+        await self.pool.stop()
         for lst in self._https:
             lst.close()
         self._https.clear()
@@ -137,3 +137,7 @@ class ProxyService:
 
 def build(config: Config, store: Store, registry: CollectorRegistry) -> ProxyService:
     return ProxyService(config, store, registry)
+
+
+def worker(config: Config, store: Store, registry: CollectorRegistry) -> ProxyService:
+    return ProxyService(config, store, registry, worker=True)

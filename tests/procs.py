@@ -84,3 +84,26 @@ def wait_dns(host: str, port: int, qname: str, proc: Proc | None = None,
                                  timeout=0.5)
         time.sleep(0.05)
     raise AssertionError(f"no DNS answer from {host}:{port} for {qname} after {seconds} s")
+
+
+def ask_from_new_port(port: int, qname: str, timeout: float = 2.0, *,
+                      rdtype: str = "A") -> int | None:
+    """One UDP query from a fresh source port (so ``SO_REUSEPORT`` may pick any process);
+    its rcode, or None without an answer."""
+    m = dns.message.make_query(qname, rdtype, use_edns=False)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(m.to_wire(), ("127.0.0.1", port))
+        try:
+            return int(dns.message.from_wire(s.recv(4096)).rcode())
+        except TimeoutError:
+            return None
+
+
+def alive(pid: int) -> bool:
+    """Running, neither gone nor a zombie (which holds no socket any more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -7,6 +7,7 @@ stops with the key to fix) and ``stop`` closes them and waits for its tasks.
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -24,3 +25,10 @@ class Service(Protocol):
 
 class ServiceFactory(Protocol):
     def __call__(self, config: Config, store: Store, registry: CollectorRegistry) -> Service: ...
+
+
+def load_factory(spec: str) -> ServiceFactory:
+    """``"package.module:function"`` -> the factory it names, imported only now."""
+    module, attr = spec.split(":")
+    built: ServiceFactory = getattr(importlib.import_module(module), attr)
+    return built

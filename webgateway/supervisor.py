@@ -7,14 +7,13 @@ change reaches dnsd and the proxy through an in-process event, with no polling d
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 
 from prometheus_client import CollectorRegistry, Histogram
 
 from webgateway.config import Config
-from webgateway.service import Service, ServiceFactory
+from webgateway.service import Service, ServiceFactory, load_factory
 from webgateway.storefactory import open_store
 
 log = logging.getLogger(__name__)
@@ -33,9 +32,7 @@ FACTORIES = {
 
 
 def factory(name: str) -> ServiceFactory:
-    module, attr = FACTORIES[name].split(":")
-    built: ServiceFactory = getattr(importlib.import_module(module), attr)
-    return built
+    return load_factory(FACTORIES[name])
 
 
 async def serve(config: Config, names: list[str], stop: asyncio.Event | None = None) -> None:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from dnsd.service import build
 from tests.dnsd_harness import BACKEND, SHOP, SHOP_TARGET, Dns, start
+from tests.procs import ask_from_new_port
 from tests.support import ZONE, free_port, make_config
 from webgateway.config import ConfigError
 from webgateway.model import Name
@@ -447,17 +448,6 @@ async def test_dig_and_kdig(d: Dns) -> None:
 # ------------------------------------------------------------------ SO_REUSEPORT workers
 
 
-def _ask_from_new_port(port: int, name: str, timeout: float = 2.0) -> int | None:
-    m = dns.message.make_query(name, "A", use_edns=False)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.sendto(m.to_wire(), ("127.0.0.1", port))
-        try:
-            return dns.message.from_wire(s.recv(4096)).rcode()
-        except TimeoutError:
-            return None
-
-
 async def test_worker_processes_share_the_port_and_follow_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -470,7 +460,7 @@ async def test_worker_processes_share_the_port_and_follow_the_store(
         # 40 fresh source ports spread over both processes; all must see the new name
         rcodes: list[int | None] = []
         for _ in range(200):
-            rcodes = [await asyncio.to_thread(_ask_from_new_port, g.port, f"late.{ZONE}")
+            rcodes = [await asyncio.to_thread(ask_from_new_port, g.port, f"late.{ZONE}")
                       for _ in range(40)]
             if all(rc == dns.rcode.NOERROR for rc in rcodes):
                 break
@@ -478,7 +468,7 @@ async def test_worker_processes_share_the_port_and_follow_the_store(
         assert all(rc == dns.rcode.NOERROR for rc in rcodes), rcodes
         # silence this process: what still answers is the worker, and it has the name
         monkeypatch.setattr(g.svc.responder, "handle", lambda data, tcp=False: None)
-        rcodes = [await asyncio.to_thread(_ask_from_new_port, g.port, f"late.{ZONE}", 0.3)
+        rcodes = [await asyncio.to_thread(ask_from_new_port, g.port, f"late.{ZONE}", 0.3)
                   for _ in range(40)]
         assert dns.rcode.NOERROR in rcodes and None in rcodes, rcodes
     finally:
