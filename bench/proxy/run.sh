@@ -48,17 +48,21 @@ stop_all() {
 trap stop_all EXIT
 wait_tcp() { for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-# --- payloads and a throw-away CA + EC P-256 leaf for localhost
+# --- payloads and a throw-away CA -> intermediate -> EC P-256 leaf for localhost. Every server
+# sends leaf + intermediate (chain.pem), as with a real CA's full chain (what certd writes); a
+# leaf alone would make OpenSSL build the chain on every handshake where nginx does not.
 [[ -s $W/1k.bin ]] || head -c 1024 /dev/urandom >"$W/1k.bin"
 [[ -s $W/1m.bin ]] || head -c 1048576 /dev/urandom >"$W/1m.bin"
-if [[ ! -s $C/leaf.pem ]]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=bench CA" \
-    -keyout "$C/ca.key" -out "$C/ca.pem" -addext basicConstraints=critical,CA:TRUE 2>/dev/null
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-    -keyout "$C/leaf.key" -out "$C/leaf.csr" 2>/dev/null
-  openssl x509 -req -in "$C/leaf.csr" -CA "$C/ca.pem" -CAkey "$C/ca.key" -CAcreateserial -days 30 \
+if [[ ! -s $C/chain.pem ]]; then
+  ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" -keyout "$C/$2.key" "${@:3}" 2>/dev/null; }
+  ec "bench CA" ca -x509 -days 30 -out "$C/ca.pem" -addext basicConstraints=critical,CA:TRUE
+  ec "bench intermediate" int -out "$C/int.csr"
+  openssl x509 -req -in "$C/int.csr" -CA "$C/ca.pem" -CAkey "$C/ca.key" -CAcreateserial -days 30 \
+    -extfile <(printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n') -out "$C/int.pem" 2>/dev/null
+  ec localhost leaf -out "$C/leaf.csr"
+  openssl x509 -req -in "$C/leaf.csr" -CA "$C/int.pem" -CAkey "$C/int.key" -CAcreateserial -days 30 \
     -extfile <(printf 'subjectAltName=DNS:localhost\n') -out "$C/leaf.pem" 2>/dev/null
-  chmod 600 "$C/leaf.key"; cat "$C/leaf.pem" "$C/leaf.key" >"$C/leaf.bundle.pem"
+  chmod 600 "$C"/*.key; cat "$C/leaf.pem" "$C/int.pem" >"$C/chain.pem"; cat "$C/chain.pem" "$C/leaf.key" >"$C/leaf.bundle.pem"
 fi
 
 ngx_head() { cat <<X
@@ -82,10 +86,10 @@ D=$RUN/nginx.d; mkdir -p "$D"
   cat <<X
 http { $(ngx_http "$D")
   upstream be { server 127.0.0.1:18081; keepalive 64; }
-  server { listen 127.0.0.1:18443 ssl backlog=4096; ssl_certificate $C/leaf.pem; ssl_certificate_key $C/leaf.key;
+  server { listen 127.0.0.1:18443 ssl backlog=4096; ssl_certificate $C/chain.pem; ssl_certificate_key $C/leaf.key;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-stream { server { listen 127.0.0.1:18447 ssl backlog=4096; ssl_certificate $C/leaf.pem;
+stream { server { listen 127.0.0.1:18447 ssl backlog=4096; ssl_certificate $C/chain.pem;
   ssl_certificate_key $C/leaf.key; ssl_protocols TLSv1.2 TLSv1.3; proxy_pass 127.0.0.1:18081; } }
 X
 } >"$D/nginx.conf"
@@ -130,7 +134,7 @@ certs_dir = "$G/certs"
 level = "warning"
 X
 rm -f "$G"/wg.db*
-"$PY" - "$G/wg.db" "$C/leaf.pem" "$C/leaf.key" <<'X'
+"$PY" - "$G/wg.db" "$C/chain.pem" "$C/leaf.key" <<'X'
 import asyncio, sys
 from pathlib import Path
 from webgateway.sqlite_store import SqliteStore

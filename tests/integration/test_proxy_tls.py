@@ -505,3 +505,23 @@ def test_clienthello_split_over_segments(tmp_path: Path) -> None:
             assert got.endswith(b"v4 /split\n"), (split, got)
 
     live(tmp_path, body)
+
+
+def test_one_session_ticket_per_full_handshake_and_it_resumes(tmp_path: Path) -> None:
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("tix", v4.addr)
+        await gw.synced()
+        sess = tmp_path / "tls.session"
+        request = f"GET /t HTTP/1.1\r\nHost: {fqdn('tix')}\r\nConnection: close\r\n\r\n".encode()
+        common = ("openssl", "s_client", "-connect", f"127.0.0.1:{gw.https_port}",
+                  "-servername", fqdn("tix"), "-tls1_3", "-msg", "-ign_eof")
+        rc, out, err = await run(*common, "-sess_out", str(sess), stdin=request, timeout=10)
+        assert rc == 0, err
+        assert out.count(b"NewSessionTicket") == 1, out.decode(errors="replace")
+        assert b"v4 /t" in out
+        rc, out, err = await run(*common, "-sess_in", str(sess), stdin=request, timeout=10)
+        assert rc == 0, err
+        assert b"Reused, TLSv1.3" in out and b"v4 /t" in out
+
+    live(tmp_path, body)
