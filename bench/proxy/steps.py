@@ -1,0 +1,123 @@
+"""CPU per new connection of each step of the proxy, measured inside the proxy process.
+
+Runs ``webgateway proxy`` in this process with each step wrapped in a thread-CPU timer
+(``time.thread_time_ns``, so waiting and other processes do not count), for SECONDS while
+something else sends the load (``bench/proxy/hs_client.py``), then prints µs per spliced
+connection per step; "rest" is the event loop itself (uvloop's transports, callbacks,
+epoll) and the store's poll. The timers add about 1 µs per wrapped call.
+usage: steps.py CONFIG SECONDS   (e.g. the bench's /tmp/wgbench-proxy/run/wg/webgateway.toml)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import sys
+import time
+import types
+from collections.abc import Callable, Coroutine, Generator
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+import proxy.connector
+import proxy.engine
+import proxy.https
+import proxy.splice
+from webgateway.config import load_config
+from webgateway.supervisor import serve
+
+cpu: collections.Counter[str] = collections.Counter()
+spliced = [0]
+now = time.thread_time_ns
+
+
+def timed(obj: Any, name: str, step: str) -> None:
+    inner: Callable[..., Any] = getattr(obj, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = now()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            cpu[step] += now() - t
+
+    setattr(obj, name, wrapper)
+
+
+@types.coroutine
+def _steps(coro: Coroutine[Any, Any, Any], step: str) -> Generator[Any, Any, Any]:
+    """Drive ``coro``, timing each of its steps (not the waits between them)."""
+    it = coro.__await__()
+    value: Any = None
+    exc: BaseException | None = None
+    while True:
+        t = now()
+        try:
+            out = it.throw(exc) if exc is not None else it.send(value)
+        except StopIteration as e:
+            cpu[step] += now() - t
+            return e.value
+        cpu[step] += now() - t
+        try:
+            value, exc = (yield out), None
+        except BaseException as e:  # handed back to the coroutine
+            value, exc = None, e
+
+
+def timed_coro(obj: Any, name: str, step: str) -> None:
+    inner: Callable[..., Coroutine[Any, Any, Any]] = getattr(obj, name)
+    setattr(obj, name, lambda *a, **k: _steps(inner(*a, **k), step))
+
+
+def instrument() -> None:
+    timed(proxy.https.HttpsListener, "_accept", "accept + ClientHello peek + parse + dispatch")
+    timed(ssl.SSLObject, "do_handshake", "TLS handshake (OpenSSL)")
+    timed(ssl.SSLContext, "wrap_bio", "TLS object set-up")
+    timed_coro(proxy.connector.TcpConnector, "connect", "backend connect")
+    timed(proxy.engine.Engine, "new_splice", "splice set-up")
+    timed(proxy.splice.Splice, "link", "splice set-up")
+    timed(proxy.splice.Half, "connection_made", "splice set-up")
+    timed(ssl.SSLObject, "read", "TLS records read/written")
+    timed(ssl.SSLObject, "write", "TLS records read/written")
+    timed(proxy.splice.Half, "data_received", "splice data (incl. the writes it makes)")
+    timed(proxy.splice.Half, "eof_received", "close")
+    timed(proxy.splice.Half, "connection_lost", "close")
+    timed(ssl.SSLObject, "unwrap", "close")
+    timed(proxy.engine.Engine, "_splice_done", "close")
+    new: Callable[..., proxy.splice.Splice] = proxy.engine.Engine.new_splice
+
+    def counted(self: proxy.engine.Engine) -> proxy.splice.Splice:
+        spliced[0] += 1
+        return new(self)
+
+    proxy.engine.Engine.new_splice = counted  # type: ignore[method-assign]
+
+
+async def main(config: Path, seconds: float) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(load_config(config), ["proxy"], stop))
+    await asyncio.sleep(1.0)
+    print("measuring", flush=True)
+    cpu.clear()
+    spliced[0] = 0
+    t0 = now()
+    await asyncio.sleep(seconds)
+    total, n, steps = now() - t0, spliced[0], dict(cpu)
+    stop.set()
+    await task
+    if not n:
+        print("no connection was spliced: send load while it measures")
+        return
+    for step, ns in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"{ns / n / 1000:7.0f} µs  {step}")
+    print(f"{(total - sum(steps.values())) / n / 1000:7.0f} µs  rest (event loop, transports, "
+          "store poll)")
+    print(f"{total / n / 1000:7.0f} µs  total main-thread CPU per connection ({n} connections)")
+
+
+if __name__ == "__main__":
+    instrument()
+    uvloop.run(main(Path(sys.argv[1]), float(sys.argv[2])))
