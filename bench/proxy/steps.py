@@ -73,20 +73,23 @@ def timed_coro(obj: Any, name: str, step: str) -> None:
 
 
 def instrument() -> None:
-    timed(proxy.https.HttpsListener, "_accept", "accept + ClientHello peek + parse + dispatch")
-    timed(ssl.SSLObject, "do_handshake", "TLS handshake (OpenSSL)")
-    timed(ssl.SSLContext, "wrap_bio", "TLS object set-up")
+    for obj, name, step in (
+        (proxy.https.HttpsListener, "_accept", "accept + ClientHello peek + parse + dispatch"),
+        (ssl.SSLObject, "do_handshake", "TLS handshake (OpenSSL)"),
+        (ssl.SSLContext, "wrap_bio", "TLS object set-up"),
+        (proxy.engine.Engine, "new_splice", "splice set-up"),
+        (proxy.splice.Splice, "link", "splice set-up"),
+        (proxy.splice.Half, "connection_made", "splice set-up"),
+        (ssl.SSLObject, "read", "TLS records read/written"),
+        (ssl.SSLObject, "write", "TLS records read/written"),
+        (proxy.splice.Half, "data_received", "splice data (incl. the writes it makes)"),
+        (proxy.splice.Half, "eof_received", "close"),
+        (proxy.splice.Half, "connection_lost", "close"),
+        (ssl.SSLObject, "unwrap", "close"),
+        (proxy.engine.Engine, "_splice_done", "close"),
+    ):
+        timed(obj, name, step)
     timed_coro(proxy.connector.TcpConnector, "connect", "backend connect")
-    timed(proxy.engine.Engine, "new_splice", "splice set-up")
-    timed(proxy.splice.Splice, "link", "splice set-up")
-    timed(proxy.splice.Half, "connection_made", "splice set-up")
-    timed(ssl.SSLObject, "read", "TLS records read/written")
-    timed(ssl.SSLObject, "write", "TLS records read/written")
-    timed(proxy.splice.Half, "data_received", "splice data (incl. the writes it makes)")
-    timed(proxy.splice.Half, "eof_received", "close")
-    timed(proxy.splice.Half, "connection_lost", "close")
-    timed(ssl.SSLObject, "unwrap", "close")
-    timed(proxy.engine.Engine, "_splice_done", "close")
     new: Callable[..., proxy.splice.Splice] = proxy.engine.Engine.new_splice
 
     def counted(self: proxy.engine.Engine) -> proxy.splice.Splice:
