@@ -15,7 +15,7 @@
 # usage: bench/proxy/run.sh [SECONDS=8]
 # env: WORKERS=1 (nginx workers / haproxy threads / proxy workers), SERVER_CPUS=0, CLIENT_CPUS=1,
 #      CONNS=50, THREADS=2, HS_PROCS=4, ONLY="nginx-stream webgateway ..." (subset),
-#      TESTS="1k 1m hs" (subset), ROUNDS=1 (repeat the whole series, peers interleaved),
+#      TESTS="1k 1m hs" (subset; "resume" adds TLS 1.3 resumed handshakes), ROUNDS=1 (repeat the whole series, peers interleaved),
 #      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=.venv/bin/python (scripts/setup --test makes it)
 # Stops every server it started (by recorded PID) on exit.
 set -euo pipefail
@@ -144,7 +144,9 @@ async def main():
     s = SqliteStore(Path(sys.argv[1])); await s.open()
     o = await s.create_owner("bench", "bench-hash")
     await s.put_name(Name("bench", o.id, (parse_hostport("127.0.0.1:18081"),)), 10)
-    await s.put_domain(Domain("localhost", "bench", o.id, "x", DomainState.ACTIVE), 10)
+    await s.put_domain(Domain("localhost", "bench", o.id, "x"), 10)  # a claim: pending
+    await s.verify_claim("x", "bench")
+    await s.set_domain_state("localhost", DomainState.ACTIVE, "bench")
     await s.put_certificate(Certificate("localhost", ("localhost",), CertState.VALID, sys.argv[2], sys.argv[3]))
     await s.close()
 asyncio.run(main())
@@ -175,12 +177,15 @@ for n in $ONLY; do
             else printf "%-13s 1m-keepalive MiB/s=%-8.1f cpu_us/MiB=%-7.0f srv_cpu=%3.0f%% %s\n", n, t, (t>0)?cs*1e6/(t*d):0, cs*100/d, e }' \
       "$RES/${n}_$tag.txt" | tee -a "$out"
   done
-  [[ " $TESTS " == *" hs "* ]] || continue
-  c0=$(ticks "$pids"); t0=$(date +%s.%N)
-  read -r hs errs < <($CPIN "$PY" "$HERE/hs_client.py" 127.0.0.1 "$port" localhost "$secs" "$HS_PROCS")
-  wall=$(echo "$(date +%s.%N) - $t0" | bc); c1=$(ticks "$pids")
-  awk -v n="$n" -v hs="$hs" -v e="$errs" -v w="$wall" -v cpu=$((c1 - c0)) -v tck="$TCK" -v d="$secs" 'BEGIN {
-      cs=cpu/tck; printf "%-13s full-hs      conn/s=%-7.0f cpu_us/conn=%-7.0f srv_cpu=%3.0f%% errors=%d\n", n, hs/d, (hs>0)?cs*1e6/hs:0, cs*100/w, e }' | tee -a "$out"
+  for tag in hs resume; do
+    [[ " $TESTS " == *" $tag "* ]] || continue
+    mode=$([[ $tag == resume ]] && echo resume || echo new)
+    c0=$(ticks "$pids"); t0=$(date +%s.%N)
+    read -r hs errs reused < <($CPIN "$PY" "$HERE/hs_client.py" 127.0.0.1 "$port" localhost "$secs" "$HS_PROCS" /1k.bin "$mode")
+    wall=$(echo "$(date +%s.%N) - $t0" | bc); c1=$(ticks "$pids")
+    awk -v n="$n" -v hs="$hs" -v e="$errs" -v r="$reused" -v tag="$tag" -v w="$wall" -v cpu=$((c1 - c0)) -v tck="$TCK" -v d="$secs" 'BEGIN {
+        cs=cpu/tck; printf "%-13s %-12s conn/s=%-7.0f cpu_us/conn=%-7.0f srv_cpu=%3.0f%% errors=%d resumed=%d\n", n, (tag=="hs")?"full-hs":"resumed-hs", hs/d, (hs>0)?cs*1e6/hs:0, cs*100/w, e, r }' | tee -a "$out"
+  done
 done
 done
 log "raw output in $RES"
