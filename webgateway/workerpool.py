@@ -276,10 +276,12 @@ class WorkerPool:
 
     async def _first_message(self, w: _Worker) -> dict[str, Any]:
         if await _readable([w.conn.fileno(), w.proc.sentinel], self.START_TIMEOUT):
-            with contextlib.suppress(EOFError, OSError):
+            with contextlib.suppress(EOFError, OSError, ValueError):
                 if w.conn.poll():
-                    msg: dict[str, Any] = json.loads(w.conn.recv_bytes())
-                    return msg
+                    msg = json.loads(w.conn.recv_bytes())
+                    if isinstance(msg, dict) and ("ready" in msg or "failed" in msg):
+                        return msg
+                    return {"failed": ["", "its first message was neither ready nor failed"]}
             w.proc.join(1)
             return {"failed": ["", f"exited with {_exit_text(w.proc.exitcode)}"]}
         return {"failed": ["", f"not serving after {self.START_TIMEOUT:.0f} s"]}
@@ -307,7 +309,8 @@ class WorkerPool:
         except ValueError:
             log.warning("%s worker %d sent an unreadable message", self.kind, w.slot)
             return
-        w.families = msg.get("metrics", w.families)
+        if isinstance(msg, dict) and isinstance(msg.get("metrics"), list):
+            w.families = msg["metrics"]
         w.asked = False
 
     def _exited(self, w: _Worker) -> None:
