@@ -114,9 +114,13 @@ def dies(config: Config, store: Store, registry: CollectorRegistry) -> _Dies:
 ])
 async def test_start_raises_naming_what_failed(tmp_path: Path, factory: str, key: str,
                                                 reason: str) -> None:
+    cfg = make_config(tmp_path)
+    store = SqliteStore(cfg.store.path)  # as in service: the parent has made the store
+    await store.open()
+    await store.close()
     pool = WorkerPool("dnsd", "dns.workers", f"{__name__}:{factory}", 2)
     with pytest.raises(ConfigError) as e:
-        await pool.start(make_config(tmp_path))
+        await pool.start(cfg)
     assert e.value.key == key and reason in e.value.reason, e.value
     assert pool.pids == []
 
