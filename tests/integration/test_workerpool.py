@@ -177,8 +177,8 @@ def test_workers_count_in_parent_metrics_and_die_with_the_parent(tmp_path: Path)
             return {(s.name, tuple(sorted(s.labels.items()))): s.value
                     for f in fams for s in f.samples}
 
-        nx = (("rcode", "NOERROR"), ("worker", "1"))
-        bad = (("outcome", "bad_hello"), ("worker", "1"))
+        a_ok = (("qtype", "A"), ("rcode", "NOERROR"), ("worker", "1"))
+        bad = (("outcome", "handshake_failed"), ("worker", "1"))
         samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for _ in range(40):  # bounded: ~20 s; the parent pulls workers' metrics every 1 s
             for _ in range(10):
@@ -188,13 +188,13 @@ def test_workers_count_in_parent_metrics_and_die_with_the_parent(tmp_path: Path)
                     c.sendall(b"GET / HTTP/1.0\r\n\r\n")
                     c.recv(100)
             samples = scrape()
-            if samples.get(("dnsd_responses_total", nx)) and \
-                    samples.get(("proxy_connections_total", bad)):
+            if samples.get(("webgateway_dns_queries_total", a_ok)) and \
+                    samples.get(("webgateway_proxy_connections_total", bad)):
                 break
             time.sleep(0.5)
-        assert samples.get(("dnsd_responses_total", nx)), samples
-        assert samples.get(("proxy_connections_total", bad)), samples
-        assert ("dnsd_responses_total", (("rcode", "NOERROR"), ("worker", "0"))) in samples
+        assert samples.get(("webgateway_dns_queries_total", a_ok)), samples
+        assert samples.get(("webgateway_proxy_connections_total", bad)), samples
+        assert ("webgateway_dns_queries_total", (*a_ok[:2], ("worker", "0"))) in samples
 
         kids = children(proc.pid)
         assert len(kids) >= 2  # a dnsd and a proxy worker (and multiprocessing's tracker)
