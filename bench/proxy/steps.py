@@ -92,9 +92,9 @@ def instrument() -> None:
     timed_coro(proxy.connector.TcpConnector, "connect", "backend connect")
     new: Callable[..., proxy.splice.Splice] = proxy.engine.Engine.new_splice
 
-    def counted(self: proxy.engine.Engine) -> proxy.splice.Splice:
+    def counted(self: proxy.engine.Engine, *args: Any, **kwargs: Any) -> proxy.splice.Splice:
         spliced[0] += 1
-        return new(self)
+        return new(self, *args, **kwargs)
 
     proxy.engine.Engine.new_splice = counted  # type: ignore[method-assign]
 
