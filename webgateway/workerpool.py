@@ -396,7 +396,8 @@ class PooledMetrics(Collector):
 
 def pooled_registry(registry: CollectorRegistry, pool: WorkerPool) -> CollectorRegistry:
     """The registry a service registers its metrics in: merged with its workers' into
-    ``registry`` (the parent's, served at ``/metrics``)."""
+    ``registry`` (the parent's, served at ``/metrics``). A family registered straight in
+    ``registry`` would miss the workers' samples and clash by name with their family."""
     own = CollectorRegistry()
     registry.register(PooledMetrics(own, pool))
     return own
