@@ -1,7 +1,8 @@
 """DNS checks certd makes before it involves the CA.
 
 ``authoritative_targets`` decides which servers must serve a TXT before a challenge is
-answered: every glue address of the zone's name servers on port 53 -- except loopback
+answered: every glue address of the zone's name servers on port 53 -- except a secondary
+(an address in ``dns.secondaries``), asked on its port there, and loopback
 glue (a test or single-host setup, where dnsd listens on ``dns.listen``, often on a
 high port): then the ``dns.listen`` addresses themselves are queried. Wildcard listen
 addresses (0.0.0.0, ::) are reached through loopback. Name servers without glue (out of
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,8 +36,11 @@ import dns.resolver
 from certd.schedule import poll_delay
 from webgateway.addresses import HostPort
 from webgateway.config import Config
+from webgateway.delegation import secondary_port
 
 Target = tuple[str, int]
+
+log = logging.getLogger(__name__)
 
 
 def authoritative_targets(config: Config) -> tuple[list[Target], list[str]]:
@@ -46,7 +51,9 @@ def authoritative_targets(config: Config) -> tuple[list[Target], list[str]]:
         if not glue:
             unresolved.append(ns)
         for ip in glue:
-            if ip.is_loopback:
+            if (port := secondary_port(config, ip)) is not None:
+                out.append((str(ip), port))
+            elif ip.is_loopback:
                 out.extend(_listen_targets(config.dns.listen))
             else:
                 out.append((str(ip), 53))
@@ -106,7 +113,10 @@ class PropagationTimeout(Exception):
 async def wait_propagated(
     config: Config, records: dict[str, set[str]], timeout: float  # noqa: ASYNC109
 ) -> int:
-    """Wait until every authoritative server answers every TXT value; returns rounds used."""
+    """Wait until every authoritative server answers every TXT value; returns rounds used.
+
+    Servers still lagging after the first round are logged once, so an operator sees which
+    name server holds up issuance."""
     targets, unresolved = authoritative_targets(config)
     if unresolved:
         targets = sorted(set(targets) | set(await _resolve_ns(unresolved)))
@@ -132,6 +142,10 @@ async def wait_propagated(
         pending -= done
         if not pending:
             break
+        if rounds == 0:
+            lagging = ", ".join(sorted({f"{t[0]}:{t[1]}" for t, _ in pending}))
+            log.info("certd: waiting up to %.0f s until %s serve the challenge TXT", timeout,
+                     lagging)
         if time.monotonic() >= end:
             raise PropagationTimeout(f"after {timeout:.0f} s, {last}")
         await asyncio.sleep(poll_delay(rounds))

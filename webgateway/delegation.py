@@ -9,7 +9,8 @@ What is checked, as a resolver on the Internet would see it:
 - a recursive resolver (``--resolver`` or the system's) reaches the zone through that chain.
 
 Our name servers are asked on the port the config listens on (``[dns] listen``) or
-``--port``, so a gateway whose DNS is not on port 53 (a local one) can be checked too.
+``--port``, so a gateway whose DNS is not on port 53 (a local one) can be checked too; a
+listed secondary is asked on its port in ``[dns] secondaries``.
 A failed exchange is told in our words (``explain``), never in the DNS library's.
 """
 
@@ -194,8 +195,20 @@ def explain(e: BaseException) -> str:
     return f"the DNS exchange failed ({type(e).__name__})"
 
 
+def secondary_port(config: Config, ip: IPAddress) -> int | None:
+    """The port of ``ip`` when it is one of ``[dns] secondaries``: a secondary listed in
+    ``[zone] nameservers`` serves DNS where its NOTIFYs go, which may not be port 53."""
+    for hp in config.dns.secondaries:
+        if hp.host == ip:
+            return hp.port
+    return None
+
+
 def ns_port(config: Config, ip: IPAddress, override: int | None) -> int:
-    """The port to ask one of our name servers on: ``--port``, else the listener's own."""
+    """The port to ask one of our name servers on: a secondary's own (``secondary_port``),
+    else ``--port``, else the listener's own."""
+    if (port := secondary_port(config, ip)) is not None:
+        return port
     if override is not None:
         return override
     for hp in config.dns.listen:

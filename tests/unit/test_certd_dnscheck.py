@@ -26,6 +26,16 @@ def test_public_glue_is_queried_on_53_and_wildcard_listen(tmp_path: Path) -> Non
     assert unresolved == ["ns.other.example"]
 
 
+def test_a_listed_secondary_is_asked_on_its_port_in_dns_secondaries(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, zone={"nameservers": {
+        "ns1.gw.test": ["127.0.0.1"], "ns2.gw.test": ["127.0.0.31"],
+        "ns3.gw.test": ["192.0.2.53"]}},
+        dns={"listen": ["127.0.0.30:5300"], "secondaries": ["127.0.0.31:5301", "192.0.2.53:53"],
+             "tsig": {"name": "k", "secret": "A" * 44}})
+    targets, _ = authoritative_targets(cfg)
+    assert targets == sorted([("127.0.0.30", 5300), ("127.0.0.31", 5301), ("192.0.2.53", 53)])
+
+
 def lk(chal: str | None, chain: tuple[str, ...] = (), addrs: frozenset[str] = frozenset()
        ) -> DomainLookup:
     return DomainLookup(chal, chain, addrs)

@@ -125,3 +125,12 @@ def test_a_ds_without_dnssec_is_a_fault(tmp_path: Path) -> None:
     assert judge_dnssec(cfg, Observed(), NOW) == []  # type: ignore[arg-type]
     (fix,) = judge_dnssec(cfg, obs, NOW)  # type: ignore[arg-type]
     assert not fix[0] and "remove the DS" in fix[1]
+
+
+def test_a_listed_secondary_is_asked_on_its_own_port(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, dns={"listen": ["127.0.0.1:5353"],
+                                     "secondaries": ["127.0.0.31:5301"],
+                                     "tsig": {"name": "k", "secret": "A" * 44}})
+    sec = ipaddress.ip_address("127.0.0.31")
+    assert ns_port(cfg, sec, None) == 5301  # where its NOTIFYs go, not dnsd's port
+    assert ns_port(cfg, sec, 53) == 5301  # --port is for our own servers
