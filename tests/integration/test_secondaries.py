@@ -26,7 +26,8 @@ import pytest
 
 from dnsd.service import DnsService
 from tests.dnsd_harness import SHOP
-from tests.procs import Proc, wait_dns
+from tests.procs import Proc
+from tests.secondaries import KNOT, PRIMARY, SECRET, TSIG, knot_conf, wait_for_zone
 from tests.support import ZONE, Running, fixed_label, free_port, held_domain, make_config, services
 from webgateway.addresses import parse_hostport
 from webgateway.model import Name
@@ -36,10 +37,9 @@ pytestmark = pytest.mark.skipif(not (shutil.which("knotd") and shutil.which("nsd
                                      and shutil.which("kdig")),
                                 reason="needs knotd, nsd and kdig (apt: knot nsd knot-dnsutils)")
 
-SECRET = base64.b64encode(bytes(range(32))).decode()
 WRONG = base64.b64encode(bytes(range(1, 33))).decode()
 ZONE_NAMES = 300
-PRIMARY, KNOT, NSD, STRANGER = "127.0.0.30", "127.0.0.31", "127.0.0.32", "127.0.0.33"
+NSD, STRANGER = "127.0.0.32", "127.0.0.33"
 
 
 @dataclass
@@ -58,44 +58,6 @@ class Setup:
         svc = self.gw.services["dnsd"]
         assert isinstance(svc, DnsService)
         return svc
-
-
-def knot_conf(d: Path, port: int, primary_port: int) -> Path:
-    conf = d / "knot.conf"
-    conf.write_text(f"""server:
-    rundir: "{d}"
-    pidfile: "{d}/knot.pid"
-    listen: {KNOT}@{port}
-log:
-  - target: stderr
-    any: info
-database:
-    storage: "{d}"
-key:
-  - id: xfr
-    algorithm: hmac-sha256
-    secret: {SECRET}
-remote:
-  - id: primary
-    address: {PRIMARY}@{primary_port}
-    via: {KNOT}
-    key: xfr
-acl:
-  - id: notify
-    address: {PRIMARY}
-    key: xfr
-    action: notify
-template:
-  - id: default
-    storage: "{d}"
-    zonefile-sync: -1
-    journal-content: changes
-zone:
-  - domain: {ZONE}
-    master: primary
-    acl: notify
-""")
-    return conf
 
 
 def nsd_conf(d: Path, port: int, primary_port: int) -> Path:
@@ -138,7 +100,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
                       api={"max_names_per_owner": 1000}, dns={
         "listen": [f"{PRIMARY}:{port}"],
         "secondaries": [f"{KNOT}:{kport}", f"{NSD}:{nport}"],
-        "tsig": {"name": "xfr", "algorithm": "hmac-sha256", "secret": SECRET},
+        "tsig": TSIG,
     })
     async with services(cfg, "api", "dnsd") as gw:
         api = f"http://127.0.0.1:{cfg.api.listen.port}"
@@ -169,17 +131,6 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         finally:
             knot.stop()
             nsd.stop()
-
-
-def wait_for_zone(host: str, port: int, proc: Proc, seconds: float = 20) -> None:
-    """Until the secondary answers the zone's SOA with authority (its first AXFR is in)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        r = wait_dns(host, port, ZONE, proc, seconds=seconds)
-        if r.rcode() == 0 and r.answer:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{proc.name} did not load {ZONE}:\n{proc.tail()}")
 
 
 async def ask(host: str, port: int, name: str, rdtype: str = "A") -> dns.message.Message:
