@@ -78,19 +78,23 @@ AllowTcpForwarding yes
 LogLevel ERROR
 CFG
 SSHD=$(bg sshd /usr/sbin/sshd -D -e -f "$STATE/sshd_config")
+PIDS+=("$SSHD")  # $(bg ...) runs in a subshell: record the PID here
 wait_tcp "$SSHD_PORT"
 SSHC=$(bg ssh ssh -N -p "$SSHD_PORT" -i "$STATE/client_key" -o StrictHostKeyChecking=no \
   -o UserKnownHostsFile=/dev/null -o ExitOnForwardFailure=yes \
   -R "127.0.0.1:$SSH_R:127.0.0.1:$BACKEND" root@127.0.0.1)
+PIDS+=("$SSHC")  # $(bg ...) runs in a subshell: record the PID here
 wait_tcp "$SSH_R"
 
 # --- the gateway and its node
 "$PY" bench/tunnel/prepare.py "$STATE" "$BACKEND" "$SSH_R" "$IDLE"
 . "$STATE/ports.env"
 GW=$(bg gateway "$PY" -m webgateway.cli run --config "$STATE/webgateway.toml")
+PIDS+=("$GW")  # $(bg ...) runs in a subshell: record the PID here
 wait_tcp "$HTTPS"; wait_tcp "$API"
 NODE=$(bg node "$PY" -m webgateway.cli tunnel --gateway "127.0.0.1:$HTTPS" --server-name gw.test \
   --ca "$STATE/ca.pem" --name viatunnel --token-file "$STATE/token" --to "127.0.0.1:$BACKEND")
+PIDS+=("$NODE")  # $(bg ...) runs in a subshell: record the PID here
 for _ in $(seq 100); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' --cacert "$STATE/ca.pem" \
         --resolve "viatunnel.gw.test:$HTTPS:127.0.0.1" "https://viatunnel.gw.test:$HTTPS/1k.bin") == 200 ]] && break
