@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final, Never
 
+from webgateway.dnsname import LABEL_FORM
+
 ALPN: Final = "webgateway-tunnel/1"
 VERSION: Final = 1
 #: The largest frame payload either side accepts (a HELLO is under 300 bytes).
@@ -35,7 +37,6 @@ SESSION_BYTES: Final = 16
 MAX_TOKEN: Final = 128
 MAX_REASON: Final = 200
 _HEADER: Final = struct.Struct("!BH")
-_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _TOKEN: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN}}}")
 
 
@@ -132,7 +133,7 @@ def frame(kind: Kind, payload: bytes = b"") -> bytes:
 
 
 def encode_hello(label: str, token: str, session: bytes) -> bytes:
-    if not _LABEL.fullmatch(label):
+    if not LABEL_FORM.fullmatch(label):
         raise ValueError(f"{label!r} is not a name label")
     if not _TOKEN.fullmatch(token):
         raise ValueError(f"a tunnel token is 1 to {MAX_TOKEN} printable ASCII characters")
@@ -160,7 +161,7 @@ def decode_hello(p: bytes) -> Hello:
         token = p[label_end + 1 : token_end].decode("ascii")
     except UnicodeDecodeError:
         raise ProtocolError("HELLO carries non-ASCII text") from None
-    if not _LABEL.fullmatch(label):
+    if not LABEL_FORM.fullmatch(label):
         raise ProtocolError("HELLO names no valid label")
     if not _TOKEN.fullmatch(token):
         raise ProtocolError("HELLO carries no valid token")

@@ -11,8 +11,10 @@ import secrets
 
 import idna
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_HOST_LABEL = re.compile(r"^(?:[a-z0-9_]|[a-z0-9_][a-z0-9_-]{0,61}[a-z0-9])$")
+#: The form of a user label (RFC 1123), for ``fullmatch``: ``$`` would also accept a
+#: trailing newline. Shared with the tunnel's HELLO check.
+LABEL_FORM = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_HOST_LABEL = re.compile(r"[a-z0-9_]|[a-z0-9_][a-z0-9_-]{0,61}[a-z0-9]")
 
 #: Labels no owner may take: they either carry the zone's own records or would let an
 #: owner impersonate the operator (``www``, ``api``, mail and autodiscovery names).
@@ -61,7 +63,7 @@ def check_label(label: object) -> str:
         raise ValueError(f"{label!r}: use lower-case letters only")
     if not 1 <= len(label) <= 63:
         raise ValueError(f"{label!r}: a name is 1 to 63 characters long")
-    if not _LABEL.match(label):
+    if not LABEL_FORM.fullmatch(label):
         raise ValueError(f"{label!r}: use only a-z, 0-9 and '-', and do not start or end with '-'")
     _check_idna(label, "")
     return label
@@ -98,7 +100,7 @@ def check_domain(name: object, *, what: str = "domain") -> str:
     if len(labels) < 2:
         raise ValueError(f"{name!r}: a {what} needs at least two labels, e.g. 'example.com'")
     for lab in labels:
-        if not _HOST_LABEL.match(lab):
+        if not _HOST_LABEL.fullmatch(lab):
             raise ValueError(
                 f"{name!r}: label {lab!r} must be 1-63 characters of a-z, 0-9, '-', '_'"
                 " and not start or end with '-'"

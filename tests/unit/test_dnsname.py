@@ -124,3 +124,14 @@ def test_hostport(text: str, out: str) -> None:
 def test_bad_hostport(text: str) -> None:
     with pytest.raises(ValueError):
         parse_hostport(text)
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "a\n"])
+def test_a_trailing_newline_is_not_a_label(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_label(bad)
+
+
+def test_a_newline_inside_a_domain_is_refused() -> None:
+    with pytest.raises(ValueError):
+        check_domain("a\n.example.com")
