@@ -28,11 +28,16 @@ from certd.schedule import NetAction, on_error, parse_retry_after
 
 
 class RetryLater(Exception):
-    """The CA asked us to come back in ``delay`` seconds."""
+    """Come back in ``delay`` seconds: the CA asked us to, or the fleet's budget of new
+    orders per account is spent (``message`` says which)."""
 
-    def __init__(self, delay: float, reason: str) -> None:
-        super().__init__(f"{reason} (the CA asks to retry in {delay:.0f} s)")
+    def __init__(self, delay: float, message: str) -> None:
+        super().__init__(message)
         self.delay = delay
+
+
+def ca_asks(delay: float, reason: str) -> RetryLater:
+    return RetryLater(delay, f"{reason} (the CA asks to retry in {delay:.0f} s)")
 
 
 class RetryingNetwork(client.ClientNetwork):
@@ -85,7 +90,7 @@ class RetryingNetwork(client.ClientNetwork):
                     time.sleep(decision.delay)
                     continue
                 if decision.action is NetAction.GIVE_UP_UNTIL:
-                    raise RetryLater(decision.delay, f"HTTP {status} {problem}".strip()) from e
+                    raise ca_asks(decision.delay, f"HTTP {status} {problem}".strip()) from e
                 raise
 
 

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from acme import challenges, client, errors, messages
@@ -25,13 +24,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from certd import acmenet, certfiles
-from certd.acmenet import RetryingNetwork
+from certd import acmenet, certkeys
+from certd.acmenet import RetryingNetwork, RetryLater
 from certd.dnscheck import wait_propagated
 from certd.orderflow import AuthzView, Step, dead_reason, next_step
 from certd.schedule import poll_delay
 from certd.workers import PriorityPool
 from webgateway.config import AcmeConfig, Config
+from webgateway.keyseal import KeySeal
 from webgateway.model import acme_account_meta_key
 from webgateway.store import Store
 
@@ -41,7 +41,11 @@ T = TypeVar("T")
 #: ``Issuer._call`` with an order's priority bound: runs one ACME step in the pool.
 _Call = Callable[..., Awaitable[Any]]
 USER_AGENT = "webgateway-certd"
+#: Where builds before the store kept keys held the account key (imported once, kept).
 ACCOUNT_KEY_FILE = "acme-account.key"
+#: The account key's name in the store's secrets (and its keyseal slot): one key for every
+#: directory and every gateway, so any gateway can resume an order of the account.
+ACCOUNT_KEY_ROW = "acme-account"
 #: An order that has not produced a certificate after this long (past DNS propagation)
 #: is given up; the next attempt resumes it or starts over.
 ORDER_TIMEOUT = 120.0
@@ -59,7 +63,6 @@ class AccountGone(Exception):
 class Issued:
     fullchain: bytes
     key: ec.EllipticCurvePrivateKey
-    pending_key_path: Path
 
 
 class Issuer:
@@ -69,6 +72,7 @@ class Issuer:
         self.acme: AcmeConfig = config.acme
         self.store = store
         self.certs_dir = config.store.certs_dir
+        self.seal = KeySeal(config.store.key)
         self.pool = PriorityPool(self.acme.concurrency, "certd-acme")
         self._local = threading.local()
         self._gen = 0
@@ -122,8 +126,10 @@ class Issuer:
                 return
             key = self.acme.directory
             stored = await self.store.get_meta(acme_account_meta_key(key))
+            account_key = await self._account_key()
             jwk, directory, regr = await asyncio.wrap_future(
-                self.pool.submit(-1.0, functools.partial(self._account_sync, stored or None))
+                self.pool.submit(-1.0, functools.partial(self._account_sync, stored or None,
+                                                         account_key))
             )
             if regr.uri != stored:
                 await self.store.set_meta(acme_account_meta_key(key), regr.uri)
@@ -138,10 +144,24 @@ class Issuer:
             self.regr = None
             await self.store.set_meta(acme_account_meta_key(self.acme.directory), "")
 
+    async def _account_key(self) -> ec.EllipticCurvePrivateKey:
+        """The fleet's account key from the store: created by the first gateway that needs
+        one (or imported from the file an earlier build kept), the same for all after."""
+        stored = await self.store.get_secret(ACCOUNT_KEY_ROW)
+        if stored is None:
+            legacy = self.certs_dir / ACCOUNT_KEY_FILE
+            pem = await asyncio.to_thread(certkeys.read_key_pem, legacy)
+            if pem is not None:
+                log.info("ACME account key imported into the store from %s", legacy)
+            else:
+                pem = certkeys.key_pem(certkeys.new_key())
+            stored = await self.store.put_secret_once(
+                ACCOUNT_KEY_ROW, self.seal.seal(ACCOUNT_KEY_ROW, pem))
+        return certkeys.load_key(self.seal.open(ACCOUNT_KEY_ROW, stored))
+
     def _account_sync(
-        self, stored_url: str | None
+        self, stored_url: str | None, key: ec.EllipticCurvePrivateKey
     ) -> tuple[JWKEC, messages.Directory, messages.RegistrationResource]:
-        key = certfiles.load_or_create_key(self.certs_dir / ACCOUNT_KEY_FILE)
         jwk = JWKEC(key=key)
         net = RetryingNetwork(jwk, alg=ES256, verify_ssl=self.verify,
                               user_agent=USER_AGENT, timeout=20)
@@ -234,19 +254,20 @@ class Issuer:
         domains: tuple[str, ...],
         txt_name: Callable[[str], str],
         resume_url: str,
+        key: ec.EllipticCurvePrivateKey,
         on_order: Callable[[str], Awaitable[None]],
         published: dict[str, set[str]],
     ) -> Issued:
-        """Drive one order to a certificate. ``published`` collects the TXT we wrote.
+        """Drive one order to a certificate. ``published`` collects the TXT we wrote;
+        ``key`` is the one the caller stored beside the order (``on_order`` stores a new
+        order's URL), so whichever gateway resumes the order finalizes it with that key.
 
         Each round asks ``orderflow.next_step`` what the CA's last word calls for and does
         that one thing; a resumed order and a fresh one go through the same loop.
         """
         await self.ensure_account()
         call: _Call = functools.partial(self._call, priority=time.monotonic())
-        pending = certfiles.pending_key_path(self.certs_dir, cert_id)
-        key = await asyncio.to_thread(certfiles.load_or_create_key, pending)
-        csr = certfiles.csr_pem(key, domains)
+        csr = certkeys.csr_pem(key, domains)
         order = await self._resume_or_new(call, cert_id, domains, csr, resume_url, on_order)
         answered: set[str] = set()
         end = time.monotonic() + ORDER_TIMEOUT + self.acme.propagation_timeout
@@ -257,7 +278,7 @@ class Issuer:
                             order.body.certificate is not None):
                 case Step.DOWNLOAD:
                     pem = await call(self._download, order.body.certificate)
-                    return Issued(pem.encode(), key, pending)
+                    return Issued(pem.encode(), key)
                 case Step.DEAD:
                     raise OrderDead(await self._dead_reason(call, order, csr))
                 case Step.SOLVE:
@@ -292,9 +313,22 @@ class Issuer:
             order = await self._resumable(call, cert_id, domains, csr, resume_url)
             if order is not None:
                 return order
+        await self._count_new_order(cert_id)
         order = await call(self._new_order, csr)
         await on_order(order.uri)
         return order
+
+    async def _count_new_order(self, cert_id: str) -> None:
+        """Take one new order from the account's budget, counted by the whole fleet in the
+        store (Let's Encrypt: 300 new orders per account per 3 hours); RetryLater if spent."""
+        a = self.acme
+        now = time.time()
+        free_at = await self.store.take_order_slot(a.directory, cert_id, now, a.order_window,
+                                                   a.max_orders)
+        if free_at:
+            raise RetryLater(free_at - now, f"the fleet created {a.max_orders} new orders of"
+                             f" this account in the last {a.order_window:.0f} s ([acme]"
+                             f" max_orders); the next may start in {free_at - now:.0f} s")
 
     async def _resumable(
         self, call: _Call, cert_id: str, domains: tuple[str, ...], csr: bytes, url: str

@@ -20,16 +20,18 @@ import contextlib
 import logging
 import os
 import random
+import secrets
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from certd import certfiles
+from certd import certkeys
 from certd.dnscheck import judge_domain, lookup_domain
 from certd.failure import MAX_MESSAGE, classify
 from certd.issuer import Issued, Issuer, OrderDead
@@ -43,6 +45,7 @@ from certd.schedule import (
 from webgateway.config import Config
 from webgateway.dnsname import is_within
 from webgateway.feed import Follower
+from webgateway.keyseal import KeySeal, KeySealError, slot
 from webgateway.model import (
     Certificate,
     CertState,
@@ -64,8 +67,10 @@ MAX_IDLE = 30.0
 VERIFY_FIRST, VERIFY_CAP = 0.1, 300.0
 #: Orders in flight per ACME thread (the rest wait before creating their order).
 ORDERS_PER_THREAD = 64
-#: Old key/chain files are deleted this long after the store points at the new pair.
-OLD_FILES_GRACE = 60.0
+#: A certificate's lease (one gateway of the fleet orders it) lasts this long unless its
+#: holder renews it every LEASE_BEAT: a gateway killed mid-order is taken over within
+#: LEASE_TTL (plus the clock skew between gateways: keep them on NTP).
+LEASE_TTL, LEASE_BEAT = 20.0, 5.0
 #: How often pending claims past their TTL are expired (and old closed ones purged).
 CLAIM_SWEEP = 60.0
 
@@ -135,6 +140,19 @@ class _Metrics(Collector):
         yield expiry
 
 
+def gateway_id(config: Config) -> str:
+    """This gateway, the same across its restarts: host and configuration file."""
+    return f"{socket.gethostname()}:{config.source or config.store.certs_dir}"
+
+
+def lease_name(cert_id: str) -> str:
+    return f"cert:{cert_id}"
+
+
+class LeaseLost(Exception):
+    """Another gateway holds the certificate's lease now: it resumes the order."""
+
+
 class CertService:
     name = "certd"
 
@@ -158,6 +176,13 @@ class CertService:
         self.ari_next: dict[str, float] = {}  # cert id -> when to ask renewalInfo again
         self.ari_running: set[str] = set()
         self.rng = random.Random()
+        self.seal = KeySeal(config.store.key)
+        #: who holds a lease: this gateway (a restart frees its old leases at once) and
+        #: this process
+        self.gateway = gateway_id(config)
+        self.holder = f"{self.gateway}#{os.getpid()}.{secrets.token_hex(3)}"
+        self.lease_wait: dict[str, float] = {}  # cert id -> when another gateway's lease ends
+        self.lost: set[str] = set()  # cert ids whose lease went to another gateway mid-job
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -168,8 +193,6 @@ class CertService:
         if self.issuer is None:
             log.info("certd: no [acme] section: no certificates, and custom-domain claims"
                      " are not verified (they expire after [api] domain_claim_ttl)")
-        else:
-            self.config.store.certs_dir.mkdir(parents=True, exist_ok=True)
         self._main = asyncio.create_task(self._run(), name="certd")
 
     async def stop(self) -> None:
@@ -204,7 +227,13 @@ class CertService:
                 await asyncio.sleep(1.0)
         self._spawn(self.follower.run(), "certd-follower")
         if self.issuer is not None:
-            await self._startup_cleanup()
+            while True:
+                try:
+                    await self._startup_cleanup()
+                    break
+                except StoreError as e:
+                    log.warning("certd: cannot clean up at start (%s); retrying", e)
+                    await asyncio.sleep(1.0)
         while True:
             try:
                 wait = await self._tick(time.time())
@@ -241,34 +270,22 @@ class CertService:
         return out
 
     async def _startup_cleanup(self) -> None:
-        """TXT of orders that died with the last process are removed (resumed ones re-add),
-        and so are key/chain files no certificate row points at (a crash between writing
-        them and storing the row, or a grace-period deletion that never ran)."""
-        used = {p for c in self.view.certs.values() for p in (c.cert_path, c.key_path) if p}
-        d = self.config.store.certs_dir
-
-        def prune() -> list[str]:
-            gone = []
-            for f in d.iterdir():
-                name = f.name
-                versioned = name.endswith((".fullchain.pem", ".key.pem")) and not name.endswith(
-                    ".pending.key.pem")
-                if versioned and str(f) not in used:
-                    with contextlib.suppress(OSError):
-                        f.unlink()
-                        gone.append(name)
-            return gone
-
-        for name in await asyncio.to_thread(prune):
-            log.info("certd: removed unused file %s", name)
+        """Leases an earlier process of this gateway held are freed (it is gone: one certd
+        runs per gateway), and TXT of orders that died with it are removed: the values
+        seen at start under names of ours no certificate's order is using (resumed orders
+        re-add theirs; a value another gateway publishes later is not touched)."""
+        freed = await self.store.release_leases(self.gateway + "#")
+        if freed:
+            log.info("certd: freed %d leases of this gateway's previous process", freed)
         ours = {
             self.txt_name(cid) for cid, c in self.view.certs.items() if c.order_url
         }
-        for fqdn in list(self.view.txt):
+        for fqdn, values in list(self.view.txt.items()):
             mine = fqdn == f"_acme-challenge.{self.zone}" or is_within(fqdn, f"_acme.{self.zone}")
             if mine and fqdn not in ours:
                 log.info("certd: removing TXT left over at %s", fqdn)
-                await self.store.remove_txt(fqdn)
+                for value in values:
+                    await self.store.remove_txt(fqdn, value)
 
     async def _tick(self, now: float) -> float:
         """Start what is due; return seconds until the next thing is."""
@@ -276,18 +293,23 @@ class CertService:
         if self.issuer is None:
             return nxt - now
         wanted = self.wanted()
+        for cid, until in list(self.lease_wait.items()):
+            if until <= now:
+                del self.lease_wait[cid]
+            else:
+                nxt = min(nxt, until)
         for cid in list(self.view.certs):
-            if cid not in wanted and cid not in self.cleaning:
+            if cid not in wanted and cid not in self.cleaning and cid not in self.lease_wait:
                 task = self.running.pop(cid, None)
                 if task is not None:
                     task.cancel()
                 self.cleaning.add(cid)
                 self._spawn(self._retire(cid), f"certd-retire-{cid}")
         for cid, domains in wanted.items():
-            if cid in self.running or cid in self.cleaning:
+            if cid in self.running or cid in self.cleaning or cid in self.lease_wait:
                 continue
             cert = self.view.certs.get(cid)
-            at = due_at(cert, domains, self._files_ok(cert))
+            at = due_at(cert, domains, cert is not None and cert.in_place)
             if (cert is not None and cert.state == CertState.VALID and at > now
                     and cid not in self.ari_running and self.ari_next.get(cid, 0.0) <= now
                     and self.issuer is not None and self.issuer.regr is not None):
@@ -301,10 +323,63 @@ class CertService:
                 nxt = min(nxt, at)
         return nxt - now
 
-    @staticmethod
-    def _files_ok(cert: Certificate | None) -> bool:
-        return bool(cert and cert.cert_path and os.path.exists(cert.cert_path)
-                    and cert.key_path and os.path.exists(cert.key_path))
+    # ------------------------------------------------------------ leases
+    async def _take_lease(self, cid: str) -> bool:
+        """Hold ``cid``'s lease (True), or note when another gateway's runs out (False)."""
+        lease = await self.store.take_lease(lease_name(cid), self.holder, LEASE_TTL,
+                                            time.time())
+        if lease.holder == self.holder:
+            self.lease_wait.pop(cid, None)
+            return True
+        if cid not in self.lease_wait:
+            log.info("certd: %s is being ordered by %s; taking over if its lease lapses",
+                     cid, lease.holder)
+        self.lease_wait[cid] = lease.expires + self.rng.uniform(0.0, 0.5)
+        return False
+
+    async def _heartbeat(self, cid: str, work: asyncio.Task[None]) -> None:
+        """Renew ``cid``'s lease while ``work`` runs; cancel it once the lease is another
+        gateway's, or cannot be renewed before it runs out (that gateway resumes)."""
+        expires = time.time() + LEASE_TTL
+        while True:
+            await asyncio.sleep(LEASE_BEAT)
+            try:
+                lease = await self.store.take_lease(lease_name(cid), self.holder, LEASE_TTL,
+                                                    time.time())
+            except StoreError as e:
+                if time.time() + LEASE_BEAT < expires:
+                    continue
+                why = f"cannot renew it: {e}"
+            else:
+                if lease.holder == self.holder:
+                    expires = lease.expires
+                    continue
+                why = f"{lease.holder} holds it"
+            log.warning("certd: lost the lease of %s (%s); leaving its order", cid, why)
+            self.lost.add(cid)
+            work.cancel()
+            return
+
+    async def _leased(self, cid: str, job: Callable[[], Awaitable[None]]) -> None:
+        """Run ``job`` holding ``cid``'s lease, renewed meanwhile and released after; skip
+        it when another gateway holds the lease (``lease_wait`` says until when)."""
+        try:
+            if not await self._take_lease(cid):
+                return
+        except StoreError as e:
+            log.warning("certd: cannot take the lease of %s (%s)", cid, e)
+            self.lease_wait[cid] = time.time() + 1.0
+            return
+        me = asyncio.current_task()
+        assert me is not None
+        beat = asyncio.create_task(self._heartbeat(cid, me), name=f"certd-lease-{cid}")
+        try:
+            await job()
+        finally:
+            beat.cancel()
+            self.lost.discard(cid)
+            with contextlib.suppress(StoreError):
+                await self.store.release_lease(lease_name(cid), self.holder)
 
     # ------------------------------------------------------------ custom-domain claims
     async def _judge_claims(self, now: float) -> float:
@@ -359,33 +434,30 @@ class CertService:
             self.verifying.pop(chal, None)
 
     async def _retire(self, cid: str) -> None:
-        """A custom domain was removed: revoke its certificate, delete files, row and TXT."""
+        """A custom domain was removed: revoke its certificate, delete its row and TXT
+        (one gateway of the fleet does it, holding the certificate's lease)."""
         try:
-            cert = self.view.certs.get(cid)
-            if cert is not None and cert.cert_path and self.issuer is not None:
-                try:
-                    pem = await asyncio.to_thread(Path(cert.cert_path).read_bytes)
-                    if cert.state in (CertState.VALID, CertState.FAILED):
-                        await self.issuer.revoke(pem)
-                        log.info("certd: revoked the certificate of removed domain %s", cid)
-                except Exception as e:  # revocation is best effort; the files go anyway
-                    log.warning("certd: could not revoke %s: %s", cid, e)
-            if cert is not None:
-                for p in (cert.cert_path, cert.key_path):
-                    if p:
-                        with contextlib.suppress(OSError):
-                            os.unlink(p)
-            with contextlib.suppress(OSError, ValueError):
-                certfiles.pending_key_path(self.config.store.certs_dir, cid).unlink()
-            name = self.txt_name(cid)
-            if name:
-                await self.store.remove_txt(name)
-            await self.store.delete_certificate(cid)
-            self.challenge_names.pop(cid, None)
+            await self._leased(cid, lambda: self._retire_leased(cid))
         except StoreError as e:
             log.warning("certd: cleanup of %s failed (%s); will retry", cid, e)
         finally:
             self.cleaning.discard(cid)
+
+    async def _retire_leased(self, cid: str) -> None:
+        cert = await self.store.get_certificate(cid)  # the row as it is, not as the view lags
+        if cert is not None and cert.chain and self.issuer is not None:
+            try:
+                if cert.state in (CertState.VALID, CertState.FAILED):
+                    await self.issuer.revoke(cert.chain.encode())
+                    log.info("certd: revoked the certificate of removed domain %s", cid)
+            except Exception as e:  # revocation is best effort; the row goes anyway
+                log.warning("certd: could not revoke %s: %s", cid, e)
+        name = self.txt_name(cid)
+        if name:
+            await self.store.remove_txt(name)
+        await self.store.delete_certificate(cid)
+        self.view.certs.pop(cid, None)
+        self.challenge_names.pop(cid, None)
 
     async def _ari_check(self, cert: Certificate) -> None:
         """Move renew_at into the CA's suggested window when it offers ARI."""
@@ -393,8 +465,7 @@ class CertService:
         self.ari_next[cert.id] = now + 6 * 3600.0
         try:
             assert self.issuer is not None
-            pem = await asyncio.to_thread(Path(cert.cert_path).read_bytes)
-            info = await self.issuer.renewal_info(pem)
+            info = await self.issuer.renewal_info(cert.chain.encode())
             if info is None:
                 self.ari_next[cert.id] = now + 24 * 3600.0
                 return
@@ -416,23 +487,38 @@ class CertService:
 
     # ------------------------------------------------------------ one attempt
     async def _attempt(self, cid: str, domains: tuple[str, ...]) -> None:
+        try:
+            await self._leased(cid, lambda: self._order(cid, domains))
+        finally:
+            self.running.pop(cid, None)
+
+    async def _order(self, cid: str, domains: tuple[str, ...]) -> None:
+        """One attempt, holding the lease: from the row as stored (a gateway that died
+        mid-order left its URL and key there), resume or order, install or record why not."""
         assert self.issuer is not None and self.config.acme is not None
-        cert = self.view.certs.get(cid) or Certificate(cid, domains)
+        stored = await self.store.get_certificate(cid)
+        if stored is not None:
+            self.view.certs[cid] = stored
+        if due_at(stored, domains, stored is not None and stored.in_place) > time.time():
+            return  # another gateway finished it meanwhile
+        cert = stored or Certificate(cid, domains)
         if tuple(cert.domains) != domains:
             cert = replace(cert, domains=domains, order_url="")
+        key = self._order_key(cert)
         published: dict[str, set[str]] = {}
         t0 = time.monotonic()
 
         async def on_order(url: str) -> None:
             nonlocal cert
-            cert = replace(cert, order_url=url)
+            sealed = self.seal.seal(slot("order", cid), certkeys.key_pem(key))
+            cert = replace(cert, order_url=url, order_key=sealed)
             await self._put(cert)
 
         try:
             async with self.order_slots:
                 issued = await self.issuer.obtain(
-                    cid, domains, lambda _ident: self.txt_name(cid), cert.order_url, on_order,
-                    published,
+                    cid, domains, lambda _ident: self.txt_name(cid), cert.order_url, key,
+                    on_order, published,
                 )
             await self._remove_txt(cid, published)  # the order is done with them
             cert = await self._install(cert, issued)
@@ -450,9 +536,19 @@ class CertService:
             outcome = await self._failed(cid, cert, e)
             self.metrics.ended(outcome, time.monotonic() - t0)
         finally:
-            self.running.pop(cid, None)
-            with contextlib.suppress(StoreError):
-                await self._remove_txt(cid, published)
+            if cid not in self.lost:  # else the TXT are the new holder's now
+                with contextlib.suppress(StoreError):
+                    await self._remove_txt(cid, published)
+
+    def _order_key(self, cert: Certificate) -> ec.EllipticCurvePrivateKey:
+        """The key stored with the order in flight (whoever created it), else a new one."""
+        if cert.order_key and cert.order_url:
+            try:
+                return certkeys.load_key(self.seal.open(slot("order", cert.id), cert.order_key))
+            except (KeySealError, ValueError) as e:
+                log.warning("certd: the order key of %s cannot be used (%s); a new order"
+                            " follows", cert.id, e)
+        return certkeys.new_key()
 
     async def _remove_txt(self, cid: str, published: dict[str, set[str]]) -> None:
         """Remove this certificate's challenge TXT (a no-op, no serial bump, if none)."""
@@ -461,52 +557,27 @@ class CertService:
                 await self.store.remove_txt(fqdn)
 
     async def _install(self, cert: Certificate, issued: Issued) -> Certificate:
+        """Chain and sealed key into the row: every gateway's proxy loads them from there."""
         assert self.config.acme is not None
-        info = certfiles.chain_info(issued.fullchain)
-        if not certfiles.leaf_matches_key(issued.fullchain, issued.key):
+        info = certkeys.chain_info(issued.fullchain)
+        if not certkeys.leaf_matches_key(issued.fullchain, issued.key):
             # A resumed order finalized with a key we no longer have: start afresh.
-            with contextlib.suppress(OSError):
-                issued.pending_key_path.unlink()
             raise OrderDead("the issued certificate does not match our key")
-        chain_path, key_path = certfiles.paths_for(self.config.store.certs_dir, cert.id,
-                                                   info.serial)
-
-        def write() -> None:
-            # The pending key stays until the row naming the new files is stored: a crash in
-            # between resumes the (valid) order with the same key instead of a dead order.
-            certfiles.write_atomic(chain_path, issued.fullchain, 0o644)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(key_path)
-            os.link(issued.pending_key_path, key_path)
-            certfiles.fsync_dir(key_path.parent)
-
-        await asyncio.to_thread(write)
-        old = (cert.cert_path, cert.key_path)
         new = replace(
-            cert, state=CertState.VALID, cert_path=str(chain_path), key_path=str(key_path),
+            cert, state=CertState.VALID, chain=issued.fullchain.decode("ascii"),
+            key=self.seal.seal(slot("cert", cert.id), certkeys.key_pem(issued.key)),
             not_before=info.not_before, not_after=info.not_after,
             renew_at=renew_at(info.not_before, info.not_after, self.config.acme.renew_fraction,
                               self.rng),
-            failures=0, next_attempt=0.0, last_error="", order_url="",
+            failures=0, next_attempt=0.0, last_error="", order_url="", order_key="",
         )
         await self._put(new)
-        with contextlib.suppress(OSError):
-            issued.pending_key_path.unlink()
-        stale = [p for p in old if p and p not in (str(chain_path), str(key_path))]
-        if stale:
-            self._spawn(self._delete_later(stale), f"certd-gc-{cert.id}")
         return new
 
     async def _put(self, cert: Certificate) -> None:
         """Write through: the scheduler must not act on a stale row before the feed catches up."""
         await self.store.put_certificate(cert)
         self.view.certs[cert.id] = cert
-
-    async def _delete_later(self, paths: list[str]) -> None:
-        await asyncio.sleep(OLD_FILES_GRACE)
-        for p in paths:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
 
     async def _failed(self, cid: str, cert: Certificate, e: Exception) -> str:
         """Record a failed attempt; returns its outcome label for the metrics."""
@@ -529,7 +600,7 @@ class CertService:
             await self._put(new)
             if cid != ZONE_CERT and cid in self.view.domains:
                 # a renewal failing leaves the domain served by its current certificate
-                state_d = DomainState.ACTIVE if cert.cert_path else DomainState.VERIFIED
+                state_d = DomainState.ACTIVE if cert.in_place else DomainState.VERIFIED
                 await self.store.set_domain_state(
                     cid, state_d, f"certificate request failed ({failures}x): {msg[:200]}")
         return f.outcome

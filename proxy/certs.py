@@ -2,17 +2,24 @@
 
 The proxy reads the SNI itself before the handshake, so it picks the context up front
 rather than in an ``sni_callback``: exact SAN first, then the wildcard one level up.
-A context is rebuilt only when its Certificate's files change; connections opened with
-the old context keep it until they close, so a renewal never drops anyone.
+Chain and key come from the store through the change feed (every gateway of a fleet
+serves the same certificate); the key is opened with ``[store] key_file`` and handed to
+OpenSSL through memory-only files, so it is never written to a disk. A context is rebuilt
+only when its Certificate's chain or key changes; connections opened with the old context
+keep it until they close, so a renewal never drops anyone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tunnel.wire import ALPN as TUNNEL_ALPN
+from webgateway.keyseal import KeySeal, KeySealError, slot
 from webgateway.model import Certificate, CertState
 
 log = logging.getLogger(__name__)
@@ -22,7 +29,25 @@ H2: tuple[str, ...] = ("h2", "http/1.1")
 TUNNEL: tuple[str, ...] = (TUNNEL_ALPN,)
 
 
-def _context(cert: Certificate, alpn: tuple[str, ...]) -> ssl.SSLContext:
+@contextlib.contextmanager
+def memory_files(*contents: bytes) -> Iterator[list[str]]:
+    """Paths OpenSSL can open that hold ``contents`` in memory only (``memfd_create``):
+    ``load_cert_chain`` reads nothing but files, and a key must not land on a disk."""
+    fds: list[int] = []
+    try:
+        for data in contents:
+            fd = os.memfd_create("webgateway-tls", os.MFD_CLOEXEC)
+            fds.append(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        yield [f"/proc/self/fd/{fd}" for fd in fds]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _context(chain: str, key: str, alpn: tuple[str, ...]) -> ssl.SSLContext:
     """One TLS 1.3 session ticket per full handshake, not OpenSSL's two: each costs about
     30 µs of server CPU (a session copy, its encryption and MAC), and its key lives in
     this context alone (one worker process, until the certificate is reloaded), so a
@@ -31,7 +56,7 @@ def _context(cert: Certificate, alpn: tuple[str, ...]) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 1
-    ctx.load_cert_chain(cert.cert_path, cert.key_path)
+    ctx.load_cert_chain(chain, key)
     ctx.set_alpn_protocols(list(alpn))
     return ctx
 
@@ -44,20 +69,11 @@ class _Loaded:
     tunnel: ssl.SSLContext
 
 
-def _same_files(a: Certificate, b: Certificate) -> bool:
-    return (a.cert_path, a.key_path, a.not_before, a.not_after, a.updated) == (
-        b.cert_path,
-        b.key_path,
-        b.not_before,
-        b.not_after,
-        b.updated,
-    )
-
-
 class CertTable:
     """Certificate id -> contexts, and SAN -> certificate id."""
 
-    def __init__(self) -> None:
+    def __init__(self, seal: KeySeal | None = None) -> None:
+        self.seal = seal or KeySeal()
         self._loaded: dict[str, _Loaded] = {}
         self._by_san: dict[str, str] = {}
 
@@ -71,18 +87,20 @@ class CertTable:
                 del self._loaded[cert_id]
                 self._reindex()
             return
-        if not cert.cert_path or not cert.key_path:
-            # Pending or failed without files: keep serving what we have (a renewal that
-            # is being retried must not take a working name down).
+        if not cert.in_place:
+            # Pending or failed without a certificate: keep serving what we have (a renewal
+            # that is being retried must not take a working name down).
             return
-        if old is not None and _same_files(old.cert, cert):
+        if old is not None and (old.cert.chain, old.cert.key) == (cert.chain, cert.key):
             return
         try:
-            loaded = _Loaded(cert, *(_context(cert, a) for a in (H1, H2, TUNNEL)))
-        except (OSError, ssl.SSLError, ValueError) as e:
-            # Keep the previous context if any: a half-written renewal must not take a
-            # working name down.
-            log.warning("certificate %s: cannot load %s: %s", cert_id, cert.cert_path, e)
+            key = self.seal.open(slot("cert", cert_id), cert.key)
+            with memory_files(cert.chain.encode("ascii"), key) as (chain_file, key_file):
+                loaded = _Loaded(cert, *(_context(chain_file, key_file, a)
+                                         for a in (H1, H2, TUNNEL)))
+        except (KeySealError, OSError, ssl.SSLError, ValueError) as e:
+            # Keep the previous context if any: a bad row must not take a working name down.
+            log.warning("certificate %s: cannot load it: %s", cert_id, e)
             return
         self._loaded[cert_id] = loaded
         self._reindex()

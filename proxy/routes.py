@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from proxy.certs import CertTable
 from webgateway.addresses import HostPort
+from webgateway.keyseal import KeySeal
 from webgateway.model import ChangeSet, Domain, Name, Snapshot, TlsMode, merge
 
 
@@ -30,19 +31,21 @@ class Route:
 class RouteTable:
     """A ``webgateway.feed.View``: names, custom domains and certificates of one zone."""
 
-    def __init__(self, zone: str) -> None:
+    def __init__(self, zone: str, seal: KeySeal | None = None) -> None:
+        """``seal`` opens the certificates' keys (``[store] key_file``)."""
         self.zone = zone.lower().rstrip(".")
         self._suffix = "." + self.zone
+        self.seal = seal or KeySeal()
         self.names: dict[str, Name] = {}
         self.domains: dict[str, Domain] = {}
-        self.certs = CertTable()
+        self.certs = CertTable(self.seal)
         self.serial = 0
 
     # -- View
     def load(self, snapshot: Snapshot) -> None:
         self.names = dict(snapshot.names)
         self.domains = dict(snapshot.domains)
-        certs = CertTable()
+        certs = CertTable(self.seal)
         for cid, cert in snapshot.certificates.items():
             certs.set(cid, cert)
         self.certs = certs

@@ -21,6 +21,7 @@ from webgateway.addresses import HostPort
 from webgateway.backend_policy import policy_of
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
+from webgateway.keyseal import KeySeal
 from webgateway.listen import bind
 from webgateway.store import Store
 from webgateway.workerpool import WorkerPool, pooled_registry
@@ -46,7 +47,7 @@ class ProxyService:
         """``worker``: one of the pool's processes (shares the ports, starts no pool)."""
         self.config = config
         self.store = store
-        self.table = RouteTable(config.zone.name)
+        self.table = RouteTable(config.zone.name, KeySeal(config.store.key))
         self.pool = WorkerPool("proxy", "proxy.workers", "proxy.service:worker",
                                0 if worker else config.proxy.workers - 1)
         self.engine = Engine(self.table, limits_of(config), pooled_registry(registry, self.pool),

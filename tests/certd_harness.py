@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.pebble import Pebble
 from webgateway.config import Config
 from webgateway.model import Certificate, CertState
-from webgateway.sqlite_store import SqliteStore
+from webgateway.store import Store
 
 
 def dns_target(cfg: Config) -> tuple[str, int]:
@@ -22,13 +22,13 @@ def dns_target(cfg: Config) -> tuple[str, int]:
     return str(hp.host), hp.port
 
 
-async def wait_cert(store: SqliteStore, cid: str, seconds: float = 60,
-                    not_path: str = "") -> Certificate:
+async def wait_cert(store: Store, cid: str, seconds: float = 60,
+                    not_chain: str = "") -> Certificate:
     end = time.monotonic() + seconds
     last = None
     while time.monotonic() < end:
         last = await store.get_certificate(cid)
-        if last is not None and last.state == CertState.VALID and last.cert_path != not_path:
+        if last is not None and last.state == CertState.VALID and last.chain != not_chain:
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"certificate {cid} not valid after {seconds} s: {last}")
@@ -38,7 +38,7 @@ def verify_chain(pb: Pebble, cert: Certificate, tmp: Path) -> None:
     """openssl verify of the leaf against Pebble's root, intermediates from our chain file."""
     root = tmp / "root.pem"
     root.write_bytes(pb.root_pem())
-    chain = x509.load_pem_x509_certificates(Path(cert.cert_path).read_bytes())
+    chain = x509.load_pem_x509_certificates(cert.chain.encode())
     assert len(chain) >= 2
     pem = [c.public_bytes(serialization.Encoding.PEM) for c in chain]
     (tmp / "inter.pem").write_bytes(b"".join(pem[1:]))

@@ -10,11 +10,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import trustme
 from prometheus_client import CollectorRegistry
 
 from webgateway.config import Config, parse_config
 from webgateway.dnsname import new_challenge_label
-from webgateway.model import Domain
+from webgateway.keyseal import KeySeal, slot
+from webgateway.model import Certificate, CertState, Domain
 from webgateway.service import Service
 from webgateway.store import Store
 from webgateway.storefactory import open_store
@@ -64,6 +66,14 @@ async def held_domain(store: Store, fqdn: str, label: str, owner_id: int,
     held = await store.get_domain(fqdn, owner_id)
     assert held is not None
     return held
+
+
+def cert_row(cid: str, domains: tuple[str, ...], leaf: trustme.LeafCert,
+             seal: KeySeal | None = None, **fields: Any) -> Certificate:
+    """A valid certificate row as certd stores it: the leaf's chain and its sealed key."""
+    chain = b"".join(p.bytes() for p in leaf.cert_chain_pems).decode("ascii")
+    key = (seal or KeySeal()).seal(slot("cert", cid), leaf.private_key_pem.bytes())
+    return Certificate(cid, domains, CertState.VALID, chain, key, **fields)
 
 
 def raw_config(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:

@@ -304,7 +304,7 @@ class Api:
             "id": cert.id,
             "state": str(cert.state),
             "domains": list(cert.domains),
-            "issuer": certificate_issuer(cert.cert_path),
+            "issuer": certificate_issuer(cert.chain),
             "not_after": rfc3339(cert.not_after),
             "days_left": days_left(cert.not_after, time.time()),
             "renew_at": rfc3339(cert.renew_at),

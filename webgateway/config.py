@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from webgateway.addresses import HostPort, parse_hostport, parse_ip
 from webgateway.dnsname import check_domain, check_label, is_within
+from webgateway.keyseal import parse_key_file
 
 
 class ConfigError(Exception):
@@ -92,6 +93,10 @@ class AcmeConfig:
     concurrency: int = 4
     propagation_timeout: float = 120.0
     renew_fraction: float = 2 / 3
+    #: new orders per account the fleet may create per ``order_window`` (Let's Encrypt:
+    #: 300 per 3 hours), counted in the store
+    max_orders: int = 300
+    order_window: float = 3 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,10 @@ class StoreConfig:
     certs_dir: Path = Path("var/certs")
     poll_interval: float = 0.05
     timeout: float = 10.0
+    #: the 32-byte secret of ``key_file`` (empty: private keys are stored unencrypted)
+    key: bytes = field(default=b"", repr=False)
+    #: a PostgreSQL store without ``key_file``: the operator's explicit choice
+    plaintext_keys: bool = False
 
 
 #: ``[log] access_log = "-"``: the access log goes to standard output.
@@ -460,6 +469,8 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "concurrency": (_int(1, 64), False),
         "propagation_timeout": (_float(1, 3600), False),
         "renew_fraction": (_float(0.1, 0.95), False),
+        "max_orders": (_int(1, 1_000_000), False),
+        "order_window": (_duration(60, 7 * 86400), False),
     },
     "proxy": {
         "https_listen": (_list(_hostport), False),
@@ -488,6 +499,8 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "certs_dir": (_path, False),
         "poll_interval": (_float(0.005, 60), False),
         "timeout": (_float(0.1, 600), False),
+        "key_file": (_path, False),
+        "plaintext_keys": (_bool, False),
     },
     "log": {
         "level": (_level, False),
@@ -514,6 +527,7 @@ _PATH_KEYS = {
     ("store", "certs_dir"),
     ("log", "access_log"),
     ("dns.tsig", "secret_file"),
+    ("store", "key_file"),
 }
 
 
@@ -546,7 +560,8 @@ def _resolve_default_paths(section: str, obj: Any, base: Path) -> Any:
     updates = {
         k: (base / getattr(obj, k)).resolve()
         for (s, k) in _PATH_KEYS
-        if s == section and getattr(obj, k) is not None and not getattr(obj, k).is_absolute()
+        if s == section and getattr(obj, k, None) is not None
+        and not getattr(obj, k).is_absolute()
     }
     return replace(obj, **updates) if updates else obj
 
@@ -571,21 +586,44 @@ def _tsig(raw: Any, base: Path) -> TsigConfig:
         raise ConfigError("dns.tsig.secret", f"key {values['name']!r}: set exactly one of "
                           "secret (base64) and secret_file")
     if has_file:
+        key = "dns.tsig.secret_file"
         path: Path = values.pop("secret_file")
         try:
-            mode = path.stat().st_mode
-            text = path.read_text("ascii")
-        except (OSError, UnicodeDecodeError) as e:
-            reason = getattr(e, "strerror", None) or "not base64 text"
-            raise ConfigError("dns.tsig.secret_file", f"cannot read {path}: {reason}") from None
-        if mode & 0o077:
-            raise ConfigError("dns.tsig.secret_file",
-                              f"{path} is readable by others: chmod 600 {path}")
+            text = _secret_file(key, path).decode("ascii")
+        except UnicodeDecodeError:
+            raise ConfigError(key, f"{path} is not base64 text") from None
         try:
             values["secret"] = _tsig_secret(text)
         except ValueError as e:
-            raise ConfigError("dns.tsig.secret_file", f"{path} {e}") from None
+            raise ConfigError(key, f"{path} {e}") from None
     return TsigConfig(**values)
+
+
+def _secret_file(key: str, path: Path) -> bytes:
+    """The bytes of a file holding a secret, which only its owner may read."""
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(key, f"{path} is readable by others: chmod 600 {path}")
+    return data
+
+
+def _check_store(s: dict[str, Any]) -> None:
+    """Private keys in a shared PostgreSQL are encrypted, unless the operator says not to."""
+    path: Path | None = s.pop("key_file", None)
+    if path is not None:
+        try:
+            s["key"] = parse_key_file(_secret_file("store.key_file", path))
+        except ValueError as e:
+            raise ConfigError("store.key_file", f"{path} {e}") from None
+    if s.get("url") and path is None and not s.get("plaintext_keys"):
+        raise ConfigError(
+            "store.key_file", "a PostgreSQL store holds the private keys of every gateway:"
+            " set key_file (openssl rand -base64 32 > store.key; chmod 600 store.key; the same"
+            " file on every gateway) so they are stored encrypted, or plaintext_keys = true")
 
 
 def _check_dns(d: dict[str, Any], raw: Mapping[str, Any], base: Path) -> None:
@@ -629,6 +667,8 @@ def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None)
             raise ConfigError(
                 "store.url", "set either path (SQLite, one gateway) or url (PostgreSQL), not both"
             )
+        if name == "store":
+            _check_store(values)
         sections[name] = _CLASSES[name](**values)
     for name in ("api", "store"):
         obj = sections.get(name) or _CLASSES[name]()

@@ -51,9 +51,20 @@ def formatter(config: LogConfig, process: str = "") -> logging.Formatter:
                              "%(name)s: %(message)s")
 
 
+#: Libraries whose DEBUG records carry SQL parameters (sealed or plain private keys, token
+#: hashes): never below INFO, whatever ``[log] level`` says.
+PARAMETER_LOGGERS = ("aiosqlite", "asyncpg")
+
+
+def keep_parameters_out() -> None:
+    for name in PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def configure(config: LogConfig, process: str = "") -> None:
     """Route the root logger to stderr at ``config.level`` in ``config.format``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(config, process))
     logging.basicConfig(level=getattr(logging, config.level.upper()), handlers=[handler],
                         force=True)
+    keep_parameters_out()

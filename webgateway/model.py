@@ -125,15 +125,18 @@ class Domain:
 class Certificate:
     """One certificate we manage: the zone wildcard (id ``zone``) or a custom domain.
 
-    Key and chain live in files (key 0600) so the proxy loads them without the store
-    and nothing secret sits in the database.
+    Chain and key live in the store, so every gateway of a fleet serves the same
+    certificate: ``chain`` is the PEM chain (leaf first), ``key`` the leaf's private key as
+    ``webgateway.keyseal`` stores it (encrypted with ``[store] key_file`` when set; opened
+    only where it is used). ``order_url``/``order_key`` are the order in flight and the key
+    its CSR is made with, so any gateway can resume it. Keys never appear in a repr.
     """
 
     id: str
     domains: tuple[str, ...]
     state: CertState = CertState.PENDING
-    cert_path: str = ""
-    key_path: str = ""
+    chain: str = field(default="", repr=False)
+    key: str = field(default="", repr=False)
     not_before: float = 0.0
     not_after: float = 0.0
     renew_at: float = 0.0
@@ -141,7 +144,22 @@ class Certificate:
     next_attempt: float = 0.0
     last_error: str = ""
     order_url: str = ""
+    order_key: str = field(default="", repr=False)
     updated: float = 0.0
+
+    @property
+    def in_place(self) -> bool:
+        """A chain and its key are stored: the certificate can be served."""
+        return bool(self.chain and self.key)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who may act on a fleet-wide job (one ACME order per certificate) until when."""
+
+    name: str
+    holder: str
+    expires: float
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,32 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE names ADD COLUMN tunnel INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE names ADD COLUMN tunnel_token_hash TEXT NOT NULL DEFAULT '';
     """,
+    # 4: certificates and their keys live in the store, so every gateway of a fleet serves
+    # the same one (chain, key, and the key of the order in flight, sealed by keyseal);
+    # leases make one gateway order each certificate; the ACME account key (secrets) and
+    # the orders created per account (the CA's rate limit) are shared by the fleet.
+    # cert_path/key_path remain only for rows written before: certd imports those files.
+    """
+    CREATE TABLE certificates4 (
+        id TEXT PRIMARY KEY, domains TEXT NOT NULL, state TEXT NOT NULL,
+        chain TEXT NOT NULL, key TEXT NOT NULL,
+        not_before REAL NOT NULL, not_after REAL NOT NULL, renew_at REAL NOT NULL,
+        failures INTEGER NOT NULL, next_attempt REAL NOT NULL, last_error TEXT NOT NULL,
+        order_url TEXT NOT NULL, order_key TEXT NOT NULL, updated REAL NOT NULL,
+        cert_path TEXT NOT NULL DEFAULT '', key_path TEXT NOT NULL DEFAULT '');
+    INSERT INTO certificates4
+        SELECT id, domains, state, '', '', not_before, not_after, renew_at, failures,
+               next_attempt, last_error, order_url, '', updated, cert_path, key_path
+        FROM certificates;
+    DROP TABLE certificates;
+    ALTER TABLE certificates4 RENAME TO certificates;
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE acme_orders (
+        id INTEGER PRIMARY KEY, account TEXT NOT NULL, cert_id TEXT NOT NULL,
+        created REAL NOT NULL);
+    CREATE INDEX acme_orders_account ON acme_orders(account, created);
+    """,
 )
 
 

@@ -25,6 +25,7 @@ from webgateway.model import (
     ChangeSet,
     Domain,
     DomainState,
+    Lease,
     Name,
     Owner,
     OwnerRemoval,
@@ -67,8 +68,8 @@ def decode_cert(row: Any) -> Certificate:
         id=row[0],
         domains=tuple(json.loads(row[1])),
         state=CertState(row[2]),
-        cert_path=row[3],
-        key_path=row[4],
+        chain=row[3],
+        key=row[4],
         not_before=row[5],
         not_after=row[6],
         renew_at=row[7],
@@ -76,7 +77,8 @@ def decode_cert(row: Any) -> Certificate:
         next_attempt=row[9],
         last_error=row[10],
         order_url=row[11],
-        updated=row[12],
+        order_key=row[12],
+        updated=row[13],
     )
 
 
@@ -89,8 +91,8 @@ DOMAIN_COLS = "fqdn, label, owner_id, challenge_label, state, detail, created, u
 _HELD = "state IN ('verified', 'active')"
 _CLOSED = "state IN ('dropped', 'expired')"
 CERT_COLS = (
-    "id, domains, state, cert_path, key_path, not_before, not_after, renew_at,"
-    " failures, next_attempt, last_error, order_url, updated"
+    "id, domains, state, chain, key, not_before, not_after, renew_at,"
+    " failures, next_attempt, last_error, order_url, order_key, updated"
 )
 
 
@@ -624,8 +626,8 @@ class SqlStore:
                     cert.id,
                     json.dumps(list(cert.domains)),
                     str(cert.state),
-                    cert.cert_path,
-                    cert.key_path,
+                    cert.chain,
+                    cert.key,
                     cert.not_before,
                     cert.not_after,
                     cert.renew_at,
@@ -633,6 +635,7 @@ class SqlStore:
                     cert.next_attempt,
                     cert.last_error,
                     cert.order_url,
+                    cert.order_key,
                     time.time(),
                 ),
             )
@@ -667,3 +670,75 @@ class SqlStore:
                 (key, value),
             ):
                 self._touch("meta", key)
+
+    # ------------------------------------------------------------------ leases (fleet-wide)
+    # Not part of the change feed: taking, renewing or releasing a lease bumps no serial
+    # (the SOA serial must not move with every heartbeat). On PostgreSQL each call runs in
+    # a write transaction, serialized with every writer of the fleet.
+    async def take_lease(self, name: str, holder: str, ttl: float, now: float) -> Lease:
+        """Hold ``name`` until ``now + ttl`` if it is free, expired or already ``holder``'s
+        (a heartbeat); the lease as it stands after the call (compare its holder)."""
+        async with self._write():
+            await self._exec(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET holder = excluded.holder, expires = excluded.expires"
+                " WHERE leases.holder = excluded.holder OR leases.expires <= ?",
+                (name, holder, now + ttl, now),
+            )
+            r = await self._one("SELECT holder, expires FROM leases WHERE name=?", (name,))
+        return Lease(name, r[0], float(r[1]))
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give ``name`` up at once (no-op unless ``holder`` holds it)."""
+        async with self._write():
+            await self._exec("DELETE FROM leases WHERE name=? AND holder=?", (name, holder))
+
+    async def release_leases(self, holder_prefix: str) -> int:
+        """Give up every lease whose holder starts with ``holder_prefix``: those of an
+        earlier process of this gateway, which is gone (one certd runs per gateway)."""
+        async with self._write():
+            return await self._exec(
+                "DELETE FROM leases WHERE substr(holder, 1, ?) = ?",
+                (len(holder_prefix), holder_prefix),
+            )
+
+    # ------------------------------------------------------------------ shared secrets
+    async def get_secret(self, name: str) -> str | None:
+        async with self._read():
+            r = await self._one("SELECT value FROM secrets WHERE name=?", (name,))
+        return str(r[0]) if r else None
+
+    async def put_secret_once(self, name: str, value: str) -> str:
+        """Store ``value`` unless ``name`` has one already; the value stored, so gateways
+        creating the same secret at once all end up with the first one."""
+        async with self._write():
+            await self._exec(
+                "INSERT INTO secrets VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, value)
+            )
+            (stored,) = await self._one("SELECT value FROM secrets WHERE name=?", (name,))
+        return str(stored)
+
+    # ------------------------------------------------------------------ ACME order budget
+    async def take_order_slot(
+        self, account: str, cert_id: str, now: float, window: float, limit: int
+    ) -> float:
+        """Count one new order of ``account`` if fewer than ``limit`` were created in the
+        last ``window`` seconds, fleet-wide: 0.0; else when the oldest leaves the window."""
+        since = now - window
+        async with self._write():
+            await self._exec("DELETE FROM acme_orders WHERE created <= ?", (since,))
+            (count,) = await self._one(
+                "SELECT COUNT(*) FROM acme_orders WHERE account=? AND created > ?",
+                (account, since),
+            )
+            if count >= limit:
+                (oldest,) = await self._one(
+                    "SELECT MIN(created) FROM acme_orders WHERE account=? AND created > ?",
+                    (account, since),
+                )
+                return float(oldest) + window
+            await self._exec(
+                "INSERT INTO acme_orders (account, cert_id, created) VALUES (?, ?, ?)",
+                (account, cert_id, now),
+            )
+        return 0.0

@@ -15,6 +15,7 @@ from webgateway.model import (
     ChangeSet,
     Domain,
     DomainState,
+    Lease,
     Name,
     Owner,
     OwnerRemoval,
@@ -136,3 +137,24 @@ class Store(Protocol):
     # -- small key/value state for services (ACME account URL and the like)
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
+
+    # -- fleet-wide coordination (outside the change feed: no serial bump)
+    async def take_lease(self, name: str, holder: str, ttl: float, now: float) -> Lease:
+        """Hold ``name`` until ``now + ttl`` when free, expired or ``holder``'s already;
+        returns the lease as it stands (another holder's: not granted)."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None: ...
+    async def release_leases(self, holder_prefix: str) -> int: ...
+
+    # -- secrets shared by the fleet (sealed by the caller; not in snapshots)
+    async def get_secret(self, name: str) -> str | None: ...
+    async def put_secret_once(self, name: str, value: str) -> str:
+        """Store ``value`` unless ``name`` exists; returns what is stored."""
+        ...
+
+    async def take_order_slot(
+        self, account: str, cert_id: str, now: float, window: float, limit: int
+    ) -> float:
+        """Count a new ACME order against the fleet's budget: 0.0, or when one frees up."""
+        ...

@@ -28,8 +28,7 @@ import trustme
 
 from tests.gateway import cli, write_config
 from tests.procs import Proc, wait_tcp
-from tests.support import ZONE, free_port
-from webgateway.model import Certificate, CertState
+from tests.support import ZONE, cert_row, free_port
 from webgateway.sqlite_store import SqliteStore
 
 pytestmark = [
@@ -125,15 +124,10 @@ def _until(probe: object, seconds: float, step: float = 0.02) -> float:
 
 async def _put_zone_cert(db: Path, certs: Path, ca: trustme.CA) -> None:
     leaf = ca.issue_cert(f"*.{ZONE}", ZONE)
-    cert_path, key_path = certs / "zone.pem", certs / "zone.key"
-    cert_path.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
-    key_path.touch(0o600)
-    leaf.private_key_pem.write_to_path(str(key_path))
     store = SqliteStore(db)
     await store.open()
     try:
-        await store.put_certificate(Certificate("zone", (f"*.{ZONE}", ZONE), CertState.VALID,
-                                                str(cert_path), str(key_path)))
+        await store.put_certificate(cert_row("zone", (f"*.{ZONE}", ZONE), leaf))
     finally:
         await store.close()
 

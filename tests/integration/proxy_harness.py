@@ -15,10 +15,10 @@ import trustme
 from prometheus_client import CollectorRegistry
 
 from proxy.service import ProxyService
-from tests.support import ZONE, make_config
+from tests.support import ZONE, cert_row, make_config
 from webgateway.addresses import parse_hostport
 from webgateway.config import Config, ConfigError
-from webgateway.model import Certificate, CertState, Name, TlsMode
+from webgateway.model import Certificate, Name, TlsMode
 from webgateway.sqlite_store import SqliteStore
 
 
@@ -114,22 +114,12 @@ class Gateway:
             await asyncio.sleep(0.01)
         raise AssertionError("proxy did not follow the store")
 
-    async def certificate(self, cert_id: str, *domains: str, tag: str = "") -> Path:
-        leaf = self.ca.issue_cert(*domains)
-        d = self.proxy.config.store.certs_dir
-        cert_path = d / f"{cert_id}{tag}.pem"
-        key_path = d / f"{cert_id}{tag}.key"
-        leaf.cert_chain_pems[0].write_to_path(str(cert_path))
-        with open(cert_path, "ab") as f:
-            for pem in leaf.cert_chain_pems[1:]:
-                f.write(pem.bytes())
-        key_path.touch(0o600)
-        leaf.private_key_pem.write_to_path(str(key_path))
-        await self.store.put_certificate(
-            Certificate(cert_id, tuple(domains), CertState.VALID, str(cert_path), str(key_path))
-        )
+    async def certificate(self, cert_id: str, *domains: str) -> Certificate:
+        """What certd stores: the chain and the key in the certificate's row."""
+        cert = cert_row(cert_id, domains, self.ca.issue_cert(*domains))
+        await self.store.put_certificate(cert)
         await self.synced()
-        return cert_path
+        return cert
 
 
 @contextlib.asynccontextmanager

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dns.asyncquery
 import dns.message
+import pytest
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from certd.certkeys import key_pem, leaf_matches_key, load_key
 from certd.service import CertService
 from dnsd.service import DnsService
 from tests.certd_harness import dns_target, verify_chain, wait_cert
 from tests.pebble import Pebble, pebble_factory, requires_pebble
 from tests.support import ZONE, fixed_label, held_domain, make_config, services
 from webgateway.config import Config
+from webgateway.keyseal import KeySeal, slot
+from webgateway.logsetup import keep_parameters_out
 from webgateway.model import (
     CertState,
     Domain,
@@ -47,7 +52,7 @@ class Gw:
 
 @contextlib.asynccontextmanager
 async def gateway(  # type: ignore[no-untyped-def]
-    tmp_path: Path, pebble_factory, dnssec: bool = False, **pebble_kw
+    tmp_path: Path, pebble_factory, dnssec: bool = False, key_file: bool = False, **pebble_kw
 ) -> AsyncIterator[Gw]:
     cfg0 = make_config(tmp_path)
     pb = pebble_factory(dns_target(cfg0), **pebble_kw)
@@ -57,8 +62,13 @@ async def gateway(  # type: ignore[no-untyped-def]
     if "eab_keys" in pebble_kw:
         kid, hmac = next(iter(pebble_kw["eab_keys"].items()))
         acme.update(eab_kid=kid, eab_hmac_key=hmac)
+    store: dict[str, Any] = {}
+    if key_file:
+        (tmp_path / "store.key").write_bytes(os.urandom(32))
+        (tmp_path / "store.key").chmod(0o600)
+        store["key_file"] = "store.key"
     cfg = make_config(tmp_path, acme=acme, dns={"listen": [str(cfg0.dns.listen[0])]},
-                      dnssec={"enabled": dnssec})
+                      dnssec={"enabled": dnssec}, store=store)
     async with services(cfg, "dnsd", "certd") as run:
         dnsd, certd = run.services["dnsd"], run.services["certd"]
         assert isinstance(dnsd, DnsService) and isinstance(certd, CertService)
@@ -72,17 +82,31 @@ async def txt_at(cfg: Config, fqdn: str) -> list[str]:
     return [rr.to_text() for rrset in resp.answer for rr in rrset if rrset.rdtype == 16]
 
 
-async def test_wildcard_issued_through_our_dns(tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
-    async with gateway(tmp_path, pebble_factory) as gw:
+async def test_wildcard_issued_through_our_dns(  # type: ignore[no-untyped-def]
+        tmp_path: Path, pebble_factory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # as [log] level = "debug" sets it
+    keep_parameters_out()
+    async with gateway(tmp_path, pebble_factory, key_file=True) as gw:
         cert = await wait_cert(gw.store, "zone")
         assert set(cert.domains) == {ZONE, f"*.{ZONE}"}
-        leaf = x509.load_pem_x509_certificates(Path(cert.cert_path).read_bytes())[0]
+        leaf = x509.load_pem_x509_certificates(cert.chain.encode())[0]
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         assert set(sans.value.get_values_for_type(x509.DNSName)) == {ZONE, f"*.{ZONE}"}
         verify_chain(gw.pebble, cert, tmp_path)
-        assert stat.S_IMODE(os.stat(cert.key_path).st_mode) == 0o600
-        acct_key = gw.config.store.certs_dir / "acme-account.key"
-        assert stat.S_IMODE(os.stat(acct_key).st_mode) == 0o600
+        # the keys are in the store, sealed with [store] key_file, and nowhere on disk
+        seal = KeySeal(gw.config.store.key)
+        key = load_key(seal.open(slot("cert", "zone"), cert.key))
+        assert leaf_matches_key(cert.chain.encode(), key)
+        account = await gw.store.get_secret("acme-account")
+        assert account is not None and account.startswith("aesgcm1:")
+        assert cert.key.startswith("aesgcm1:") and cert.order_key == ""
+        assert not any(gw.config.store.certs_dir.iterdir())
+        # and in no log line, in any form: PEM, its base64 body, the sealed text
+        pems = [key_pem(key), seal.open("acme-account", account)]
+        needles = [cert.key, account, *(line.decode() for p in pems
+                                        for line in p.splitlines() if b"-----" not in line)]
+        assert all(n not in caplog.text for n in needles)
+        assert "acme-account" not in repr(cert) and cert.key not in repr(cert)
         assert cert.not_before < cert.renew_at < cert.not_after
         assert cert.order_url == "" and cert.failures == 0
         # the TXT is gone from the store and from DNS
@@ -156,7 +180,7 @@ async def test_custom_domain_issue_then_remove_revokes(tmp_path: Path, pebble_fa
         while (d := await gw.store.get_domain(fqdn)) and d.state != DomainState.ACTIVE:
             assert time.monotonic() < end, d
             await asyncio.sleep(0.05)
-        serial = x509.load_pem_x509_certificates(Path(cert.cert_path).read_bytes())[0].serial_number
+        serial = x509.load_pem_x509_certificates(cert.chain.encode())[0].serial_number
         assert gw.pebble.cert_status(serial)["Status"] == "Valid"
         await gw.store.delete_domain(fqdn, owner.id)
         end = time.monotonic() + 20
@@ -164,7 +188,6 @@ async def test_custom_domain_issue_then_remove_revokes(tmp_path: Path, pebble_fa
             assert time.monotonic() < end
             await asyncio.sleep(0.05)
         assert gw.pebble.cert_status(serial)["Status"] == "Revoked"
-        assert not os.path.exists(cert.cert_path) and not os.path.exists(cert.key_path)
         assert await gw.store.list_txt() == []
 
 
@@ -180,11 +203,6 @@ async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) 
     # TXT of an order that died with a previous process (no order_url kept): removed
     stale = f"{fixed_label('gone.example.org')}._acme.{ZONE}"
     await store.add_txt(stale, "left-over")
-    # and a chain/key pair no certificate row points at (crash before the row was stored)
-    orphans = [cfg.store.certs_dir / f"zone.dead.{k}.pem" for k in ("fullchain", "key")]
-    keep = cfg.store.certs_dir / "acme-account.key"
-    for f in (*orphans, keep):
-        f.write_text("x")
     await certd.start()
     try:
         end = time.monotonic() + 20
@@ -203,7 +221,6 @@ async def test_ca_unreachable_backs_off_and_dns_keeps_answering(tmp_path: Path) 
                                         timeout=2)
         assert resp.answer
         assert await store.list_txt() == []
-        assert not any(f.exists() for f in orphans) and keep.exists()
     finally:
         await certd.stop()
         await dnsd.stop()
@@ -264,7 +281,7 @@ async def test_domain_without_cnames_waits_with_a_clear_detail(tmp_path: Path) -
         await other_store.close()
 
 
-async def test_renewal_when_due_replaces_files_and_keeps_the_old_pair(
+async def test_renewal_when_due_replaces_chain_and_key(
         tmp_path: Path, pebble_factory) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
@@ -272,11 +289,8 @@ async def test_renewal_when_due_replaces_files_and_keeps_the_old_pair(
         first = await wait_cert(gw.store, "zone")
         # make it due now, as the 2/3-of-lifetime clock would
         await gw.store.put_certificate(replace(first, renew_at=time.time() - 1))
-        second = await wait_cert(gw.store, "zone", not_path=first.cert_path)
-        assert second.key_path != first.key_path
+        second = await wait_cert(gw.store, "zone", not_chain=first.chain)
+        assert second.key != first.key
         assert second.not_before >= first.not_before
         verify_chain(gw.pebble, second, tmp_path)
-        # the pair that was being served is still on disk (deleted after a grace period)
-        assert os.path.exists(first.cert_path) and os.path.exists(first.key_path)
-        assert stat.S_IMODE(os.stat(second.key_path).st_mode) == 0o600
         assert await gw.store.list_txt() == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import trustme
 
 from tests.gateway import cli, running, write_config
-from tests.support import free_port
+from tests.support import cert_row, free_port
 from webgateway.config import load_config
 from webgateway.model import Certificate, CertState
 from webgateway.sqlite_store import SqliteStore
@@ -22,8 +22,6 @@ def _put_certs(cfg: Path, tmp: Path) -> dt.datetime:
     """The zone certificate as certd leaves it (a real PEM) and a failing custom domain's."""
     not_after = (dt.datetime.now(dt.UTC) + dt.timedelta(days=45, hours=2)).replace(microsecond=0)
     leaf = trustme.CA().issue_cert("gw.test", "*.gw.test", not_after=not_after)
-    pem = tmp / "zone.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(pem))
 
     async def put() -> None:
         store = SqliteStore(load_config(cfg).store.path)
@@ -33,8 +31,8 @@ def _put_certs(cfg: Path, tmp: Path) -> dt.datetime:
             claim = await store.get_domain("shop.example.test")
             assert claim is not None
             assert await store.verify_claim(claim.challenge_label, "CNAMEs in place")
-            await store.put_certificate(Certificate(
-                "zone", ("gw.test", "*.gw.test"), CertState.VALID, str(pem), "k",
+            await store.put_certificate(cert_row(
+                "zone", ("gw.test", "*.gw.test"), leaf,
                 not_before=time.time(), not_after=not_after.timestamp()))
             await store.put_certificate(Certificate(
                 "shop.example.test", ("shop.example.test",), CertState.FAILED, failures=2,

@@ -33,8 +33,7 @@ from tests.integration.proxy_harness import (
     refused_at_start,
     run,
 )
-from tests.support import ZONE, make_config
-from webgateway.model import Certificate, CertState
+from tests.support import ZONE, cert_row, make_config
 from webgateway.sqlite_store import SqliteStore
 
 ACCESS_FIELDS = {"time", "client", "client_port", "sni", "route", "mode", "backend", "bytes_in",
@@ -83,15 +82,10 @@ async def test_metrics_access_log_and_json_logs_of_a_running_gateway(tmp_path: P
     backend = BackendServer("web", "127.0.0.1")
     await backend.start()
     cfg_path = write_config(tmp_path, log={"format": "json", "access_log": "logs/access.log"})
-    cfg = make_config(tmp_path)  # only for the store's and certificates' paths
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     leaf = ca.issue_cert(ZONE, f"*.{ZONE}")
-    cert_path, key_path = cfg.store.certs_dir / "zone.pem", cfg.store.certs_dir / "zone.key"
-    cfg.store.certs_dir.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key_path))
     doc = cfg_path.read_text()
     dns_port = int(doc.split("[dns]")[1].split('"127.0.0.1:')[1].split('"')[0])
     https_port = int(doc.split("https_listen")[1].split('"127.0.0.1:')[1].split('"')[0])
@@ -103,10 +97,8 @@ async def test_metrics_access_log_and_json_logs_of_a_running_gateway(tmp_path: P
             store = SqliteStore(tmp_path / "var" / "webgateway.db", 0.02)
             await store.open()
             try:  # what certd would write: a certificate, challenge TXT
-                await store.put_certificate(Certificate("zone", (ZONE, f"*.{ZONE}"),
-                                                        CertState.VALID, str(cert_path),
-                                                        str(key_path), not_after=time.time()
-                                                        + 86400))
+                await store.put_certificate(cert_row("zone", (ZONE, f"*.{ZONE}"), leaf,
+                                                     not_after=time.time() + 86400))
                 for i in range(6):  # > 512 bytes of TXT: truncated over UDP without EDNS
                     await store.add_txt(f"big.{ZONE}", f"{i}" * 200)
             finally:

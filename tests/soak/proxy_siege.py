@@ -23,10 +23,10 @@ from tests.gateway import write_config
 from tests.integration.proxy_harness import BackendServer, run
 from tests.procs import Proc, wait_tcp
 from tests.soak.gauges import fd_count
-from tests.support import ZONE
+from tests.support import ZONE, cert_row
 from webgateway.addresses import parse_hostport
 from webgateway.config import load_config
-from webgateway.model import Certificate, CertState, Name
+from webgateway.model import Name
 from webgateway.sqlite_store import SqliteStore
 
 HOST = f"app.{ZONE}"
@@ -65,17 +65,12 @@ async def _seed(cfg_path: Path, backend: str, tmp: Path) -> Path:
     ca_file = tmp / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     leaf = ca.issue_cert(ZONE, f"*.{ZONE}")
-    cert, key = cfg.store.certs_dir / "zone.pem", cfg.store.certs_dir / "zone.key"
-    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
-    key.touch(0o600)
-    leaf.private_key_pem.write_to_path(str(key))
     store = SqliteStore(cfg.store.path, 0.05)
     await store.open()
     try:
         owner = await store.create_owner("alice", "hash-alice")
         await store.put_name(Name("app", owner.id, (parse_hostport(backend),)), 1000)
-        await store.put_certificate(Certificate("zone", (ZONE, f"*.{ZONE}"), CertState.VALID,
-                                                str(cert), str(key)))
+        await store.put_certificate(cert_row("zone", (ZONE, f"*.{ZONE}"), leaf))
     finally:
         await store.close()
     return ca_file

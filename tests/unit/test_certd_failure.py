@@ -7,7 +7,7 @@ import requests
 from acme import errors as acme_errors
 from acme import messages
 
-from certd.acmenet import RetryLater
+from certd.acmenet import RetryLater, ca_asks
 from certd.dnscheck import PropagationTimeout
 from certd.failure import MAX_MESSAGE, Failure, classify
 from certd.issuer import AccountGone, OrderDead
@@ -30,9 +30,11 @@ T, ORDER = FailureKind.TRANSIENT, FailureKind.ORDER
              keep_order=False, forget_account=True)),
     (PropagationTimeout("ns1 serves 0 of 2"),
      Failure(T, "our DNS servers did not serve the TXT: ns1 serves 0 of 2", "dns_propagation")),
-    (RetryLater(3600.0, "HTTP 429 rateLimited"),
+    (ca_asks(3600.0, "HTTP 429 rateLimited"),
      Failure(T, "HTTP 429 rateLimited (the CA asks to retry in 3600 s)", "retry_later",
              not_before=3600.0)),
+    (RetryLater(120.0, "the fleet created 300 new orders"),  # our own budget, spent
+     Failure(T, "the fleet created 300 new orders", "retry_later", not_before=120.0)),
     (TimeoutError(), Failure(T, "the CA did not answer in time", "timeout")),
     (TimeoutError("order https://ca.test/o/1 still processing after 120 s"),
      Failure(T, "order https://ca.test/o/1 still processing after 120 s", "timeout")),

@@ -266,6 +266,49 @@ def test_store_url_and_path_are_exclusive(tmp_path: Path) -> None:
 ])
 def test_good_store_urls(tmp_path: Path, url: str) -> None:
     doc = raw_config(tmp_path)
-    doc["store"] = {"url": url, "timeout": 3}
+    doc["store"] = {"url": url, "timeout": 3, "plaintext_keys": True}
     cfg = parse_config(doc, tmp_path)
     assert cfg.store.url == url and cfg.store.timeout == 3.0
+
+
+def test_a_postgresql_store_needs_a_key_file_or_an_explicit_plaintext(tmp_path: Path) -> None:
+    url = "postgresql://wg@127.0.0.1/wg"
+    doc = raw_config(tmp_path)
+    doc["store"] = {"url": url}
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "store.key_file" and "openssl rand -base64 32" in e.value.reason
+    doc["store"] = {"url": url, "plaintext_keys": True}
+    assert parse_config(doc, tmp_path).store.key == b""
+    key = tmp_path / "store.key"
+    key.write_text("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")
+    key.chmod(0o644)
+    doc["store"] = {"url": url, "key_file": "store.key"}
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "store.key_file" and "chmod 600" in e.value.reason
+    key.chmod(0o600)
+    cfg = parse_config(doc, tmp_path)
+    assert cfg.store.key == bytes(range(32)) and "AAECAw" not in repr(cfg)
+    assert bytes(range(32)).hex() not in repr(cfg) and "key=" not in repr(cfg.store)
+    key.write_text("too short\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "store.key_file" and "32-byte" in e.value.reason
+    doc["store"] = {"url": url, "key_file": "missing.key"}
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "store.key_file" and "cannot read" in e.value.reason
+    # SQLite: optional (the store file is 0600 on the machine that would hold the key)
+    assert parse_config(raw_config(tmp_path), tmp_path).store.key == b""
+
+
+def test_order_budget_keys(tmp_path: Path) -> None:
+    doc = raw_config(tmp_path, acme={"directory": "https://ca.test/dir", "max_orders": 10,
+                                     "order_window": "1h"})
+    acme = parse_config(doc, tmp_path).acme
+    assert acme is not None and (acme.max_orders, acme.order_window) == (10, 3600.0)
+    doc["acme"]["max_orders"] = 0
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, tmp_path)
+    assert e.value.key == "acme.max_orders"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import trustme
 
 from proxy.routes import RouteTable
+from tests.support import cert_row
 from webgateway.addresses import parse_hostport
 from webgateway.dnsname import check_domain
+from webgateway.keyseal import KeySeal
 from webgateway.model import (
     Certificate,
     CertState,
@@ -73,22 +75,16 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def cert_files(ca: trustme.CA, tmp: Path, tag: str, *domains: str) -> tuple[str, str]:
-    leaf = ca.issue_cert(*domains)
-    c, k = tmp / f"{tag}.pem", tmp / f"{tag}.key"
-    leaf.cert_chain_pems[0].write_to_path(str(c))
-    leaf.private_key_pem.write_to_path(str(k))
-    return str(c), str(k)
+def issued(ca: trustme.CA, cid: str, *domains: str, seal: KeySeal | None = None,
+           **fields: object) -> Certificate:
+    return cert_row(cid, domains, ca.issue_cert(*domains), seal, **fields)
 
 
-def test_exact_san_first_wildcard_next_one_context_per_certificate(
-        ca: trustme.CA, tmp_path: Path) -> None:
-    zc, zk = cert_files(ca, tmp_path, "zone", ZONE, f"*.{ZONE}")
-    ec, ek = cert_files(ca, tmp_path, "exact", f"alice.{ZONE}")
+def test_exact_san_first_wildcard_next_one_context_per_certificate(ca: trustme.CA) -> None:
     t = RouteTable(ZONE)
     t.load(snap([], [], [
-        Certificate("zone", (ZONE, f"*.{ZONE}"), CertState.VALID, zc, zk),
-        Certificate("exact", (f"alice.{ZONE}",), CertState.VALID, ec, ek),
+        issued(ca, "zone", ZONE, f"*.{ZONE}"),
+        issued(ca, "exact", f"alice.{ZONE}"),
         Certificate("pending", ("p.example",), CertState.PENDING),
     ]))
     alice = t.certs.context_for(f"alice.{ZONE}")
@@ -103,34 +99,49 @@ def test_exact_san_first_wildcard_next_one_context_per_certificate(
     assert len(t.certs) == 2
 
 
-def test_reload_only_on_new_files_and_bad_files_keep_the_old_context(
-        ca: trustme.CA, tmp_path: Path) -> None:
-    zc, zk = cert_files(ca, tmp_path, "z1", ZONE, f"*.{ZONE}")
-    first = Certificate("zone", (ZONE, f"*.{ZONE}"), CertState.VALID, zc, zk, updated=1)
+def test_reload_only_on_a_new_chain_and_bad_rows_keep_the_old_context(ca: trustme.CA) -> None:
+    first = issued(ca, "zone", ZONE, f"*.{ZONE}", updated=1)
     t = RouteTable(ZONE)
     t.load(snap([], [], [first]))
     ctx1 = t.certs.context_for(f"a.{ZONE}")
-    t.apply(ChangeSet(2, {}, {}, {}, {"zone": first}))
+    t.apply(ChangeSet(2, {}, {}, {}, {"zone": replace(first, updated=2, last_error="x")}))
     assert t.certs.context_for(f"a.{ZONE}") is ctx1
-    broken = tmp_path / "broken.pem"
-    broken.write_text("not a certificate")
-    t.apply(ChangeSet(3, {}, {}, {}, {"zone": Certificate(
-        "zone", first.domains, CertState.VALID, str(broken), zk, updated=2)}))
+    t.apply(ChangeSet(3, {}, {}, {}, {"zone": replace(first, chain="not a certificate")}))
     assert t.certs.context_for(f"a.{ZONE}") is ctx1
-    nc, nk = cert_files(ca, tmp_path, "z2", ZONE, f"*.{ZONE}")
-    t.apply(ChangeSet(4, {}, {}, {}, {"zone": Certificate(
-        "zone", first.domains, CertState.VALID, nc, nk, updated=3)}))
+    renewed = issued(ca, "zone", ZONE, f"*.{ZONE}", updated=3)
+    t.apply(ChangeSet(4, {}, {}, {}, {"zone": renewed}))
     ctx2 = t.certs.context_for(f"a.{ZONE}")
     assert ctx2 is not None and ctx2 is not ctx1
-    # a renewal in progress without files keeps the working certificate
+    # a renewal in progress without a certificate keeps the working one
     t.apply(ChangeSet(5, {}, {}, {}, {"zone": Certificate(
         "zone", first.domains, CertState.PENDING, updated=4)}))
     assert t.certs.context_for(f"a.{ZONE}") is ctx2
-    t.apply(ChangeSet(6, {}, {}, {}, {"zone": Certificate(
-        "zone", first.domains, CertState.REVOKED, nc, nk, updated=5)}))
+    t.apply(ChangeSet(6, {}, {}, {}, {"zone": replace(renewed, state=CertState.REVOKED)}))
     assert t.certs.context_for(f"a.{ZONE}") is None
-    t.apply(ChangeSet(7, {}, {}, {}, {"zone": Certificate(
-        "zone", first.domains, CertState.VALID, nc, nk, updated=6)}))
+    t.apply(ChangeSet(7, {}, {}, {}, {"zone": renewed}))
     assert t.certs.context_for(f"a.{ZONE}") is not None
     t.apply(ChangeSet(8, {}, {}, {}, {"zone": None}))
     assert t.certs.context_for(f"a.{ZONE}") is None
+
+
+def test_sealed_keys_open_only_with_the_fleet_key_and_in_their_own_slot(
+        ca: trustme.CA, caplog: pytest.LogCaptureFixture) -> None:
+    fleet, other = KeySeal(bytes(range(32))), KeySeal(bytes(32))
+    good = issued(ca, "zone", ZONE, f"*.{ZONE}", seal=fleet)
+    assert good.key.startswith("aesgcm1:") and b"PRIVATE" not in good.key.encode()
+    t = RouteTable(ZONE, fleet)
+    t.load(snap([], [], [good]))
+    ctx = t.certs.context_for(f"a.{ZONE}")
+    assert ctx is not None
+    # the same row on a gateway with another key file, or none: not served, and said why
+    for seal in (other, KeySeal()):
+        u = RouteTable(ZONE, seal)
+        u.load(snap([], [], [good]))
+        assert u.certs.context_for(f"a.{ZONE}") is None
+    assert "every gateway needs the same file" in caplog.text
+    assert "has none" in caplog.text
+    # a sealed key copied into another certificate's row does not open there
+    moved = issued(ca, "shop", "shop.example", seal=fleet)
+    t.apply(ChangeSet(2, {}, {}, {}, {"shop": replace(moved, key=good.key)}))
+    assert t.certs.context_for("shop.example") is None
+    assert good.key not in caplog.text and good.chain not in caplog.text

@@ -313,7 +313,8 @@ async def test_every_write_bumps_the_serial_and_feeds_followers(store: Store) ->
         await store.put_name(Name("x", a.id, BE), 5)
         await store.add_txt("_acme-challenge.gw.test", "v1")
         await store.add_txt("_acme-challenge.gw.test", "v2")
-        cert = Certificate("zone", ("gw.test", "*.gw.test"), CertState.VALID, "/c", "/k")
+        cert = Certificate("zone", ("gw.test", "*.gw.test"), CertState.VALID, "CHAIN",
+                           "plain:KEY", order_key="plain:ORDER")
         await store.put_certificate(cert)
         final = await store.serial()
         assert final == s0 + 5
@@ -417,3 +418,94 @@ async def test_a_writer_cancelled_mid_begin_leaves_no_transaction_open(store: St
         await store.add_txt("y.gw.test", f"w{i}")
         await store.snapshot()
     assert len([t for t in await store.list_txt() if t.fqdn == "y.gw.test"]) == 40
+
+
+async def test_certificate_rows_carry_chain_and_keys_not_in_their_repr(store: Store) -> None:
+    cert = Certificate("zone", ("gw.test", "*.gw.test"), CertState.VALID, "-----CHAIN-----",
+                       "aesgcm1:SEALEDKEY", order_url="https://ca/o/1",
+                       order_key="aesgcm1:ORDERKEY")
+    await store.put_certificate(cert)
+    got = await store.get_certificate("zone")
+    assert got is not None and replace(got, updated=0.0) == cert
+    assert (await store.snapshot()).certificates["zone"].key == "aesgcm1:SEALEDKEY"
+    for text in (repr(got), str(got), repr(await store.list_certificates())):
+        assert "SEALEDKEY" not in text and "ORDERKEY" not in text and "CHAIN" not in text
+
+
+async def test_one_lease_holder_at_a_time_renewed_released_and_taken_over(
+        store: Store) -> None:
+    serial = await store.serial()
+    now = 1000.0
+    a = await store.take_lease("cert:zone", "gw1#1", 20.0, now)
+    assert (a.holder, a.expires) == ("gw1#1", 1020.0)
+    b = await store.take_lease("cert:zone", "gw2#7", 20.0, now + 5)
+    assert (b.holder, b.expires) == ("gw1#1", 1020.0)  # not granted: says until when
+    a = await store.take_lease("cert:zone", "gw1#1", 20.0, now + 10)  # heartbeat
+    assert a.expires == 1030.0
+    assert (await store.take_lease("cert:other", "gw2#7", 20.0, now)).holder == "gw2#7"
+    b = await store.take_lease("cert:zone", "gw2#7", 20.0, now + 30)  # lapsed: taken over
+    assert (b.holder, b.expires) == ("gw2#7", 1050.0)
+    await store.release_lease("cert:zone", "gw1#1")  # not the holder: nothing happens
+    assert (await store.take_lease("cert:zone", "gw3#1", 20.0, now + 31)).holder == "gw2#7"
+    await store.release_lease("cert:zone", "gw2#7")
+    assert (await store.take_lease("cert:zone", "gw3#1", 20.0, now + 31)).holder == "gw3#1"
+    # a restarted gateway frees its previous process's leases, and only those
+    assert await store.release_leases("gw2#") == 1
+    assert (await store.take_lease("cert:other", "gw1#1", 20.0, now + 32)).holder == "gw1#1"
+    assert (await store.take_lease("cert:zone", "gw1#1", 20.0, now + 32)).holder == "gw3#1"
+    assert await store.serial() == serial  # leases are not changes: no serial, no SOA bump
+
+
+async def test_concurrent_takers_get_one_holder(store_config: StoreConfig) -> None:
+    stores = [await open_store(store_config) for _ in range(4)]
+    try:
+        got = await asyncio.gather(*(
+            s.take_lease("cert:zone", f"gw{i}#1", 20.0, time.time())
+            for i, s in enumerate(stores)))
+        assert len({lease.holder for lease in got}) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_secrets_are_written_once(store: Store) -> None:
+    assert await store.get_secret("acme-account") is None
+    assert await store.put_secret_once("acme-account", "first") == "first"
+    assert await store.put_secret_once("acme-account", "second") == "first"
+    assert await store.get_secret("acme-account") == "first"
+    assert "first" not in repr(await store.snapshot())  # secrets are not in any view
+
+
+async def test_the_order_budget_is_counted_per_account_over_a_sliding_window(
+        store: Store) -> None:
+    ca, other = "https://ca.test/dir", "https://other.test/dir"
+    for t in (100.0, 110.0, 120.0):
+        assert await store.take_order_slot(ca, "zone", t, 60.0, 3) == 0.0
+    assert await store.take_order_slot(ca, "shop", 130.0, 60.0, 3) == 160.0  # 100 + 60
+    assert await store.take_order_slot(other, "zone", 130.0, 60.0, 3) == 0.0
+    assert await store.take_order_slot(ca, "zone", 161.0, 60.0, 3) == 0.0  # 100 left it
+    assert await store.take_order_slot(ca, "zone", 162.0, 60.0, 3) == 170.0
+
+
+async def test_migration_4_keeps_certificates_and_their_old_file_paths(
+        tmp_path: Path) -> None:
+    db = tmp_path / "v3.db"
+    con = sqlite3.connect(db)
+    for i, script in enumerate(MIGRATIONS[:3], start=1):
+        con.executescript(script + f"; PRAGMA user_version = {i};")
+    con.executescript("""
+        INSERT INTO certificates VALUES ('zone', '["gw.test", "*.gw.test"]', 'valid',
+            '/var/certs/zone.1.fullchain.pem', '/var/certs/zone.1.key.pem', 1, 9, 6, 0, 0, '',
+            '', 5);
+    """)
+    con.close()
+    s = SqliteStore(db)
+    await s.open()
+    try:
+        cert = await s.get_certificate("zone")
+        assert cert is not None and cert.state == CertState.VALID and cert.renew_at == 6
+        assert not cert.in_place  # certd orders it anew
+        rows = await store_rows(s, "SELECT cert_path, key_path FROM certificates")
+        assert rows == [("/var/certs/zone.1.fullchain.pem", "/var/certs/zone.1.key.pem")]
+    finally:
+        await s.close()

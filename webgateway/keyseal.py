@@ -1,0 +1,89 @@
+"""Private keys at rest in the store: sealed with ``[store] key_file`` when one is set.
+
+A fleet's store is a networked PostgreSQL, backed up and read by people who should not hold
+the gateways' TLS keys; so every private key (certificates', pending orders', the ACME
+account's) is written AES-256-GCM-encrypted under a 32-byte secret that lives only in a
+0600 file on the gateways, with the key's *slot* (``cert:zone``, ``order:shop.example.org``,
+``acme-account``) as associated data: a sealed key copied into another slot (another
+certificate's row) does not open. Without ``key_file`` (the SQLite default: the store file
+is already 0600 on the machine that would hold the key file) keys are stored as
+``plain:`` PEM; a store may hold both, so a key file can be added later.
+
+Errors never carry key material: only the slot and what to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+PLAIN = "plain:"
+SEALED = "aesgcm1:"
+KEY_BYTES = 32
+_NONCE = 12
+
+
+class KeySealError(Exception):
+    """A stored key cannot be opened (no key file, or another one); never holds the key."""
+
+
+def parse_key_file(data: bytes) -> bytes:
+    """The 32-byte secret of a key file: 32 raw bytes, or their base64 (``openssl rand
+    -base64 32``) or hex (``openssl rand -hex 32``) on one line. ValueError says why not."""
+    if len(data) == KEY_BYTES:
+        return data
+    text = data.strip()
+    for decode in (bytes.fromhex, lambda t: base64.b64decode(t, validate=True)):
+        try:
+            key = decode(text.decode("ascii"))
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            continue
+        if len(key) == KEY_BYTES:
+            return key
+    raise ValueError(f"must hold a {KEY_BYTES}-byte secret (raw, base64 or hex): make one with"
+                     " openssl rand -base64 32")
+
+
+def slot(kind: str, name: str) -> str:
+    """The associated data of one key: what it is (``cert``, ``order``) and whose."""
+    return f"{kind}:{name}"
+
+
+class KeySeal:
+    """Seals and opens the private keys the store keeps; ``key`` empty: stored as PEM."""
+
+    def __init__(self, key: bytes = b"") -> None:
+        if key and len(key) != KEY_BYTES:
+            raise ValueError(f"a key file secret is {KEY_BYTES} bytes")
+        self._aead = AESGCM(key) if key else None
+
+    @property
+    def encrypts(self) -> bool:
+        return self._aead is not None
+
+    def seal(self, slot_: str, pem: bytes) -> str:
+        if self._aead is None:
+            return PLAIN + pem.decode("ascii")
+        nonce = os.urandom(_NONCE)
+        ct = self._aead.encrypt(nonce, pem, slot_.encode())
+        return SEALED + base64.b64encode(nonce + ct).decode("ascii")
+
+    def open(self, slot_: str, stored: str) -> bytes:
+        """The PEM of a stored key; KeySealError if this gateway cannot open it."""
+        if stored.startswith(PLAIN):
+            return stored[len(PLAIN):].encode("ascii")
+        if not stored.startswith(SEALED):
+            raise KeySealError(f"the stored key of {slot_} is in an unknown format")
+        if self._aead is None:
+            raise KeySealError(f"the key of {slot_} is encrypted with a [store] key_file, and"
+                               " this gateway has none: copy the fleet's key file here")
+        try:
+            raw = base64.b64decode(stored[len(SEALED):], validate=True)
+            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], slot_.encode())
+        except (InvalidTag, ValueError, binascii.Error):
+            raise KeySealError(f"the key of {slot_} does not open with this gateway's"
+                               " [store] key_file: every gateway needs the same file") from None
