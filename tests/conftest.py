@@ -18,4 +18,4 @@ def store_section(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "sqlite":
         return {}
     pg: Postgres = request.getfixturevalue("postgres_server")
-    return {"url": pg.new_database(), "timeout": 5.0}
+    return {"url": pg.new_database(), "timeout": 5.0, "plaintext_keys": True}

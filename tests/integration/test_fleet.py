@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -30,8 +31,8 @@ from tests.gateway import CLI, write_config
 from tests.integration.proxy_harness import BackendServer, run
 from tests.postgres import Postgres, requires_postgres, start_postgres
 from tests.procs import Proc, wait_dns, wait_tcp
-from tests.support import ZONE, free_port
-from webgateway.model import Certificate, CertState
+from tests.support import ZONE, cert_row, free_port
+from webgateway.keyseal import KeySeal, parse_key_file
 from webgateway.pg_store import PgStore
 
 ADDRS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
@@ -88,31 +89,42 @@ async def until(cond: Any, seconds: float = 10.0, step: float = 0.002) -> float:
     raise AssertionError(f"not true after {seconds} s")
 
 
-async def zone_certificate(url: str, certs: Path) -> Path:
-    """What certd would store: a wildcard certificate row (files readable by every gateway)."""
+async def zone_certificate(url: str, shared: Path, seal: KeySeal) -> Path:
+    """What certd would store: a wildcard certificate row, its key sealed with the fleet's
+    key file (every gateway loads it from the store)."""
     ca = trustme.CA()
-    leaf = ca.issue_cert(ZONE, f"*.{ZONE}")
-    cert_path, key_path = certs / "zone.pem", certs / "zone.key"
-    cert_path.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
-    key_path.touch(0o600)
-    leaf.private_key_pem.write_to_path(str(key_path))
     store = PgStore(url, 0.05, 5.0)
     await store.open()
     try:
-        await store.put_certificate(Certificate("zone", (ZONE, f"*.{ZONE}"), CertState.VALID,
-                                                str(cert_path), str(key_path)))
+        await store.put_certificate(cert_row("zone", (ZONE, f"*.{ZONE}"),
+                                             ca.issue_cert(ZONE, f"*.{ZONE}"), seal))
     finally:
         await store.close()
-    ca_file = certs / "ca.pem"
+    ca_file = shared / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     return ca_file
 
 
+def fleet_key(shared: Path) -> Path:
+    """The ``[store] key_file`` every gateway of the fleet shares (0600)."""
+    path = shared / "store.key"
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
+    return path
+
+
 @contextlib.asynccontextmanager
-async def start_fleet(tmp_path: Path, pg: Postgres) -> AsyncIterator[Fleet]:
-    url = pg.new_database()
+async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None = None,
+                      url: str = "") -> AsyncIterator[Fleet]:
+    """Three ``webgateway run`` on 127.0.0.21-23 on one database (fresh, or ``url``) sharing
+    ``shared/store.key``; with ``acme`` each runs certd against that CA and no certificate
+    is stored beforehand."""
+    url = url or pg.new_database()
     shared = tmp_path / "shared"
-    shared.mkdir()
+    shared.mkdir(exist_ok=True)
+    key_file = shared / "store.key"
+    if not key_file.exists():
+        fleet_key(shared)
     zone = {
         "gateway_ipv4": ADDRS,
         "gateway_ipv6": [],
@@ -124,12 +136,15 @@ async def start_fleet(tmp_path: Path, pg: Postgres) -> AsyncIterator[Fleet]:
             d = tmp_path / f"gw{i}"
             d.mkdir()
             dns_port, https_port, api_port = (free_port(host=addr) for _ in range(3))
+            extra = {"acme": acme} if acme else {}
             cfg = write_config(
                 d, zone=zone,
                 dns={"listen": [f"{addr}:{dns_port}"]},
                 proxy={"https_listen": [f"{addr}:{https_port}"], "http_listen": []},
                 api={"listen": f"{addr}:{api_port}"},
-                store={"url": url, "poll_interval": 0.5, "timeout": 2.0},
+                store={"url": url, "poll_interval": 0.5, "timeout": 2.0,
+                       "key_file": str(key_file)},
+                **extra,
             )
             proc = Proc(f"gw{i}", [*CLI, "run", "--config", str(cfg)], d / "gw.log")
             members.append(Member(addr, dns_port, https_port, f"http://{addr}:{api_port}", "",
@@ -138,7 +153,8 @@ async def start_fleet(tmp_path: Path, pg: Postgres) -> AsyncIterator[Fleet]:
             wait_tcp(m.addr, int(m.api.rsplit(":", 1)[1]), m.proc, seconds=30)
             wait_dns(m.addr, m.dns_port, ZONE, m.proc)
             m.admin = (tmp_path / f"gw{i}" / "admin.token").read_text().strip()
-        ca_file = await zone_certificate(url, shared)
+        seal = KeySeal(parse_key_file(key_file.read_bytes()))
+        ca_file = shared / "ca.pem" if acme else await zone_certificate(url, shared, seal)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
             yield Fleet(members, url, ca_file, http)
     finally:

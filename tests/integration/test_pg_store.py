@@ -137,7 +137,7 @@ async def test_a_held_lock_costs_the_timeout_not_a_hang(postgres_server: Postgre
 def test_run_with_postgres_unreachable_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     cfg = write_config(tmp_path, store={"url": f"postgresql://wg@127.0.0.1:{port}/wg",
-                                        "timeout": 1.0})
+                                        "timeout": 1.0, "plaintext_keys": True})
     done = cli("run", "--config", str(cfg))
     assert done.returncode == 1
     assert done.stderr.startswith("webgateway: the store cannot be opened: cannot connect")
@@ -171,7 +171,7 @@ async def test_owner_add_on_the_box_uses_the_configured_postgres(
     tmp_path: Path, postgres_server: Postgres
 ) -> None:
     url = postgres_server.new_database()
-    cfg = write_config(tmp_path, store={"url": url})
+    cfg = write_config(tmp_path, store={"url": url, "plaintext_keys": True})
     done = await asyncio.to_thread(cli, "owner", "add", "bob", "--config", str(cfg))
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
