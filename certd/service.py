@@ -277,6 +277,8 @@ class CertService:
         freed = await self.store.release_leases(self.gateway + "#")
         if freed:
             log.info("certd: freed %d leases of this gateway's previous process", freed)
+        for cid, files in (await self.store.legacy_certificate_files()).items():
+            await self._import_files(cid, *files)
         ours = {
             self.txt_name(cid) for cid, c in self.view.certs.items() if c.order_url
         }
@@ -286,6 +288,28 @@ class CertService:
                 log.info("certd: removing TXT left over at %s", fqdn)
                 for value in values:
                     await self.store.remove_txt(fqdn, value)
+
+    async def _import_files(self, cid: str, chain_path: str, key_path: str) -> None:
+        """A certificate an earlier build kept in files goes into the store (no re-issue,
+        no gap in serving); files that are gone or do not match leave it to a new order."""
+        cert = self.view.certs.get(cid)
+
+        def read() -> tuple[bytes, bytes]:
+            with open(chain_path, "rb") as c, open(key_path, "rb") as k:
+                return c.read(), k.read()
+
+        try:
+            chain, pem = await asyncio.to_thread(read)
+            text = chain.decode("ascii")
+            if cert is None or not certkeys.leaf_matches_key(chain, certkeys.load_key(pem)):
+                raise ValueError("the key does not match the chain")
+        except (OSError, ValueError) as e:
+            log.info("certd: %s not imported from %s (%s): it is ordered anew", cid,
+                     chain_path, getattr(e, "strerror", None) or e)
+            return
+        await self._put(replace(cert, chain=text,
+                                key=self.seal.seal(slot("cert", cid), pem)))
+        log.info("certd: certificate %s imported into the store from %s", cid, chain_path)
 
     async def _tick(self, now: float) -> float:
         """Start what is due; return seconds until the next thing is."""

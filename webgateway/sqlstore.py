@@ -671,6 +671,15 @@ class SqlStore:
             ):
                 self._touch("meta", key)
 
+    async def legacy_certificate_files(self) -> dict[str, tuple[str, str]]:
+        """(chain file, key file) of rows written before schema 4 and not imported yet."""
+        async with self._read():
+            rows = await self._all(
+                "SELECT id, cert_path, key_path FROM certificates"
+                " WHERE chain = '' AND cert_path != '' AND key_path != ''"
+            )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     # ------------------------------------------------------------------ leases (fleet-wide)
     # Not part of the change feed: taking, renewing or releasing a lease bumps no serial
     # (the SOA serial must not move with every heartbeat). On PostgreSQL each call runs in

@@ -138,6 +138,10 @@ class Store(Protocol):
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
 
+    async def legacy_certificate_files(self) -> dict[str, tuple[str, str]]:
+        """Chain and key files named by rows of builds that kept them on disk."""
+        ...
+
     # -- fleet-wide coordination (outside the change feed: no serial bump)
     async def take_lease(self, name: str, holder: str, ttl: float, now: float) -> Lease:
         """Hold ``name`` until ``now + ttl`` when free, expired or ``holder``'s already;

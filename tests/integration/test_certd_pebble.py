@@ -294,3 +294,49 @@ async def test_renewal_when_due_replaces_chain_and_key(
         assert second.not_before >= first.not_before
         verify_chain(gw.pebble, second, tmp_path)
         assert await gw.store.list_txt() == []
+
+
+async def test_an_upgraded_store_imports_the_certificate_files_instead_of_reordering(
+        tmp_path: Path) -> None:
+    """A schema-3 row names its chain and key files: certd stores them (sealed) and orders
+    nothing, so an upgrade neither re-issues nor stops serving."""
+    import sqlite3
+
+    import trustme
+
+    from tests.support import free_port
+    from webgateway.sqlite_store import MIGRATIONS
+
+    (tmp_path / "store.key").write_bytes(os.urandom(32))
+    (tmp_path / "store.key").chmod(0o600)
+    cfg = make_config(tmp_path, acme={"directory": f"https://127.0.0.1:{free_port()}/dir"},
+                      store={"key_file": "store.key"})
+    leaf = trustme.CA().issue_cert(ZONE, f"*.{ZONE}")
+    chain, key = tmp_path / "zone.1.fullchain.pem", tmp_path / "zone.1.key.pem"
+    chain.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    con = sqlite3.connect(cfg.store.path)
+    for i, script in enumerate(MIGRATIONS[:3], start=1):
+        con.executescript(script + f"; PRAGMA user_version = {i};")
+    far = time.time() + 60 * 86400
+    con.execute("INSERT INTO certificates VALUES ('zone', ?, 'valid', ?, ?, 1, ?, ?, 0, 0,"
+                " '', '', 5)", (f'["{ZONE}", "*.{ZONE}"]', str(chain), str(key), far, far))
+    con.commit()
+    con.close()
+    store = SqliteStore(cfg.store.path, 0.02)
+    await store.open()
+    certd = CertService(cfg, store, CollectorRegistry())
+    await certd.start()
+    try:
+        end = time.monotonic() + 10
+        while not (c := await store.get_certificate("zone")) or not c.in_place:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        assert c.state == CertState.VALID and c.failures == 0 and c.key.startswith("aesgcm1:")
+        opened = load_key(KeySeal(cfg.store.key).open(slot("cert", "zone"), c.key))
+        assert leaf_matches_key(c.chain.encode(), opened)
+        await asyncio.sleep(0.3)
+        assert (await store.get_certificate("zone")) == c  # nothing ordered
+    finally:
+        await certd.stop()
+        await store.close()

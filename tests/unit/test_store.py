@@ -504,7 +504,11 @@ async def test_migration_4_keeps_certificates_and_their_old_file_paths(
     try:
         cert = await s.get_certificate("zone")
         assert cert is not None and cert.state == CertState.VALID and cert.renew_at == 6
-        assert not cert.in_place  # certd orders it anew
+        assert not cert.in_place  # until certd imports the files the paths name
+        assert await s.legacy_certificate_files() == {
+            "zone": ("/var/certs/zone.1.fullchain.pem", "/var/certs/zone.1.key.pem")}
+        await s.put_certificate(replace(cert, chain="C", key="plain:K"))
+        assert await s.legacy_certificate_files() == {}
         rows = await store_rows(s, "SELECT cert_path, key_path FROM certificates")
         assert rows == [("/var/certs/zone.1.fullchain.pem", "/var/certs/zone.1.key.pem")]
     finally:
