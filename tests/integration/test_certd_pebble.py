@@ -23,7 +23,7 @@ from certd.service import CertService
 from dnsd.service import DnsService
 from tests.certd_harness import dns_target, verify_chain, wait_cert
 from tests.pebble import Pebble, pebble_factory, requires_pebble
-from tests.support import ZONE, fixed_label, held_domain, make_config, services
+from tests.support import ZONE, fixed_label, held_domain, make_config, services, store_rows
 from webgateway.config import Config
 from webgateway.keyseal import KeySeal, slot
 from webgateway.logsetup import keep_parameters_out
@@ -52,7 +52,8 @@ class Gw:
 
 @contextlib.asynccontextmanager
 async def gateway(  # type: ignore[no-untyped-def]
-    tmp_path: Path, pebble_factory, dnssec: bool = False, key_file: bool = False, **pebble_kw
+    tmp_path: Path, pebble_factory, dnssec: bool = False, key_file: bool = False,
+    acme_extra: dict[str, Any] | None = None, **pebble_kw
 ) -> AsyncIterator[Gw]:
     cfg0 = make_config(tmp_path)
     pb = pebble_factory(dns_target(cfg0), **pebble_kw)
@@ -62,6 +63,7 @@ async def gateway(  # type: ignore[no-untyped-def]
     if "eab_keys" in pebble_kw:
         kid, hmac = next(iter(pebble_kw["eab_keys"].items()))
         acme.update(eab_kid=kid, eab_hmac_key=hmac)
+    acme.update(acme_extra or {})
     store: dict[str, Any] = {}
     if key_file:
         (tmp_path / "store.key").write_bytes(os.urandom(32))
@@ -340,3 +342,26 @@ async def test_an_upgraded_store_imports_the_certificate_files_instead_of_reorde
     finally:
         await certd.stop()
         await store.close()
+
+
+async def test_the_order_budget_holds_a_new_order_until_the_window_frees_one(  # type: ignore[no-untyped-def]
+        tmp_path: Path, pebble_factory) -> None:
+    from webgateway.addresses import parse_hostport
+
+    async with gateway(tmp_path, pebble_factory,
+                       acme_extra={"max_orders": 1, "order_window": "1h"}) as gw:
+        await wait_cert(gw.store, "zone")  # the one order the window allows
+        owner = await gw.store.create_owner("dave", "h4")
+        await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
+        await held_domain(gw.store, "shop.example.org", "shop", owner.id)
+        end = time.monotonic() + 20
+        while not (c := await gw.store.get_certificate("shop.example.org")) or not c.failures:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        assert c.state == CertState.FAILED and not c.order_url
+        assert "max_orders" in c.last_error and "new orders of this account" in c.last_error
+        assert 3500 < c.next_attempt - time.time() < 3700  # when the zone's order leaves it
+        assert gw.registry.get_sample_value("webgateway_acme_orders_total",
+                                            {"outcome": "retry_later"}) == 1
+        rows = await store_rows(gw.store, "SELECT cert_id FROM acme_orders")
+        assert rows == [("zone",)]

@@ -1,0 +1,84 @@
+"""certd's lease on each certificate, on both store backends: one gateway runs a job, the
+others wait for the lease to lapse; a holder that loses its lease leaves the job at once
+(the new holder resumes the order), and never removes the new holder's TXT."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from certd import service
+from certd.service import CertService, lease_name
+from tests.support import make_config, store_rows
+from webgateway.store import Store
+from webgateway.storefactory import open_store
+
+
+@pytest.fixture
+async def two_gateways(tmp_path: Path, store_section: dict[str, Any]
+                       ) -> AsyncIterator[tuple[CertService, CertService, Store]]:
+    cfgs = [make_config(tmp_path / f"gw{i}", store={**store_section, "poll_interval": 0.02})
+            for i in (1, 2)]
+    if "url" not in store_section:  # one SQLite file for both, as two processes on one box
+        cfgs[1] = make_config(tmp_path / "gw2", store={"path": str(cfgs[0].store.path)})
+    stores = [await open_store(c.store) for c in cfgs]
+    a, b = (CertService(c, s, CollectorRegistry()) for c, s in zip(cfgs, stores, strict=True))
+    assert a.gateway != b.gateway
+    try:
+        yield a, b, stores[0]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_one_holder_others_wait_a_thief_stops_the_holder(
+        two_gateways: tuple[CertService, CertService, Store],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(service, "LEASE_BEAT", 0.05)
+    a, b, store = two_gateways
+    started, ran_b = asyncio.Event(), []
+
+    async def long_job() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    async def job_b() -> None:
+        ran_b.append(True)
+
+    holder = asyncio.create_task(a._leased("zone", long_job))
+    async with asyncio.timeout(5):
+        await started.wait()
+    before = time.time()
+    await b._leased("zone", job_b)  # held by a: b does not run it, and knows until when
+    assert not ran_b
+    assert before + service.LEASE_TTL - 1 < b.lease_wait["zone"] < time.time() + 21
+    await asyncio.sleep(0.2)  # heartbeats keep it a's
+    assert not holder.done()
+
+    # the lease goes to another gateway (a's heartbeats stalled past its expiry): a leaves
+    await store_rows(store, f"UPDATE leases SET holder = 'elsewhere#1'"
+                            f" WHERE name = '{lease_name('zone')}'")
+    async with asyncio.timeout(5):
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+    assert "lost the lease of zone (elsewhere#1 holds it)" in caplog.text
+    rows = await store_rows(store, "SELECT holder FROM leases")
+    assert rows == [("elsewhere#1",)]  # a's release touched only its own lease
+    assert "zone" not in a.lost
+
+
+async def test_a_restarted_gateway_frees_its_previous_leases(
+        two_gateways: tuple[CertService, CertService, Store]) -> None:
+    a, b, store = two_gateways
+    now = time.time()
+    await store.take_lease(lease_name("zone"), a.gateway + "#1234.abcdef", 20.0, now)
+    await store.take_lease(lease_name("shop"), b.holder, 20.0, now)
+    await a.follower.load()
+    await a._startup_cleanup()  # a's new process: the old one is gone, its lease with it
+    assert await store_rows(store, "SELECT name FROM leases") == [(lease_name("shop"),)]
