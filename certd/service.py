@@ -499,11 +499,11 @@ class CertService:
                 return
             window, self.ari_next[cert.id] = parsed
             at = apply_ari(cert.renew_at, window, now, self.rng)
-            current = self.view.certs.get(cert.id)
-            if at != cert.renew_at and current is not None and current.state == CertState.VALID:
+            # every gateway asks; the store takes the advice only for the chain it was
+            # about (a row renewed meanwhile by another gateway is left alone)
+            if at != cert.renew_at and await self.store.set_renew_at(cert.id, cert.chain, at):
                 log.info("certd: %s renews at %s per the CA's renewalInfo", cert.id,
                          time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at)))
-                await self._put(replace(current, renew_at=at))
         except Exception as e:  # ARI is advice: without it the 2/3 rule stands
             log.info("certd: renewalInfo for %s unavailable: %s", cert.id, e)
         finally:

@@ -671,6 +671,19 @@ class SqlStore:
             ):
                 self._touch("meta", key)
 
+    async def set_renew_at(self, cert_id: str, chain: str, renew_at: float) -> bool:
+        """Move the renewal of the certificate whose chain is ``chain`` (ARI advice); False
+        when the row has another chain now (a gateway renewed it meanwhile)."""
+        async with self._write():
+            if not await self._exec(
+                "UPDATE certificates SET renew_at=?, updated=? WHERE id=? AND chain=?"
+                " AND state='valid' AND renew_at != ?",
+                (renew_at, time.time(), cert_id, chain, renew_at),
+            ):
+                return False
+            self._touch("cert", cert_id)
+        return True
+
     async def legacy_certificate_files(self) -> dict[str, tuple[str, str]]:
         """(chain file, key file) of rows written before schema 4 and not imported yet."""
         async with self._read():

@@ -513,3 +513,20 @@ async def test_migration_4_keeps_certificates_and_their_old_file_paths(
         assert rows == [("/var/certs/zone.1.fullchain.pem", "/var/certs/zone.1.key.pem")]
     finally:
         await s.close()
+
+
+async def test_renewal_advice_applies_only_to_the_chain_it_was_about(store: Store) -> None:
+    cert = Certificate("zone", ("gw.test",), CertState.VALID, "CHAIN-1", "plain:K",
+                       renew_at=500.0)
+    await store.put_certificate(cert)
+    serial = await store.serial()
+    assert await store.set_renew_at("zone", "CHAIN-1", 400.0)
+    got = await store.get_certificate("zone")
+    assert got is not None and got.renew_at == 400.0 and got.chain == "CHAIN-1"
+    assert await store.serial() == serial + 1  # followers hear of it
+    await store.put_certificate(replace(cert, chain="CHAIN-2", renew_at=900.0))  # renewed
+    assert not await store.set_renew_at("zone", "CHAIN-1", 300.0)
+    got = await store.get_certificate("zone")
+    assert got is not None and (got.chain, got.renew_at) == ("CHAIN-2", 900.0)
+    assert not await store.set_renew_at("zone", "CHAIN-2", 900.0)  # no change, no serial
+    assert not await store.set_renew_at("gone", "CHAIN-2", 1.0)
