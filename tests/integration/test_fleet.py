@@ -115,10 +115,11 @@ def fleet_key(shared: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None = None,
-                      url: str = "") -> AsyncIterator[Fleet]:
+                      url: str = "", dns: dict[str, Any] | None = None,
+                      nameservers: dict[str, list[str]] | None = None) -> AsyncIterator[Fleet]:
     """Three ``webgateway run`` on 127.0.0.21-23 on one database (fresh, or ``url``) sharing
     ``shared/store.key``; with ``acme`` each runs certd against that CA and no certificate
-    is stored beforehand."""
+    is stored beforehand; ``dns`` and ``nameservers`` add to every gateway's sections."""
     url = url or pg.new_database()
     shared = tmp_path / "shared"
     shared.mkdir(exist_ok=True)
@@ -128,7 +129,8 @@ async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None 
     zone = {
         "gateway_ipv4": ADDRS,
         "gateway_ipv6": [],
-        "nameservers": {f"ns{i}.{ZONE}": [a] for i, a in enumerate(ADDRS, 1)},
+        "nameservers": {**{f"ns{i}.{ZONE}": [a] for i, a in enumerate(ADDRS, 1)},
+                        **(nameservers or {})},
     }
     members: list[Member] = []
     try:
@@ -139,7 +141,7 @@ async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None 
             extra = {"acme": acme} if acme else {}
             cfg = write_config(
                 d, zone=zone,
-                dns={"listen": [f"{addr}:{dns_port}"]},
+                dns={"listen": [f"{addr}:{dns_port}"], **(dns or {})},
                 proxy={"https_listen": [f"{addr}:{https_port}"], "http_listen": []},
                 api={"listen": f"{addr}:{api_port}"},
                 store={"url": url, "poll_interval": 0.5, "timeout": 2.0,

@@ -5,9 +5,11 @@ middle of its order; another takes the lease over within 30 s and resumes the sa
 certificate it issued, loaded from the store. No key reaches a log.
 
 Pebble asks a fourth member for the challenge TXT, a ``webgateway dnsd`` on the same
-database (as a CA asks whichever name server it likes). To catch the holder mid-order
-deterministically, Pebble is stopped (SIGSTOP) the moment the order's URL is stored: the
-holder's next ACME request hangs, it is killed, and Pebble goes on (SIGCONT).
+database (as a CA asks whichever name server it likes). It is also a name server every
+gateway waits for before it answers a challenge (listed in ``[dns] secondaries``, so certd's
+propagation check asks it), and it starts only after the kill: so the holder is caught
+deterministically mid-order, its order created and its TXT published, however fast the
+machine.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from tests.gateway import CLI, write_config
 from tests.integration.test_fleet import ADDRS, alice, served, start_fleet
 from tests.pebble import pebble_factory, requires_pebble
 from tests.postgres import Postgres
-from tests.procs import Proc, wait_dns
+from tests.procs import Proc, wait_dns, wait_tcp
+from tests.secondaries import TSIG
 from tests.support import ZONE, free_port
 from webgateway.keyseal import KeySeal, parse_key_file, slot
 
@@ -51,34 +54,41 @@ async def test_kill_9_of_the_order_holder_another_gateway_resumes_the_same_order
     dns_port = free_port(host=DNS_MEMBER)
     d = tmp_path / "dns4"
     d.mkdir()
+    ns4 = {f"ns4.{ZONE}": [DNS_MEMBER]}
     dns_cfg = write_config(
         d, zone={"gateway_ipv4": ADDRS, "gateway_ipv6": [],
-                 "nameservers": {f"ns{i}.{ZONE}": [a] for i, a in enumerate(ADDRS, 1)}},
+                 "nameservers": {**{f"ns{i}.{ZONE}": [a] for i, a in enumerate(ADDRS, 1)},
+                                 **ns4}},
         dns={"listen": [f"{DNS_MEMBER}:{dns_port}"]},
         store={"url": url, "poll_interval": 0.5, "timeout": 2.0, "key_file": str(key_file)})
-    dnsd = Proc("dns4", [*CLI, "dnsd", "--config", str(dns_cfg)], d / "dnsd.log")
+    dnsd: Proc | None = None
+    pb = pebble_factory((DNS_MEMBER, dns_port))
+    (shared / "ca.pem").write_bytes(pb.root_pem())
+    acme = {"directory": pb.directory, "ca_bundle": str(pb.ca_bundle),
+            "propagation_timeout": 90}
     try:
-        wait_dns(DNS_MEMBER, dns_port, ZONE, dnsd, seconds=30)
-        pb = pebble_factory((DNS_MEMBER, dns_port))
-        (shared / "ca.pem").write_bytes(pb.root_pem())
-        acme = {"directory": pb.directory, "ca_bundle": str(pb.ca_bundle),
-                "propagation_timeout": 20}
-        async with start_fleet(tmp_path, pg, acme=acme, url=url) as fleet:
+        async with start_fleet(tmp_path, pg, acme=acme, url=url, nameservers=ns4,
+                               dns={"secondaries": [f"{DNS_MEMBER}:{dns_port}"],
+                                    "tsig": TSIG}) as fleet:
             by_config = {str(tmp_path / f"gw{i}" / "webgateway.toml"): m
                          for i, m in enumerate(fleet.members, 1)}
             end = time.monotonic() + 30
-            while not (order := row(pg, db, "SELECT order_url FROM certificates"
-                                            " WHERE id='zone' AND order_url != ''")):
+            while not (row(pg, db, "SELECT 1 FROM txt") and (order := row(
+                    pg, db, "SELECT order_url FROM certificates WHERE id='zone'"
+                            " AND order_url != ''"))):
                 assert time.monotonic() < end, [m.proc.tail() for m in fleet.members]
-                await asyncio.sleep(0.005)
-            os.kill(pb.proc.pid, signal.SIGSTOP)  # the holder's next ACME request hangs
+                await asyncio.sleep(0.05)
             order_url = order[0]
             (holder,) = row(pg, db, "SELECT holder FROM leases WHERE name='cert:zone'")
             victim = by_config[holder.split(":", 1)[1].rsplit("#", 1)[0]]
+            end = time.monotonic() + 10  # mid-order: waiting for ns4 to serve the TXT
+            while f"{DNS_MEMBER}:{dns_port} serve the challenge" not in victim.proc.log.read_text():
+                assert time.monotonic() < end, victim.proc.tail()
+                await asyncio.sleep(0.05)
             victim.proc.stop(signal.SIGKILL)
             killed = time.monotonic()
-            os.kill(pb.proc.pid, signal.SIGCONT)
-            assert row(pg, db, "SELECT state FROM certificates WHERE id='zone'") != ["valid"]
+            dnsd = Proc("dns4", [*CLI, "dnsd", "--config", str(dns_cfg)], d / "dnsd.log")
+            wait_dns(DNS_MEMBER, dns_port, ZONE, dnsd, seconds=20)
 
             while row(pg, db, "SELECT state FROM certificates WHERE id='zone'") != ["valid"]:
                 assert time.monotonic() - killed < 30, [m.proc.tail() for m in fleet.members]
@@ -101,6 +111,7 @@ async def test_kill_9_of_the_order_holder_another_gateway_resumes_the_same_order
             victim.proc = Proc(f"gw{i}b", [*CLI, "run", "--config",
                                            str(tmp_path / f"gw{i}" / "webgateway.toml")],
                                tmp_path / f"gw{i}" / "gw-restarted.log")
+            wait_tcp(victim.addr, int(victim.api.rsplit(":", 1)[1]), victim.proc, seconds=30)
             async with alice(fleet):
                 for m in fleet.members:
                     end = time.monotonic() + 20
@@ -122,4 +133,5 @@ async def test_kill_9_of_the_order_holder_another_gateway_resumes_the_same_order
             assert all(s not in text for s in secrets for text in every_log)
             assert all("PRIVATE KEY" not in text for text in every_log)
     finally:
-        dnsd.stop()
+        if dnsd is not None:
+            dnsd.stop()
