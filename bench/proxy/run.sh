@@ -139,6 +139,7 @@ import asyncio, sys
 from pathlib import Path
 from webgateway.sqlite_store import SqliteStore
 from webgateway.model import Name, Domain, DomainState, Certificate, CertState
+from webgateway.keyseal import KeySeal, slot
 from webgateway.addresses import parse_hostport
 async def main():
     s = SqliteStore(Path(sys.argv[1])); await s.open()
@@ -147,7 +148,9 @@ async def main():
     await s.put_domain(Domain("localhost", "bench", o.id, "x"), 10)  # a claim: pending
     await s.verify_claim("x", "bench")
     await s.set_domain_state("localhost", DomainState.ACTIVE, "bench")
-    await s.put_certificate(Certificate("localhost", ("localhost",), CertState.VALID, sys.argv[2], sys.argv[3]))
+    chain, key = Path(sys.argv[2]).read_text(), Path(sys.argv[3]).read_bytes()
+    await s.put_certificate(Certificate("localhost", ("localhost",), CertState.VALID, chain,
+                                        KeySeal().seal(slot("cert", "localhost"), key)))
     await s.close()
 asyncio.run(main())
 X

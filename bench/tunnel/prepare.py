@@ -20,6 +20,7 @@ from pathlib import Path
 import trustme
 
 from webgateway.addresses import parse_hostport
+from webgateway.keyseal import KeySeal, slot
 from webgateway.model import Certificate, CertState, Name
 from webgateway.sqlite_store import SqliteStore
 from webgateway.tokens import hash_token, new_token
@@ -63,15 +64,13 @@ level = "warning"
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(state / "ca.pem"))
     leaf = ca.issue_cert(f"*.{ZONE}", ZONE)
-    (certs / "zone.pem").write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
-    (certs / "zone.key").touch(0o600)
-    leaf.private_key_pem.write_to_path(str(certs / "zone.key"))
+    chain = b"".join(p.bytes() for p in leaf.cert_chain_pems).decode()
+    key = KeySeal().seal(slot("cert", "zone"), leaf.private_key_pem.bytes())
     store = SqliteStore(state / "var" / "webgateway.db")
     await store.open()
     try:
         await store.put_certificate(Certificate(
-            "zone", (f"*.{ZONE}", ZONE), CertState.VALID, str(certs / "zone.pem"),
-            str(certs / "zone.key")))
+            "zone", (f"*.{ZONE}", ZONE), CertState.VALID, chain, key))
         owner = await store.create_owner("bench", hash_token(new_token()))
         await store.put_name(Name("viassh", owner.id,
                                   (parse_hostport(f"127.0.0.1:{ssh_port}"),)), idle + 10)
