@@ -399,6 +399,8 @@ class CertService:
         beat = asyncio.create_task(self._heartbeat(cid, me), name=f"certd-lease-{cid}")
         try:
             await job()
+        except LeaseLost as e:
+            log.warning("certd: lost the lease of %s (%s); leaving its order", cid, e)
         finally:
             beat.cancel()
             self.lost.discard(cid)
@@ -536,7 +538,7 @@ class CertService:
             nonlocal cert
             sealed = self.seal.seal(slot("order", cid), certkeys.key_pem(key))
             cert = replace(cert, order_url=url, order_key=sealed)
-            await self._put(cert)
+            await self._put(cert, leased=True)
 
         try:
             async with self.order_slots:
@@ -554,7 +556,7 @@ class CertService:
                 await self.store.set_domain_state(
                     cid, DomainState.ACTIVE, "certificate valid until "
                     + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cert.not_after)))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LeaseLost):
             raise
         except Exception as e:
             outcome = await self._failed(cid, cert, e)
@@ -595,12 +597,17 @@ class CertService:
                               self.rng),
             failures=0, next_attempt=0.0, last_error="", order_url="", order_key="",
         )
-        await self._put(new)
+        await self._put(new, leased=True)
         return new
 
-    async def _put(self, cert: Certificate) -> None:
-        """Write through: the scheduler must not act on a stale row before the feed catches up."""
-        await self.store.put_certificate(cert)
+    async def _put(self, cert: Certificate, leased: bool = False) -> None:
+        """Write through: the scheduler must not act on a stale row before the feed catches up.
+        ``leased``: only while this process holds the certificate's lease (LeaseLost if not:
+        the row and the TXT are the new holder's)."""
+        lease = (lease_name(cert.id), self.holder) if leased else None
+        if not await self.store.put_certificate(cert, lease):
+            self.lost.add(cert.id)
+            raise LeaseLost(f"another gateway holds it; {cert.id}'s row is left as it is")
         self.view.certs[cert.id] = cert
 
     async def _failed(self, cid: str, cert: Certificate, e: Exception) -> str:
@@ -621,7 +628,7 @@ class CertService:
         log.warning("certd: certificate %s failed (%d in a row): %s; next attempt in %.0f s",
                     cid, failures, msg, nxt - now)
         with contextlib.suppress(StoreError):
-            await self._put(new)
+            await self._put(new, leased=True)
             if cid != ZONE_CERT and cid in self.view.domains:
                 # a renewal failing leaves the domain served by its current certificate
                 state_d = DomainState.ACTIVE if cert.in_place else DomainState.VERIFIED

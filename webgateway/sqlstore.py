@@ -618,8 +618,17 @@ class SqlStore:
         return [TxtRecord(*r) for r in rows]
 
     # ------------------------------------------------------------------ certificates
-    async def put_certificate(self, cert: Certificate) -> None:
+    async def put_certificate(
+        self, cert: Certificate, lease: tuple[str, str] | None = None
+    ) -> bool:
+        """Write ``cert``'s row; with ``lease`` (name, holder) only while that holder holds
+        it, checked in the write's transaction (a fence: a holder that stalled past its
+        lease must not overwrite the new holder's row). False when nothing was written."""
         async with self._write():
+            if lease is not None:
+                r = await self._one("SELECT holder FROM leases WHERE name=?", (lease[0],))
+                if r is None or r[0] != lease[1]:
+                    return False
             await self._exec(
                 _CERT_UPSERT,
                 (
@@ -640,6 +649,7 @@ class SqlStore:
                 ),
             )
             self._touch("cert", cert.id)
+        return True
 
     async def get_certificate(self, cert_id: str) -> Certificate | None:
         async with self._read():

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from prometheus_client import CollectorRegistry
 
 from certd import service
-from certd.service import CertService, lease_name
-from tests.support import make_config, store_rows
+from certd.service import ZONE_CERT, CertService, lease_name
+from tests.support import ZONE, cert_row, make_config, store_rows
+from webgateway.model import CertState
 from webgateway.store import Store
 from webgateway.storefactory import open_store
 
@@ -23,16 +25,20 @@ from webgateway.storefactory import open_store
 @pytest.fixture
 async def two_gateways(tmp_path: Path, store_section: dict[str, Any]
                        ) -> AsyncIterator[tuple[CertService, CertService, Store]]:
-    cfgs = [make_config(tmp_path / f"gw{i}", store={**store_section, "poll_interval": 0.02})
-            for i in (1, 2)]
+    acme = {"directory": "https://127.0.0.1:9/dir"}  # never reached: orders are faked
+    cfgs = [make_config(tmp_path / f"gw{i}", store={**store_section, "poll_interval": 0.02},
+                        acme=acme) for i in (1, 2)]
     if "url" not in store_section:  # one SQLite file for both, as two processes on one box
-        cfgs[1] = make_config(tmp_path / "gw2", store={"path": str(cfgs[0].store.path)})
+        cfgs[1] = make_config(tmp_path / "gw2", store={"path": str(cfgs[0].store.path)},
+                              acme=acme)
     stores = [await open_store(c.store) for c in cfgs]
     a, b = (CertService(c, s, CollectorRegistry()) for c, s in zip(cfgs, stores, strict=True))
     assert a.gateway != b.gateway
     try:
         yield a, b, stores[0]
     finally:
+        for svc in (a, b):
+            await svc.stop()
         for s in stores:
             await s.close()
 
@@ -82,3 +88,38 @@ async def test_a_restarted_gateway_frees_its_previous_leases(
     await a.follower.load()
     await a._startup_cleanup()  # a's new process: the old one is gone, its lease with it
     assert await store_rows(store, "SELECT name FROM leases") == [(lease_name("shop"),)]
+
+
+async def test_a_holder_that_stalled_past_its_lease_overwrites_nothing(
+        two_gateways: tuple[CertService, CertService, Store],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fencing: a's CA call comes back after a stall longer than the lease (a paused VM, a
+    SIGSTOP), when b has taken the lease over, issued the certificate and published its
+    own challenge TXT. a's failure must not replace b's row with its stale one (no chain,
+    state failed) nor remove b's TXT: the store refuses a write whose lease is gone."""
+    a, b, store = two_gateways
+    assert a.issuer is not None
+    domains = a.wanted()[ZONE_CERT]
+    txt = a.txt_name(ZONE_CERT)
+    theirs = cert_row(ZONE_CERT, domains, trustme.CA().issue_cert(ZONE, f"*.{ZONE}"))
+
+    async def stalled_obtain(*args: Any) -> None:
+        published = args[-1]
+        await store.add_txt(txt, "a-token")
+        published[txt] = {"a-token"}
+        # meanwhile (a is stalled) its lease lapsed, b took it, ordered and installed
+        assert (await store.take_lease(lease_name(ZONE_CERT), b.holder, 20.0,
+                                       time.time() + 3600)).holder == b.holder
+        await store.put_certificate(theirs)
+        await store.add_txt(txt, "b-token")
+        raise TimeoutError("order still processing after 120 s")
+
+    monkeypatch.setattr(a.issuer, "obtain", stalled_obtain)
+    await a._attempt(ZONE_CERT, domains)
+    row = await store.get_certificate(ZONE_CERT)
+    assert row is not None
+    assert (row.state, row.chain, row.key, row.failures) == (
+        CertState.VALID, theirs.chain, theirs.key, 0)
+    assert "b-token" in {t.value for t in await store.list_txt() if t.fqdn == txt}
+    rows = await store_rows(store, "SELECT holder FROM leases")
+    assert rows == [(b.holder,)]
