@@ -17,14 +17,22 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from webgateway.store import Store
 
 PLAIN = "plain:"
 SEALED = "aesgcm1:"
 KEY_BYTES = 32
 _NONCE = 12
+#: A known value sealed by the first gateway with a key file (its slot: the secret's name),
+#: which every gateway opens at start-up to prove it holds the same key file.
+CHECK_ROW = "keyseal-check"
+_CHECK_TEXT = b"webgateway key file check"
 
 
 class KeySealError(Exception):
@@ -87,3 +95,28 @@ class KeySeal:
         except (InvalidTag, ValueError, binascii.Error):
             raise KeySealError(f"the key of {slot_} does not open with this gateway's"
                                " [store] key_file: every gateway needs the same file") from None
+
+
+async def check_store(store: Store, seal: KeySeal) -> None:
+    """KeySealError (saying what to fix) unless ``seal`` opens the keys ``store`` holds.
+
+    A gateway with another key file, or none, would otherwise start and serve no
+    certificate, and its certd would record failed orders in rows the fleet shares.
+    """
+    stored = await store.get_secret(CHECK_ROW)
+    if stored is None:
+        if not seal.encrypts:
+            return
+        stored = await store.put_secret_once(CHECK_ROW, seal.seal(CHECK_ROW, _CHECK_TEXT))
+    if stored.startswith(PLAIN):
+        return
+    if not seal.encrypts:
+        raise KeySealError("the private keys in the store are encrypted with a key file, and"
+                           " this gateway has none: copy the fleet's key file here and set"
+                           " [store] key_file")
+    try:
+        seal.open(CHECK_ROW, stored)
+    except KeySealError:
+        raise KeySealError("this file does not open the private keys in the store (another"
+                           " gateway sealed them with a different key file): every gateway"
+                           " of the fleet needs the same file") from None

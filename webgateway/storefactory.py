@@ -7,12 +7,14 @@ so the backend, ``poll_interval`` and ``timeout`` are chosen in one place.
 
 from __future__ import annotations
 
-from webgateway.config import StoreConfig
+from webgateway.config import ConfigError, StoreConfig
+from webgateway.keyseal import KeySeal, KeySealError, check_store
 from webgateway.store import Store
 
 
 async def open_store(config: StoreConfig) -> Store:
-    """The configured store, opened (and migrated to this build's schema)."""
+    """The configured store, opened (and migrated to this build's schema); ConfigError
+    when ``key_file`` does not open the private keys it holds."""
     store: Store
     if config.url:
         from webgateway.pg_store import PgStore
@@ -23,4 +25,12 @@ async def open_store(config: StoreConfig) -> Store:
 
         store = SqliteStore(config.path, config.poll_interval)
     await store.open()
+    try:
+        await check_store(store, KeySeal(config.key))
+    except KeySealError as e:
+        await store.close()
+        raise ConfigError("store.key_file", str(e)) from None
+    except BaseException:
+        await store.close()
+        raise
     return store
