@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import requests
 from acme import challenges, client, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -313,14 +314,22 @@ class Issuer:
             order = await self._resumable(call, cert_id, domains, csr, resume_url)
             if order is not None:
                 return order
-        await self._count_new_order(cert_id)
-        order = await call(self._new_order, csr)
+        taken = await self._count_new_order(cert_id)
+        try:
+            order = await call(self._new_order, csr)
+        except Exception as e:
+            # The CA refused or was not reached: no order to count. A read timeout may
+            # have created one, so it stays counted (as does a cancelled call).
+            if not isinstance(e, requests.exceptions.ReadTimeout):
+                await self.store.give_back_order_slot(self.acme.directory, cert_id, taken)
+            raise
         await on_order(order.uri)
         return order
 
-    async def _count_new_order(self, cert_id: str) -> None:
+    async def _count_new_order(self, cert_id: str) -> float:
         """Take one new order from the account's budget, counted by the whole fleet in the
-        store (Let's Encrypt: 300 new orders per account per 3 hours); RetryLater if spent."""
+        store (Let's Encrypt: 300 new orders per account per 3 hours); RetryLater if spent.
+        Returns when it was taken (what ``give_back_order_slot`` needs)."""
         a = self.acme
         now = time.time()
         free_at = await self.store.take_order_slot(a.directory, cert_id, now, a.order_window,
@@ -329,6 +338,7 @@ class Issuer:
             raise RetryLater(free_at - now, f"the fleet created {a.max_orders} new orders of"
                              f" this account in the last {a.order_window:.0f} s ([acme]"
                              f" max_orders); the next may start in {free_at - now:.0f} s")
+        return now
 
     async def _resumable(
         self, call: _Call, cert_id: str, domains: tuple[str, ...], csr: bytes, url: str

@@ -774,3 +774,13 @@ class SqlStore:
                 (account, cert_id, now),
             )
         return 0.0
+
+    async def give_back_order_slot(self, account: str, cert_id: str, taken: float) -> None:
+        """Uncount the slot ``take_order_slot(account, cert_id, taken, ...)`` counted: the
+        CA created no order with it."""
+        async with self._write():
+            await self._exec(
+                "DELETE FROM acme_orders WHERE id IN (SELECT id FROM acme_orders"
+                " WHERE account=? AND cert_id=? AND created=? LIMIT 1)",
+                (account, cert_id, taken),
+            )

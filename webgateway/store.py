@@ -171,3 +171,7 @@ class Store(Protocol):
     ) -> float:
         """Count a new ACME order against the fleet's budget: 0.0, or when one frees up."""
         ...
+
+    async def give_back_order_slot(self, account: str, cert_id: str, taken: float) -> None:
+        """Uncount the slot taken at ``taken``: the CA created no order with it."""
+        ...

@@ -365,3 +365,26 @@ async def test_the_order_budget_holds_a_new_order_until_the_window_frees_one(  #
                                             {"outcome": "retry_later"}) == 1
         rows = await store_rows(gw.store, "SELECT cert_id FROM acme_orders")
         assert rows == [("zone",)]
+
+
+async def test_a_new_order_the_ca_never_took_is_not_counted(  # type: ignore[no-untyped-def]
+        tmp_path: Path, pebble_factory) -> None:
+    """The budget counts orders the CA created, not attempts: while the CA is unreachable,
+    each retry of a custom domain's order must not spend a slot (an outage would otherwise
+    use up the window and hold every new certificate for hours after the CA is back)."""
+    from webgateway.addresses import parse_hostport
+
+    async with gateway(tmp_path, pebble_factory,
+                       acme_extra={"max_orders": 2, "order_window": "1h"}) as gw:
+        await wait_cert(gw.store, "zone")
+        gw.pebble.stop()  # the account is known; the next new order gets no answer
+        owner = await gw.store.create_owner("erin", "h5")
+        await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
+        await held_domain(gw.store, "shop.example.org", "shop", owner.id)
+        end = time.monotonic() + 60
+        while not (c := await gw.store.get_certificate("shop.example.org")) or not c.failures:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        assert c.state == CertState.FAILED and "max_orders" not in c.last_error
+        rows = await store_rows(gw.store, "SELECT cert_id FROM acme_orders")
+        assert rows == [("zone",)]

@@ -485,6 +485,11 @@ async def test_the_order_budget_is_counted_per_account_over_a_sliding_window(
     assert await store.take_order_slot(other, "zone", 130.0, 60.0, 3) == 0.0
     assert await store.take_order_slot(ca, "zone", 161.0, 60.0, 3) == 0.0  # 100 left it
     assert await store.take_order_slot(ca, "zone", 162.0, 60.0, 3) == 170.0
+    await store.give_back_order_slot(ca, "zone", 162.5)  # none taken then: nothing
+    assert await store.take_order_slot(ca, "zone", 163.0, 60.0, 3) == 170.0
+    await store.give_back_order_slot(ca, "zone", 161.0 + 1e-6)  # only the exact one
+    await store.give_back_order_slot(ca, "zone", 161.0)  # the CA created no order
+    assert await store.take_order_slot(ca, "zone", 163.0, 60.0, 3) == 0.0
 
 
 async def test_migration_4_keeps_certificates_and_their_old_file_paths(
