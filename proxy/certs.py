@@ -12,6 +12,7 @@ keep it until they close, so a renewal never drops anyone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import ssl
@@ -36,7 +37,7 @@ def memory_files(*contents: bytes) -> Iterator[list[str]]:
     fds: list[int] = []
     try:
         for data in contents:
-            fd = os.memfd_create("webgateway-tls", os.MFD_CLOEXEC)
+            fd = _memfd()
             fds.append(fd)
             view = memoryview(data)
             while view:
@@ -45,6 +46,21 @@ def memory_files(*contents: bytes) -> Iterator[list[str]]:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _memfd() -> int:
+    """A memory-only file; OSError naming memfd_create when the system has none (an old
+    kernel or libc, a seccomp filter): the key is then not loaded, never put on a disk."""
+    create = getattr(os, "memfd_create", None)
+    try:
+        if create is None:
+            raise OSError(errno.ENOSYS, "not in this Python build")
+        fd: int = create("webgateway-tls", getattr(os, "MFD_CLOEXEC", 1))
+    except OSError as e:
+        raise OSError(e.errno, f"memfd_create: {e.strerror} (keys are handed to OpenSSL only"
+                      " through memory files; Linux 3.17 or later without a seccomp filter"
+                      " refusing it is needed)") from None
+    return fd
 
 
 def _context(chain: str, key: str, alpn: tuple[str, ...]) -> ssl.SSLContext:

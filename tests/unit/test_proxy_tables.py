@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import replace
 
 import pytest
@@ -145,3 +147,44 @@ def test_sealed_keys_open_only_with_the_fleet_key_and_in_their_own_slot(
     t.apply(ChangeSet(2, {}, {}, {}, {"shop": replace(moved, key=good.key)}))
     assert t.certs.context_for("shop.example") is None
     assert good.key not in caplog.text and good.chain not in caplog.text
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_descriptor_is_left_open_by_many_reloads_good_or_bad(ca: trustme.CA) -> None:
+    """Each load opens memory files for chain and key: every path closes them (a renewal
+    every few minutes on a long-running proxy must not leak a descriptor a time)."""
+    fleet = KeySeal(bytes(range(32)))
+    certs = [issued(ca, "zone", ZONE, f"*.{ZONE}", seal=fleet, updated=i) for i in range(2)]
+    bad_chain = replace(certs[0], chain="-----BEGIN CERTIFICATE-----\nAAAA\n")
+    t = RouteTable(ZONE, fleet)
+    t.load(snap([], [], [certs[0]]))
+    before = _open_fds()
+    for i in range(150):  # good, bad chain (OpenSSL fails), bad key (fails before)
+        for n, cert in enumerate((certs[i % 2], bad_chain, replace(certs[i % 2], key="x"))):
+            t.apply(ChangeSet(3 * i + n + 2, {}, {}, {}, {"zone": cert}))
+    t.load(snap([], [], [certs[0]]))  # a full reload, as after a feed gap
+    assert t.certs.context_for(f"a.{ZONE}") is not None
+    assert _open_fds() == before
+
+
+def test_without_memfd_create_a_certificate_is_not_served_and_the_log_says_why(
+        ca: trustme.CA, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A kernel or libc without memfd_create (or a seccomp filter refusing it): the key is
+    not written to a disk instead, the proxy keeps running and the log names the cause."""
+    cert = issued(ca, "zone", ZONE, f"*.{ZONE}")
+    for broken in ("missing", "refused"):
+        if broken == "missing":
+            monkeypatch.delattr(os, "memfd_create")
+        else:
+            def refuse(*_: object) -> int:
+                raise OSError(errno.ENOSYS, "Function not implemented")
+            monkeypatch.setattr(os, "memfd_create", refuse, raising=False)
+        t = RouteTable(ZONE)
+        t.load(snap([], [], [cert]))
+        assert t.certs.context_for(f"a.{ZONE}") is None
+        assert "memfd_create" in caplog.text
+        caplog.clear()
