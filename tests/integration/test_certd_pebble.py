@@ -28,6 +28,7 @@ from webgateway.config import Config
 from webgateway.keyseal import KeySeal, slot
 from webgateway.logsetup import keep_parameters_out
 from webgateway.model import (
+    Certificate,
     CertState,
     Domain,
     DomainState,
@@ -344,20 +345,26 @@ async def test_an_upgraded_store_imports_the_certificate_files_instead_of_reorde
         await store.close()
 
 
-async def test_the_order_budget_holds_a_new_order_until_the_window_frees_one(  # type: ignore[no-untyped-def]
-        tmp_path: Path, pebble_factory) -> None:
+async def shop_first_failure(gw: Gw, seconds: float) -> Certificate:
+    """Verify shop.example.org for a new owner; its certificate row once an attempt failed."""
     from webgateway.addresses import parse_hostport
 
+    owner = await gw.store.create_owner("dave", "h4")
+    await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
+    await held_domain(gw.store, "shop.example.org", "shop", owner.id)
+    end = time.monotonic() + seconds
+    while not (c := await gw.store.get_certificate("shop.example.org")) or not c.failures:
+        assert time.monotonic() < end
+        await asyncio.sleep(0.05)
+    return c
+
+
+async def test_the_order_budget_holds_a_new_order_until_the_window_frees_one(  # type: ignore[no-untyped-def]
+        tmp_path: Path, pebble_factory) -> None:
     async with gateway(tmp_path, pebble_factory,
                        acme_extra={"max_orders": 1, "order_window": "1h"}) as gw:
         await wait_cert(gw.store, "zone")  # the one order the window allows
-        owner = await gw.store.create_owner("dave", "h4")
-        await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
-        await held_domain(gw.store, "shop.example.org", "shop", owner.id)
-        end = time.monotonic() + 20
-        while not (c := await gw.store.get_certificate("shop.example.org")) or not c.failures:
-            assert time.monotonic() < end
-            await asyncio.sleep(0.05)
+        c = await shop_first_failure(gw, 20)
         assert c.state == CertState.FAILED and not c.order_url
         assert "max_orders" in c.last_error and "new orders of this account" in c.last_error
         assert 3500 < c.next_attempt - time.time() < 3700  # when the zone's order leaves it
@@ -372,19 +379,11 @@ async def test_a_new_order_the_ca_never_took_is_not_counted(  # type: ignore[no-
     """The budget counts orders the CA created, not attempts: while the CA is unreachable,
     each retry of a custom domain's order must not spend a slot (an outage would otherwise
     use up the window and hold every new certificate for hours after the CA is back)."""
-    from webgateway.addresses import parse_hostport
-
     async with gateway(tmp_path, pebble_factory,
                        acme_extra={"max_orders": 2, "order_window": "1h"}) as gw:
         await wait_cert(gw.store, "zone")
         gw.pebble.stop()  # the account is known; the next new order gets no answer
-        owner = await gw.store.create_owner("erin", "h5")
-        await gw.store.put_name(Name("shop", owner.id, (parse_hostport("127.0.0.1:9"),)), 10)
-        await held_domain(gw.store, "shop.example.org", "shop", owner.id)
-        end = time.monotonic() + 60
-        while not (c := await gw.store.get_certificate("shop.example.org")) or not c.failures:
-            assert time.monotonic() < end
-            await asyncio.sleep(0.05)
+        c = await shop_first_failure(gw, 60)
         assert c.state == CertState.FAILED and "max_orders" not in c.last_error
         rows = await store_rows(gw.store, "SELECT cert_id FROM acme_orders")
         assert rows == [("zone",)]
