@@ -29,13 +29,13 @@ from dnsd.notify import NotifySchedule, NotifySender
 from dnsd.responder import QTYPE_NAMES, RCODES, TRUNCATED, Responder, slip
 from dnsd.tsig import Signer
 from dnsd.zone import ZoneView
-from webgateway import zonekeys
+from webgateway import keyroll, zonekeys
 from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
 from webgateway.listen import bind
 from webgateway.model import acme_account_meta_key
-from webgateway.store import Store
+from webgateway.store import Store, StoreError
 from webgateway.workerpool import WorkerPool, pooled_registry
 
 log = logging.getLogger(__name__)
@@ -333,6 +333,7 @@ class _Metrics(Collector):
 
 UDP_RCVBUF = 4 * 1024 * 1024
 RESIGN_INTERVAL = 3600.0
+ROLL_INTERVAL = 60.0  # how late a rollover phase may be taken (the timings are hours)
 
 
 class DnsService:
@@ -344,6 +345,7 @@ class DnsService:
         """``worker``: one of the pool's processes (shares the ports, starts no pool, and
         leaves sending NOTIFY to the secondaries to the parent)."""
         notify = not worker
+        self.worker = worker
         self.config = config
         self.reuse_port = worker or config.dns.workers > 1
         self.pool = WorkerPool("dnsd", "dns.workers", "dnsd.service:worker",
@@ -431,13 +433,15 @@ class DnsService:
 
     async def _follow(self) -> None:
         watch = asyncio.create_task(self._watch_serial())
-        resign = asyncio.create_task(self._resign()) if self.view.dnssec is not None else None
+        tasks = [asyncio.create_task(self._resign())] if self.view.dnssec is not None else []
+        if self.view.dnssec is not None and not self.worker:
+            tasks.append(asyncio.create_task(self._roll()))
         try:
             await self.follower.run()
         finally:
             watch.cancel()
-            if resign is not None:
-                resign.cancel()
+            for t in tasks:
+                t.cancel()
 
     async def _resign(self) -> None:
         """A quiet zone keeps its cached answers for ever; a new generation every hour
@@ -446,6 +450,22 @@ class DnsService:
         while True:
             await asyncio.sleep(RESIGN_INTERVAL)
             self.view.bump(self.view.serial)
+
+    async def _roll(self) -> None:
+        """Moves a key rollover on when its next phase is due (every gateway of a fleet
+        tries; the store's compare-and-swap lets one change land). The new keys reach the
+        view through the feed like any change."""
+        timing = keyroll.Timing.from_config(self.config)
+        while True:
+            await asyncio.sleep(ROLL_INTERVAL)
+            try:
+                await keyroll.advance_stored(self.store, timing)
+            except (keyroll.RolloverError, zonekeys.KeyMaterialError) as e:
+                log.error("dnssec rollover: %s", e)
+            except StoreError as e:  # the feed reports outages; try again next tick
+                log.debug("dnssec rollover: store unavailable (%s)", e)
+            except Exception:
+                log.exception("dnssec rollover tick failed; trying again next tick")
 
     async def _watch_serial(self) -> None:
         """Changes with nothing for DNS in them (owners) still move the SOA serial."""

@@ -5,7 +5,8 @@ each RRset is signed the first time an answer needs it and its RRSIG is cached, 
 the RRset itself (owner, type, TTL, RDATA, zone), so a changed RRset simply misses and an
 unchanged one costs a dict lookup. A signature is valid ``validity`` seconds from an
 inception backdated an hour (clock skew), and is replaced once less than ``refresh``
-seconds of it remain.
+seconds of it remain. During a key rollover every key in the zone signs every RRset
+(double signature, RFC 7583 3.3), so a resolver holding either key's DS validates.
 
 Denial of existence is RFC 9824 compact denial ("black lies"): the answer for a name we
 do not have is NOERROR with one NSEC at the query name whose next name is its immediate
@@ -105,7 +106,7 @@ def _canonical(rtype: int, rdata: bytes) -> bytes:
 
 
 class Signer:
-    """Signs RRsets with the zone key and packs DO=1 answers with their RRSIGs and NSEC."""
+    """Signs RRsets with the zone's keys and packs DO=1 answers with their RRSIGs and NSEC."""
 
     def __init__(
         self,
@@ -115,20 +116,22 @@ class Signer:
         clock: Callable[[], float] = time.time,
         cache_size: int = 100_000,
     ) -> None:
-        self.key = keys[0]
-        self.keys = keys
+        """``keys``: the keys in the zone; each signs every RRset."""
+        self.keys = [(k.tag, k.private) for k in keys if k.private is not None]
+        assert self.keys, "a signer needs a private key"
         self.validity = validity
         self.refresh = refresh
         self.clock = clock
         self.cache_size = cache_size
         self.signed = 0  # signatures made (metrics, tests)
-        self._cache: dict[tuple[bytes, int, int, tuple[bytes, ...], bytes], tuple[bytes, float]]
+        self._cache: dict[tuple[bytes, int, int, tuple[bytes, ...], bytes],
+                          tuple[tuple[bytes, ...], float]]
         self._cache = {}
 
-    def rrsig(self, owner: bytes, rtype: int, ttl: int, rdatas: tuple[bytes, ...],
-              zone: bytes) -> bytes:
-        """The RRSIG record for one RRset, without its owner (type onward), from cache
-        while more than ``refresh`` seconds of its validity remain."""
+    def rrsigs(self, owner: bytes, rtype: int, ttl: int, rdatas: tuple[bytes, ...],
+               zone: bytes) -> tuple[bytes, ...]:
+        """The RRSIG records for one RRset, one a key, each without its owner (type
+        onward), from cache while more than ``refresh`` seconds of their validity remain."""
         key = (owner, rtype, ttl, rdatas, zone)
         now = self.clock()
         hit = self._cache.get(key)
@@ -136,27 +139,30 @@ class Signer:
             return hit[0]
         inception = int(now) - INCEPTION_BACKDATE
         expiration = int(now + self.validity)
-        head = struct.pack(">HBBIIIH", rtype, ALGORITHM, label_count(owner), ttl,
-                           expiration & 0xFFFFFFFF, inception & 0xFFFFFFFF, self.key.tag) + zone
         fixed = struct.pack(">HHI", rtype, wire.IN, ttl)
-        data = head + b"".join(
+        signed = b"".join(
             owner + fixed + len(rd).to_bytes(2, "big") + rd
             for rd in sorted({_canonical(rtype, rd) for rd in rdatas})
         )
-        r, s = decode_dss_signature(self.key.private.sign(data, _ECDSA))
-        rdata = head + r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        tail = struct.pack(">HHIH", RRSIG, wire.IN, ttl, len(rdata)) + rdata
-        self.signed += 1
+        tails = []
+        for tag, private in self.keys:
+            head = struct.pack(">HBBIIIH", rtype, ALGORITHM, label_count(owner), ttl,
+                               expiration & 0xFFFFFFFF, inception & 0xFFFFFFFF, tag) + zone
+            r, s = decode_dss_signature(private.sign(head + signed, _ECDSA))
+            rdata = head + r.to_bytes(32, "big") + s.to_bytes(32, "big")
+            tails.append(struct.pack(">HHIH", RRSIG, wire.IN, ttl, len(rdata)) + rdata)
+            self.signed += 1
         if len(self._cache) >= self.cache_size:
             self._cache.clear()
-        self._cache[key] = (tail, expiration - self.refresh)
-        return tail
+        self._cache[key] = (tuple(tails), expiration - self.refresh)
+        return self._cache[key][0]
 
     def _pack(self, qname: bytes, rrset: RRset) -> tuple[bytes, int]:
         owner = rrset.owner
         rrs = [wire.rr(owner, rrset.rtype, rrset.ttl, rd) for rd in rrset.rdatas]
         real = qname if owner == QNAME else owner
-        rrs.append(owner + self.rrsig(real, rrset.rtype, rrset.ttl, rrset.rdatas, rrset.zone))
+        rrs += [owner + t for t in self.rrsigs(real, rrset.rtype, rrset.ttl, rrset.rdatas,
+                                                rrset.zone)]
         return b"".join(rrs), len(rrs)
 
     def answer(

@@ -103,6 +103,7 @@ class ZoneView:
         self.clock = clock
         self.signer: Signer | None = None
         self.keys_text: str | None = None
+        self.zone_keys: list[zonekeys.ZoneKey] = []
         self.account_key = account_key if zone.caa_accounturi else None
         self.account_url = ""
         self.apex = wire.name_to_wire(zone.name)
@@ -214,18 +215,21 @@ class ZoneView:
         except zonekeys.KeyMaterialError as e:
             log.error("dnssec: %s; answers keep the previous keys", e)
             return False
-        self.signer = Signer(keys, self.dnssec.signature_validity, self.dnssec.signature_refresh,
-                             self.clock)
+        self.signer = Signer(zonekeys.in_zone(keys), self.dnssec.signature_validity,
+                             self.dnssec.signature_refresh, self.clock)
         self.keys_text = text
+        self.zone_keys = keys
         return True
 
     def _keysets(self, apex: bytes) -> Rrsets:
-        """DNSKEY, CDS and CDNSKEY at a zone apex (nothing while the zone is unsigned)."""
+        """DNSKEY (every key in the zone), CDS and CDNSKEY (the key the parent should
+        trust) at a zone apex; nothing while the zone is unsigned."""
         if self.signer is None:
             return {}
-        dnskeys = tuple(k.dnskey for k in self.signer.keys)
-        cds = tuple(k.ds(apex) for k in self.signer.keys)
-        return {zonekeys.DNSKEY: dnskeys, zonekeys.CDS: cds, zonekeys.CDNSKEY: dnskeys}
+        dnskeys = tuple(k.dnskey for k in zonekeys.in_zone(self.zone_keys))
+        parent = zonekeys.for_parent(self.zone_keys)
+        return {zonekeys.DNSKEY: dnskeys, zonekeys.CDS: tuple(k.ds(apex) for k in parent),
+                zonekeys.CDNSKEY: tuple(k.dnskey for k in parent)}
 
     def _set_caa(self) -> None:
         apex = self.static[self.apex]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -454,10 +455,53 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
         found = asyncio.run(keys())
     except zonekeys.KeyMaterialError as e:
         raise CliError(str(e)) from None
-    for line in zonekeys.ds_lines(config.zone.name, found):
+    for line in zonekeys.ds_lines(config.zone.name, zonekeys.for_parent(found)):
         print(line)
-    print(f"give these DS records to the registrar of the parent of {config.zone.name}",
-          file=sys.stderr)
+    print(f"give these DS records to the registrar of the parent of {config.zone.name}"
+          " (replacing any other DS of the zone)", file=sys.stderr)
+    return 0
+
+
+def cmd_zone_rollover(args: argparse.Namespace) -> int:
+    """Start a CSK rollover, or show it, or tell it the parent has the new DS."""
+    from webgateway import keyroll, zonekeys
+    from webgateway.delegation import parent_has_ds
+    from webgateway.storefactory import open_store
+
+    config = load_config(args.config)
+    if not config.dnssec.enabled:
+        raise CliError("dnssec.enabled is false: there is no key to roll")
+    timing = keyroll.Timing.from_config(config)
+
+    def change(keys: list[zonekeys.ZoneKey]) -> list[zonekeys.ZoneKey]:
+        now = time.time()
+        if args.status:
+            return keys
+        if args.ds_seen:
+            return keyroll.confirm_ds(keys, now)
+        if args.poll_parent:
+            roll = keyroll.rolling(keys)
+            if roll is None or roll[1].ready is None or roll[1].ds_seen is not None:
+                return keys
+            ds = zonekeys.ds_lines(config.zone.name, [roll[1]])[0].split(" IN DS ")[1]
+            seen, why = parent_has_ds(config, args.resolver, ds)
+            print(why, file=sys.stderr)
+            return keyroll.confirm_ds(keys, now) if seen else keys
+        return keyroll.start(keys, now, zonekeys.generate(now))
+
+    async def run() -> list[zonekeys.ZoneKey]:
+        store = await open_store(config.store)
+        try:
+            return await keyroll.change_stored(store, change)
+        finally:
+            await store.close()
+
+    try:
+        keys = asyncio.run(run())
+    except (keyroll.RolloverError, zonekeys.KeyMaterialError) as e:
+        raise CliError(str(e)) from None
+    for line in keyroll.status_lines(keys, time.time(), timing):
+        print(line)
     return 0
 
 
@@ -611,6 +655,18 @@ def parser() -> argparse.ArgumentParser:
     zone = _group(sub, "zone", "the zone's DNSSEC keys")
     _command(zone, "ds", "print the DS records to hand to the parent zone", cmd_zone_ds)\
         .add_argument("--config", required=True, help="TOML configuration file")
+    roll = _command(zone, "rollover", "start a key rollover (RFC 7583 timings), or follow it",
+                    cmd_zone_rollover)
+    roll.add_argument("--config", required=True, help="TOML configuration file")
+    how = roll.add_mutually_exclusive_group()
+    how.add_argument("--status", action="store_true", help="show the keys' phases and timings")
+    how.add_argument("--ds-seen", action="store_true",
+                     help="confirm the parent serves the new key's DS (retires the old key"
+                          " after the parent's DS TTL)")
+    how.add_argument("--poll-parent", action="store_true",
+                     help="ask the parent's servers for the new DS; confirm it when all have it")
+    roll.add_argument("--resolver", metavar="HOST:PORT",
+                      help="recursive resolver used to find the parent (--poll-parent)")
 
     st = sub.add_parser("status", help="the operator's one screen (exit 1 if anything is wrong)")
     st.add_argument("--config", help="also check dnsd, the proxy and every listed name server")

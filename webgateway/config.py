@@ -157,6 +157,10 @@ class DnssecConfig:
     enabled: bool = False
     signature_validity: float = 14 * 86400.0
     signature_refresh: float = 7 * 86400.0  # re-sign when less than this is left
+    csk_lifetime: float = 0.0  # a scheduled key rollover after this long; 0: by command
+    propagation_delay: float = 3600.0  # RFC 7583 Dprp: a change reaching all our servers
+    parent_propagation_delay: float = 3600.0  # DprpP: a DS change reaching the parent's
+    parent_ds_ttl: float = 86400.0  # TTLds: the TTL of our DS at the parent
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,8 @@ def _float(lo: float, hi: float) -> Parser:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _human(secs: float) -> str:
+def human_duration(secs: float) -> str:
+    """Seconds as the largest whole unit: 86400 -> '1d', 90 -> '90s'."""
     unit = next(u for u in "dhms" if secs % _UNITS[u] == 0 or u == "s")
     return f"{secs / _UNITS[unit]:g}{unit}"
 
@@ -232,7 +237,8 @@ def _duration(lo: float, hi: float) -> Parser:
         else:
             raise ValueError(f"expected a duration ('7d', '12h', '30m' or seconds), got {v!r}")
         if not lo <= secs <= hi:  # also refuses nan and inf
-            raise ValueError(f"must be between {_human(lo)} and {_human(hi)}, got {v!r}")
+            raise ValueError(
+                f"must be between {human_duration(lo)} and {human_duration(hi)}, got {v!r}")
         return secs
 
     return parse
@@ -458,6 +464,10 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "enabled": (_bool, False),
         "signature_validity": (_duration(3 * 3600, 90 * 86400), False),
         "signature_refresh": (_duration(3600, 60 * 86400), False),
+        "csk_lifetime": (_duration(0, 10 * 366 * 86400), False),
+        "propagation_delay": (_duration(0, 7 * 86400), False),
+        "parent_propagation_delay": (_duration(0, 7 * 86400), False),
+        "parent_ds_ttl": (_duration(0, 7 * 86400), False),
     },
     "acme": {
         "directory": (_url, True),
@@ -641,8 +651,14 @@ def _check_dnssec(d: dict[str, Any]) -> None:
     refresh = d.get("signature_refresh", DnssecConfig.signature_refresh)
     if refresh > validity - 3600:
         raise ConfigError("dnssec.signature_refresh",
-                          f"must be at least 1h below signature_validity ({_human(validity)}),"
-                          f" got {_human(refresh)}")
+                          "must be at least 1h below signature_validity"
+                          f" ({human_duration(validity)}),"
+                          f" got {human_duration(refresh)}")
+    lifetime = d.get("csk_lifetime", 0.0)
+    if 0 < lifetime < 86400:
+        raise ConfigError("dnssec.csk_lifetime", "must be 0 (roll by command) or at least 1d:"
+                          f" a rollover itself takes hours (the parent's DS TTL), got"
+                          f" {human_duration(lifetime)}")
 
 
 def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None) -> Config:

@@ -245,15 +245,7 @@ def observe(config: Config, resolver_spec: str | None, port: int | None = None) 
     zone = config.zone.name
     res = _resolver(resolver_spec)
     obs = Observed()
-    try:
-        parent = dns.resolver.zone_for_name(dns.name.from_text(zone).parent(), resolver=res)
-        obs.parent = parent.to_text(omit_final_dot=True)
-        for ns in res.resolve(parent, "NS"):
-            host = ns.target.to_text(omit_final_dot=True)
-            addrs = [a for t in ("A", "AAAA") for a in _try_resolve(res, host, t)]
-            obs.parent_servers[host] = addrs
-    except Exception as e:
-        obs.errors.append(f"looking up the parent of {zone} failed: {explain(e)}")
+    _find_parent(zone, res, obs)
     for host, addrs in obs.parent_servers.items():
         for addr in addrs:
             key = f"{host} ({addr})"
@@ -274,13 +266,7 @@ def observe(config: Config, resolver_spec: str | None, port: int | None = None) 
                     )
             obs.referral_ns[key] = ns_names
             obs.referral_glue[key] = glue
-            try:
-                r = _query(zone, "DS", addr, 53)
-            except Exception as e:
-                obs.errors.append(f"parent server {key} did not answer for DS: {explain(e)}")
-                continue
-            obs.parent_ds[key] = {
-                x.to_text() for rr in r.answer if rr.rdtype == dns.rdatatype.DS for x in rr}
+            _ask_ds(zone, key, addr, obs)
     obs.soa_serials.update(nameserver_serials(config, port))
     if config.dnssec.enabled:
         for key, ip, p in _our_servers(config, port):
@@ -291,6 +277,49 @@ def observe(config: Config, resolver_spec: str | None, port: int | None = None) 
     except Exception as e:
         obs.resolver_soa = explain(e)
     return obs
+
+
+def _find_parent(zone: str, res: dns.resolver.Resolver, obs: Observed) -> None:
+    """The parent zone and its servers' addresses into ``obs`` (or why not)."""
+    try:
+        parent = dns.resolver.zone_for_name(dns.name.from_text(zone).parent(), resolver=res)
+        obs.parent = parent.to_text(omit_final_dot=True)
+        for ns in res.resolve(parent, "NS"):
+            host = ns.target.to_text(omit_final_dot=True)
+            addrs = [a for t in ("A", "AAAA") for a in _try_resolve(res, host, t)]
+            obs.parent_servers[host] = addrs
+    except Exception as e:
+        obs.errors.append(f"looking up the parent of {zone} failed: {explain(e)}")
+
+
+def _ask_ds(zone: str, key: str, addr: str, obs: Observed) -> None:
+    try:
+        r = _query(zone, "DS", addr, 53)
+    except Exception as e:
+        obs.errors.append(f"parent server {key} did not answer for DS: {explain(e)}")
+        return
+    obs.parent_ds[key] = {
+        x.to_text() for rr in r.answer if rr.rdtype == dns.rdatatype.DS for x in rr}
+
+
+def parent_has_ds(config: Config, resolver_spec: str | None, ds: str) -> tuple[bool, str]:
+    """Does every server of the parent zone serve ``ds`` ("tag alg digest-type digest") for
+    our zone? (yes/no, and a sentence saying what was seen)."""
+    zone = config.zone.name
+    obs = Observed()
+    _find_parent(zone, _resolver(resolver_spec), obs)
+    for host, addrs in obs.parent_servers.items():
+        for addr in addrs:
+            _ask_ds(zone, f"{host} ({addr})", addr, obs)
+    if obs.errors:
+        return False, "; ".join(obs.errors)
+    if not obs.parent_ds:
+        return False, f"found no server of the parent zone of {zone}"
+    want = _ds_key(ds)
+    missing = sorted(k for k, v in obs.parent_ds.items() if want not in {_ds_key(d) for d in v})
+    if missing:
+        return False, f"the parent servers {', '.join(missing)} do not serve the DS yet"
+    return True, f"every parent server ({len(obs.parent_ds)}) serves the DS"
 
 
 def _signatures(zone: str, addr: str, port: int, ds_out: set[str]) -> float | str:

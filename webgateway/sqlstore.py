@@ -674,12 +674,23 @@ class SqlStore:
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self._write():
-            if await self._exec(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
-                " SET value = excluded.value WHERE meta.value != excluded.value",
-                (key, value),
-            ):
-                self._touch("meta", key)
+            await self._upsert_meta(key, value)
+
+    async def swap_meta(self, key: str, old: str | None, new: str) -> bool:
+        async with self._write():
+            r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
+            if (str(r[0]) if r else None) != old:
+                return False
+            await self._upsert_meta(key, new)
+            return True
+
+    async def _upsert_meta(self, key: str, value: str) -> None:
+        if await self._exec(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+            " SET value = excluded.value WHERE meta.value != excluded.value",
+            (key, value),
+        ):
+            self._touch("meta", key)
 
     async def set_renew_at(self, cert_id: str, chain: str, renew_at: float) -> bool:
         """Move the renewal of the certificate whose chain is ``chain`` (ARI advice); False

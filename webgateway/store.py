@@ -142,6 +142,11 @@ class Store(Protocol):
     # -- small key/value state for services (ACME account URL and the like)
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
+    async def swap_meta(self, key: str, old: str | None, new: str) -> bool:
+        """Set ``key`` to ``new`` only if it still holds ``old`` (None: absent), in one
+        write serialized with every other writer: True when it was set. Lets gateways of a
+        fleet race on one state change (a key rollover's phase) and exactly one win."""
+        ...
 
     async def set_renew_at(self, cert_id: str, chain: str, renew_at: float) -> bool:
         """Move a valid certificate's renewal, only while its chain is still ``chain``."""

@@ -7,9 +7,11 @@ one DNSKEY RRset with one key keeps answers short. The cost is that replacing th
 means a DS change at the parent (CDS/CDNSKEY are published so a parent that scans them
 can follow by itself).
 
-The key lives in the store's meta table under ``META_KEY`` as JSON (a list, so a rollover
-can publish a second key beside the first): every gateway of a fleet reads the same key
-through the store's feed, and it never touches disk outside the store.
+The keys live in the store's meta table under ``META_KEY`` as JSON: a list, each key with
+the times of its rollover phases (``webgateway.keyroll`` moves them on), so every gateway of
+a fleet reads the same keys and phases through the store's feed, and a private key never
+touches disk outside the store. A key in the zone (published, not yet retired) is in the
+DNSKEY RRset and signs every RRset; CDS/CDNSKEY name the one key the parent should trust.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import json
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.name
 from cryptography.hazmat.primitives import serialization
@@ -42,22 +44,51 @@ class KeyMaterialError(ValueError):
 
 @dataclass(frozen=True)
 class ZoneKey:
-    private: ec.EllipticCurvePrivateKey
+    """One CSK and its rollover phases (epoch seconds; None: not reached). ``published``
+    and ``active`` are the same moment in a double-signature roll (RFC 7583 3.3)."""
+
+    private: ec.EllipticCurvePrivateKey | None  # None once removed
     created: float
     dnskey: bytes  # DNSKEY RDATA
     tag: int
+    published: float | None = None  # in the DNSKEY RRset
+    active: float | None = None  # signing every RRset
+    ready: float | None = None  # every cache holds it: its DS may go to the parent (CDS)
+    ds_seen: float | None = None  # its DS was seen at (or confirmed for) the parent
+    retired: float | None = None  # out of the zone: no DNSKEY, no RRSIG
+    removed: float | None = None  # the private key deleted
 
     @classmethod
-    def from_private(cls, private: ec.EllipticCurvePrivateKey, created: float) -> ZoneKey:
+    def from_private(cls, private: ec.EllipticCurvePrivateKey, created: float,
+                     **phases: float | None) -> ZoneKey:
         nums = private.public_key().public_numbers()
         rdata = struct.pack(">HBB", CSK_FLAGS, 3, ALGORITHM) + nums.x.to_bytes(32, "big") + (
             nums.y.to_bytes(32, "big"))
-        return cls(private, created, rdata, key_tag(rdata))
+        return cls(private, created, rdata, key_tag(rdata), **phases)
+
+    @property
+    def in_zone(self) -> bool:
+        return self.published is not None and self.retired is None
 
     def ds(self, owner: bytes) -> bytes:
         """DS (and CDS) RDATA for this key at ``owner`` (lower-case wire name), SHA-256."""
         digest = hashlib.sha256(owner + self.dnskey).digest()
         return struct.pack(">HBB", self.tag, ALGORITHM, DIGEST_SHA256) + digest
+
+
+_PHASES = ("published", "active", "ready", "ds_seen", "retired", "removed")
+
+
+def in_zone(keys: list[ZoneKey]) -> list[ZoneKey]:
+    """The keys published in the DNSKEY RRset, each signing every RRset."""
+    return [k for k in keys if k.in_zone and k.private is not None]
+
+
+def for_parent(keys: list[ZoneKey]) -> list[ZoneKey]:
+    """The key whose DS the parent should hold (CDS/CDNSKEY, ``zone ds``): the newest one
+    that is ready; a successor is not named before every cache can hold its DNSKEY."""
+    ready = [k for k in in_zone(keys) if k.ready is not None]
+    return [max(ready, key=lambda k: (k.ready or 0.0, k.created))] if ready else []
 
 
 def key_tag(rdata: bytes) -> int:
@@ -70,38 +101,66 @@ def key_tag(rdata: bytes) -> int:
 
 
 def generate(now: float | None = None) -> ZoneKey:
+    """A new key; its phases are set by whoever puts it in the zone."""
     return ZoneKey.from_private(ec.generate_private_key(ec.SECP256R1()),
                                 time.time() if now is None else now)
 
 
+def first_key(now: float | None = None) -> ZoneKey:
+    """The zone's first key: in the zone and ready at once (nothing to roll from)."""
+    k = generate(now)
+    return replace(k, published=k.created, active=k.created, ready=k.created)
+
+
 def dump(keys: list[ZoneKey]) -> str:
-    out = []
+    out: list[dict[str, object]] = []
     for k in keys:
-        pem = k.private.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()).decode("ascii")
-        out.append({"algorithm": ALGORITHM, "created": k.created, "private_key": pem})
+        item: dict[str, object] = {"algorithm": ALGORITHM, "created": k.created}
+        if k.private is not None:
+            item["private_key"] = k.private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()).decode("ascii")
+        else:
+            item["dnskey"] = k.dnskey.hex()
+        item.update({p: getattr(k, p) for p in _PHASES if getattr(k, p) is not None})
+        out.append(item)
     return json.dumps({"keys": out})
 
 
+def _phase(item: dict[str, object], name: str) -> float | None:
+    v = item.get(name)
+    return None if v is None else float(v)  # type: ignore[arg-type]
+
+
 def load(text: str) -> list[ZoneKey]:
-    """The keys from their stored form; KeyMaterialError (without the secret) when unreadable."""
+    """The keys from their stored form; KeyMaterialError (without the secret) when unreadable.
+
+    A key stored before rollovers existed has no phases: it was in the zone and ready
+    from its creation."""
     try:
         raw = json.loads(text)
         keys = []
         for item in raw["keys"]:
             if item["algorithm"] != ALGORITHM:
                 raise KeyMaterialError(f"algorithm {item['algorithm']} is not supported")
+            created = float(item["created"])
+            phases = {p: _phase(item, p) for p in _PHASES}
+            if not any(v is not None for v in phases.values()):
+                phases.update(published=created, active=created, ready=created)
+            if "private_key" not in item:
+                rdata = bytes.fromhex(item["dnskey"])
+                keys.append(ZoneKey(None, created, rdata, key_tag(rdata), **phases))
+                continue
             priv = serialization.load_pem_private_key(item["private_key"].encode("ascii"), None)
             if not isinstance(priv, ec.EllipticCurvePrivateKey) or priv.curve.name != "secp256r1":
                 raise KeyMaterialError("the stored key is not a P-256 key")
-            keys.append(ZoneKey.from_private(priv, float(item["created"])))
+            keys.append(ZoneKey.from_private(priv, created, **phases))
     except KeyMaterialError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError):
         raise KeyMaterialError(f"store meta {META_KEY!r} is not a readable key list") from None
-    if not keys:
-        raise KeyMaterialError(f"store meta {META_KEY!r} holds no key")
+    if not in_zone(keys):
+        raise KeyMaterialError(f"store meta {META_KEY!r} holds no key in the zone")
     return keys
 
 
@@ -118,13 +177,12 @@ def ds_lines(zone: str, keys: list[ZoneKey], ttl: int = 3600) -> list[str]:
 async def ensure(store: Store) -> list[ZoneKey]:
     """The zone's keys, generated and stored on first use.
 
-    Two gateways starting at once on a fresh shared store may both generate; the last
-    write wins and every view follows the stored value through the feed, so they converge
-    on one key before any DS is handed to the parent (``zone ds`` reads it back).
+    Two gateways starting at once on a fresh shared store may both generate; only the
+    first write lands (``swap_meta``) and both read that one back.
     """
     text = await store.get_meta(META_KEY)
     if text is None:
-        await store.set_meta(META_KEY, dump([generate()]))
+        await store.swap_meta(META_KEY, None, dump([first_key()]))
         text = await store.get_meta(META_KEY)
         assert text is not None
     return load(text)

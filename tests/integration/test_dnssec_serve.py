@@ -90,3 +90,77 @@ async def test_dnsd_serves_signed_answers_and_signs_new_names_at_once(tmp_path: 
         plain = await dns.asyncquery.udp(dns.message.make_query(f"fresh.{ZONE}", "A"), host,
                                          port=port, timeout=2)
         assert len(plain.answer) == 1 and not plain.authority  # DO=0: no DNSSEC records
+
+
+async def _keys_served(host: str, port: int, want: int) -> dns.rrset.RRset:
+    """The DNSKEY RRset once it holds ``want`` keys (the feed delivers within a second)."""
+    apex = dns.name.from_text(ZONE)
+    deadline = time.monotonic() + 3
+    while True:
+        m = await _ask(host, port, ZONE, "DNSKEY", tcp=True)
+        keyset = m.find_rrset(m.answer, apex, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+        if len(keyset) == want or time.monotonic() > deadline:
+            return keyset
+        await asyncio.sleep(0.02)
+
+
+async def _cds_tags(host: str, port: int) -> set[int]:
+    m = await _ask(host, port, ZONE, "CDS", tcp=True)
+    return {rd.key_tag for rr in m.answer if rr.rdtype == dns.rdatatype.CDS for rd in rr}
+
+
+async def test_a_key_rollover_by_command_on_real_sockets(tmp_path: Path,
+                                                         store_section: dict[str, object]
+                                                         ) -> None:
+    """`zone rollover` publishes a second key that signs beside the first, the phases move
+    on (here by a clock run ahead) and the old key leaves; every answer on the way
+    validates with each key in the zone."""
+    from webgateway import keyroll
+
+    sections: dict[str, dict[str, object]] = {"dnssec": {"enabled": True},
+                                              "store": store_section}
+    path = write_config(tmp_path, **sections)
+    cfg = make_config(tmp_path, **sections)
+    host, port = dns_target(cfg)
+    apex = dns.name.from_text(ZONE)
+    timing = keyroll.Timing.from_config(cfg)
+    async with services(cfg, "dnsd") as run:
+        (old,) = zonekeys.load(await run.store.get_meta(zonekeys.META_KEY) or "")
+        r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path))
+        assert r.returncode == 0, r.stderr
+        assert "Ipub = Dprp + max(TTLkey, TTLsig) = 65m" in r.stdout, r.stdout
+        assert f"{old.tag:<6} active" in r.stdout
+        assert "becomes ready for its DS" in r.stdout
+        keyset = await _keys_served(host, port, 2)
+        assert len(keyset) == 2 and old.dnskey[4:] in {k.key for k in keyset}
+        (new,) = [k for k in keyset if k.key != old.dnskey[4:]]
+        for m in [await _ask(host, port, ZONE, "SOA"), await _ask(host, port, f"nx.{ZONE}", "A")]:
+            for key in keyset:  # either key alone validates every RRset
+                one = dns.rrset.from_rdata(apex, keyset.ttl, key)
+                assert _check(m, {apex: one}) >= 1
+        assert await _cds_tags(host, port) == {old.tag}
+        r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path), "--ds-seen")
+        assert r.returncode == 1 and "not ready yet" in r.stderr, r.stderr
+        r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path))
+        assert r.returncode == 1 and "already under way" in r.stderr, r.stderr
+
+        later = time.time() + timing.ipub + 1
+        await keyroll.advance_stored(run.store, timing, clock=lambda: later)
+        deadline = time.monotonic() + 3
+        while await _cds_tags(host, port) != {dns.dnssec.key_id(new)}:
+            assert time.monotonic() < deadline, "CDS never named the new key"
+            await asyncio.sleep(0.02)
+        ds = await asyncio.to_thread(cli, "zone", "ds", "--config", str(path))
+        assert ds.stdout.split()[4] == str(dns.dnssec.key_id(new)), ds.stdout
+        r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path), "--ds-seen")
+        assert r.returncode == 0 and f"key(s) {old.tag} retire at" in r.stdout, r.stdout
+
+        later = time.time() + timing.iret_ds + 1
+        await keyroll.advance_stored(run.store, timing, clock=lambda: later)
+        keyset = await _keys_served(host, port, 1)
+        assert [k.key for k in keyset] == [new.key]
+        m = await _ask(host, port, ZONE, "SOA")
+        assert _check(m, {apex: keyset}) == 1
+        assert sum(len(rr) for rr in m.answer if rr.rdtype == dns.rdatatype.RRSIG) == 1
+        r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path), "--status")
+        assert f"{old.tag:<6} retired" in r.stdout and "no rollover under way" in r.stdout
