@@ -78,6 +78,12 @@ class Knot:
         """Remove the ``rtype`` RRset at ``owner`` from ``zone``."""
         self._transaction(zone, [["zone-unset", zone, owner, rtype]])
 
+    def replace_records(self, zone: str, owner: str, rtype: str, datas: list[str]) -> None:
+        """Replace the ``rtype`` RRset at ``owner`` in one transaction (as a registrar
+        swaps a DS: never a moment without one), TTL 60."""
+        self._transaction(zone, [["zone-unset", zone, owner, rtype],
+                                 *[["zone-set", zone, owner, "60", rtype, d] for d in datas]])
+
     def _transaction(self, zone: str, commands: list[list[str]]) -> None:
         c = ["knotc", "-c", str(self.conf), "-t", "10"]
         subprocess.run([*c, "zone-begin", zone], check=True, capture_output=True, timeout=30)

@@ -78,6 +78,10 @@ class Knot(knot.Knot):
     def unset_records(self, owner: str, rtype: str) -> None:  # type: ignore[override]
         super().unset_records(PARENT, owner, rtype)
 
+    def replace_records(self, owner: str, rtype: str,  # type: ignore[override]
+                        datas: list[str]) -> None:
+        super().replace_records(PARENT, owner, rtype, datas)
+
 
 class Unbound:
     """A validating recursive resolver from our root (``anchor``: the root's DNSKEY line).

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.dnssec
 import dns.flags
 import dns.message
 import dns.query
@@ -442,6 +443,113 @@ def test_delv_validates_from_the_root_anchor(world: World, tmp_path: Path) -> No
     r = subprocess.run(["delv", f"@{UNBOUND_ADDR}", "-a", str(anchors), "+root", ZONE, "SOA"],
                        capture_output=True, text=True, timeout=30)
     assert "; fully validated" in r.stdout, r.stdout + r.stderr
+
+
+class _Watcher:
+    """Asks Unbound every 50 ms, in a thread, for answers that must stay validated (AD=1)
+    through a key rollover; keeps every answer that was not."""
+
+    def __init__(self, questions: list[tuple[str, str]]) -> None:
+        import threading
+
+        self.questions = questions
+        self.asked = 0
+        self.bad: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        end = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < end:
+            for name, rdtype in self.questions:
+                try:
+                    m = _validated(UNBOUND_ADDR, name, rdtype)
+                except Exception as e:  # a lost UDP answer is not a validation failure
+                    self.bad.append(f"{name} {rdtype}: {type(e).__name__}")
+                    continue
+                self.asked += 1
+                if not _ad(m) or m.rcode() != dns.rcode.NOERROR:
+                    self.bad.append(f"{name} {rdtype}: rcode {dns.rcode.to_text(m.rcode())}"
+                                    f" AD={_ad(m)}")
+            self.stop.wait(0.05)
+
+    def close(self) -> list[str]:
+        self.stop.set()
+        self.thread.join(10)
+        return self.bad
+
+
+def test_a_key_rollover_keeps_validating_at_unbound(world: World) -> None:
+    """Every phase of a CSK roll, with Unbound asked all along. Unbound caps every TTL at
+    5 s (cache-max-ttl), so its caches hold nothing older than that: the phases are moved on
+    (as dnsd's tick would) with RFC 7583 timings built on 5 s TTLs and 1 s propagation."""
+    import asyncio
+
+    from webgateway import keyroll, zonekeys
+    from webgateway.sqlite_store import SqliteStore
+
+    timing = keyroll.Timing(propagation=1, ttl_key=5, ttl_sig=5, parent_propagation=1, ttl_ds=5)
+
+    async def advance() -> list[zonekeys.ZoneKey]:
+        store = SqliteStore(world.tmp / "var" / "webgateway.db")
+        await store.open()
+        try:
+            return await keyroll.advance_stored(store, timing)
+        finally:
+            await store.close()
+
+    def served_keys() -> set[int]:
+        m = _answered(DNSD_ADDR, ZONE, "DNSKEY")
+        return {dns.dnssec.key_id(k) for rr in m.answer if rr.rdtype == dns.rdatatype.DNSKEY
+                for k in rr}
+
+    def cds_tags() -> set[int]:
+        m = _answered(DNSD_ADDR, ZONE, "CDS")
+        return {k.key_tag for rr in m.answer if rr.rdtype == dns.rdatatype.CDS for k in rr}
+
+    def wait_for(what: Any, want: Any, seconds: float = 5) -> None:
+        end = time.monotonic() + seconds
+        while what() != want:
+            assert time.monotonic() < end, f"{what.__name__}: {what()} != {want}"
+            time.sleep(0.05)
+
+    env = _owner(world, "roller")
+    backend = f"[{world.overlay.backend_addr}]:{BACKEND_PORT}"
+    assert cli("name", "add", "rolled", "--backend", backend, env=env).returncode == 0
+    (old,) = served_keys()
+    watcher = _Watcher([(ZONE, "SOA"), (f"rolled.{ZONE}", "A"), (f"missing.{ZONE}", "A"),
+                        (ZONE, "DNSKEY")])
+    try:
+        time.sleep(1)
+        r = cli("zone", "rollover", "--config", str(world.config))
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: len(served_keys()), 2)
+        (new,) = served_keys() - {old}
+        print(f"\nrollover {old} -> {new}: published")
+        time.sleep(timing.ipub)
+        asyncio.run(advance())
+        wait_for(cds_tags, {new})
+        ds = cli("zone", "ds", "--config", str(world.config)).stdout.split()
+        assert ds[4] == str(new), ds
+        world.knot.replace_records("gw", "DS", [" ".join(ds[4:])])
+        print("ready: the parent's DS replaced")
+        r = cli("zone", "rollover", "--config", str(world.config), "--poll-parent",
+                "--resolver", f"{UNBOUND_ADDR}:53")
+        assert r.returncode == 0 and "every parent server (1) serves the DS" in r.stderr, (
+            r.stdout + r.stderr)
+        assert f"key(s) {old} retire at" in r.stdout, r.stdout
+        time.sleep(timing.iret_ds)
+        asyncio.run(advance())
+        wait_for(served_keys, {new})
+        print("old key retired")
+        time.sleep(6)  # past every TTL Unbound can hold: only the new key is left anywhere
+    finally:
+        bad = watcher.close()
+    assert watcher.asked > 100 and not bad, f"{len(bad)} bad of {watcher.asked}: {bad[:10]}"
+    print(f"{watcher.asked} answers from Unbound through the roll, every one AD=1")
+    r = cli("check", "--config", str(world.config), "--resolver", f"{UNBOUND_ADDR}:53")
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_check_says_fix_when_the_parents_ds_is_not_our_key(world: World) -> None:
