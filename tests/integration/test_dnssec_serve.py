@@ -16,6 +16,7 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import pytest
 
 from tests.certd_harness import dns_target
 from tests.gateway import cli, write_config
@@ -164,3 +165,33 @@ async def test_a_key_rollover_by_command_on_real_sockets(tmp_path: Path,
         assert sum(len(rr) for rr in m.answer if rr.rdtype == dns.rdatatype.RRSIG) == 1
         r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path), "--status")
         assert f"{old.tag:<6} retired" in r.stdout and "no rollover under way" in r.stdout
+
+
+async def test_dnsd_moves_the_rollover_on_by_itself(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """dnsd's own tick takes a phase when it is due: with 1 s TTLs and no propagation delay
+    the successor is ready (named by CDS) about a second after `zone rollover`."""
+    import dnsd.service
+
+    monkeypatch.setattr(dnsd.service, "ROLL_INTERVAL", 0.05)
+    sections: dict[str, dict[str, object]] = {
+        "zone": {"ttl": 1, "negative_ttl": 1},
+        "dnssec": {"enabled": True, "propagation_delay": 0}}
+    path = write_config(tmp_path, **sections)
+    cfg = make_config(tmp_path, **sections)
+    host, port = dns_target(cfg)
+    async with services(cfg, "dnsd") as run:
+        r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path))
+        assert r.returncode == 0, r.stderr
+        keyset = await _keys_served(host, port, 2)
+        assert len(keyset) == 2
+        before = await _cds_tags(host, port)
+        t0 = time.monotonic()
+        while await _cds_tags(host, port) == before:
+            assert time.monotonic() - t0 < 5, "dnsd never made the successor ready"
+            await asyncio.sleep(0.05)
+        _old, new = zonekeys.load(await run.store.get_meta(zonekeys.META_KEY) or "")
+        assert new.published is not None and new.ready is not None
+        assert new.published + 1 <= new.ready < new.published + 3  # Ipub = 0 + max(1, 1)
+        r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path), "--status")
+        assert " ready " in r.stdout and "give the parent the DS" in r.stdout, r.stdout
