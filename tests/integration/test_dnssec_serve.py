@@ -195,3 +195,34 @@ async def test_dnsd_moves_the_rollover_on_by_itself(tmp_path: Path,
         assert new.published + 1 <= new.ready < new.published + 3  # Ipub = 0 + max(1, 1)
         r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path), "--status")
         assert " ready " in r.stdout and "give the parent the DS" in r.stdout, r.stdout
+
+
+async def test_two_gateways_due_for_a_scheduled_roll_start_one(tmp_path: Path,
+                                                               store_section: dict[str, object]
+                                                               ) -> None:
+    """Two gateways' ticks on one store, both past csk_lifetime at once: the compare-and-swap
+    lets one new key land; the other finds the roll under way and adds nothing."""
+    from dataclasses import replace
+
+    from webgateway import keyroll
+    from webgateway.storefactory import open_store
+
+    cfg = make_config(tmp_path, dnssec={"enabled": True, "csk_lifetime": "30d"},
+                      store=store_section)
+    timing = keyroll.Timing.from_config(cfg)
+    a, b = await open_store(cfg.store), await open_store(cfg.store)
+    try:
+        (first,) = await zonekeys.ensure(a)
+        assert [k.tag for k in await zonekeys.ensure(b)] == [first.tag]
+        due = (first.active or 0) + timing.lifetime + 1
+        results = await asyncio.gather(
+            *[keyroll.advance_stored(s, timing, clock=lambda: due) for s in (a, b) * 3])
+        stored = zonekeys.load(await a.get_meta(zonekeys.META_KEY) or "")
+        assert len(stored) == 2 and stored[0].tag == first.tag
+        assert all([replace(k, private=None) for k in r] ==
+                   [replace(k, private=None) for k in stored] for r in results)
+        assert await b.swap_meta(zonekeys.META_KEY, "stale", "x") is False
+        assert zonekeys.load(await b.get_meta(zonekeys.META_KEY) or "")[1].tag == stored[1].tag
+    finally:
+        await a.close()
+        await b.close()
