@@ -141,7 +141,8 @@ async def load_store(out: Path, n: int, api_limit: int) -> None:
         now = time.time()
         await store.db.execute("BEGIN")
         await store.db.executemany(
-            "INSERT INTO names VALUES (?, ?, '[]', 'terminate', 0, 0, ?, ?)",
+            "INSERT INTO names (label, owner_id, backends, tls, proxy_protocol, http2, created,"
+            " updated) VALUES (?, ?, '[]', 'terminate', 0, 0, ?, ?)",
             ((f"h{i}", owner.id, now, now) for i in range(n)),
         )
         await store.db.executemany(

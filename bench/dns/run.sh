@@ -13,6 +13,11 @@
 #                                after a warm-up asking each of its questions once per flavour
 #        SERVER_CPUS / CLIENT_CPUS   taskset pinning (e.g. SERVER_CPUS=0 CLIENT_CPUS=1)
 #        STATE=/tmp/webgateway-bench-dns   all files (zone, store, logs, dnsperf output)
+#        DNSSEC=1                both sign the zone (dnsd: [dnssec] enabled, online; Knot:
+#                                automatic signing, one ECDSAP256SHA256 CSK, NSEC, the signed
+#                                zone kept in its journal) and every query sets DO=1 (-D);
+#                                also: response sizes for the same questions (sizes.py), and
+#                                each server restarted once its zone is signed
 #
 # Needs (installs nothing): knotd + knotc (apt: knot), dnsperf (apt: dnsperf),
 # dig (apt: bind9-dnsutils), and webgateway importable by $PYTHON.
@@ -25,6 +30,8 @@ set -euo pipefail
 NAMES=${1:-10000}; SECS=${2:-10}; ROUNDS=${3:-2}
 CLIENTS=${CLIENTS:-10}; OUTSTANDING=${OUTSTANDING:-100}; WORKERS=${WORKERS:-1}; MODE=${MODE:-udp}
 MIX=${MIX:-exact}
+DNSSEC=${DNSSEC:-0}
+DO=""; [[ $DNSSEC == 1 ]] && DO="-D"
 STATE=${STATE:-/tmp/webgateway-bench-dns}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=${PYTHON:-$HERE/../../.venv/bin/python}
@@ -63,6 +70,14 @@ KPORT=$(free_port); DPORT=$(free_port)
 log "generating $NAMES names (zone file for Knot, store for dnsd) in $OUT"
 "$PYTHON" "$HERE/gen.py" "$OUT" "$NAMES" "$DPORT" >&2
 sed -i "s/^workers = .*//; s/^\[dns\]/[dns]\nworkers = $WORKERS/" "$OUT/webgateway.toml"
+SIGNING=""; LOAD=whole; JOURNAL=none
+if [[ $DNSSEC == 1 ]]; then
+  printf '[dnssec]\nenabled = true\n' >>"$OUT/webgateway.toml"
+  rm -rf "$OUT/knot"  # a cold start: no keys, nothing signed
+  # the signed zone kept in Knot's journal: a restart loads it instead of signing again
+  LOAD=difference-no-serial; JOURNAL=all
+  SIGNING=$'    dnssec-signing: on\n    dnssec-policy: bench'
+fi
 
 mkdir -p "$OUT/knot"
 cat > "$OUT/knot/knot.conf" <<EOF
@@ -71,26 +86,35 @@ server:
     listen: 127.0.0.1@$KPORT
 log:
   - target: stderr
-    any: notice
+    any: info
 database:
     storage: "$OUT/knot"
+    journal-db-max-size: 8G
+policy:
+  - id: bench
+    algorithm: ecdsap256sha256
+    single-type-signing: on
+    nsec3: off
 template:
   - id: default
     storage: "$OUT/knot"
     zonefile-sync: -1
-    zonefile-load: whole
-    journal-content: none
+    zonefile-load: $LOAD
+    journal-content: $JOURNAL
+    journal-max-usage: 4G
 zone:
   - domain: bench.test
     file: "$OUT/bench.test.zone"
+$SIGNING
 EOF
 knotc -c "$OUT/knot/knot.conf" conf-check >/dev/null
 
 now() { date +%s.%N; }
-wait_answer() {  # PORT -> seconds until h1.bench.test A answers (polls every 20 ms, 300 s max)
-  local t0=$1 port=$2
+wait_answer() {  # PORT -> seconds until h1.bench.test A answers (signed with DNSSEC=1;
+  local t0=$1 port=$2 want=198.18  # polls every 20 ms, 300 s max)
+  [[ $DNSSEC == 1 ]] && want="^A 13 "
   for _ in $(seq 15000); do
-    if dig +time=1 +tries=1 +short -p "$port" @127.0.0.1 h1.bench.test A 2>/dev/null | grep -q 198.18; then
+    if dig +time=1 +tries=1 +short +dnssec -p "$port" @127.0.0.1 h1.bench.test A 2>/dev/null | grep -q "$want"; then
       echo "$(now) - $t0" | bc; return 0
     fi
     sleep 0.02
@@ -113,15 +137,32 @@ DPID=$!; PIDS+=("$DPID")
 DSTART=$(wait_answer "$t0" "$DPORT") || die "dnsd did not answer (see $OUT/dnsd.log)"
 sleep 1
 KRSS=$(rss_mib "$KPID"); DRSS=$(rss_mib "$DPID")
-printf 'names=%s start-up: knot %.2f s rss %s MiB | dnsd %.2f s rss %s MiB (workers=%s)\n' \
-  "$NAMES" "$KSTART" "$KRSS" "$DSTART" "$DRSS" "$WORKERS"
+printf 'names=%s dnssec=%s start-up: knot %.2f s rss %s MiB | dnsd %.2f s rss %s MiB (workers=%s)\n' \
+  "$NAMES" "$DNSSEC" "$KSTART" "$KRSS" "$DSTART" "$DRSS" "$WORKERS"
+if [[ $DNSSEC == 1 ]]; then
+  "$PYTHON" "$HERE/sizes.py" 127.0.0.1 "$KPORT" "$DPORT"
+  stop_one() { kill -TERM -- "-$1" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; die "$1 did not stop"; }
+  stop_one "$KPID"; stop_one "$DPID"
+  t0=$(now)
+  setsid $SPIN knotd -c "$OUT/knot/knot.conf" >>"$OUT/knot.log" 2>&1 </dev/null &
+  KPID=$!; PIDS+=("$KPID")
+  KRE=$(wait_answer "$t0" "$KPORT") || die "Knot did not answer after its restart"
+  t0=$(now)
+  setsid $SPIN "$PYTHON" -m webgateway.cli dnsd --config "$OUT/webgateway.toml" >>"$OUT/dnsd.log" 2>&1 </dev/null &
+  DPID=$!; PIDS+=("$DPID")
+  DRE=$(wait_answer "$t0" "$DPORT") || die "dnsd did not answer after its restart"
+  printf 'names=%s restart once signed (launch -> first signed answer): knot %.2f s | dnsd %.2f s\n' \
+    "$NAMES" "$KRE" "$DRE"
+  sleep 1
+fi
 
 TCK=$(getconf CLK_TCK)
 declare -A QPS CPU
 FLAVOURS=("-e" "-D" "-D -E 10:0123456789abcdef")  # MIX=resolver: one dnsperf each
 perf() {  # PORT FILE OUT EXTRA-FLAGS CLIENTS OUTSTANDING
   # shellcheck disable=SC2086
-  timeout $((SECS + 30)) $CPIN dnsperf -s 127.0.0.1 -p "$1" -m "$MODE" -d "$2" $4 \
+  timeout $((SECS + 30)) $CPIN dnsperf -s 127.0.0.1 -p "$1" -m "$MODE" -d "$2" $4 $DO \
     -l "$SECS" -c "$5" -q "$6" -T 1 -t 2 >"$3" 2>&1
 }
 run_one() {  # NAME PORT PGID ROUND
@@ -163,5 +204,5 @@ for r in $(seq "$ROUNDS"); do
 done
 mean() { tr ' ' '\n' <<<"$1" | awk 'NF {s+=$1; n++} END {printf "%.2f", s/n}'; }
 kq=$(mean "${QPS[knot]}"); dq=$(mean "${QPS[dnsd]}"); kc=$(mean "${CPU[knot]}"); dc=$(mean "${CPU[dnsd]}")
-printf 'SUMMARY names=%s mix=%s mode=%s clients=%s workers=%s: knot %.0f q/s %.2f us/q | dnsd %.0f q/s %.2f us/q | ratio q/s %.2fx, knot/dnsd CPU per query %.2fx\n' \
-  "$NAMES" "$MIX" "$MODE" "$CLIENTS" "$WORKERS" "$kq" "$kc" "$dq" "$dc" "$(echo "$dq / $kq" | bc -l)" "$(echo "$kc / $dc" | bc -l)"
+printf 'SUMMARY names=%s dnssec=%s mix=%s mode=%s clients=%s workers=%s: knot %.0f q/s %.2f us/q | dnsd %.0f q/s %.2f us/q | ratio q/s %.2fx, knot/dnsd CPU per query %.2fx\n' \
+  "$NAMES" "$DNSSEC" "$MIX" "$MODE" "$CLIENTS" "$WORKERS" "$kq" "$kc" "$dq" "$dc" "$(echo "$dq / $kq" | bc -l)" "$(echo "$kc / $dc" | bc -l)"
