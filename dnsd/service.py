@@ -456,16 +456,34 @@ class DnsService:
         tries; the store's compare-and-swap lets one change land). The new keys reach the
         view through the feed like any change."""
         timing = keyroll.Timing.from_config(self.config)
+        transfers = bool(self.config.dns.secondaries or self.config.dns.transfer_allow)
         while True:
             await asyncio.sleep(ROLL_INTERVAL)
             try:
                 await keyroll.advance_stored(self.store, timing)
+                if transfers:
+                    await self._resign_for_secondaries()
             except (keyroll.RolloverError, zonekeys.KeyMaterialError) as e:
                 log.error("dnssec rollover: %s", e)
             except StoreError as e:  # the feed reports outages; try again next tick
                 log.debug("dnssec rollover: store unavailable (%s)", e)
             except Exception:
                 log.exception("dnssec rollover tick failed; trying again next tick")
+
+    async def _resign_for_secondaries(self) -> None:
+        """Secondaries keep the RRSIGs of their last transfer until the serial moves, and
+        a transfer carries signatures with at least ``signature_refresh`` left: a store
+        write every half of that moves the serial (NOTIFY, a fresh transfer), so no
+        secondary serves a signature with less than half of it left. One gateway of a
+        fleet lands the write (compare-and-swap)."""
+        text = await self.store.get_meta(zonekeys.RESIGNED_META)
+        now = time.time()
+        try:
+            last = float(text) if text is not None else 0.0
+        except ValueError:
+            last = 0.0
+        if now - last >= self.config.dnssec.signature_refresh / 2:
+            await self.store.swap_meta(zonekeys.RESIGNED_META, text, f"{now:.0f}")
 
     async def _watch_serial(self) -> None:
         """Changes with nothing for DNS in them (owners) still move the SOA serial."""

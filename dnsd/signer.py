@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
@@ -198,3 +198,56 @@ class Signer:
         body.append(wire.opt_rr(wire.EDNS_DO))
         hdr = wire.header(flags, rcode, 1, counts[0], counts[1], counts[2] + 1)
         return hdr, b"".join(body)
+
+
+#: One owner of a zone being transferred: its name (lower-case wire) and RRsets.
+Owner = tuple[bytes, dict[int, tuple[bytes, ...]]]
+
+
+def canonical_key(name: bytes) -> tuple[bytes, ...]:
+    """RFC 4034 6.1 canonical order as a sort key: the labels right to left (our names are
+    lower-case already, and bytes compare as the RFC orders labels)."""
+    labels = []
+    pos = 0
+    while name[pos]:
+        labels.append(name[pos + 1 : pos + 1 + name[pos]])
+        pos += name[pos] + 1
+    return tuple(reversed(labels))
+
+
+def signed_zone(signer: Signer, zone: bytes, soa: bytes, ttl: int, nsec_ttl: int,
+                owners: Iterable[Owner]) -> Iterator[tuple[bytes, bytes]]:
+    """The records a secondary needs to serve the zone signed, as (owner, record from the
+    type on): every RRset with its RRSIGs and an NSEC chain over the owners (a secondary
+    cannot make compact-denial answers, so it gets the classic chain; RFC 4035 2.3), the
+    apex SOA's RRSIG included but not the SOA itself (the transfer frames the zone with it).
+
+    ``owners`` must come in canonical order, apex first. Signing is by the same signer and
+    cache as the answers, so an RRset already signed for a query costs nothing here.
+    """
+    first: Owner | None = None
+    prev: Owner | None = None
+    for cur in owners:
+        if prev is None:
+            first = cur
+        else:
+            yield from _signed_owner(signer, zone, soa, ttl, nsec_ttl, prev, cur[0])
+        prev = cur
+    if prev is not None and first is not None:
+        yield from _signed_owner(signer, zone, soa, ttl, nsec_ttl, prev, first[0])
+
+
+def _signed_owner(signer: Signer, zone: bytes, soa: bytes, ttl: int, nsec_ttl: int,
+                  owner: Owner, nxt: bytes) -> Iterator[tuple[bytes, bytes]]:
+    name, rrsets = owner
+    for rtype, rdatas in rrsets.items():
+        for rd in rdatas:
+            yield name, struct.pack(">HHIH", rtype, wire.IN, ttl, len(rd)) + rd
+        yield from ((name, t) for t in signer.rrsigs(name, rtype, ttl, rdatas, zone))
+    types = [*rrsets, RRSIG, NSEC]
+    if name == zone:
+        types.append(wire.SOA)
+        yield from ((name, t) for t in signer.rrsigs(name, wire.SOA, ttl, (soa,), zone))
+    nsec = nxt + type_bitmap(types)
+    yield name, struct.pack(">HHIH", NSEC, wire.IN, nsec_ttl, len(nsec)) + nsec
+    yield from ((name, t) for t in signer.rrsigs(name, NSEC, nsec_ttl, (nsec,), zone))

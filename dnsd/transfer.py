@@ -13,6 +13,7 @@ signed query is answered as usual by the responder and the reply signed.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import logging
 import struct
@@ -24,6 +25,7 @@ import dns.tsig
 
 from dnsd import wire
 from dnsd.journal import Journal, Record
+from dnsd.signer import Owner, canonical_key, signed_zone
 from dnsd.tsig import NOTAUTH, Signer, Verdict
 from dnsd.zone import ZoneContents
 from webgateway.addresses import IPAddress
@@ -166,6 +168,13 @@ class Transfers:
         ttl = self.view.ttl
         cut = len(zone)
         yield soa
+        if self.view.signer is not None:
+            soa_rdata = soa[len(_APEX) + _RR.size:]
+            for owner, tail in signed_zone(self.view.signer, zone, soa_rdata, ttl,
+                                           self.view.neg_ttl, _owners(snap, zone)):
+                yield owner[:-cut] + _APEX + tail
+            yield soa
+            return
         for owner, rtype, rdata in snap.records:
             yield owner[:-cut] + _APEX + _RR.pack(rtype, wire.IN, ttl, len(rdata)) + rdata
         tails = [_RR.pack(t, wire.IN, ttl, len(rd)) + rd for t, rd in snap.gateway]
@@ -179,7 +188,8 @@ class Transfers:
 
     def _ixfr(self, zone: bytes, verdict: Verdict) -> Iterator[bytes]:
         """The diff since the client's serial, or the whole zone when the journal does
-        not reach back that far (RFC 1995 section 4), or the SOA when it is current."""
+        not reach back that far (RFC 1995 section 4), or the SOA when it is current.
+        A signed zone is always sent whole: the journal holds no RRSIG or NSEC changes."""
         assert verdict.message is not None
         client = _client_serial(verdict)
         soa_now = self.view.soa_rdata()
@@ -188,6 +198,8 @@ class Transfers:
             self.stats.ixfr += 1
             return iter([wire.rr(_APEX, wire.SOA, self.view.ttl, soa_now)])
         diff = self.journal.since(client, zone) if client is not None else None
+        if self.view.signer is not None:
+            diff = None
         if diff is None:
             self.stats.ixfr_fallback += 1
             return self._axfr(zone)
@@ -211,6 +223,29 @@ class Transfers:
 
 
 _TSIG_ERRORS = {16: "BADSIG", 17: "BADKEY", 18: "BADTIME"}
+
+
+def _owners(snap: ZoneContents, zone: bytes) -> Iterator[Owner]:
+    """Every owner of the zone with its RRsets, in canonical order (the NSEC chain's):
+    the few nodes sorted, merged with the user labels, which are sorted already (one label
+    under the apex orders as its bytes) and streamed without a tuple each held."""
+    nodes: dict[bytes, dict[int, list[bytes]]] = {}
+    for owner, rtype, rdata in snap.records:
+        nodes.setdefault(owner, {}).setdefault(rtype, []).append(rdata)
+    keyed = sorted((canonical_key(o), o, {t: tuple(rds) for t, rds in sets.items()})
+                   for o, sets in nodes.items())
+    gateway: dict[int, tuple[bytes, ...]] = {}
+    for t, rd in snap.gateway:
+        gateway[t] = (*gateway.get(t, ()), rd)
+    apex = canonical_key(zone)
+
+    def labels() -> Iterator[tuple[tuple[bytes, ...], bytes, dict[int, tuple[bytes, ...]]]]:
+        for raw in snap.labels:
+            if raw not in snap.with_node:
+                yield (*apex, raw), b"%c%s" % (len(raw), raw) + zone, gateway
+
+    for _, owner, sets in heapq.merge(keyed, labels(), key=lambda x: x[0]):
+        yield owner, sets
 
 
 def _client_serial(verdict: Verdict) -> int | None:

@@ -691,10 +691,6 @@ def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None)
         sections[name] = _resolve_default_paths(name, obj, base)
     cfg = Config(**sections, source=source)
     _check_listeners(cfg)
-    if cfg.dnssec.enabled and (cfg.dns.secondaries or cfg.dns.transfer_allow):
-        raise ConfigError("dnssec.enabled", "zone transfers do not carry signatures yet, so"
-                          " secondaries would serve answers that fail validation: remove [dns]"
-                          " secondaries and transfer_allow, or leave DNSSEC off")
     return cfg
 
 

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from webgateway.store import Store
 
 META_KEY = "dnssec.keys"
+RESIGNED_META = "dnssec.resigned"  # when the serial last moved for secondaries' signatures
 ALGORITHM = 13  # ECDSAP256SHA256
 CSK_FLAGS = 257  # zone key + secure entry point
 DIGEST_SHA256 = 2

@@ -226,3 +226,27 @@ async def test_two_gateways_due_for_a_scheduled_roll_start_one(tmp_path: Path,
     finally:
         await a.close()
         await b.close()
+
+
+async def test_with_secondaries_the_serial_moves_for_fresh_signatures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secondaries keep a transfer's RRSIGs until the serial moves: dnsd writes
+    dnssec.resigned (once per signature_refresh / 2, not every tick)."""
+    import dnsd.service
+    from tests.secondaries import TSIG
+
+    monkeypatch.setattr(dnsd.service, "ROLL_INTERVAL", 0.05)
+    cfg = make_config(tmp_path, dnssec={"enabled": True},
+                      dns={"secondaries": ["127.0.0.1:9"], "tsig": TSIG})
+    async with services(cfg, "dnsd") as run:
+        serial = await run.store.serial()
+        deadline = time.monotonic() + 5
+        while (stamp := await run.store.get_meta(zonekeys.RESIGNED_META)) is None:
+            assert time.monotonic() < deadline, "dnsd never marked a re-signing"
+            await asyncio.sleep(0.05)
+        assert abs(float(stamp) - time.time()) < 5
+        moved = await run.store.serial()
+        assert moved > serial
+        await asyncio.sleep(0.3)  # several more ticks: nothing due
+        assert await run.store.get_meta(zonekeys.RESIGNED_META) == stamp
+        assert await run.store.serial() == moved

@@ -19,7 +19,11 @@ from pathlib import Path
 
 import aiohttp
 import dns.asyncquery
+import dns.dnssec
 import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -270,3 +274,92 @@ async def _caught_up(s: Setup, seconds: float = 5) -> None:
         if r.answer and r.answer[0][0].serial == s.dnsd.view.serial:
             return
     raise AssertionError("the secondary did not catch up")
+
+
+def _validate_section(section: list[dns.rrset.RRset],
+                      keys: dict[dns.name.Name, dns.rrset.RRset]) -> set[int]:
+    """Every RRset of a section validates with ``keys``; the types seen."""
+    seen = set()
+    for rrset in section:
+        if rrset.rdtype == dns.rdatatype.RRSIG:
+            continue
+        sig = next(s for s in section if s.rdtype == dns.rdatatype.RRSIG
+                   and s.name == rrset.name and s.covers == rrset.rdtype)
+        dns.dnssec.validate(rrset, sig, keys)
+        seen.add(rrset.rdtype)
+    return seen
+
+
+def _covers(nsec: dns.rrset.RRset, name: dns.name.Name) -> bool:
+    """The NSEC proves ``name`` absent: owner < name < next, or the chain's last link."""
+    nxt = nsec[0].next
+    return nsec.name < name < nxt or (nxt <= nsec.name and (name > nsec.name or name < nxt))
+
+
+async def test_knot_and_nsd_serve_the_signed_zone_and_it_validates(tmp_path: Path) -> None:
+    """With [dnssec] on, a transfer carries every RRSIG and a full NSEC chain: both
+    secondaries answer DO=1 queries that validate with our DNSKEY, names and missing
+    names alike, and a new name reaches them signed."""
+    port = free_port(host=PRIMARY)
+    kport, nport = free_port(host=KNOT), free_port(host=NSD)
+    cfg = make_config(tmp_path, dnssec={"enabled": True}, dns={
+        "listen": [f"{PRIMARY}:{port}"], "secondaries": [f"{KNOT}:{kport}", f"{NSD}:{nport}"],
+        "tsig": TSIG})
+    apex = dns.name.from_text(ZONE)
+    async with services(cfg, "dnsd") as gw:
+        owner = await gw.store.create_owner("carol", "h" * 64)
+        for i in range(50):
+            await gw.store.put_name(Name(f"n{i}", owner.id, ()), 100)
+        await gw.store.add_txt(f"_acme-challenge.{ZONE}", "token")
+        kdir, ndir = tmp_path / "knot", tmp_path / "nsd"
+        kdir.mkdir()
+        ndir.mkdir()
+        knot = Proc("knotd", ["knotd", "-c", str(knot_conf(kdir, kport, port))],
+                    tmp_path / "knot.log")
+        nsd = Proc("nsd", ["nsd", "-d", "-c", str(nsd_conf(ndir, nport, port))],
+                   tmp_path / "nsd.out")
+        try:
+            await asyncio.gather(asyncio.to_thread(wait_for_zone, KNOT, kport, knot),
+                                 asyncio.to_thread(wait_for_zone, NSD, nport, nsd))
+            q = dns.message.make_query(ZONE, "DNSKEY", want_dnssec=True)
+            ours = await dns.asyncquery.tcp(q, PRIMARY, port=port, timeout=2)
+            keyset = ours.find_rrset(ours.answer, apex, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+            keys = {apex: keyset}
+            for host, sport in ((KNOT, kport), (NSD, nport)):
+                async def dnssec(name: str, rdtype: str, h: str = host, p: int = sport
+                                 ) -> dns.message.Message:
+                    q = dns.message.make_query(name, rdtype, want_dnssec=True)
+                    return await dns.asyncquery.tcp(q, h, port=p, timeout=2)
+
+                m = await dnssec(ZONE, "DNSKEY")
+                assert _validate_section(m.answer, keys) == {dns.rdatatype.DNSKEY}, host
+                for name, rdtype in ((f"n7.{ZONE}", "A"), (ZONE, "SOA"), (ZONE, "NS"),
+                                     (f"_acme-challenge.{ZONE}", "TXT")):
+                    m = await dnssec(name, rdtype)
+                    assert m.rcode() == 0 and m.answer, (host, name, m)
+                    assert dns.rdatatype.from_text(rdtype) in _validate_section(m.answer, keys)
+                m = await dnssec(f"missing.{ZONE}", "A")  # NXDOMAIN: the NSEC chain proves it
+                assert m.rcode() == dns.rcode.NXDOMAIN, (host, m)
+                assert dns.rdatatype.NSEC in _validate_section(m.authority, keys)
+                missing = dns.name.from_text(f"missing.{ZONE}")
+                assert any(_covers(r, missing) for r in m.authority
+                           if r.rdtype == dns.rdatatype.NSEC), (host, m)
+                m = await dnssec(f"n7.{ZONE}", "TXT")  # NODATA: the name's own NSEC
+                assert m.rcode() == 0 and not m.answer
+                (nsec,) = [r for r in m.authority if r.rdtype == dns.rdatatype.NSEC]
+                assert nsec.name == dns.name.from_text(f"n7.{ZONE}")
+                assert _validate_section(m.authority, keys) >= {dns.rdatatype.NSEC}
+            await gw.store.put_name(Name("fresh", owner.id, ()), 100)
+            t0 = time.monotonic()
+            for host, sport in ((KNOT, kport), (NSD, nport)):
+                while True:
+                    q = dns.message.make_query(f"fresh.{ZONE}", "A", want_dnssec=True)
+                    m = await dns.asyncquery.tcp(q, host, port=sport, timeout=2)
+                    if m.answer or time.monotonic() - t0 > 10:
+                        break
+                    await asyncio.sleep(0.05)
+                assert m.answer, f"{host} never served fresh.{ZONE}"
+                assert _validate_section(m.answer, keys) == {dns.rdatatype.A}
+        finally:
+            knot.stop()
+            nsd.stop()
