@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ import pytest
 
 from dnsd.service import DnsService
 from tests.dnsd_harness import SHOP
+from tests.dnssec_check import validate_section
 from tests.procs import Proc
 from tests.secondaries import KNOT, PRIMARY, SECRET, TSIG, knot_conf, wait_for_zone
 from tests.support import ZONE, Running, fixed_label, free_port, held_domain, make_config, services
@@ -120,21 +122,28 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         owner_id = owner.id
         for i in range(ZONE_NAMES):  # so a whole zone is much bigger than one change
             await gw.store.put_name(Name(f"n{i}", owner_id, backends), 1000)
-        kdir, ndir = tmp_path / "knot", tmp_path / "nsd"
-        kdir.mkdir()
-        ndir.mkdir()
-        knot = Proc("knotd", ["knotd", "-c", str(knot_conf(kdir, kport, port))],
-                    tmp_path / "knot.log")
-        nsd = Proc("nsd", ["nsd", "-d", "-c", str(nsd_conf(ndir, nport, port))],
-                   tmp_path / "nsd.out")
-        try:
-            await asyncio.gather(
-                asyncio.to_thread(wait_for_zone, KNOT, kport, knot),
-                asyncio.to_thread(wait_for_zone, NSD, nport, nsd))
+        async with secondaries(tmp_path, port, kport, nport) as (knot, nsd):
             yield Setup(gw, port, knot, kport, nsd, nport, api, token)
-        finally:
-            knot.stop()
-            nsd.stop()
+
+
+@contextlib.asynccontextmanager
+async def secondaries(tmp_path: Path, port: int, kport: int, nport: int
+                      ) -> AsyncIterator[tuple[Proc, Proc]]:
+    """Knot and NSD as secondaries of dnsd on ``port``, once both loaded the zone."""
+    kdir, ndir = tmp_path / "knot", tmp_path / "nsd"
+    kdir.mkdir()
+    ndir.mkdir()
+    knot = Proc("knotd", ["knotd", "-c", str(knot_conf(kdir, kport, port))],
+                tmp_path / "knot.log")
+    nsd = Proc("nsd", ["nsd", "-d", "-c", str(nsd_conf(ndir, nport, port))],
+               tmp_path / "nsd.out")
+    try:
+        await asyncio.gather(asyncio.to_thread(wait_for_zone, KNOT, kport, knot),
+                             asyncio.to_thread(wait_for_zone, NSD, nport, nsd))
+        yield knot, nsd
+    finally:
+        knot.stop()
+        nsd.stop()
 
 
 async def ask(host: str, port: int, name: str, rdtype: str = "A") -> dns.message.Message:
@@ -278,16 +287,7 @@ async def _caught_up(s: Setup, seconds: float = 5) -> None:
 
 def _validate_section(section: list[dns.rrset.RRset],
                       keys: dict[dns.name.Name, dns.rrset.RRset]) -> set[int]:
-    """Every RRset of a section validates with ``keys``; the types seen."""
-    seen = set()
-    for rrset in section:
-        if rrset.rdtype == dns.rdatatype.RRSIG:
-            continue
-        sig = next(s for s in section if s.rdtype == dns.rdatatype.RRSIG
-                   and s.name == rrset.name and s.covers == rrset.rdtype)
-        dns.dnssec.validate(rrset, sig, keys)
-        seen.add(rrset.rdtype)
-    return seen
+    return set(validate_section(section, keys))
 
 
 def _covers(nsec: dns.rrset.RRset, name: dns.name.Name) -> bool:
@@ -311,16 +311,7 @@ async def test_knot_and_nsd_serve_the_signed_zone_and_it_validates(tmp_path: Pat
         for i in range(50):
             await gw.store.put_name(Name(f"n{i}", owner.id, ()), 100)
         await gw.store.add_txt(f"_acme-challenge.{ZONE}", "token")
-        kdir, ndir = tmp_path / "knot", tmp_path / "nsd"
-        kdir.mkdir()
-        ndir.mkdir()
-        knot = Proc("knotd", ["knotd", "-c", str(knot_conf(kdir, kport, port))],
-                    tmp_path / "knot.log")
-        nsd = Proc("nsd", ["nsd", "-d", "-c", str(nsd_conf(ndir, nport, port))],
-                   tmp_path / "nsd.out")
-        try:
-            await asyncio.gather(asyncio.to_thread(wait_for_zone, KNOT, kport, knot),
-                                 asyncio.to_thread(wait_for_zone, NSD, nport, nsd))
+        async with secondaries(tmp_path, port, kport, nport):
             q = dns.message.make_query(ZONE, "DNSKEY", want_dnssec=True)
             ours = await dns.asyncquery.tcp(q, PRIMARY, port=port, timeout=2)
             keyset = ours.find_rrset(ours.answer, apex, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
@@ -360,6 +351,3 @@ async def test_knot_and_nsd_serve_the_signed_zone_and_it_validates(tmp_path: Pat
                     await asyncio.sleep(0.05)
                 assert m.answer, f"{host} never served fresh.{ZONE}"
                 assert _validate_section(m.answer, keys) == {dns.rdatatype.A}
-        finally:
-            knot.stop()
-            nsd.stop()
