@@ -129,29 +129,31 @@ async def load_store(out: Path, n: int, api_limit: int) -> None:
         p.unlink()
     store = SqliteStore(db)
     await store.open()
-    await store.db.execute("PRAGMA synchronous=OFF")  # throw-away store: speed over durability
-    owner = await store.create_owner("bench", "bench-token-hash")
-    n_txt = max(1, n // 10)
-    if n <= api_limit:
-        for i in range(n):
-            await store.put_name(Name(f"h{i}", owner.id, ()), n + 1)
-        for i in range(n_txt):
-            await store.add_txt(f"t{i}.{ZONE}", f"v=bench{i} some-text-payload")
-    else:
-        now = time.time()
-        await store.db.execute("BEGIN")
-        await store.db.executemany(
-            "INSERT INTO names (label, owner_id, backends, tls, proxy_protocol, http2, created,"
-            " updated) VALUES (?, ?, '[]', 'terminate', 0, 0, ?, ?)",
-            ((f"h{i}", owner.id, now, now) for i in range(n)),
-        )
-        await store.db.executemany(
-            "INSERT INTO txt VALUES (?, ?, ?)",
-            ((f"t{i}.{ZONE}", f"v=bench{i} some-text-payload", now) for i in range(n_txt)),
-        )
-        await store.db.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
-        await store.db.execute("COMMIT")
-    await store.close()
+    try:  # closed on failure too: its thread would keep the process (and the bench lock)
+        await store.db.execute("PRAGMA synchronous=OFF")  # throw-away store: speed over durability
+        owner = await store.create_owner("bench", "bench-token-hash")
+        n_txt = max(1, n // 10)
+        if n <= api_limit:
+            for i in range(n):
+                await store.put_name(Name(f"h{i}", owner.id, ()), n + 1)
+            for i in range(n_txt):
+                await store.add_txt(f"t{i}.{ZONE}", f"v=bench{i} some-text-payload")
+        else:
+            now = time.time()
+            await store.db.execute("BEGIN")
+            await store.db.executemany(
+                "INSERT INTO names (label, owner_id, backends, tls, proxy_protocol, http2, created,"
+                " updated) VALUES (?, ?, '[]', 'terminate', 0, 0, ?, ?)",
+                ((f"h{i}", owner.id, now, now) for i in range(n)),
+            )
+            await store.db.executemany(
+                "INSERT INTO txt VALUES (?, ?, ?)",
+                ((f"t{i}.{ZONE}", f"v=bench{i} some-text-payload", now) for i in range(n_txt)),
+            )
+            await store.db.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
+            await store.db.execute("COMMIT")
+    finally:
+        await store.close()
 
 
 def main() -> None:
