@@ -95,6 +95,7 @@ policy:
     algorithm: ecdsap256sha256
     single-type-signing: on
     nsec3: off
+    signing-threads: 2
 template:
   - id: default
     storage: "$OUT/knot"
@@ -111,9 +112,10 @@ knotc -c "$OUT/knot/knot.conf" conf-check >/dev/null
 
 now() { date +%s.%N; }
 wait_answer() {  # PORT -> seconds until h1.bench.test A answers (signed with DNSSEC=1;
-  local t0=$1 port=$2 want=198.18  # polls every 20 ms, 300 s max)
-  [[ $DNSSEC == 1 ]] && want="^A 13 "
-  for _ in $(seq 15000); do
+  local t0=$1 port=$2 want=198.18  # polls every 20 ms, 300 s max, 1200 s with DNSSEC=1)
+  local tries=15000
+  [[ $DNSSEC == 1 ]] && want="^A 13 " && tries=60000
+  for _ in $(seq "$tries"); do
     if dig +time=1 +tries=1 +short +dnssec -p "$port" @127.0.0.1 h1.bench.test A 2>/dev/null | grep -q "$want"; then
       echo "$(now) - $t0" | bc; return 0
     fi
@@ -144,6 +146,9 @@ if [[ $DNSSEC == 1 ]]; then
   stop_one() { kill -TERM -- "-$1" 2>/dev/null || true
     for _ in $(seq 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; die "$1 did not stop"; }
   stop_one "$KPID"; stop_one "$DPID"
+  # Knot restarts from its journal alone (the signed zone): the unsigned zone file is not
+  # read again, so nothing is diffed against it and signed anew
+  sed -i "s/zonefile-load: .*/zonefile-load: none/" "$OUT/knot/knot.conf"
   t0=$(now)
   setsid $SPIN knotd -c "$OUT/knot/knot.conf" >>"$OUT/knot.log" 2>&1 </dev/null &
   KPID=$!; PIDS+=("$KPID")
