@@ -52,6 +52,7 @@ from webgateway.model import (
     ChangeSet,
     Domain,
     DomainState,
+    NameLoad,
     Snapshot,
     merge,
 )
@@ -161,7 +162,7 @@ class CertService:
         self.store = store
         self.zone = config.zone.name
         self.view = CertView()
-        self.follower = Follower(store, self.view, max_wait=1.0)
+        self.follower = Follower(store, self.view, max_wait=1.0, names_as=NameLoad.NONE)
         self.issuer: Issuer | None = Issuer(config, store) if config.acme is not None else None
         self.running: dict[str, asyncio.Task[None]] = {}
         self.verifying: dict[str, asyncio.Task[None]] = {}  # by claim (challenge label)

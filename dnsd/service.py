@@ -34,7 +34,7 @@ from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
 from webgateway.listen import bind
-from webgateway.model import acme_account_meta_key
+from webgateway.model import NameLoad, acme_account_meta_key
 from webgateway.store import Store, StoreError
 from webgateway.workerpool import WorkerPool, pooled_registry
 
@@ -355,7 +355,7 @@ class DnsService:
         self.view = ZoneView(config.zone, account_key, config.dnssec)
         self.journal = Journal(self.view)
         self.responder = Responder(self.view)
-        self.follower = Follower(store, self.journal, max_wait=1.0)
+        self.follower = Follower(store, self.journal, max_wait=1.0, names_as=NameLoad.LABELS)
         tsig = config.dns.tsig
         signer = Signer(tsig) if tsig is not None else None
         self.transfers = transfer.Transfers(self.journal, signer, config.dns.transfer_acl(),

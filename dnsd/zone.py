@@ -172,7 +172,7 @@ class ZoneView:
         self._set_keys(snapshot.meta.get(zonekeys.META_KEY))
         self._reset()
         self.serial = snapshot.serial
-        self.labels = {label.encode("ascii") for label in snapshot.names}
+        self.labels = snapshot.label_set()
         for d in snapshot.domains.values():
             self._set_domain(d.fqdn, d)
         for fqdn, values in snapshot.txt.items():

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from webgateway.model import ChangeSet, Snapshot
+from webgateway.model import ChangeSet, NameLoad, Snapshot
 from webgateway.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -25,15 +25,19 @@ class View(Protocol):
 class Follower:
     """Keeps ``view`` at the store's serial. ``serial`` is what the view has applied."""
 
-    def __init__(self, store: Store, view: View, *, max_wait: float = 1.0) -> None:
+    def __init__(self, store: Store, view: View, *, max_wait: float = 1.0,
+                 names_as: NameLoad = NameLoad.FULL) -> None:
+        """``names_as``: what of the names the view needs at a (re)load; change sets
+        always carry the changed names whole."""
         self.store = store
         self.view = view
+        self.names_as = names_as
         self.max_wait = max_wait
         self.serial = 0
         self.applied = asyncio.Event()
 
     async def load(self) -> None:
-        snap = await self.store.snapshot()
+        snap = await self.store.snapshot(self.names_as)
         self.view.load(snap)
         self.serial = snap.serial
         self._mark_applied()

@@ -14,7 +14,7 @@ table copies at every snapshot load).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -169,6 +169,20 @@ class TxtRecord:
     created: float = 0.0
 
 
+class NameLoad(enum.Enum):
+    """How much of the names table a snapshot carries: what its view needs.
+
+    At a million names the full rows are most of a snapshot's cost (about 10 s and
+    600 MiB to build the ``Name`` objects, against under a second for the labels), and
+    only the proxy routes by a name's backends: dnsd needs to know which labels exist
+    (each answers with the gateway's addresses), certd none of them.
+    """
+
+    FULL = "full"  # ``names``: every Name
+    LABELS = "labels"  # ``labels``: the labels only, as ASCII bytes (``names`` is empty)
+    NONE = "none"  # neither
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything the data plane needs, as of ``serial``."""
@@ -182,6 +196,15 @@ class Snapshot:
     #: pending claims by challenge label (``domains`` holds only the claim that owns each
     #: domain, by fqdn: what dnsd serves and the proxy routes)
     claims: Mapping[str, Domain] = field(default_factory=dict)
+    #: the names' labels when loaded with ``NameLoad.LABELS`` (else None: see ``names``)
+    labels: Set[bytes] | None = None
+
+    def label_set(self) -> set[bytes]:
+        """Every name's label as ASCII bytes, whichever way the names were loaded; a new
+        set the caller may keep and change."""
+        if self.labels is not None:
+            return set(self.labels)
+        return {label.encode("ascii") for label in self.names}
 
 
 @dataclass(frozen=True)

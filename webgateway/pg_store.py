@@ -37,7 +37,7 @@ from typing import Any
 
 import asyncpg
 
-from webgateway.model import Snapshot
+from webgateway.model import NameLoad, Snapshot
 from webgateway.sqlite_store import MIGRATIONS as SQLITE_MIGRATIONS
 from webgateway.sqlstore import SqlStore
 from webgateway.store import StoreUnavailable
@@ -98,6 +98,8 @@ def _set(event: asyncio.Event, *_: object) -> None:
 
 
 class PgStore(SqlStore):
+    _JOINED_LABELS = "string_agg(label, ' ')"
+
     def __init__(self, url: str, poll_interval: float = 0.05, timeout: float = 10.0) -> None:
         super().__init__(poll_interval)
         self.url = url
@@ -250,10 +252,10 @@ class PgStore(SqlStore):
     def _bound(self) -> float:
         return self.timeout * _STATEMENT_FACTOR.get()
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, names_as: NameLoad = NameLoad.FULL) -> Snapshot:
         token = _STATEMENT_FACTOR.set(SNAPSHOT_FACTOR)  # this task only
         try:
-            return await super().snapshot()
+            return await super().snapshot(names_as)
         finally:
             _STATEMENT_FACTOR.reset(token)
 

@@ -27,6 +27,7 @@ from webgateway.model import (
     DomainState,
     Lease,
     Name,
+    NameLoad,
     Owner,
     OwnerRemoval,
     OwnerSummary,
@@ -112,6 +113,8 @@ class SqlStore:
     """Every ``Store`` method over the backend primitives below (see the module docstring)."""
 
     poll_interval: float
+    #: The dialect's aggregate joining every label with one space (labels never hold one).
+    _JOINED_LABELS = "group_concat(label, ' ')"
 
     def __init__(self, poll_interval: float) -> None:
         self.poll_interval = poll_interval
@@ -196,11 +199,19 @@ class SqlStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ev.wait(), min(left, self.poll_interval))
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, names_as: NameLoad = NameLoad.FULL) -> Snapshot:
+        names: dict[str, Name] = {}
+        labels: set[bytes] | None = None
         async with self._transaction(write=False):
             (serial,) = await self._one("SELECT value FROM serial WHERE id = 1")
-            rows = await self._all(f"SELECT {NAME_COLS} FROM names")
-            names = {r[0]: decode_name(r) for r in rows}
+            if names_as is NameLoad.FULL:
+                rows = await self._all(f"SELECT {NAME_COLS} FROM names")
+                names = {r[0]: decode_name(r) for r in rows}
+            elif names_as is NameLoad.LABELS:
+                # One string from the database, split in C: about 0.3 s at a million names
+                # where a row per label costs 1 s and twice the memory at its peak.
+                (joined,) = await self._one(f"SELECT {self._JOINED_LABELS} FROM names")
+                labels = set(joined.encode("ascii").split(b" ")) if joined else set()
             domains: dict[str, Domain] = {}
             claims: dict[str, Domain] = {}
             for r in await self._all(
@@ -219,7 +230,7 @@ class SqlStore:
             certs = {r[0]: decode_cert(r) for r in rows}
             meta = {k: v for k, v in await self._all("SELECT key, value FROM meta")}
         txts = {k: tuple(v) for k, v in txt.items()}
-        return Snapshot(int(serial), names, domains, txts, certs, meta, claims)
+        return Snapshot(int(serial), names, domains, txts, certs, meta, claims, labels)
 
     async def changes_since(self, serial: int) -> ChangeSet | None:
         async with self._transaction(write=False):

@@ -17,6 +17,7 @@ from webgateway.model import (
     DomainState,
     Lease,
     Name,
+    NameLoad,
     Owner,
     OwnerRemoval,
     OwnerSummary,
@@ -62,7 +63,10 @@ class Store(Protocol):
         """The serial once it is above ``after``, or the current one after ``max_wait`` s."""
         ...
 
-    async def snapshot(self) -> Snapshot: ...
+    async def snapshot(self, names_as: NameLoad = NameLoad.FULL) -> Snapshot:
+        """Everything at one serial; of the names, what ``names_as`` asks for."""
+        ...
+
     async def changes_since(self, serial: int) -> ChangeSet | None:
         """What changed after ``serial``; ``None`` when that is too old: reload the snapshot."""
         ...

@@ -27,6 +27,7 @@ from webgateway.model import (
     Domain,
     DomainState,
     Name,
+    NameLoad,
     Snapshot,
     TlsMode,
 )
@@ -358,6 +359,49 @@ async def test_snapshot_and_stale_changes(store: Store) -> None:
     assert await store.changes_since(1) is None
     cs = await store.changes_since(snap.serial)
     assert cs is not None and cs.empty
+
+
+async def test_snapshot_carries_what_of_the_names_was_asked(store: Store) -> None:
+    a = await store.create_owner("a", "ha")
+    for label in ("x", "y-1", "z9"):
+        await store.put_name(Name(label, a.id, BE), 5)
+    await store.add_txt("_acme-challenge.gw.test", "v")
+    await store.put_certificate(Certificate("zone", ("gw.test",), CertState.VALID, "/c", "/k"))
+    full = await store.snapshot()
+    assert set(full.names) == {"x", "y-1", "z9"} and full.labels is None
+    labels = await store.snapshot(NameLoad.LABELS)
+    assert labels.names == {} and labels.labels == {b"x", b"y-1", b"z9"}
+    none = await store.snapshot(NameLoad.NONE)
+    assert none.names == {} and none.labels is None
+    for snap in (labels, none):  # everything but the names is whole in every scope
+        assert (snap.serial, snap.txt, snap.certificates, snap.domains) == (
+            full.serial, full.txt, full.certificates, full.domains)
+    assert full.label_set() == labels.label_set() == {b"x", b"y-1", b"z9"}
+    mine = labels.label_set()
+    mine.add(b"new")  # the caller's own copy
+    assert labels.labels == {b"x", b"y-1", b"z9"}
+    for label in ("x", "y-1", "z9"):
+        await store.delete_name(label, a.id)
+    empty = await store.snapshot(NameLoad.LABELS)
+    assert empty.labels == set() and empty.label_set() == set()
+
+
+async def test_a_labels_follower_reloads_labels_and_gets_changes_whole(store: Store) -> None:
+    view = Recorder()
+    follower = Follower(store, view, max_wait=0.05, names_as=NameLoad.LABELS)
+    a = await store.create_owner("a", "ha")
+    await store.put_name(Name("x", a.id, BE), 5)
+    await follower.load()
+    assert view.snapshots[-1].labels == {b"x"} and view.snapshots[-1].names == {}
+    await store.put_name(Name("y", a.id, BE), 5)
+    await follower.step()
+    changed = view.changes[-1].names["y"]
+    assert changed is not None and changed.backends == BE  # a change set's names are whole
+    await store_rows(store, "DELETE FROM changes")  # too old to follow: reload, labels again
+    await store.put_name(Name("z", a.id, BE), 5)
+    await store_rows(store, "DELETE FROM changes")
+    await follower.step()
+    assert len(view.snapshots) == 2 and view.snapshots[-1].labels == {b"x", b"y", b"z"}
 
 
 async def test_second_process_sees_changes_by_polling(store_config: StoreConfig) -> None:
