@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support import store_rows
+from webgateway import sqlstore
 from webgateway.addresses import parse_hostport
 from webgateway.config import StoreConfig
 from webgateway.feed import Follower
@@ -384,6 +385,39 @@ async def test_snapshot_carries_what_of_the_names_was_asked(store: Store) -> Non
         await store.delete_name(label, a.id)
     empty = await store.snapshot(NameLoad.LABELS)
     assert empty.labels == set() and empty.label_set() == set()
+
+
+async def test_a_full_snapshot_lets_the_loop_run_while_it_decodes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dnsd shares the process with the proxy, whose load decodes every name: a million
+    take seconds, and DNS must keep answering meanwhile."""
+    a = await store.create_owner("a", "ha")
+    for i in range(6):
+        await store.put_name(Name(f"n{i}", a.id, BE), 10)
+    ticks = 0
+    seen: list[int] = []
+
+    def decode(row: Any) -> Name:
+        seen.append(ticks)
+        return real(row)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    real = sqlstore.decode_name
+    monkeypatch.setattr(sqlstore, "decode_name", decode)
+    monkeypatch.setattr(sqlstore, "DECODE_SLICE", 2)
+    task = asyncio.create_task(ticker())
+    try:
+        snap = await store.snapshot()
+    finally:
+        task.cancel()
+    assert len(snap.names) == 6 and len(seen) == 6
+    assert seen[0] == seen[1] < seen[2] == seen[3] < seen[4] == seen[5]
 
 
 async def test_a_labels_follower_reloads_labels_and_gets_changes_whole(store: Store) -> None:
