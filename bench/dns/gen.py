@@ -10,6 +10,7 @@ MIX=resolver, files of what recursive resolvers send (``write_resolver_queries``
 The store is loaded through the Store API (owner, put_name, add_txt) for small zones;
 above --api-limit names the rows go in with one bulk INSERT on the store's own schema
 and connection (a million API writes, each durable, would take the benchmark's budget).
+``load_postgres`` puts the same rows in a PostgreSQL store (bench/store).
 
 usage: gen.py OUTDIR N DNS_PORT
 """
@@ -20,9 +21,11 @@ import asyncio
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from webgateway.model import Name
+from webgateway.pg_store import PgStore
 from webgateway.sqlite_store import SqliteStore
 
 ZONE = "bench.test"
@@ -123,6 +126,15 @@ level = "warning"
     )
 
 
+def name_rows(n: int, owner_id: int, now: float) -> Iterator[tuple[str, int, float, float]]:
+    """(label, owner, created, updated) of the N reserved names (no backends, terminate)."""
+    return ((f"h{i}", owner_id, now, now) for i in range(n))
+
+
+def txt_rows(n: int, now: float) -> Iterator[tuple[str, str, float]]:
+    return ((f"t{i}.{ZONE}", f"v=bench{i} some-text-payload", now) for i in range(max(1, n // 10)))
+
+
 async def load_store(out: Path, n: int, api_limit: int) -> None:
     db = out / "store" / "webgateway.db"
     for p in db.parent.glob("webgateway.db*"):
@@ -132,26 +144,43 @@ async def load_store(out: Path, n: int, api_limit: int) -> None:
     try:  # closed on failure too: its thread would keep the process (and the bench lock)
         await store.db.execute("PRAGMA synchronous=OFF")  # throw-away store: speed over durability
         owner = await store.create_owner("bench", "bench-token-hash")
-        n_txt = max(1, n // 10)
         if n <= api_limit:
             for i in range(n):
                 await store.put_name(Name(f"h{i}", owner.id, ()), n + 1)
-            for i in range(n_txt):
-                await store.add_txt(f"t{i}.{ZONE}", f"v=bench{i} some-text-payload")
+            for fqdn, value, _ in txt_rows(n, 0):
+                await store.add_txt(fqdn, value)
         else:
             now = time.time()
             await store.db.execute("BEGIN")
             await store.db.executemany(
                 "INSERT INTO names (label, owner_id, backends, tls, proxy_protocol, http2, created,"
                 " updated) VALUES (?, ?, '[]', 'terminate', 0, 0, ?, ?)",
-                ((f"h{i}", owner.id, now, now) for i in range(n)),
+                name_rows(n, owner.id, now),
             )
-            await store.db.executemany(
-                "INSERT INTO txt VALUES (?, ?, ?)",
-                ((f"t{i}.{ZONE}", f"v=bench{i} some-text-payload", now) for i in range(n_txt)),
-            )
+            await store.db.executemany("INSERT INTO txt VALUES (?, ?, ?)", txt_rows(n, now))
             await store.db.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
             await store.db.execute("COMMIT")
+    finally:
+        await store.close()
+
+
+async def load_postgres(url: str, n: int) -> None:
+    """The same names and TXT into an empty PostgreSQL store, by COPY (bench/store)."""
+    store = PgStore(url, timeout=600)
+    await store.open()
+    try:
+        owner = await store.create_owner("bench", "bench-token-hash")
+        now = time.time()
+        conn = store.conn
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "names", columns=["label", "owner_id", "backends", "tls", "proxy_protocol",
+                                  "http2", "created", "updated"],
+                records=((label, o, "[]", "terminate", 0, 0, c, u)
+                         for label, o, c, u in name_rows(n, owner.id, now)))
+            await conn.copy_records_to_table("txt", records=txt_rows(n, now))
+            await conn.execute("UPDATE serial SET value = value + 1 WHERE id = 1")
+        await conn.execute("VACUUM ANALYZE")
     finally:
         await store.close()
 
