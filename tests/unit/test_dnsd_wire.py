@@ -96,6 +96,9 @@ def test_name_helpers_roundtrip() -> None:
     with pytest.raises(ValueError):
         wire.name_to_wire("a" * 64 + ".test")
     assert wire.txt_rdata("x" * 300)[0] == 255 and wire.txt_rdata("x" * 300)[256] == 45
+    assert wire.txt_rdata("") == b"\x00" and wire.txt_rdata("é") == b"\x02\xc3\xa9"
+    assert wire.txt_rdata("x" * 255) == b"\xff" + b"x" * 255
+    assert wire.txt_rdata("x" * 256) == b"\xff" + b"x" * 255 + b"\x01x"
 
 
 # ------------------------------------------------------------------ responder
