@@ -14,7 +14,7 @@ import bisect
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from dnsd import wire
@@ -150,6 +150,10 @@ class ZoneView:
         #: then kept in step: a secondary builds its zone faster from sorted names, and a
         #: list copies faster than a set.
         self.label_order: list[bytes] | None = None
+        #: The loaded snapshot's labels in the store's order, kept until the first change
+        #: or sort: SQLite hands them sorted, and sorting a sorted list takes 16 ms at 1M
+        #: names where sorting the set takes 0.6 s (dnsd sorts at start-up with TSIG).
+        self.as_loaded: Sequence[bytes] | None = None
         self.txt: dict[bytes, tuple[str, ...]] = {}
         self.domains: dict[str, Domain] = {}
         self.domain_apex: set[bytes] = set()  # custom domains (zones, when outside ours)
@@ -173,6 +177,7 @@ class ZoneView:
         self._reset()
         self.serial = snapshot.serial
         self.labels = snapshot.label_set()
+        self.as_loaded = snapshot.labels
         for d in snapshot.domains.values():
             self._set_domain(d.fqdn, d)
         for fqdn, values in snapshot.txt.items():
@@ -181,6 +186,7 @@ class ZoneView:
 
     def apply(self, changes: ChangeSet) -> None:
         self.serial = changes.serial
+        self.as_loaded = None
         for label, name in changes.names.items():
             self._set_label(label, name)
         for fqdn, dom in changes.domains.items():
@@ -413,7 +419,8 @@ class ZoneView:
 
     def sorted_labels(self) -> list[bytes]:
         if self.label_order is None:
-            self.label_order = sorted(self.labels)
+            self.label_order = sorted(self.labels if self.as_loaded is None else self.as_loaded)
+            self.as_loaded = None
         return self.label_order
 
     def contents(self, zone: bytes) -> Iterator[tuple[bytes, int, bytes]]:

@@ -14,7 +14,7 @@ table copies at every snapshot load).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -196,8 +196,9 @@ class Snapshot:
     #: pending claims by challenge label (``domains`` holds only the claim that owns each
     #: domain, by fqdn: what dnsd serves and the proxy routes)
     claims: Mapping[str, Domain] = field(default_factory=dict)
-    #: the names' labels when loaded with ``NameLoad.LABELS`` (else None: see ``names``)
-    labels: Set[bytes] | None = None
+    #: the names' labels when loaded with ``NameLoad.LABELS`` (else None: see ``names``),
+    #: in the store's order (SQLite's: sorted, its primary-key index)
+    labels: Sequence[bytes] | None = None
 
     def label_set(self) -> set[bytes]:
         """Every name's label as ASCII bytes, whichever way the names were loaded; a new

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,3 +120,24 @@ def test_a_change_that_fails_leaves_no_recording_behind() -> None:
     with pytest.raises(AttributeError):
         journal.apply(bad)
     assert view.touched is None  # the follower reloads the view next, clearing the journal
+
+
+@pytest.mark.parametrize("sort_before_change", [True, False])
+def test_a_labels_snapshot_serves_the_zone_a_full_one_does(sort_before_change: bool) -> None:
+    """dnsd loads the labels alone (in the store's order, here reversed); the zone, its
+    transfer order and the changes after it are those of a load of every Name."""
+    full = snapshot(serial=1)
+    labels = sorted(label.encode() for label in full.names)
+    assert len(labels) >= 2
+    by_labels = ZoneView(zone_config())
+    by_labels.load(replace(full, names={}, labels=labels[::-1]))
+    by_names = ZoneView(zone_config())
+    by_names.load(full)
+    assert contents(by_labels) == contents(by_names) and by_labels.labels == set(labels)
+    if sort_before_change:
+        assert by_labels.sorted_labels() == labels
+    gone = labels[0].decode()
+    for view in (by_labels, by_names):
+        view.apply(ChangeSet(2, {"zz-new": Name("zz-new", 1, ()), gone: None}, {}, {}, {}))
+    assert by_labels.sorted_labels() == sorted({*labels[1:], b"zz-new"})
+    assert contents(by_labels) == contents(by_names)
