@@ -190,7 +190,7 @@ def launch(kind: str, out: Path, stores: dict[str, str], code: Path) -> Launch:
         api = f"http://127.0.0.1:{api_port}/healthz" if service == "run" else ""
     with launched(cmd, out / f"{kind}.log", code) as proc:
         first = wait(lambda: answers(dns_port))
-        ready, stall = (first, 0.0) if not api else until_ready(api, dns_port)
+        ready, stall = (0.0, 0.0) if not api else until_ready(api, dns_port)
         cpu = cpu_s(proc.pid)
         time.sleep(1)
         if proc.poll() is not None:
