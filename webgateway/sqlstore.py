@@ -245,7 +245,7 @@ class SqlStore:
             certs = {r[0]: decode_cert(r) for r in rows}
             meta = {k: v for k, v in await self._all("SELECT key, value FROM meta")}
         txts = {k: tuple(v) for k, v in txt.items()}
-        return Snapshot(int(serial), names, domains, txts, certs, meta, claims, labels)
+        return Snapshot(int(serial), names, domains, txts, certs, meta, claims, labels=labels)
 
     async def changes_since(self, serial: int) -> ChangeSet | None:
         async with self._transaction(write=False):

@@ -77,7 +77,9 @@ def view() -> ZoneView:
 
 
 def store_config(store: str) -> StoreConfig:
-    return StoreConfig(url=store) if store.startswith("postgres") else StoreConfig(Path(store))
+    if store.startswith("postgres"):
+        return StoreConfig(url=store, plaintext_keys=True)  # no keys read here
+    return StoreConfig(Path(store))
 
 
 async def load(store: str, option: str) -> tuple[ZoneView, object]:

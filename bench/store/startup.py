@@ -28,6 +28,7 @@ env:   STATE=/tmp/webgateway-bench-store   where the zone, stores and logs go
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +108,14 @@ def healthy(url: str) -> bool:
         return False
 
 
-def wait(check: object, seconds: float = 300) -> float:
+def wait(check: Callable[[], bool], proc: subprocess.Popen[bytes], seconds: float = 300
+         ) -> float:
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        if check():  # type: ignore[operator]
+    while time.perf_counter() - t0 < seconds and proc.poll() is None:
+        if check():
             return time.perf_counter() - t0
         time.sleep(0.02)
-    raise RuntimeError("no answer in time")
+    raise RuntimeError(f"{proc.args!r} exited or did not answer in time: see its log")
 
 
 @contextlib.contextmanager
@@ -164,7 +166,8 @@ def gateway_conf(out: Path, name: str, store: str, dns_port: int, api_port: int)
     text = (out / "webgateway.toml").read_text()
     text = re.sub(r'listen = \["127\.0\.0\.1:\d+"\]', f'listen = ["127.0.0.1:{dns_port}"]', text)
     if store.startswith("postgresql"):
-        text = text.replace('path = "store/webgateway.db"', f'url = "{store}"')
+        text = text.replace('path = "store/webgateway.db"',
+                            f'url = "{store}"\nkey_file = "{key_file(out)}"')
     text += f"""[proxy]
 https_listen = ["127.0.0.1:{free_port()}"]
 http_listen = ["127.0.0.1:{free_port()}"]
@@ -175,6 +178,15 @@ admin_token_file = "admin.token"
     conf = out / f"{name}.toml"
     conf.write_text(text)
     return conf
+
+
+def key_file(out: Path) -> Path:
+    """The fleet's key for private keys in PostgreSQL (32 random bytes, base64, 0600)."""
+    path = out / "store.key"
+    if not path.exists():
+        path.touch(0o600)
+        path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return path
 
 
 def launch(kind: str, out: Path, stores: dict[str, str], code: Path) -> Launch:
@@ -189,8 +201,8 @@ def launch(kind: str, out: Path, stores: dict[str, str], code: Path) -> Launch:
         cmd = [sys.executable, "-m", "webgateway.cli", service, "--config", str(conf)]
         api = f"http://127.0.0.1:{api_port}/healthz" if service == "run" else ""
     with launched(cmd, out / f"{kind}.log", code) as proc:
-        first = wait(lambda: answers(dns_port))
-        ready, stall = (0.0, 0.0) if not api else until_ready(api, dns_port)
+        first = wait(lambda: answers(dns_port), proc)
+        ready, stall = (0.0, 0.0) if not api else until_ready(api, dns_port, proc)
         cpu = cpu_s(proc.pid)
         time.sleep(1)
         if proc.poll() is not None:
@@ -198,18 +210,19 @@ def launch(kind: str, out: Path, stores: dict[str, str], code: Path) -> Launch:
         return Launch(kind, first, first + ready, stall, cpu, rss_mib(proc.pid))
 
 
-def until_ready(api: str, dns_port: int, seconds: float = 300) -> tuple[float, float]:
+def until_ready(api: str, dns_port: int, proc: subprocess.Popen[bytes], seconds: float = 300
+                ) -> tuple[float, float]:
     """Seconds until ``api`` is healthy, and the longest wait for a DNS answer meanwhile
     (dnsd shares its process with the services still starting)."""
     t0 = last = time.perf_counter()
     stall = 0.0
-    while time.perf_counter() - t0 < seconds:
+    while time.perf_counter() - t0 < seconds and proc.poll() is None:
         if answers(dns_port):
             now = time.perf_counter()
             stall, last = max(stall, now - last), now
         if healthy(api):
             return time.perf_counter() - t0, max(stall, time.perf_counter() - last)
-    raise RuntimeError("not ready in time")
+    raise RuntimeError(f"{proc.args!r} exited or was not ready in time: see its log")
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.store.startup import cpu_s, healthy, launched
+from bench.store.startup import cpu_s, healthy, key_file, launched
 from tests.postgres import start_postgres
 from tests.support import free_port
 
@@ -53,7 +53,8 @@ end
 
 
 def config(root: Path, store: str, port: int) -> Path:
-    section = f'url = "{store}"' if store.startswith("postgresql") else 'path = "store/wg.db"'
+    section = (f'url = "{store}"\nkey_file = "{key_file(root)}"' if store.startswith("postgresql")
+               else 'path = "store/wg.db"')
     conf = root / "api.toml"
     conf.write_text(f"""[zone]
 name = "bench.test"
@@ -62,7 +63,7 @@ nameservers = {{ "ns1.bench.test" = ["127.0.0.1"] }}
 [api]
 listen = "127.0.0.1:{port}"
 admin_token_file = "admin.token"
-max_names_per_owner = 10000000
+max_names_per_owner = 1000000
 [store]
 {section}
 certs_dir = "store/certs"
