@@ -209,7 +209,8 @@ class PgStore(SqlStore):
         ``begin`` statements (none: autocommit); every failure is StoreUnavailable."""
         in_tx = begin is not None
         try:
-            await asyncio.wait_for(self._lock.acquire(), self.timeout)
+            async with asyncio.timeout(self.timeout):  # not wait_for: see wait_changed
+                await self._lock.acquire()
         except TimeoutError:
             raise StoreUnavailable(
                 f"the store is busy: no connection within {self.timeout:g} s"
@@ -281,7 +282,8 @@ class PgStore(SqlStore):
                 delay, down = 0.1, False
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), LISTEN_PING)
+                        async with asyncio.timeout(LISTEN_PING):
+                            await lost.wait()
                     if not lost.is_set():
                         await conn.execute("SELECT 1", timeout=self.timeout)
             except (*_LOST, asyncpg.PostgresError) as e:

@@ -199,8 +199,12 @@ class SqlStore:
             left = end - loop.time()
             if current > after or left <= 0:
                 return current
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when
+            # the event is set as the task is cancelled, and a follower so cancelled (its
+            # service stopping) went on following for ever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), min(left, self.poll_interval))
+                async with asyncio.timeout(min(left, self.poll_interval)):
+                    await ev.wait()
 
     async def snapshot(self, names_as: NameLoad = NameLoad.FULL) -> Snapshot:
         names: dict[str, Name] = {}

@@ -421,6 +421,20 @@ async def test_a_full_snapshot_lets_the_loop_run_while_it_decodes(
     assert seen[0] == seen[1] < seen[2] == seen[3] < seen[4] == seen[5]
 
 
+async def test_a_waiter_cancelled_as_a_change_wakes_it_is_cancelled(store: Store) -> None:
+    """A service stopping cancels its follower; a change landing in the same loop turn
+    must not eat the cancel (Python 3.11's wait_for did: the follower ran on for ever)."""
+    assert isinstance(store, sqlstore.SqlStore)
+    store.poll_interval = 5.0  # the waiter sits on the change event, not on a poll
+    for _ in range(3):
+        task = asyncio.create_task(store.wait_changed(await store.serial() + 100, 5.0))
+        await asyncio.sleep(0.1)
+        store._notify()  # what a committed write does
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+
 async def test_a_labels_follower_reloads_labels_and_gets_changes_whole(store: Store) -> None:
     view = Recorder()
     follower = Follower(store, view, max_wait=0.05, names_as=NameLoad.LABELS)
