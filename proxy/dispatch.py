@@ -179,7 +179,9 @@ class Dispatcher:
             return
         try:
             local = transport.get_extra_info("sockname")
-            ok = await engine.connect_backend(route, sp, addr, local)
+            ok = await engine.connect_backend(
+                route, sp, addr, local,
+                lambda: self._page_without_backend(sp, "backend_unreachable", BAD_GATEWAY))
         except BaseException:
             transport.abort()
             raise

@@ -172,19 +172,30 @@ class Engine:
 
     # -- backends
     async def connect_backend(
-        self, route: Route, sp: Splice, client: tuple[str, int], local: tuple[str, int]
+        self, route: Route, sp: Splice, client: tuple[str, int], local: tuple[str, int],
+        unreachable: Callable[[], None] | None = None,
     ) -> bool:
         """A tunnel stream for a tunnel name, else the backends in balancer order.
 
         On failure ``sp.outcome`` says why: a connect failed (``backend_unreachable``),
-        the policy refused every backend (``backend_refused``), or the client left.
+        the policy refused every backend (``backend_refused``), or the client left. A
+        tunnel stream is writable before the node has reached its backend; if it then
+        cannot, ``unreachable`` is called (nothing came back yet: the 502 page still fits).
         """
         refused = failed = False
         if route.name.tunnel and self.tunnels is not None:
+
+            def node_refused(reason: str) -> None:
+                log.debug("tunnel stream for %s: %s", route.name.label, reason)
+                sp.outcome = "backend_unreachable"
+                self.metrics.backend_failures.labels("refused").inc()
+                if unreachable is not None:
+                    unreachable()
+
             try:
                 transport, _, release = await self.tunnels.open(
-                    route.name.label, lambda: sp.backend, self.limits.connect_timeout
-                )
+                    route.name.label, lambda: sp.backend, self.limits.connect_timeout,
+                    node_refused)
             except (OSError, TimeoutError) as e:
                 failed = True
                 log.debug("no tunnel stream for %s: %s", route.name.label, e or "timeout")

@@ -16,7 +16,7 @@ from proxy.engine import Engine, Limits
 from proxy.https import HttpsListener
 from proxy.redirect import RedirectProtocol
 from proxy.routes import RouteTable
-from tunnel.gateway import Tunnels
+from tunnel.gateway import PoolLimits, Tunnels
 from webgateway.addresses import HostPort
 from webgateway.backend_policy import policy_of
 from webgateway.config import Config, ConfigError
@@ -65,7 +65,11 @@ class ProxyService:
         self._check_catch_all()
         if self.config.log.access_log is not None:
             self.engine.access_log = AccessLog(self.config.log.access_log)
-        self.engine.tunnels = Tunnels(lambda label: self.table.names.get(label))
+        p = self.config.proxy
+        self.engine.tunnels = Tunnels(
+            lambda label: self.table.names.get(label),
+            PoolLimits(p.tunnel_max_idle_per_name, p.tunnel_max_waiters_per_name,
+                       p.tunnel_failures_per_minute))
         await self.follower.load()
         self._follow = asyncio.get_running_loop().create_task(self.follower.run())
         self._traffic = asyncio.get_running_loop().create_task(self._count_traffic())

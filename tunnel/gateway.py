@@ -5,8 +5,13 @@ terminated TLS with the zone certificate). ``TunnelConn`` speaks ``tunnel.wire``
 once the HELLO's token matches the name's hash in the proxy's in-memory view, the
 connection waits in ``Tunnels``' pool for that name. ``Tunnels.open`` is what the proxy
 calls instead of dialling a backend: it takes an idle connection (from the node with the
-fewest streams in use), sends OPEN, waits for OPENED, and gives the raw transport to the
-caller's protocol -- from then on the proxy's splice pumps it like any backend socket.
+fewest streams in use), sends OPEN and gives the transport to the caller's protocol at
+once, so the client's first bytes follow OPEN without waiting for the node (the round
+trip through two event loops was most of a new stream's extra first-byte time). Until
+OPENED arrives ``TunnelConn`` still reads the transport, then steps aside: from there on
+the proxy's splice pumps it like any backend socket. A REFUSE, or a close before OPENED,
+reaches the caller's ``refused`` callback (no response byte has passed yet, so the
+proxy can still send its 502 page).
 
 Failures are cheap and bounded: a refused HELLO costs one frame and a close, a failing
 address is throttled (``FailureLimiter``) and logged once per window, pools and waiters
@@ -22,7 +27,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, TypeVar, cast
+from typing import TypeVar, cast
 
 from tunnel import wire
 from webgateway.model import Name
@@ -33,12 +38,26 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=asyncio.Protocol)
 
-#: Idle connections one name may keep in the pool (all its nodes together).
-MAX_IDLE_PER_NAME: Final = 64
-#: Clients that may wait for a pooled connection of one name at once.
-MAX_WAITERS_PER_NAME: Final = 1024
-#: Failed HELLOs one address may send per minute before it is refused unheard.
-FAILURES_PER_MINUTE: Final = 20
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """What one gateway process lets the nodes and the clients of a tunnel name hold.
+
+    ``[proxy] tunnel_*`` in the config (``webgateway.config.ProxyConfig``); the defaults:
+    64 idle connections per name is 16 nodes with the default pool of 4 (or 4 nodes of 16),
+    about 1.5 MiB of the gateway's memory at the most; 1024 waiting clients matches
+    ``max_connections_per_name``'s order, each costs a future and a timer, and waits at
+    most ``connect_timeout``; 20 failed HELLOs a minute lets a node with a stale token
+    retry (its back-off reaches 30 s) and stops a token guesser after 20 tries.
+    """
+
+    max_idle_per_name: int = 64
+    max_waiters_per_name: int = 1024
+    failures_per_minute: int = 20
+
+
+Refused = Callable[[str], None]
 
 
 class TunnelConn(asyncio.Protocol):
@@ -55,8 +74,10 @@ class TunnelConn(asyncio.Protocol):
         self.session = b""
         self.token_hash = ""
         self.last_ping = 0.0
-        self.opening: asyncio.Future[None] | None = None
-        self.early: list[bytes] = []
+        #: the proxy's protocol for this stream, once OPEN is sent; it gets the bytes after
+        #: OPENED, and ``refused`` says the node would not (or could not) open it
+        self.successor: asyncio.Protocol | None = None
+        self.refused: Refused | None = None
         self.pooled = False  # counted in its session's ``attached``
         self.timer: asyncio.TimerHandle | None = None
         self.hello_timeout = hello_timeout
@@ -82,30 +103,48 @@ class TunnelConn(asyncio.Protocol):
                 self.hub.failed(self.peer, str(e))
             self._refuse(str(e))
             return
+        successor = self.successor
         for ev in events:
             if isinstance(ev, wire.Hello):
                 self._hello(ev)
             elif ev == wire.PING:
                 self._ping()
-            elif ev == wire.OPENED:
-                # Hold the stream until the proxy's protocol takes it over (a loop turn).
-                if self.transport is not None:
-                    self.transport.pause_reading()
-                if self.opening is not None and not self.opening.done():
-                    self.opening.set_result(None)
+            elif ev == wire.OPENED and successor is not None and self.transport is not None:
+                self.transport.set_protocol(successor)  # the splice reads from here on
+            elif isinstance(ev, wire.Data) and successor is not None:
+                successor.data_received(ev.data)  # a server-first protocol spoke at once
             elif isinstance(ev, wire.Refused):
-                if self.opening is not None and not self.opening.done():
-                    self.opening.set_exception(
-                        ConnectionRefusedError(f"the node refused: {ev.reason}"))
+                self._refused(f"the node refused: {ev.reason}")
                 self._close()
-            elif isinstance(ev, wire.Data):
-                self.early.append(ev.data)  # a server-first protocol spoke at once
+
+    def _refused(self, reason: str) -> None:
+        refused, self.refused = self.refused, None
+        if refused is not None:
+            refused(reason)
+
+    # Until OPENED, flow control and EOF of the stream's transport come here: pass them on.
+    def pause_writing(self) -> None:
+        if self.successor is not None:
+            self.successor.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.successor is not None:
+            self.successor.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return None  # a TLS transport closes on EOF: connection_lost follows
 
     def _hello(self, hello: wire.Hello) -> None:
         reason = self.hub.authenticate(self, hello)
         if reason is not None:
             self.hub.failed(self.peer, reason)
             self._refuse(reason)
+            return
+        full = self.hub.full(hello.label)
+        if full is not None:  # a node with a larger pool than we keep: not a failure
+            log.debug("tunnel %s from %s: %s", hello.label, self.peer, full)
+            self._write(self.conn.full())
+            self._close()
             return
         self._write(self.conn.accept())
         self.last_ping = self.hub.loop.time()
@@ -153,9 +192,9 @@ class TunnelConn(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.hub.unpool(self)
-        fut = self.opening
-        if fut is not None and not fut.done():
-            fut.set_exception(ConnectionResetError("the tunnel connection closed"))
+        if self.successor is not None:  # lost before OPENED
+            self._refused("the tunnel connection closed before the node opened it")
+            self.successor.connection_lost(exc)
         self.gone()
 
     def gone(self) -> None:
@@ -163,17 +202,16 @@ class TunnelConn(asyncio.Protocol):
         on_gone, self.on_gone = self.on_gone, _nothing
         on_gone()
 
-    def start_open(self) -> asyncio.Future[None]:
-        """Send OPEN; the future is done when OPENED arrives."""
+    def start_open(self, successor: asyncio.Protocol, refused: Refused | None) -> None:
+        """Send OPEN and make ``successor`` the stream's protocol (it may write at once)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.opening = self.hub.loop.create_future()
-        if self.transport is None or self.transport.is_closing():
-            self.opening.set_exception(ConnectionResetError("the tunnel connection closed"))
-        else:
-            self._write(self.conn.open())
-        return self.opening
+        transport = self.transport
+        assert transport is not None
+        self.successor, self.refused = successor, refused
+        transport.write(self.conn.open())
+        successor.connection_made(transport)
 
 
 def _nothing() -> None:
@@ -194,12 +232,13 @@ class Tunnels:
     """Per name: node sessions and their idle connections; ``open`` hands one out."""
 
     def __init__(self, lookup: Callable[[str], Name | None],
-                 failures_per_minute: int = FAILURES_PER_MINUTE,
+                 limits: PoolLimits = PoolLimits(),
                  liveness: wire.Liveness = wire.LIVENESS) -> None:
         self.loop = asyncio.get_running_loop()
         self.liveness = liveness
         self.lookup = lookup
-        self.limiter = FailureLimiter(failures_per_minute)
+        self.limits = limits
+        self.limiter = FailureLimiter(limits.failures_per_minute)
         self.sessions: dict[str, dict[bytes, _Session]] = {}
         self.waiters: dict[str, collections.deque[asyncio.Future[TunnelConn]]] = {}
         self.idle_count: dict[str, int] = {}
@@ -225,9 +264,14 @@ class Tunnels:
             hash_token(hello.token), name.tunnel_token_hash
         ):
             return f"the token is not valid for {hello.label!r}"
-        if self.idle_count.get(hello.label, 0) >= MAX_IDLE_PER_NAME:
-            return f"{hello.label!r} has {MAX_IDLE_PER_NAME} idle connections already"
         tc.label, tc.session, tc.token_hash = hello.label, hello.session, name.tunnel_token_hash
+        return None
+
+    def full(self, label: str) -> str | None:
+        """Why ``label``'s pool takes no more idle connections, or None."""
+        most = self.limits.max_idle_per_name
+        if self.idle_count.get(label, 0) >= most:
+            return f"{label!r} has {most} idle connections already"
         return None
 
     def still_valid(self, tc: TunnelConn) -> bool:
@@ -297,13 +341,17 @@ class Tunnels:
         self.idle_count[label] -= 1
         return best.idle.popleft()
 
-    async def open(self, label: str, protocol_factory: Callable[[], P],
-                   timeout: float) -> tuple[asyncio.Transport, P, Callable[[], None]]:  # noqa: ASYNC109
-        """A raw stream to one of ``label``'s nodes, driving a new protocol.
+    async def open(self, label: str, protocol_factory: Callable[[], P], timeout: float,  # noqa: ASYNC109
+                   refused: Refused | None = None,
+                   ) -> tuple[asyncio.Transport, P, Callable[[], None]]:
+        """A stream to one of ``label``'s nodes, driving a new protocol; writable at once.
 
         Returns the transport, the protocol and a release callback (call it once the
         stream is done). Raises ``ConnectionRefusedError`` when no node is connected (at
-        once: no waiting on a dead name) and ``TimeoutError`` when none answers in time.
+        once: no waiting on a dead name) and ``TimeoutError`` when no pooled connection
+        frees up in time. ``refused(reason)`` is called if the node refuses the stream
+        or its connection closes before the node opened it; the protocol then sees the
+        connection lost, having received nothing.
         """
         async with asyncio.timeout(timeout):
             while True:
@@ -312,62 +360,46 @@ class Tunnels:
                     tc._refuse("the tunnel token was rotated or the name removed")
                     continue
                 if tc is None:
-                    if not self.sessions.get(label):
-                        raise ConnectionRefusedError("no tunnel connected")
-                    waiters = self.waiters.setdefault(label, collections.deque())
-                    if len(waiters) >= MAX_WAITERS_PER_NAME:
-                        raise ConnectionRefusedError("too many clients waiting for a tunnel")
-                    fut: asyncio.Future[TunnelConn] = self.loop.create_future()
-                    waiters.append(fut)
-                    try:
-                        tc = await fut
-                    except BaseException:
-                        if fut.done() and not fut.cancelled() and fut.exception() is None:
-                            self._offer(fut.result())  # handed to us as we gave up
-                        raise
-                    finally:
-                        if not fut.done():
-                            fut.cancel()
-                        with contextlib.suppress(ValueError):
-                            waiters.remove(fut)
-                s = self._session(tc)
-                s.active += 1
-                try:
-                    await tc.start_open()
-                except ConnectionError as e:
-                    s.active -= 1
-                    self._prune(tc.label, tc.session)
-                    log.debug("tunnel %s: a pooled connection failed to open: %s", label, e)
-                    if isinstance(e, ConnectionRefusedError):
-                        raise  # the node is up but its backend refused: like a TCP refusal
-                    continue  # that connection died: the next one, at once
-                except BaseException:
-                    s.active -= 1
-                    if tc.transport is not None:
-                        tc.transport.abort()
-                    raise
-                try:
-                    return self._hand_over(tc, s, protocol_factory)
-                except ConnectionResetError:
-                    continue
+                    tc = await self._wait(label)
+                opened = self._hand_over(tc, protocol_factory, refused)
+                if opened is not None:
+                    return opened
 
-    def _hand_over(self, tc: TunnelConn, s: _Session, protocol_factory: Callable[[], P],
-                   ) -> tuple[asyncio.Transport, P, Callable[[], None]]:
+    async def _wait(self, label: str) -> TunnelConn:
+        """The next connection a node of ``label`` pools (none now, but a node is there)."""
+        if not self.sessions.get(label):
+            raise ConnectionRefusedError("no tunnel connected")
+        waiters = self.waiters.setdefault(label, collections.deque())
+        if len(waiters) >= self.limits.max_waiters_per_name:
+            raise ConnectionRefusedError("too many clients waiting for a tunnel")
+        fut: asyncio.Future[TunnelConn] = self.loop.create_future()
+        waiters.append(fut)
+        try:
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._offer(fut.result())  # handed to us as we gave up
+            raise
+        finally:
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                waiters.remove(fut)
+
+    def _hand_over(self, tc: TunnelConn, protocol_factory: Callable[[], P],
+                   refused: Refused | None,
+                   ) -> tuple[asyncio.Transport, P, Callable[[], None]] | None:
+        """OPEN on ``tc`` for a new protocol; None when ``tc`` turned out to be closing."""
         transport = tc.transport
         assert transport is not None
         self.unpool(tc)
-        tc.gone()  # the client's connection is counted from here on, not this one
         if transport.is_closing():
-            s.active -= 1
-            self._prune(tc.label, tc.session)
-            raise ConnectionResetError("the tunnel connection closed while opening")
+            return None  # its connection_lost is on the way: the next one, at once
+        s = self._session(tc)
+        s.active += 1
+        tc.gone()  # the client's connection is counted from here on, not this one
         protocol = protocol_factory()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        for data in tc.early:
-            protocol.data_received(data)
-        tc.early.clear()
-        transport.resume_reading()
+        tc.start_open(protocol, refused)
         released = False
 
         def release() -> None:

@@ -1,12 +1,21 @@
 """The node's side (``webgateway tunnel``): keep idle connections at every gateway, serve them.
 
-For each gateway the node keeps ``pool`` connections dialled, authenticated and idle
-(pinging, see ``wire.Liveness``). When the gateway OPENs one for a client, the node
-connects it to ``--to``, answers OPENED and splices the two (the proxy's own byte pump,
-so back-pressure works the same way: a slow side pauses reading on the other), and a
-replacement is dialled at once. A connection that fails or is lost is redialled after a
-jittered exponential back-off capped at 30 s, forever: a gateway restart, a network
-outage or a refused token never needs the node to be restarted.
+For each gateway the node keeps up to ``pool`` connections dialled, authenticated and
+idle (pinging, see ``wire.Liveness``). When the gateway OPENs one for a client, the
+client's bytes follow at once; the node connects to ``--to`` meanwhile (holding those
+bytes), answers OPENED and splices the two (the proxy's own byte pump, so back-pressure
+works the same way: a slow side pauses reading on the other).
+
+Replacements are dialled ahead of demand, not per stream: when the spare connections
+(idle + being dialled) fall below ``low_water`` the node tops the pool up to ``pool`` in
+one go, after the stream that took it has its backend (or at once when none is left).
+So most streams find a connection waiting and no TLS handshake of a replacement on the
+same cores. A link that served nothing for ``shrink_after`` seconds keeps one idle
+connection (each costs the gateway ~20 KiB); its next stream tops it up again.
+
+A connection that fails or is lost is redialled after a jittered exponential back-off
+capped at 30 s, forever: a gateway restart, a network outage or a refused token never
+needs the node to be restarted.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import Final, cast
 from proxy.splice import Splice
 from tunnel import wire
 from tunnel.backoff import Backoff
+from tunnel.pool import Pool
 from tunnel.settings import Endpoint, NodeSettings
 
 log = logging.getLogger(__name__)
@@ -30,7 +40,8 @@ STREAM_IDLE: Final = 3600.0
 
 
 class Outcome(enum.Enum):
-    TAKEN = "taken"  # the gateway opened it for a client: dial a replacement now
+    TAKEN = "taken"  # the gateway opened it for a client: the slot waits for a refill
+    PARKED = "parked"  # closed by us (a quiet link) or turned away (the gateway is full)
     LOST = "lost"  # closed, refused or timed out: back off, then dial again
 
 
@@ -79,6 +90,8 @@ class NodeConn(asyncio.Protocol):
         self.last_pong = 0.0
         self.last_ping = 0.0
         self.accepted = False
+        self.park = False  # closed by us or turned away: the slot waits for a refill
+        self.stream: Splice | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -112,9 +125,14 @@ class NodeConn(asyncio.Protocol):
             if ev == wire.ACCEPTED:
                 self.accepted = True
                 self._keep_session()
-                self.link.accepted()
+                self.link.accepted(self)
                 self.last_pong = self.last_ping = self.link.loop.time()
                 self._arm()
+            elif ev == wire.FULL:
+                log.debug("gateway %s keeps no more idle connections for %s: one fewer",
+                          self.link.gateway, self.link.settings.name)
+                self.park = True
+                self._close()
             elif ev == wire.PONG:
                 self.last_pong = self.link.loop.time()
             elif isinstance(ev, wire.Refused):
@@ -122,7 +140,10 @@ class NodeConn(asyncio.Protocol):
                 self._close()
             elif ev == wire.OPEN:
                 self._cancel_timer()
-                self.link.spawn(self._open())
+                self.stream = self._stream()
+                self.link.spawn(self._open(self.stream))
+            elif isinstance(ev, wire.Data) and self.stream is not None:
+                self.stream.client.data_received(ev.data)  # the client's first bytes
 
     def _keep_session(self) -> None:
         """Remember the session for the next dial (its ticket has arrived by now)."""
@@ -153,26 +174,36 @@ class NodeConn(asyncio.Protocol):
             self.transport.write(self.conn.ping())
         self._arm()
 
-    async def _open(self) -> None:
+    def _stream(self) -> Splice:
+        """The stream's splice, its tunnel side reading from now on (bytes wait in it)."""
+        transport = self.transport
+        assert transport is not None
+        self.link.taken(self)
+        sp = Splice(self.link.loop, STREAM_IDLE, self.link.streams.discard)
+        self.link.streams.add(sp)
+        sp.client.half_close = False  # the tunnel side is TLS: no half-close
+        transport.set_protocol(sp.client)
+        sp.client.connection_made(transport)
+        return sp
+
+    async def _open(self, sp: Splice) -> None:
         """Connect the backend; then OPENED and the splice, or REFUSE with the reason.
 
-        Only then is the replacement dialled: its TLS handshake would otherwise compete
-        for the CPU with this stream's OPENED on both ends (measured in-process: the
+        Only then may replacements be dialled: their TLS handshakes would otherwise
+        compete for the CPU with this stream on both ends (measured in-process: the
         gateway waited 3.0 ms for OPENED at the median, 1.0 ms once the dial came after).
         """
         try:
-            await self._connect_backend()
+            await self._connect_backend(sp)
         finally:
             self._finish(Outcome.TAKEN)
+            self.link.refill()
 
-    async def _connect_backend(self) -> None:
+    async def _connect_backend(self, sp: Splice) -> None:
         transport = self.transport
         assert transport is not None
         to = self.link.settings.to
         loop = self.link.loop
-        sp = Splice(loop, STREAM_IDLE, self.link.streams.discard)
-        self.link.streams.add(sp)
-        sp.client.half_close = False  # the tunnel side is TLS: no half-close
         try:
             async with asyncio.timeout(self.link.settings.connect_timeout):
                 await loop.create_connection(lambda: sp.backend, to.host, to.port)
@@ -185,14 +216,17 @@ class NodeConn(asyncio.Protocol):
                 transport.write(self.conn.refuse(reason))
                 transport.close()
             return
-        if transport.is_closing():
+        if sp.client.closed:
             sp.backend.close()
             sp.finish()
             return
         transport.write(self.conn.opened())
-        transport.set_protocol(sp.client)
-        sp.client.connection_made(transport)
         sp.link()
+
+    def shrink(self) -> None:
+        """Close this idle connection: the link is quiet and keeps fewer."""
+        self.park = True
+        self._close()
 
     def _finish(self, outcome: Outcome) -> None:
         if not self.done.done():
@@ -204,7 +238,8 @@ class NodeConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        self._finish(Outcome.LOST)
+        self.link.lost(self)
+        self._finish(Outcome.PARKED if self.park else Outcome.LOST)
 
 
 class GatewayLink:
@@ -223,6 +258,10 @@ class GatewayLink:
         self.backoff = Backoff()
         self.healthy = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pool = Pool(settings.pool, settings.low_water, settings.shrink_after,
+                         last_take=self.loop.time())
+        self.idle: set[NodeConn] = set()
+        self.tickets = asyncio.Semaphore(0)  # one per parked slot sent dialling
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
@@ -235,17 +274,40 @@ class GatewayLink:
         log.log(level, "gateway %s: %s", self.gateway, what)
         self.healthy = False
 
-    def accepted(self) -> None:
+    def accepted(self, conn: NodeConn) -> None:
         self.backoff.reset()
+        self.idle.add(conn)
+        self.pool.accepted()
         if not self.healthy:
             log.info("gateway %s: tunnel for %s is up", self.gateway, self.settings.name)
         self.healthy = True
+
+    def taken(self, conn: NodeConn) -> None:
+        """The gateway opened ``conn``: dial now only if nothing is spare."""
+        self.idle.discard(conn)
+        self.pool.taken(self.loop.time())
+        if self.pool.spare == 0:
+            self.refill()
+
+    def lost(self, conn: NodeConn) -> None:
+        if conn in self.idle:
+            self.idle.discard(conn)
+            self.pool.lost(conn.park)
+        elif conn.park:
+            self.pool.turned_away()
+
+    def refill(self) -> None:
+        for _ in range(self.pool.refill()):
+            self.tickets.release()
 
     async def run(self) -> None:
         for _ in range(self.settings.pool):
             self.spawn(self._slot())
         try:
-            await asyncio.Future()  # until cancelled
+            while True:
+                await asyncio.sleep(self.settings.shrink_after / 4 or 3600)
+                for conn in list(self.idle)[: self.pool.surplus(self.loop.time())]:
+                    conn.shrink()
         finally:
             for task in list(self.tasks):
                 task.cancel()
@@ -253,11 +315,12 @@ class GatewayLink:
     async def _slot(self) -> None:
         while True:
             outcome = await self._one()
-            if outcome is Outcome.TAKEN:
-                continue
-            delay = self.backoff.next()
-            log.debug("gateway %s: dialling again in %.2f s", self.gateway, delay)
-            await asyncio.sleep(delay)
+            if outcome is Outcome.LOST:
+                delay = self.backoff.next()
+                log.debug("gateway %s: dialling again in %.2f s", self.gateway, delay)
+                await asyncio.sleep(delay)
+            else:
+                await self.tickets.acquire()  # parked until a refill
 
     async def _one(self) -> Outcome:
         done: asyncio.Future[Outcome] = self.loop.create_future()

@@ -6,17 +6,21 @@ stream carrying exactly one client connection::
 
     node                         gateway
     HELLO(label, token, session) ->
-                                 <- ACCEPT | REFUSE(reason)
+                                 <- ACCEPT | FULL | REFUSE(reason)
     PING ->  (every few seconds while idle)
                                  <- PONG
-                                 <- OPEN      (a client arrived for the name)
+                                 <- OPEN + raw bytes (a client arrived for the name)
     OPENED | REFUSE(reason) ->   (the node connected to its backend, or could not)
     raw bytes <-> raw bytes      (PROXY v2 header first when the name asks for it)
 
-The gateway sends nothing after OPEN until OPENED arrives, and the node sends nothing
-after OPENED but raw bytes, so neither side ever has to tell a frame from data. Frames
-are small and bounded (``MAX_PAYLOAD``); anything else is a ``ProtocolError`` that the
-shell answers with REFUSE and a close.
+The gateway does not wait for OPENED: the client's first bytes follow OPEN at once, so a
+new stream costs no round trip through the two event loops (version 2; version 1 waited).
+After OPEN the gateway sends only raw bytes, and the node sends nothing after OPENED but
+raw bytes, so neither side ever has to tell a frame from data; until OPENED the gateway
+still reads frames, so a REFUSE (the node cannot reach its backend) comes before any
+response byte and the proxy can still answer the client with its 502 page. Frames are
+small and bounded (``MAX_PAYLOAD``); anything else is a ``ProtocolError`` that the shell
+answers with REFUSE and a close.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Final, Never
 from webgateway.dnsname import LABEL_FORM
 
 ALPN: Final = "webgateway-tunnel/1"
-VERSION: Final = 1
+VERSION: Final = 2
 #: The largest frame payload either side accepts (a HELLO is under 300 bytes).
 MAX_PAYLOAD: Final = 512
 SESSION_BYTES: Final = 16
@@ -48,6 +52,7 @@ class Kind(enum.IntEnum):
     PONG = 5
     OPEN = 6
     OPENED = 7
+    FULL = 8  # the token is good, but the name's pool is full: do not dial again soon
 
 
 class Role(enum.Enum):
@@ -59,7 +64,7 @@ class State(enum.Enum):
     HELLO = "hello"  # node: before sending HELLO; gateway: waiting for it
     AUTH = "auth"  # node: HELLO sent; gateway: HELLO received, not answered yet
     IDLE = "idle"  # accepted, pooled, heartbeating
-    OPENING = "opening"  # OPEN sent/received, OPENED not yet
+    OPENING = "opening"  # OPEN sent/received, OPENED not yet (the node reads raw bytes)
     RAW = "raw"  # a byte stream from now on
     CLOSED = "closed"  # REFUSE sent or received, or a protocol error
 
@@ -102,7 +107,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """A frame without payload: ACCEPT, PING, PONG, OPEN or OPENED."""
+    """A frame without payload: ACCEPT, FULL, PING, PONG, OPEN or OPENED."""
 
     kind: Kind
 
@@ -112,6 +117,7 @@ PING: Final = Signal(Kind.PING)
 PONG: Final = Signal(Kind.PONG)
 OPEN: Final = Signal(Kind.OPEN)
 OPENED: Final = Signal(Kind.OPENED)
+FULL: Final = Signal(Kind.FULL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +153,8 @@ def decode_hello(p: bytes) -> Hello:
     if len(p) < 2:
         raise ProtocolError("HELLO is too short")
     if p[0] != VERSION:
-        raise ProtocolError(f"tunnel protocol version {p[0]} is not supported (want {VERSION})")
+        raise ProtocolError(f"tunnel protocol version {p[0]} is not supported (want {VERSION}):"
+                            " run the gateway's webgateway version on the node")
     n = p[1]
     label_end = 2 + n
     if len(p) < label_end + 1:
@@ -180,7 +187,8 @@ _RECEIVE: Final[dict[tuple[Role, State], dict[Kind, State]]] = {
     # a PING may cross our OPEN on the wire; it is dropped
     (Role.GATEWAY, State.OPENING): {Kind.PING: State.OPENING, Kind.OPENED: State.RAW,
                                     Kind.REFUSE: State.CLOSED},
-    (Role.NODE, State.AUTH): {Kind.ACCEPT: State.IDLE, Kind.REFUSE: State.CLOSED},
+    (Role.NODE, State.AUTH): {Kind.ACCEPT: State.IDLE, Kind.FULL: State.CLOSED,
+                              Kind.REFUSE: State.CLOSED},
     (Role.NODE, State.IDLE): {Kind.PONG: State.IDLE, Kind.OPEN: State.OPENING,
                               Kind.REFUSE: State.CLOSED},
 }
@@ -195,15 +203,23 @@ class Connection:
         self._buf = bytearray()
 
     # ------------------------------------------------------------------ receiving
+    def _raw_in(self) -> bool:
+        """Whether what arrives now is the stream's bytes, not frames."""
+        return self.state is State.RAW or (self.state is State.OPENING
+                                           and self.role is Role.NODE)
+
+    def _framing(self) -> bool:
+        return not self._raw_in() and self.state is not State.CLOSED
+
     def receive(self, data: bytes) -> list[Event]:
         """Events in ``data``; raises ``ProtocolError`` (state becomes CLOSED)."""
-        if self.state is State.RAW:
+        if self._raw_in():
             return [Data(data)] if data else []
         if self.state is State.CLOSED:
             return []
         self._buf += data
         events: list[Event] = []
-        while self.state not in (State.RAW, State.CLOSED) and len(self._buf) >= _HEADER.size:
+        while self._framing() and len(self._buf) >= _HEADER.size:
             kind, length = _HEADER.unpack_from(self._buf)
             if length > MAX_PAYLOAD:
                 self._fail(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
@@ -214,8 +230,7 @@ class Connection:
             ev = self._frame(kind, payload)
             if ev is not None:
                 events.append(ev)
-        state: State = self.state  # the frames above may have changed it
-        if state is State.RAW and self._buf:
+        if self._raw_in() and self._buf:  # the frames above may have changed the state
             events.append(Data(bytes(self._buf)))
             self._buf.clear()
         elif len(self._buf) > _HEADER.size + MAX_PAYLOAD:
@@ -268,6 +283,11 @@ class Connection:
         self._expect(Role.GATEWAY, State.AUTH)
         self.state = State.IDLE
         return frame(Kind.ACCEPT)
+
+    def full(self) -> bytes:
+        self._expect(Role.GATEWAY, State.AUTH)
+        self.state = State.CLOSED
+        return frame(Kind.FULL)
 
     def ping(self) -> bytes:
         self._expect(Role.NODE, State.IDLE)

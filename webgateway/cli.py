@@ -262,7 +262,8 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
 
     flags = {"gateway": args.gateway, "name": args.name, "token": args.token,
              "token_file": args.token_file, "to": args.to, "ca": args.ca,
-             "server_name": args.server_name, "pool": args.pool}
+             "server_name": args.server_name, "pool": args.pool,
+             "low_water": args.low_water, "shrink_after": args.shrink_after}
     settings = load(flags, args.config)
     configure_logging(LogConfig(level=args.log_level))
     _run_async(run_node(settings))
@@ -634,7 +635,13 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--ca", help="trust this CA file for the gateway (default: system roots)")
     tu.add_argument("--server-name", metavar="ZONE",
                     help="TLS server name (the gateway's zone) when --gateway is an address")
-    tu.add_argument("--pool", type=int, help="idle connections kept per gateway (default 2)")
+    tu.add_argument("--pool", type=int,
+                    help="idle connections kept per gateway, at most (default 4)")
+    tu.add_argument("--low-water", type=int, metavar="N",
+                    help="top the pool up when fewer than N are spare (default 2)")
+    tu.add_argument("--shrink-after", type=float, metavar="SECONDS",
+                    help="keep one idle connection after this long without a stream"
+                         " (default 60; 0: never)")
     tu.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     tu.set_defaults(func=cmd_tunnel)
 

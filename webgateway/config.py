@@ -110,6 +110,10 @@ class ProxyConfig:
     max_connections: int = 10000
     max_connections_per_name: int = 1000
     catch_all: HostPort | None = None
+    # reverse tunnels (per process; see tunnel.gateway.PoolLimits for why these defaults)
+    tunnel_max_idle_per_name: int = 64
+    tunnel_max_waiters_per_name: int = 1024
+    tunnel_failures_per_minute: int = 20
 
 
 @dataclass(frozen=True)
@@ -492,6 +496,9 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "max_connections": (_int(1, 1_000_000), False),
         "max_connections_per_name": (_int(1, 1_000_000), False),
         "catch_all": (_catch_all, False),
+        "tunnel_max_idle_per_name": (_int(1, 4096), False),
+        "tunnel_max_waiters_per_name": (_int(0, 1_000_000), False),
+        "tunnel_failures_per_minute": (_int(1, 100_000), False),
     },
     "api": {
         "listen": (_hostport, False),

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.service import ProxyService
 from tests.integration.proxy_harness import BackendServer, Gateway, curl, fqdn, gateway
-from tests.support import ZONE
+from tests.support import ZONE, free_port
 from tunnel import wire
 from webgateway.tokens import hash_token
 
@@ -75,12 +75,12 @@ async def status(gw: Gateway, label: str = "hidden", path: str = "/") -> tuple[i
 
 
 @contextlib.asynccontextmanager
-async def tunnel_gateway(tmp: Path, **name_kw: Any,
+async def tunnel_gateway(tmp: Path, proxy: dict[str, Any] | None = None, **name_kw: Any,
                          ) -> AsyncIterator[tuple[Gateway, BackendServer]]:
     backend = BackendServer("hidden-backend", "127.0.0.1")
     await backend.start()
     try:
-        async with gateway(tmp) as gw:
+        async with gateway(tmp, **(proxy or {})) as gw:
             await gw.certificate("zone", f"*.{ZONE}", ZONE)
             await gw.name("hidden", tunnel=True, tunnel_token_hash=hash_token(TOKEN), **name_kw)
             yield gw, backend
@@ -106,7 +106,9 @@ async def test_served_through_the_tunnel_kill_and_restart(
         assert (code, body) == (200, b"hidden-backend /through\n")
         assert gw.proxy.engine.tunnels is not None
         assert gw.proxy.engine.tunnels.connected("hidden") == 1
-        assert "TLS session resumed" in node.output()  # replacements resume, no full handshake
+        for _ in range(3):  # the pool of 4 falls below its low-water mark of 2: a refill
+            assert (await status(gw))[0] == 200
+        await until(lambda: _has(node, "TLS session resumed"), 5)  # refills resume TLS
         # the node crashes: 502 within a second
         await node.kill()
         took = await until(lambda: _code(gw, 502), 1.0, 0.02)
@@ -478,3 +480,72 @@ async def test_a_tunnel_name_falls_back_to_its_ordinary_backends(tmp_path: Path)
                 await node.kill()
     finally:
         await fallback.close()
+
+
+def _idle(gw: Gateway, n: int) -> Any:
+    async def probe() -> bool:
+        assert gw.proxy.engine.tunnels is not None
+        return gw.proxy.engine.tunnels.idle_count.get("hidden", 0) == n
+    return probe
+
+
+async def test_pool_tops_up_below_its_low_water_mark_and_shrinks_when_quiet(
+        tgw: tuple[Gateway, BackendServer]) -> None:
+    gw, backend = tgw
+    node = Node(gw, backend.addr, "--pool", "4", "--low-water", "2", "--shrink-after", "1")
+    await node.start()
+    try:
+        await until(_idle(gw, 4), 10)
+        tunnels = gw.proxy.engine.tunnels
+        assert tunnels is not None
+        seen = []
+        for _ in range(2):
+            assert (await status(gw))[0] == 200
+            seen.append(tunnels.idle_count["hidden"])
+        assert seen == [3, 2]  # above the low-water mark: no dial per stream
+        assert (await status(gw))[0] == 200  # the third goes below it: a batch of 3
+        await until(_idle(gw, 4), 5, 0.01)
+        await until(_idle(gw, 1), 5)  # a quiet second: one idle connection is kept
+        assert (await status(gw))[0] == 200  # it serves the next client and refills
+        await until(_idle(gw, 4), 5, 0.01)
+    finally:
+        await node.kill()
+
+
+async def test_the_gateway_keeps_at_most_its_idle_cap_and_the_node_is_not_throttled(
+        tmp_path: Path) -> None:
+    async with tunnel_gateway(tmp_path, {"tunnel_max_idle_per_name": 2,
+                                         "tunnel_failures_per_minute": 1}) as (gw, backend):
+        node = Node(gw, backend.addr, "--pool", "4")
+        await node.start()
+        try:
+            await until(_idle(gw, 2), 10)
+            await until(lambda: _has(node, "keeps no more idle connections for hidden"), 5)
+            for _ in range(4):  # refused for the cap, but never throttled for it
+                assert (await status(gw))[0] == 200
+            await until(_idle(gw, 2), 5)
+        finally:
+            await node.kill()
+
+
+async def test_a_node_whose_backend_is_down_gets_the_502_page(
+        tgw: tuple[Gateway, BackendServer]) -> None:
+    gw, _ = tgw
+    closed = free_port()  # nothing listens there
+    node = Node(gw, f"127.0.0.1:{closed}")
+    await node.start()
+    try:
+        await until(_connected(gw, 1), 10)
+        for _ in range(3):  # the client's request went ahead of OPENED, the page still comes
+            code, body = await status(gw)
+            assert code == 502 and b"No backend is reachable" in body
+        assert "cannot connect to 127.0.0.1" in node.output()
+        await until(lambda: _no_splices(gw), 5)  # every stream and its slot released
+        assert gw.proxy.engine.tunnels is not None
+        assert all(s.active == 0 for s in gw.proxy.engine.tunnels.sessions["hidden"].values())
+    finally:
+        await node.kill()
+
+
+async def _no_splices(gw: Gateway) -> bool:
+    return not gw.proxy.engine.splices

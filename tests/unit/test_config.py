@@ -88,7 +88,24 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"api": {"domain_claim_ttl": -3600}}, "api.domain_claim_ttl", "between"),
     ({"api": {"domain_claim_ttl": True}}, "api.domain_claim_ttl", "expected a duration"),
     ({"bogus": {}}, "bogus", "unknown section"),
+    ({"proxy": {"tunnel_max_idle_per_name": 0}}, "proxy.tunnel_max_idle_per_name", "between"),
+    ({"proxy": {"tunnel_max_waiters_per_name": "9"}}, "proxy.tunnel_max_waiters_per_name",
+     "integer"),
+    ({"proxy": {"tunnel_failures_per_minute": 0}}, "proxy.tunnel_failures_per_minute",
+     "between"),
 ]
+
+
+def test_tunnel_limits_have_defaults_and_can_be_tuned(tmp_path: Path) -> None:
+    p = parse_config(raw_config(tmp_path), tmp_path).proxy
+    assert (p.tunnel_max_idle_per_name, p.tunnel_max_waiters_per_name,
+            p.tunnel_failures_per_minute) == (64, 1024, 20)
+    doc = raw_config(tmp_path)
+    doc["proxy"].update(tunnel_max_idle_per_name=8, tunnel_max_waiters_per_name=0,
+                        tunnel_failures_per_minute=5)
+    p = parse_config(doc, tmp_path).proxy
+    assert (p.tunnel_max_idle_per_name, p.tunnel_max_waiters_per_name,
+            p.tunnel_failures_per_minute) == (8, 0, 5)
 
 
 @pytest.mark.parametrize(

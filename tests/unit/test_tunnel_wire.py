@@ -25,12 +25,33 @@ def test_full_exchange_then_raw_bytes() -> None:
     assert node.receive(gw.accept()) == [wire.ACCEPTED]
     assert gw.receive(node.ping()) == [wire.PING]
     assert node.receive(gw.pong()) == [wire.PONG]
-    assert node.receive(gw.open()) == [wire.OPEN]
-    # OPENED and the first raw bytes may share one read
+    # the client's first bytes follow OPEN at once, in the same read or the next ones
+    assert node.receive(gw.open() + b"GET / HTTP/1.1\r\n") == [
+        wire.OPEN, wire.Data(b"GET / HTTP/1.1\r\n")]
+    assert node.receive(b"\x06\x00\x00") == [wire.Data(b"\x06\x00\x00")]  # looks like OPEN
+    assert node.receive(b"\x03\x00\x01x") == [wire.Data(b"\x03\x00\x01x")]  # like REFUSE
+    # the gateway reads frames until OPENED; OPENED and the first raw bytes may share a read
     assert gw.receive(node.opened() + b"\x03\x00\x05SSH-2.0") == [
         wire.OPENED, wire.Data(b"\x03\x00\x05SSH-2.0")]
     assert gw.receive(b"\x01\x02") == [wire.Data(b"\x01\x02")]
-    assert node.receive(b"\x06\x00\x00") == [wire.Data(b"\x06\x00\x00")]  # looks like OPEN
+    assert gw.state is node.state is wire.State.RAW
+
+
+def test_a_full_pool_turns_a_good_hello_away() -> None:
+    node, gw = pair()
+    gw.receive(node.hello("alice", "tok", SESSION))
+    assert node.receive(gw.full()) == [wire.FULL]
+    assert gw.state is node.state is wire.State.CLOSED
+
+
+def test_gateway_reads_frames_until_opened() -> None:
+    node, gw = pair()
+    gw.receive(node.hello("alice", "tok", SESSION))
+    node.receive(gw.accept())
+    gw.open()
+    with pytest.raises(wire.ProtocolError, match="exceeds"):
+        gw.receive(b"HTTP/1.1 200 OK\r\n")  # a node answering before OPENED
+    assert gw.state is wire.State.CLOSED
 
 
 def test_frames_split_byte_by_byte() -> None:
@@ -67,12 +88,13 @@ def test_node_refusal_while_opening() -> None:
         (b"\x01\xff\xff", "exceeds"),  # oversized frame header
         (b"\x09\x00\x00", "unknown frame kind"),
         (b"\x04\x00\x00", "not expected"),  # PING before HELLO
-        (b"\x01\x00\x02\x02\x00", "not supported"),  # version 2
-        (b"\x01\x00\x03\x01\x05a", "too short"),
-        (wire.frame(wire.Kind.HELLO, b"\x01\x01A\x01t" + SESSION), "no valid label"),
-        (wire.frame(wire.Kind.HELLO, b"\x01\x01a\x01\x00" + SESSION), "no valid token"),
-        (wire.frame(wire.Kind.HELLO, b"\x01\x01a\x01t" + SESSION[:3]), "wrong length"),
-        (wire.frame(wire.Kind.HELLO, b"\x01\x01\xff\x01t" + SESSION), "non-ASCII"),
+        (b"\x01\x00\x02\x01\x00", "version 1 is not supported"),  # waited for OPENED
+        (b"\x01\x00\x02\x03\x00", "not supported"),
+        (b"\x01\x00\x03\x02\x05a", "too short"),
+        (wire.frame(wire.Kind.HELLO, b"\x02\x01A\x01t" + SESSION), "no valid label"),
+        (wire.frame(wire.Kind.HELLO, b"\x02\x01a\x01\x00" + SESSION), "no valid token"),
+        (wire.frame(wire.Kind.HELLO, b"\x02\x01a\x01t" + SESSION[:3]), "wrong length"),
+        (wire.frame(wire.Kind.HELLO, b"\x02\x01\xff\x01t" + SESSION), "non-ASCII"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "exceeds"),  # a browser
     ],
 )
