@@ -61,7 +61,15 @@ Refused = Callable[[str], None]
 
 
 class TunnelConn(asyncio.Protocol):
-    """One node connection on the gateway, from HELLO until it is handed out or closed."""
+    """One node connection on the gateway, from HELLO until it is handed out or closed.
+
+    Slotted, and without a timer of its own once pooled (``Tunnels`` sweeps them all):
+    a gateway holds thousands of these idle.
+    """
+
+    __slots__ = ("conn", "hello_timeout", "hub", "label", "last_ping", "on_gone", "peer",
+                 "pooled", "refused", "session", "successor", "timer", "token_hash",
+                 "transport")
 
     def __init__(self, hub: Tunnels, peer: str, on_gone: Callable[[], None],
                  hello_timeout: float) -> None:
@@ -146,29 +154,23 @@ class TunnelConn(asyncio.Protocol):
             self._write(self.conn.full())
             self._close()
             return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self._write(self.conn.accept())
         self.last_ping = self.hub.loop.time()
         self.hub.pool(self)
-        self._arm()
 
-    def _arm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.hub.loop.call_later(self.hub.liveness.check_every, self._check)
-
-    def _check(self) -> None:
-        self.timer = None
+    def check(self, now: float) -> None:
+        """Drop this connection if it is idle and silent, or its token no longer holds."""
         if self.conn.state is not wire.State.IDLE:
             return
-        if self.hub.loop.time() - self.last_ping > self.hub.liveness.dead_after:
+        if now - self.last_ping > self.hub.liveness.dead_after:
             log.info("tunnel %s from %s: silent for %.0f s, dropped", self.label, self.peer,
                      self.hub.liveness.dead_after)
             self._close()
-            return
-        if not self.hub.still_valid(self):
+        elif not self.hub.still_valid(self):
             self._refuse("the tunnel token was rotated or the name removed")
-            return
-        self._arm()
 
     def _ping(self) -> None:
         self.last_ping = self.hub.loop.time()
@@ -204,9 +206,6 @@ class TunnelConn(asyncio.Protocol):
 
     def start_open(self, successor: asyncio.Protocol, refused: Refused | None) -> None:
         """Send OPEN and make ``successor`` the stream's protocol (it may write at once)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         transport = self.transport
         assert transport is not None
         self.successor, self.refused = successor, refused
@@ -243,6 +242,14 @@ class Tunnels:
         self.waiters: dict[str, collections.deque[asyncio.Future[TunnelConn]]] = {}
         self.idle_count: dict[str, int] = {}
         self.live: set[TunnelConn] = set()  # every connection not handed out yet
+        self._sweeper = self.loop.call_later(liveness.check_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Every ``check_every``: the liveness and token checks of every idle connection."""
+        now = self.loop.time()
+        for tc in list(self.live):
+            tc.check(now)
+        self._sweeper = self.loop.call_later(self.liveness.check_every, self._sweep)
 
     # ------------------------------------------------------------------ admission
     def throttled(self, peer: str) -> bool:
@@ -412,6 +419,7 @@ class Tunnels:
         return transport, protocol, release
 
     def close_all(self) -> None:
+        self._sweeper.cancel()
         for tc in list(self.live):
             if tc.transport is not None:
                 tc.transport.abort()

@@ -197,6 +197,8 @@ _RECEIVE: Final[dict[tuple[Role, State], dict[Kind, State]]] = {
 class Connection:
     """One side of one tunnel connection. Feed it bytes; ask it for bytes to send."""
 
+    __slots__ = ("_buf", "role", "state")
+
     def __init__(self, role: Role) -> None:
         self.role = role
         self.state = State.HELLO
