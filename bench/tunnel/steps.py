@@ -111,14 +111,15 @@ async def backend(port: int) -> None:
         await srv.serve_forever()
 
 
-def client(port: int, ca: Path, n: int) -> list[tuple[int, int, int]]:
+def client(port: int, ca: Path, n: int, host: str = "viatunnel.gw.test",
+           ) -> list[tuple[int, int, int]]:
     ctx = ssl.create_default_context(cafile=str(ca))
-    req = b"GET /1k HTTP/1.1\r\nHost: viatunnel.gw.test\r\nConnection: close\r\n\r\n"
+    req = f"GET /1k HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     out = []
     for _ in range(n):
         t0 = now()
         with socket.create_connection(("127.0.0.1", port)) as raw, \
-                ctx.wrap_socket(raw, server_hostname="viatunnel.gw.test") as s:
+                ctx.wrap_socket(raw, server_hostname=host) as s:
             t1 = now()
             s.sendall(req)
             s.recv(1)
@@ -154,11 +155,14 @@ def report(samples: list[tuple[int, int, int]], g: dict[str, list[int]],
     steps = [
         ("client TLS handshake with the proxy", "c0", "c_tls"),
         ("proxy: handshake done -> tunnel open() called", "c_tls", "g_open_called"),
+        ("request at the gateway", "c_tls", "g_first_other"),
         ("gateway: open() -> OPEN written", "g_open_called", "g_open_tx"),
         ("OPEN gateway -> node (TLS, two loops)", "g_open_tx", "n_open_rx"),
         ("node: OPEN -> backend connected", "n_open_rx", "n_backend_connected"),
         ("OPENED node -> gateway", "n_backend_connected", "g_opened_rx"),
         ("request: first tunnel bytes at the node", "c_tls", "n_first_tunnel"),
+        ("request gateway -> node", "g_first_other", "n_first_tunnel"),
+        ("node: request -> backend connected", "n_first_tunnel", "n_backend_connected"),
         ("node: request -> backend's first byte", "n_first_tunnel", "n_first_other"),
         ("response node -> gateway", "n_first_other", "g_first_tunnel"),
         ("gateway -> client's first byte", "g_first_tunnel", "c_first"),
@@ -169,9 +173,10 @@ def report(samples: list[tuple[int, int, int]], g: dict[str, list[int]],
     for c0, c_tls, c_first in samples:
         t = {"c0": c0, "c_tls": c_tls, "c_first": c_first}
         for src, k in ((g, "g_open_called"), (g, "g_open_tx"), (g, "g_opened_rx"),
+                       (g, "g_first_other"),
                        (g, "g_first_tunnel"), (nd, "n_open_rx"), (nd, "n_backend_connected"),
                        (nd, "n_first_tunnel"), (nd, "n_first_other")):
-            v = after(src.get(k, []), c_tls)
+            v = after(src.get(k, []), c0)  # the gateway may finish its handshake first
             if v is not None and v <= c_first + 50_000_000:
                 t[k] = v
         for label, a, b in steps:
@@ -218,6 +223,8 @@ def main(n: int) -> None:
         time.sleep(0.5)
         samples = client(https, state / "ca.pem", n)
         time.sleep(0.3)
+        direct = sorted((c - t) / 1e6 for _, t, c in client(https, state / "ca.pem", n,
+                                                              "direct.gw.test"))
         for p, f in ((gw, "g.events"), (node, "n.events")):
             p.send_signal(signal.SIGUSR1)
             for _ in range(100):
@@ -229,6 +236,8 @@ def main(n: int) -> None:
         print(f"# {n} new connections one after the other; load average "
               f"{os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
         report(samples, events(state / "g.events"), events(state / "n.events"))
+        print(f"{'direct (no tunnel): TLS done -> first byte':48} "
+              f"{statistics.median(direct):8.3f} {direct[int(len(direct) * 0.9)]:8.3f}  {n}")
     finally:
         for p in procs:
             if p.poll() is None:
