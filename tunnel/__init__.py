@@ -21,6 +21,6 @@ browser stalls only its own stream, no head-of-line blocking). Measured on loopb
 (``bench/tunnel/transport_choice.py``): a framed multiplexer adds 0.13 ms of CPU per MiB
 on top of TLS's 1.23 ms (+11 % on every byte, on both ends); the pool costs ~20 KiB of
 gateway RSS per idle pooled connection (OpenSSL's per-connection state is 16 KiB of it), so
-the node tops up a small pool in batches (4 by default) and keeps one connection on a
+the node tops up a small pool in batches (8 by default) and keeps one connection on a
 quiet link.
 """

@@ -45,8 +45,8 @@ class PoolLimits:
     """What one gateway process lets the nodes and the clients of a tunnel name hold.
 
     ``[proxy] tunnel_*`` in the config (``webgateway.config.ProxyConfig``); the defaults:
-    64 idle connections per name is 16 nodes with the default pool of 4 (or 4 nodes of 16),
-    about 1.5 MiB of the gateway's memory at the most; 1024 waiting clients matches
+    64 idle connections per name is 8 nodes with the default pool of 8 (or 4 of 16), about
+    1.5 MiB of the gateway's memory at the most; 1024 waiting clients matches
     ``max_connections_per_name``'s order, each costs a future and a timer, and waits at
     most ``connect_timeout``; 20 failed HELLOs a minute lets a node with a stale token
     retry (its back-off reaches 30 s) and stops a token guesser after 20 tries.

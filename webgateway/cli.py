@@ -636,9 +636,9 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--server-name", metavar="ZONE",
                     help="TLS server name (the gateway's zone) when --gateway is an address")
     tu.add_argument("--pool", type=int,
-                    help="idle connections kept per gateway, at most (default 4)")
+                    help="idle connections kept per gateway, at most (default 8)")
     tu.add_argument("--low-water", type=int, metavar="N",
-                    help="top the pool up when fewer than N are spare (default 2)")
+                    help="top the pool up when fewer than N are spare (default 4)")
     tu.add_argument("--shrink-after", type=float, metavar="SECONDS",
                     help="keep one idle connection after this long without a stream"
                          " (default 60; 0: never)")

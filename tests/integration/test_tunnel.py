@@ -106,7 +106,7 @@ async def test_served_through_the_tunnel_kill_and_restart(
         assert (code, body) == (200, b"hidden-backend /through\n")
         assert gw.proxy.engine.tunnels is not None
         assert gw.proxy.engine.tunnels.connected("hidden") == 1
-        for _ in range(3):  # the pool of 4 falls below its low-water mark of 2: a refill
+        for _ in range(5):  # the pool of 8 falls below its low-water mark of 4: a refill
             assert (await status(gw))[0] == 200
         await until(lambda: _has(node, "TLS session resumed"), 5)  # refills resume TLS
         # the node crashes: 502 within a second

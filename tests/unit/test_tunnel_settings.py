@@ -22,7 +22,7 @@ def test_defaults_and_sni_from_the_gateway_name() -> None:
     s = load(flags())
     assert s.gateways == (Endpoint("gw.example.com", 443),)
     assert s.server_name == "gw.example.com" and s.ca is None
-    assert (s.pool, s.low_water, s.shrink_after) == (4, 2, 60.0)
+    assert (s.pool, s.low_water, s.shrink_after) == (8, 4, 60.0)
     assert load(flags(pool=1)).low_water == 1  # the default never exceeds the pool
     assert "wg_abc" not in repr(s)
 
@@ -51,7 +51,7 @@ def test_endpoints(text: str, want: Endpoint) -> None:
     ({"to": "127.0.0.1"}, "to", "port is required"),
     ({"pool": 0}, "pool", "1 to 64"),
     ({"pool": True}, "pool", "1 to 64"),
-    ({"low_water": 0}, "low_water", "1 to 4"),
+    ({"low_water": 0}, "low_water", "1 to 8"),
     ({"pool": 3, "low_water": 4}, "low_water", "at most pool"),
     ({"shrink_after": -1}, "shrink_after", "0 (never shrink)"),
     ({"shrink_after": "1m"}, "shrink_after", "seconds"),
