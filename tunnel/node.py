@@ -25,9 +25,10 @@ import enum
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from typing import Final, cast
 
-from proxy.splice import Splice
+from proxy.splice import Half, Splice
 from tunnel import wire
 from tunnel.backoff import Backoff
 from tunnel.pool import Pool
@@ -37,12 +38,34 @@ log = logging.getLogger(__name__)
 
 #: Longest a node-side stream may sit without traffic in either direction.
 STREAM_IDLE: Final = 3600.0
+#: Longest a refill waits for the stream that triggered it to get its first answer.
+REFILL_WAIT: Final = 0.1
 
 
 class Outcome(enum.Enum):
     TAKEN = "taken"  # the gateway opened it for a client: the slot waits for a refill
     PARKED = "parked"  # closed by us (a quiet link) or turned away (the gateway is full)
     LOST = "lost"  # closed, refused or timed out: back off, then dial again
+
+
+class _Answering(Half):
+    """The backend side of a node's stream: says once that the backend answered.
+
+    The pool's refill waits for it (or ``REFILL_WAIT``): its TLS handshakes, on both
+    ends, then no longer compete with this stream's first response bytes.
+    """
+
+    __slots__ = ("answered",)
+
+    def __init__(self, splice: Splice, answered: Callable[[], None]) -> None:
+        super().__init__(splice)
+        self.answered: Callable[[], None] | None = answered
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.answered is not None:
+            answered, self.answered = self.answered, None
+            answered()
 
 
 class ResumingContext(ssl.SSLContext):
@@ -180,6 +203,7 @@ class NodeConn(asyncio.Protocol):
         assert transport is not None
         self.link.taken(self)
         sp = Splice(self.link.loop, STREAM_IDLE, self.link.streams.discard)
+        sp.backend = _Answering(sp, self.link.refill)
         self.link.streams.add(sp)
         sp.client.half_close = False  # the tunnel side is TLS: no half-close
         transport.set_protocol(sp.client)
@@ -189,15 +213,15 @@ class NodeConn(asyncio.Protocol):
     async def _open(self, sp: Splice) -> None:
         """Connect the backend; then OPENED and the splice, or REFUSE with the reason.
 
-        Only then may replacements be dialled: their TLS handshakes would otherwise
-        compete for the CPU with this stream on both ends (measured in-process: the
-        gateway waited 3.0 ms for OPENED at the median, 1.0 ms once the dial came after).
+        A refill this take may call for waits until the backend answers (``_Answering``),
+        at most ``REFILL_WAIT``: replacements' TLS handshakes would otherwise compete for
+        the CPU with this stream on both ends.
         """
         try:
             await self._connect_backend(sp)
         finally:
             self._finish(Outcome.TAKEN)
-            self.link.refill()
+            self.link.loop.call_later(REFILL_WAIT, self.link.refill)
 
     async def _connect_backend(self, sp: Splice) -> None:
         transport = self.transport
