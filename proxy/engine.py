@@ -200,11 +200,12 @@ class Engine:
                 failed = True
                 log.debug("no tunnel stream for %s: %s", route.name.label, e or "timeout")
             else:
-                sp.release = release
-                if sp.client.closed:
+                if sp.client.closed:  # left while the stream opened: give it back now
                     transport.close()
+                    release()
                     sp.outcome = "client_closed"
                     return False
+                sp.release = release
                 sp.backend.half_close = False  # a TLS stream: no half-close
                 if route.name.proxy_protocol:
                     transport.write(header(client, local))
