@@ -6,8 +6,11 @@ connection, the schema and the transactions.
 One connection, one lock: SQLite serializes writers anyway, and the API's write rate is
 tiny next to what the data plane reads from memory. ``synchronous=FULL`` makes a write
 durable before the API acknowledges it, so ``kill -9`` (or power loss) loses nothing
-that was answered 2xx. Other processes sharing the file see changes by polling the
-serial row, which costs one indexed read per ``poll_interval``.
+that was answered 2xx. Other processes sharing the file see changes by polling: every
+``poll_interval`` a second connection, held in the event loop's thread, asks SQLite's
+``PRAGMA data_version`` (a look at the WAL index in shared memory, a few microseconds);
+only when that moved is the serial row read through aiosqlite's thread (a thread hop and
+a query: some 0.3 ms of CPU, 20 times a second, on every service that follows the store).
 """
 
 from __future__ import annotations
@@ -118,6 +121,9 @@ class SqliteStore(SqlStore):
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        #: asks only ``PRAGMA data_version``; never reads a table, never writes
+        self._watch: sqlite3.Connection | None = None
+        self._version: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -133,8 +139,12 @@ class SqliteStore(SqlStore):
         ):
             await self._db.execute(pragma)
         await self._migrate()
+        self._watch = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -163,6 +173,20 @@ class SqliteStore(SqlStore):
                 except BaseException:
                     await self.db.execute("ROLLBACK")
                     raise
+
+    def _unchanged(self) -> bool:
+        """``PRAGMA data_version`` moves whenever another connection (our aiosqlite one
+        included) commits; taken before the caller's read, so a commit racing that read
+        shows up at the next call."""
+        if self._watch is None:
+            return False
+        try:
+            (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return False
+        same: bool = version == self._version
+        self._version = int(version)
+        return same
 
     # ------------------------------------------------------------------ primitives
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:

@@ -151,6 +151,12 @@ class SqlStore:
     async def _published(self, serial: int) -> None:
         """Inside the write's transaction, once ``serial`` is taken: wake other processes."""
 
+    def _unchanged(self) -> bool:
+        """True when, by a check far cheaper than a read, nothing can have been committed
+        since the last call; the serial is read again only when this is False. The default
+        (always False) reads it at every poll."""
+        return False
+
     # ------------------------------------------------------------------ writes and the feed
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[None]:
@@ -193,9 +199,11 @@ class SqlStore:
     async def wait_changed(self, after: int, max_wait: float) -> int:
         loop = asyncio.get_running_loop()
         end = loop.time() + max_wait
+        current = None
         while True:
             ev = self._changed
-            current = await self.serial()
+            if not self._unchanged() or current is None:
+                current = await self.serial()
             left = end - loop.time()
             if current > after or left <= 0:
                 return current

@@ -468,6 +468,34 @@ async def test_second_process_sees_changes_by_polling(store_config: StoreConfig)
         await reader.close()
 
 
+async def test_sqlite_poll_reads_the_serial_only_after_a_commit(
+        store_config: StoreConfig) -> None:
+    """Polling asks ``PRAGMA data_version``; the serial row is read once per wait, and again
+    only after another connection committed."""
+    if store_config.url:
+        pytest.skip("SQLite's change detection")
+    writer = await open_store(store_config)
+    reader = await open_store(store_config)
+    assert isinstance(reader, SqliteStore)
+    reads: list[str] = []
+    await reader.db.set_trace_callback(
+        lambda sql: reads.append(sql) if "FROM serial" in sql else None)
+    try:
+        s0 = await reader.serial()
+        reads.clear()
+        assert await reader.wait_changed(s0, 0.3) == s0  # ~30 polls at 10 ms, nothing new
+        assert len(reads) == 1
+        waiter = asyncio.create_task(reader.wait_changed(s0, 5))
+        await asyncio.sleep(0.05)
+        await writer.add_txt("a.gw.test", "v")
+        async with asyncio.timeout(5):
+            assert await waiter == s0 + 1
+        assert len(reads) == 3  # each wait's first read, then the one after the commit
+    finally:
+        await writer.close()
+        await reader.close()
+
+
 class Flaky(Recorder):
     """A view whose first apply fails half-way, as a bug in a service's view would."""
 
