@@ -140,7 +140,7 @@ class Dispatcher:
             self._close_without_backend(sp, sock)
             return
         try:
-            ok = await engine.connect_backend(route, sp, addr, sock.getsockname())
+            ok = await engine.connect_backend(route, sp, addr, sock.getsockname)
         except BaseException:
             sock.close()
             sp.finish()
@@ -178,9 +178,8 @@ class Dispatcher:
             self._page_without_backend(sp, "over_cap", SERVICE_UNAVAILABLE)
             return
         try:
-            local = transport.get_extra_info("sockname")
             ok = await engine.connect_backend(
-                route, sp, addr, local,
+                route, sp, addr, lambda: transport.get_extra_info("sockname"),
                 lambda: self._page_without_backend(sp, "backend_unreachable", BAD_GATEWAY))
         except BaseException:
             transport.abort()

@@ -62,6 +62,7 @@ class Engine:
         #: node connections of tunnel names (set by the service once the loop runs)
         self.tunnels: Tunnels | None = None
         self.metrics = ProxyMetrics(registry, table)
+        self.metrics.open.set_function(lambda: self.count)
         self.access_log = access_log
         #: where connections for no known name go, untouched (``[proxy] catch_all``)
         self.catch_all = (Route("", Name(CATCH_ALL, 0, (catch_all,), TlsMode.PASSTHROUGH))
@@ -98,12 +99,10 @@ class Engine:
         if self.count >= self.limits.max_connections:
             return False
         self.count += 1
-        self.metrics.open.inc()
         return True
 
     def closed(self) -> None:
         self.count -= 1
-        self.metrics.open.dec()
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -172,10 +171,12 @@ class Engine:
 
     # -- backends
     async def connect_backend(
-        self, route: Route, sp: Splice, client: tuple[str, int], local: tuple[str, int],
+        self, route: Route, sp: Splice, client: tuple[str, int],
+        local: Callable[[], tuple[str, int]],
         unreachable: Callable[[], None] | None = None,
     ) -> bool:
         """A tunnel stream for a tunnel name, else the backends in balancer order.
+        ``local`` gives the address the client reached (asked only for a PROXY header).
 
         On failure ``sp.outcome`` says why: a connect failed (``backend_unreachable``),
         the policy refused every backend (``backend_refused``), or the client left. A
@@ -208,7 +209,7 @@ class Engine:
                 sp.release = release
                 sp.backend.half_close = False  # a TLS stream: no half-close
                 if route.name.proxy_protocol:
-                    transport.write(header(client, local))
+                    transport.write(header(client, local()))
                 return True
         for b in self.balancer.order(route.backends):
             if sp.client.closed:
@@ -238,7 +239,7 @@ class Engine:
             self.balancer.acquire(b)
             sp.backend_addr = b
             if route.name.proxy_protocol:
-                transport.write(header(client, local))
+                transport.write(header(client, local()))
             return True
         sp.outcome = "backend_refused" if refused and not failed else "backend_unreachable"
         return False

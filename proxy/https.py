@@ -1,9 +1,13 @@
 """The HTTPS listener: accept in batches, then peek at each ClientHello and dispatch it.
 
-The accept loop only counts a connection against the proxy's limit and hands it to a
-``HelloPeek`` (``peek``); a complete hello goes to the ``Dispatcher`` (``dispatch``),
-which terminates or passes it through. When the process runs out of descriptors,
-accepting pauses for a second instead of spinning on a listener that stays readable.
+The accept callback takes one connection per readiness of the listener, as nginx does
+without ``multi_accept``: the listener is level-triggered, so a backlog is drained over
+the loop's next turns, and the common single arrival costs no failing ``accept`` (a
+syscall and an exception). It counts the connection against the proxy's limit and
+peeks at its ClientHello (``peek``); a complete hello goes to the ``Dispatcher``
+(``dispatch``), which terminates or passes it through. When the process runs out of
+descriptors, accepting pauses for a second instead of spinning on a listener that
+stays readable.
 """
 
 from __future__ import annotations
@@ -13,16 +17,13 @@ import contextlib
 import errno
 import logging
 import socket
-from typing import Final
 
 from proxy import clienthello as ch
 from proxy.dispatch import Dispatcher
 from proxy.engine import Engine
-from proxy.peek import HelloPeek
+from proxy.peek import peek_accepted
 
 log = logging.getLogger(__name__)
-
-ACCEPT_BATCH: Final = 64
 
 
 class HttpsListener:
@@ -48,22 +49,21 @@ class HttpsListener:
 
     def _accept(self) -> None:
         engine = self.engine
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept paused for 1 s: %s", e)
-                    self.loop.remove_reader(self.fd)
-                    self._paused = self.loop.call_later(1.0, self._resume_accept)
-                return
-            if not engine.opened():
-                engine.finish("over_limit", addr, self.loop.time())
-                with contextlib.suppress(OSError):
-                    conn.recv(ch.MAX_PEEK, socket.MSG_DONTWAIT)  # unread bytes => RST
-                conn.close()
-                continue
-            conn.setblocking(False)  # the event loop sets TCP_NODELAY when it adopts it
-            HelloPeek(engine, self.dispatcher.dispatch, conn, addr).try_peek()
+        try:
+            conn, addr = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("accept paused for 1 s: %s", e)
+                self.loop.remove_reader(self.fd)
+                self._paused = self.loop.call_later(1.0, self._resume_accept)
+            return
+        if not engine.opened():
+            engine.finish("over_limit", addr, self.loop.time())
+            with contextlib.suppress(OSError):
+                conn.recv(ch.MAX_PEEK, socket.MSG_DONTWAIT)  # unread bytes => RST
+            conn.close()
+            return
+        conn.setblocking(False)  # the event loop sets TCP_NODELAY when it adopts it
+        peek_accepted(engine, self.dispatcher.dispatch, conn, addr)

@@ -45,6 +45,23 @@ def peer_closed(sock: socket.socket) -> bool:
     return bool(info) and info[0] == _TCP_CLOSE_WAIT
 
 
+def peek_accepted(engine: Engine, dispatch: Dispatch, sock: socket.socket,
+                  addr: tuple[str, int]) -> None:
+    """Dispatch a just-accepted socket. With ``TCP_DEFER_ACCEPT`` its whole hello is almost
+    always there already, so one peek and parse dispatch it with no waiting object and no
+    timer; anything else (incomplete, not readable yet, malformed, closed) is left to a
+    ``HelloPeek``, which peeks again and owns the waiting, the timeout and the errors."""
+    try:
+        hello = ch.parse(sock.recv(ch.MAX_PEEK, socket.MSG_PEEK))
+    except (OSError, ch.ClientHelloError):
+        hello = ch.NEED_MORE
+    if isinstance(hello, ch.ClientHello):
+        dispatch(sock, addr, hello,
+                 asyncio.get_running_loop().time() + engine.limits.handshake_timeout)
+    else:
+        HelloPeek(engine, dispatch, sock, addr).try_peek()
+
+
 class HelloPeek:
     """One accepted socket until its ClientHello is readable in full."""
 

@@ -342,6 +342,25 @@ def test_slowloris_does_not_stop_new_clients_and_times_out(tmp_path: Path) -> No
     live(tmp_path, body, handshake_timeout=2.0)
 
 
+def test_a_burst_of_clients_is_accepted_one_per_wakeup_and_all_served(tmp_path: Path) -> None:
+    """The listener takes one connection per readiness: a full backlog still drains."""
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("burst", v4.addr)
+
+        async def one(i: int) -> bytes:
+            r, w = await tls_client(gw, fqdn("burst"))
+            try:
+                return await get(r, w, fqdn("burst"), f"/{i}")
+            finally:
+                w.close()
+
+        got = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(150))), 60)
+        assert got == [f"v4 /{i}\n".encode() for i in range(150)]
+
+    live(tmp_path, body)
+
+
 def test_idle_timeout_and_max_connections(tmp_path: Path) -> None:
     async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
         await gw.certificate("zone", ZONE, f"*.{ZONE}")
