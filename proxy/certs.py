@@ -70,7 +70,8 @@ def _context(chain: str, key: str, alpn: tuple[str, ...]) -> ssl.SSLContext:
     second one rarely resumes anything."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+                    | ssl.OP_NO_RENEGOTIATION)
     ctx.num_tickets = 1
     ctx.load_cert_chain(chain, key)
     ctx.set_alpn_protocols(list(alpn))

@@ -21,6 +21,7 @@ from proxy.engine import Engine
 from proxy.lingering import close_gently
 from proxy.routes import Route
 from proxy.splice import Splice
+from proxy.tlssocket import TlsSocket
 from tunnel import wire as tunnel_wire
 from tunnel.gateway import TunnelConn
 
@@ -169,11 +170,15 @@ class Dispatcher:
                          ctx: ssl.SSLContext, deadline: float, sp: Splice) -> None:
         engine = self.engine
         sp.client.half_close = False
-        transport = await self._handshake(sock, addr, sp.client, ctx, deadline)
-        if isinstance(transport, str):
-            sp.outcome, sp.reason = "handshake_failed", transport
+        transport = TlsSocket(self.loop, sock, ctx)
+        try:
+            await transport.handshake(max(0.1, deadline - self.loop.time()))
+        except (OSError, ssl.SSLError, TimeoutError) as e:
+            log.debug("TLS handshake with %s failed: %s", addr[0], e)
+            sp.outcome, sp.reason = "handshake_failed", _handshake_failure(e)
             sp.finish()
             return
+        transport.start(sp.client)
         if not engine.claim(sp, route):
             self._page_without_backend(sp, "over_cap", SERVICE_UNAVAILABLE)
             return

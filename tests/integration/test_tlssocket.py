@@ -1,0 +1,148 @@
+"""TlsSocket on loopback: a real TLS client against the handshake and the transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trustme
+import uvloop
+
+from proxy.tlssocket import TlsSocket
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.events: list[str] = []
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> None:
+        self.events.append("eof")
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+@asynccontextmanager
+async def pair(timeout: float = 5.0) -> AsyncIterator[tuple[
+        asyncio.Task[TlsSocket], ssl.SSLContext, int]]:
+    """A listener whose first accepted socket goes through ``TlsSocket.handshake``."""
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("t.test").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    loop = asyncio.get_running_loop()
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.setblocking(False)
+
+    async def serve() -> TlsSocket:
+        conn, _ = await loop.sock_accept(lsock)
+        conn.setblocking(False)
+        tls = TlsSocket(loop, conn, server_ctx)
+        await tls.handshake(timeout)
+        return tls
+
+    task = loop.create_task(serve())
+    try:
+        yield task, client_ctx, lsock.getsockname()[1]
+    finally:
+        task.cancel()
+        lsock.close()
+
+
+def run(coro: object) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)  # type: ignore[arg-type]
+
+
+async def started(server: asyncio.Task[TlsSocket], ctx: ssl.SSLContext, port: int) -> tuple[
+        asyncio.StreamReader, asyncio.StreamWriter, TlsSocket, Recorder]:
+    """A TLS client connected, its server side handshaken and started with a Recorder."""
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="t.test")
+    tls = await asyncio.wait_for(server, 10)
+    proto = Recorder()
+    tls.start(proto)
+    return r, w, tls, proto
+
+
+def test_bytes_both_ways_back_pressure_and_the_clients_close() -> None:
+    async def main() -> None:
+        async with pair() as (server, ctx, port):
+            r, w, tls, proto = await started(server, ctx, port)
+            tls.set_write_buffer_limits(64 * 1024)
+            w.write(b"hello")
+            await w.drain()
+            async with asyncio.timeout(10):
+                while proto.data != b"hello":
+                    await asyncio.sleep(0.01)
+            big = bytes(range(256)) * 16 * 1024  # 4 MiB the client does not read yet
+            tls.write(big)
+            assert "pause" in proto.events and tls.get_write_buffer_size() > 0
+            got = await asyncio.wait_for(r.readexactly(len(big)), 20)
+            assert got == big and proto.events[-1] == "resume"
+            w.close()  # close_notify, then FIN
+            assert await asyncio.wait_for(proto.lost, 10) is None
+            assert proto.events[-2:] == ["eof", "lost"]
+
+    run(main())
+
+
+def test_close_flushes_then_sends_close_notify() -> None:
+    async def main() -> None:
+        async with pair() as (server, ctx, port):
+            r, w, tls, proto = await started(server, ctx, port)
+            tls.write(b"x" * 300_000)
+            tls.close()
+            assert tls.is_closing()
+            assert await asyncio.wait_for(r.read(), 10) == b"x" * 300_000  # EOF after it
+            assert await asyncio.wait_for(proto.lost, 10) is None
+            w.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("send", [b"", b"GET / HTTP/1.1\r\n\r\n" * 4])
+def test_silent_or_garbage_client_fails_the_handshake_and_is_closed(send: bytes) -> None:
+    async def main() -> None:
+        async with pair(timeout=0.5) as (server, _, port):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(send)
+            with pytest.raises(TimeoutError if not send else ssl.SSLError):
+                await asyncio.wait_for(server, 10)
+            # closed: at most an alert, then EOF; or a reset over the unread garbage
+            with contextlib.suppress(ConnectionResetError):
+                assert len(await asyncio.wait_for(r.read(), 10)) <= 7
+            w.close()
+
+    run(main())
+
+
+def test_cancelled_handshake_closes_the_socket() -> None:
+    async def main() -> None:
+        async with pair() as (server, _, port):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.sleep(0.2)
+            server.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await server
+            assert await asyncio.wait_for(r.read(), 10) == b""
+            w.close()
+
+    run(main())
