@@ -123,7 +123,6 @@ class SqliteStore(SqlStore):
         self._lock = asyncio.Lock()
         #: asks only ``PRAGMA data_version``; never reads a table, never writes
         self._watch: sqlite3.Connection | None = None
-        self._version: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -174,19 +173,16 @@ class SqliteStore(SqlStore):
                     await self.db.execute("ROLLBACK")
                     raise
 
-    def _unchanged(self) -> bool:
-        """``PRAGMA data_version`` moves whenever another connection (our aiosqlite one
-        included) commits; taken before the caller's read, so a commit racing that read
-        shows up at the next call."""
+    def _commit_mark(self) -> int | None:
+        """``PRAGMA data_version``: it moves whenever another connection (our aiosqlite one
+        included) commits."""
         if self._watch is None:
-            return False
+            return None
         try:
             (version,) = self._watch.execute("PRAGMA data_version").fetchone()
         except sqlite3.Error:
-            return False
-        same: bool = version == self._version
-        self._version = int(version)
-        return same
+            return None
+        return int(version)
 
     # ------------------------------------------------------------------ primitives
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:

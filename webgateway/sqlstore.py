@@ -151,11 +151,11 @@ class SqlStore:
     async def _published(self, serial: int) -> None:
         """Inside the write's transaction, once ``serial`` is taken: wake other processes."""
 
-    def _unchanged(self) -> bool:
-        """True when, by a check far cheaper than a read, nothing can have been committed
-        since the last call; the serial is read again only when this is False. The default
-        (always False) reads it at every poll."""
-        return False
+    def _commit_mark(self) -> int | None:
+        """A number, far cheaper to get than a read, that moves whenever a commit may have
+        happened; a waiter reads the serial again only when it moved. None (the default):
+        unknown, read at every poll."""
+        return None
 
     # ------------------------------------------------------------------ writes and the feed
     @contextlib.asynccontextmanager
@@ -199,10 +199,13 @@ class SqlStore:
     async def wait_changed(self, after: int, max_wait: float) -> int:
         loop = asyncio.get_running_loop()
         end = loop.time() + max_wait
-        current = None
+        current: int | None = None
+        mark: int | None = None
         while True:
             ev = self._changed
-            if not self._unchanged() or current is None:
+            seen = mark
+            mark = self._commit_mark()  # taken before the read it may spare
+            if current is None or mark is None or mark != seen:
                 current = await self.serial()
             left = end - loop.time()
             if current > after or left <= 0:

@@ -485,12 +485,16 @@ async def test_sqlite_poll_reads_the_serial_only_after_a_commit(
         reads.clear()
         assert await reader.wait_changed(s0, 0.3) == s0  # ~30 polls at 10 ms, nothing new
         assert len(reads) == 1
-        waiter = asyncio.create_task(reader.wait_changed(s0, 5))
+        # two followers waiting on one store (dnsd and the proxy in one process): each
+        # notices the commit at its next poll, not only the first to look
+        waiters = [asyncio.create_task(reader.wait_changed(s0, 5)) for _ in range(2)]
         await asyncio.sleep(0.05)
+        t0 = time.monotonic()
         await writer.add_txt("a.gw.test", "v")
         async with asyncio.timeout(5):
-            assert await waiter == s0 + 1
-        assert len(reads) == 3  # each wait's first read, then the one after the commit
+            assert await asyncio.gather(*waiters) == [s0 + 1, s0 + 1]
+        assert time.monotonic() - t0 < 0.5  # polls every 10 ms; max_wait is 5 s
+        assert len(reads) == 5  # each wait's first read, then one per waiter after the commit
     finally:
         await writer.close()
         await reader.close()
