@@ -181,16 +181,20 @@ class PgStore(SqlStore):
         return self._conn
 
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        await self._before(sql)
         return await self.conn.fetchrow(dollar(sql), *args, timeout=self._bound())
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        await self._before(sql)
         return list(await self.conn.fetch(dollar(sql), *args, timeout=self._bound()))
 
     async def _exec(self, sql: str, args: Iterable[Any] = ()) -> int:
+        await self._before(sql)
         status = await self.conn.execute(dollar(sql), *args, timeout=self._bound())
         return _rowcount(status)
 
     async def _exec_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._before(sql)
         await self.conn.executemany(dollar(sql), rows, timeout=self._bound())
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[None]:

@@ -186,18 +186,22 @@ class SqliteStore(SqlStore):
 
     # ------------------------------------------------------------------ primitives
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
+        await self._before(sql)
         async with self.db.execute(sql, tuple(args)) as cur:
             return await cur.fetchone()
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        await self._before(sql)
         async with self.db.execute(sql, tuple(args)) as cur:
             return list(await cur.fetchall())
 
     async def _exec(self, sql: str, args: Iterable[Any] = ()) -> int:
+        await self._before(sql)
         async with self.db.execute(sql, tuple(args)) as cur:
             return int(cur.rowcount)
 
     async def _exec_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._before(sql)
         await self.db.executemany(sql, rows)
 
     @contextlib.asynccontextmanager

@@ -11,11 +11,13 @@ assembly included, and a backend supplies the primitives: ``_one``, ``_all``, ``
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from webgateway.addresses import HostPort, parse_hostport
@@ -35,7 +37,14 @@ from webgateway.model import (
     TlsMode,
     TxtRecord,
 )
-from webgateway.store import Conflict, Forbidden, NotFound, QuotaExceeded
+from webgateway.store import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    StoreError,
+    StoreUnavailable,
+)
 
 #: Changes older than this many serials are pruned; a consumer that far behind reloads.
 CHANGES_KEPT = 100_000
@@ -44,6 +53,42 @@ CHANGES_KEPT = 100_000
 DECODE_SLICE = 5_000
 
 _TLS = {m.value: m for m in TlsMode}
+#: Keys per ``IN (...)`` when the change feed reads what changed (under SQLite's 999 limit).
+IN_CHUNK = 500
+#: Most writes one transaction takes (group commit): bounds the wait of the group's first,
+#: and keeps PostgreSQL within its cache of 64 subtransactions (savepoints) per transaction.
+GROUP_MAX = 64
+
+
+#: A grouped write's savepoint: not needed (first of its group), due before its first
+#: change, taken.
+_SAVEPOINT_NONE, _SAVEPOINT_DUE, _SAVEPOINT_TAKEN = 0, 1, 2
+
+
+@dataclass(eq=False)
+class _Member:
+    """One write waiting for, or taking part in, a group transaction."""
+
+    turn: asyncio.Future[bool]  # set by the committer: run now (True: first of the group)
+    done: asyncio.Future[BaseException | None]  # set by the write: its statements ended
+    committed: asyncio.Future[None]  # set by the committer: durable, or why not
+
+
+class _Aborted(Exception):
+    """A write of the group was cancelled where only rolling back the group undoes it."""
+
+
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    """A write cancelled while its group commits never reads the outcome: that is fine."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _copy(err: BaseException) -> BaseException:
+    """One exception object per waiting task (a traceback is not shared between tasks)."""
+    if isinstance(err, StoreError):
+        return type(err)(str(err))
+    return err
 
 
 @functools.lru_cache(maxsize=4096)
@@ -124,6 +169,9 @@ class SqlStore:
         self.write_observer: Callable[[float], None] | None = None
         self._changed = asyncio.Event()
         self._pending: list[tuple[str, str]] = []
+        self._queue: collections.deque[_Member] = collections.deque()
+        self._savepoint = _SAVEPOINT_NONE
+        self._committer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ backend primitives
     async def _one(self, sql: str, args: Iterable[Any] = ()) -> Any:
@@ -138,6 +186,13 @@ class SqlStore:
 
     async def _exec_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
+
+    async def _before(self, sql: str) -> None:
+        """Every primitive calls this first: a grouped write's savepoint is taken right
+        before its first statement that may change something."""
+        if self._savepoint == _SAVEPOINT_DUE and sql.lstrip()[:6].upper() != "SELECT":
+            self._savepoint = _SAVEPOINT_TAKEN
+            await self._exec("SAVEPOINT grouped_write")
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Exclusive use of the connection for single-statement reads (no transaction)."""
@@ -160,29 +215,128 @@ class SqlStore:
     # ------------------------------------------------------------------ writes and the feed
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[None]:
-        """One transaction, one serial bump, recording every key touched via ``_touch``."""
+        """One write: its statements run in a transaction that bumps the serial once,
+        recording every key touched via ``_touch``; it returns once that is committed.
+
+        Writers that arrive while a transaction is open wait and then share the next one
+        (group commit: one serial bump, one COMMIT and one fsync for many small writes).
+        The first write of a group runs as a transaction of its own would; each later one
+        inside a savepoint (taken before its first statement that is not a SELECT, and
+        released by the COMMIT: no round trip for a write that only reads), so its own
+        error (a Conflict, a cancellation) undoes only its statements. Nobody is told
+        "done" before the COMMIT that made the write durable has returned; a COMMIT that
+        fails fails every write of its group.
+        """
         t0 = time.perf_counter()  # the wait for the connection is part of a write's time
-        async with self._transaction(write=True):
-            self._pending = []
+        loop = asyncio.get_running_loop()
+        m = _Member(loop.create_future(), loop.create_future(), loop.create_future())
+        m.committed.add_done_callback(_retrieved)
+        self._queue.append(m)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_groups(), name="store-commit")
+        try:
+            first = await m.turn
+        except asyncio.CancelledError:
+            if m in self._queue:
+                self._queue.remove(m)
+            elif m.turn.done() and not m.turn.cancelled() and not m.done.done():
+                m.done.set_result(None)  # our turn came with the cancellation: nothing ran
+            raise
+        mark = len(self._pending)
+        outcome: BaseException | None = None
+        self._savepoint = _SAVEPOINT_NONE if first else _SAVEPOINT_DUE
+        try:
             yield
-            touched = bool(self._pending)
-            if touched:
-                (serial,) = await self._one(
-                    "UPDATE serial SET value = value + 1 WHERE id = 1 RETURNING value"
-                )
-                await self._exec_many(
-                    "INSERT INTO changes VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(serial, k, key) for k, key in dict.fromkeys(self._pending)],
-                )
-                if serial % 1000 == 0:
-                    await self._exec(
-                        "DELETE FROM changes WHERE serial <= ?", (serial - CHANGES_KEPT,)
-                    )
-                await self._published(serial)
+        except BaseException as e:
+            if first or not isinstance(e, StoreError | asyncio.CancelledError):
+                outcome = e  # the group's transaction is rolled back
+                if not isinstance(e, Exception):
+                    m.committed.cancel()  # nobody waits for it
+                    raise
+            else:
+                del self._pending[mark:]
+                if self._savepoint == _SAVEPOINT_TAKEN:
+                    try:
+                        await self._exec("ROLLBACK TO SAVEPOINT grouped_write")
+                    except BaseException as bad:
+                        outcome = bad
+                m.committed.cancel()
+                raise
+        finally:
+            self._savepoint = _SAVEPOINT_NONE
+            if not m.done.done():
+                m.done.set_result(outcome)
+        await asyncio.shield(m.committed)  # raises when the group was rolled back
         if self.write_observer is not None:
             self.write_observer(time.perf_counter() - t0)
-        if touched:
-            self._notify()
+
+    async def _commit_groups(self) -> None:
+        """Runs while writes wait: one transaction per group, committed before anyone in
+        it is answered. A group takes, in order, the writes waiting when it starts and
+        those arriving while it runs, up to ``GROUP_MAX``."""
+        group: list[_Member] = []
+        try:
+            while self._queue:
+                group = []
+                err: BaseException | None = None
+                try:
+                    async with self._transaction(write=True):
+                        self._pending = []
+                        while self._queue and len(group) < GROUP_MAX:
+                            m = self._queue.popleft()
+                            if m.turn.done():
+                                continue  # cancelled while it waited
+                            group.append(m)
+                            m.turn.set_result(len(group) == 1)
+                            failed = await m.done
+                            if failed is not None:
+                                raise failed if isinstance(failed, Exception) else _Aborted()
+                        await self._bump()
+                except _Aborted:
+                    err = StoreUnavailable("a write of the same group was cancelled")
+                except Exception as e:
+                    err = e
+                if err is not None and not group:  # no transaction: nobody could write
+                    while self._queue:
+                        m = self._queue.popleft()
+                        if not m.turn.done():
+                            m.turn.set_exception(_copy(err))
+                for m in group:
+                    if m.committed.done():
+                        continue
+                    if err is None:
+                        m.committed.set_result(None)
+                    else:
+                        m.committed.set_exception(err if m.done.result() is err else _copy(err))
+                if err is None and self._pending:
+                    self._notify()
+        except BaseException as e:  # this task cancelled: no write may wait forever
+            gone = StoreUnavailable(f"the store stopped writing ({type(e).__name__})")
+            for m in group:
+                if not m.committed.done():
+                    m.committed.set_exception(_copy(gone))
+            for m in self._queue:
+                if not m.turn.done():
+                    m.turn.set_exception(_copy(gone))
+            self._queue.clear()
+            raise
+        finally:
+            self._committer = None
+
+    async def _bump(self) -> None:
+        """Inside a write transaction: one serial for every key touched, other processes woken."""
+        if not self._pending:
+            return
+        (serial,) = await self._one(
+            "UPDATE serial SET value = value + 1 WHERE id = 1 RETURNING value"
+        )
+        await self._exec_many(
+            "INSERT INTO changes VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [(serial, k, key) for k, key in dict.fromkeys(self._pending)],
+        )
+        if serial % 1000 == 0:
+            await self._exec("DELETE FROM changes WHERE serial <= ?", (serial - CHANGES_KEPT,))
+        await self._published(serial)
 
     def _touch(self, kind: str, key: str) -> None:
         self._pending.append((kind, key))
@@ -273,39 +427,47 @@ class SqlStore:
             rows = await self._all(
                 "SELECT DISTINCT kind, key FROM changes WHERE serial > ?", (serial,)
             )
-            names: dict[str, Name | None] = {}
-            domains: dict[str, Domain | None] = {}
-            txt: dict[str, tuple[str, ...]] = {}
-            certs: dict[str, Certificate | None] = {}
-            meta: dict[str, str | None] = {}
-            claims: dict[str, Domain | None] = {}
+            keys: dict[str, list[str]] = {}
             for kind, key in rows:
-                if kind == "name":
-                    r = await self._one(f"SELECT {NAME_COLS} FROM names WHERE label=?", (key,))
-                    names[key] = decode_name(r) if r else None
-                elif kind == "domain":
-                    r = await self._one(
-                        f"SELECT {DOMAIN_COLS} FROM domains WHERE fqdn=? AND {_HELD}", (key,)
-                    )
-                    domains[key] = decode_domain(r) if r else None
-                elif kind == "claim":
-                    r = await self._one(
-                        f"SELECT {DOMAIN_COLS} FROM domains"
-                        " WHERE challenge_label=? AND state='pending'",
-                        (key,),
-                    )
-                    claims[key] = decode_domain(r) if r else None
-                elif kind == "txt":
-                    vals = await self._all(
-                        "SELECT value FROM txt WHERE fqdn=? ORDER BY created", (key,)
-                    )
-                    txt[key] = tuple(v for (v,) in vals)
-                elif kind == "cert":
-                    r = await self._one(f"SELECT {CERT_COLS} FROM certificates WHERE id=?", (key,))
-                    certs[key] = decode_cert(r) if r else None
-                elif kind == "meta":
-                    r = await self._one("SELECT value FROM meta WHERE key=?", (key,))
-                    meta[key] = str(r[0]) if r else None
+                keys.setdefault(kind, []).append(key)
+
+            async def fetch(kind: str, sql: str) -> list[Any]:
+                """Rows of ``sql`` (ending in ``IN``) for every changed key of ``kind``."""
+                out: list[Any] = []
+                ks = keys.get(kind, [])
+                for i in range(0, len(ks), IN_CHUNK):
+                    part = ks[i:i + IN_CHUNK]
+                    marks = ", ".join("?" * len(part))
+                    out += await self._all(f"{sql} ({marks})", part)
+                return out
+
+            names: dict[str, Name | None] = dict.fromkeys(keys.get("name", ()))
+            for r in await fetch("name", f"SELECT {NAME_COLS} FROM names WHERE label IN"):
+                names[r[0]] = decode_name(r)
+            domains: dict[str, Domain | None] = dict.fromkeys(keys.get("domain", ()))
+            for r in await fetch(
+                "domain", f"SELECT {DOMAIN_COLS} FROM domains WHERE {_HELD} AND fqdn IN"
+            ):
+                domains[r[0]] = decode_domain(r)
+            claims: dict[str, Domain | None] = dict.fromkeys(keys.get("claim", ()))
+            for r in await fetch(
+                "claim",
+                f"SELECT {DOMAIN_COLS} FROM domains WHERE state='pending' AND challenge_label IN",
+            ):
+                claims[r[3]] = decode_domain(r)
+            values: dict[str, list[str]] = {k: [] for k in keys.get("txt", ())}
+            for fqdn, value, _ in sorted(
+                await fetch("txt", "SELECT fqdn, value, created FROM txt WHERE fqdn IN"),
+                key=lambda r: r[2],
+            ):
+                values[fqdn].append(value)
+            txt = {k: tuple(v) for k, v in values.items()}
+            certs: dict[str, Certificate | None] = dict.fromkeys(keys.get("cert", ()))
+            for r in await fetch("cert", f"SELECT {CERT_COLS} FROM certificates WHERE id IN"):
+                certs[r[0]] = decode_cert(r)
+            meta: dict[str, str | None] = dict.fromkeys(keys.get("meta", ()))
+            for k, v in await fetch("meta", "SELECT key, value FROM meta WHERE key IN"):
+                meta[k] = str(v)
             return ChangeSet(int(current), names, domains, txt, certs, meta, claims)
 
     # ------------------------------------------------------------------ owners

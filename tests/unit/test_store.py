@@ -35,7 +35,14 @@ from webgateway.model import (
 from webgateway.pg_store import MIGRATIONS as PG_MIGRATIONS
 from webgateway.pg_store import PgStore
 from webgateway.sqlite_store import MIGRATIONS, SqliteStore
-from webgateway.store import Conflict, Forbidden, NotFound, QuotaExceeded, Store
+from webgateway.store import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    Store,
+    StoreUnavailable,
+)
 from webgateway.storefactory import open_store
 
 BE = (parse_hostport("[fd00::5]:8080"),)
@@ -660,3 +667,86 @@ async def test_renewal_advice_applies_only_to_the_chain_it_was_about(store: Stor
     assert got is not None and (got.chain, got.renew_at) == ("CHAIN-2", 900.0)
     assert not await store.set_renew_at("zone", "CHAIN-2", 900.0)  # no change, no serial
     assert not await store.set_renew_at("gone", "CHAIN-2", 1.0)
+
+# ---------------------------------------------------------------- group commit
+
+async def test_concurrent_writes_share_commits_and_every_one_lands(store: Store) -> None:
+    s0 = await store.serial()
+    await asyncio.gather(*(store.add_txt(f"t{i}.gw.test", f"v{i}") for i in range(60)))
+    serial = await store.serial()
+    assert s0 < serial < s0 + 60  # fewer transactions than writes
+    cs = await store.changes_since(s0)
+    assert cs is not None
+    assert {k: v for k, v in cs.txt.items()} == {f"t{i}.gw.test": (f"v{i}",) for i in range(60)}
+    assert len(await store.list_txt()) == 60
+
+
+async def _failing_write(store: Any, fqdn: str, hold: float = 0.0) -> None:
+    """A write that changes a row, then fails the way a store method can (or waits)."""
+    async with store._write():
+        await store._exec("INSERT INTO txt VALUES (?, ?, ?)", (fqdn, "no", time.time()))
+        store._touch("txt", fqdn)
+        if hold:
+            await asyncio.sleep(hold)
+        raise Conflict("this write is refused after it changed a row")
+
+
+async def test_a_failing_write_undoes_only_its_own_statements(store: Store) -> None:
+    s0 = await store.serial()
+    got = await asyncio.gather(
+        *(store.add_txt(f"a{i}.gw.test", "ok") for i in range(5)),
+        _failing_write(store, "bad.gw.test"),
+        *(store.add_txt(f"b{i}.gw.test", "ok") for i in range(5)),
+        return_exceptions=True)
+    assert [type(g) for g in got] == [type(None)] * 5 + [Conflict] + [type(None)] * 5
+    names = {t.fqdn for t in await store.list_txt()}
+    assert names == {f"{p}{i}.gw.test" for p in "ab" for i in range(5)}
+    cs = await store.changes_since(s0)
+    assert cs is not None and "bad.gw.test" not in cs.txt
+
+
+async def test_a_write_cancelled_in_its_group_leaves_no_trace(store: Store) -> None:
+    s0 = await store.serial()
+    first = asyncio.create_task(store.add_txt("first.gw.test", "ok"))
+    doomed = asyncio.create_task(_failing_write(store, "doomed.gw.test", hold=30))
+    later = [asyncio.create_task(store.add_txt(f"l{i}.gw.test", "ok")) for i in range(3)]
+    async with asyncio.timeout(10):
+        await asyncio.sleep(0.3)  # the doomed write has changed its row and holds the group
+        assert not first.done()  # ... which is not committed while a write of it runs
+        doomed.cancel()
+        await asyncio.gather(first, *later)
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert {t.fqdn for t in await store.list_txt()} == {
+        "first.gw.test", "l0.gw.test", "l1.gw.test", "l2.gw.test"}
+    cs = await store.changes_since(s0)
+    assert cs is not None and "doomed.gw.test" not in cs.txt
+    await store.add_txt("after.gw.test", "ok")  # the store still writes
+
+
+async def test_a_failed_commit_fails_every_write_of_its_group(tmp_path: Path) -> None:
+    """SQLite refuses the group's serial bump (a trigger standing in for a full disk):
+    no write of the group is reported done, and none of them is stored."""
+    store = SqliteStore(tmp_path / "wg.db")
+    await store.open()
+    try:
+        await store.add_txt("before.gw.test", "ok")
+        await store.db.execute(
+            "CREATE TRIGGER full_disk BEFORE INSERT ON changes WHEN NEW.key = 'boom.gw.test'"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        first = asyncio.create_task(store.add_txt("one.gw.test", "ok"))
+        group = [store.add_txt(f"g{i}.gw.test", "ok") for i in range(4)]
+        got = await asyncio.gather(first, *group, store.add_txt("boom.gw.test", "ok"),
+                                   return_exceptions=True)
+        failed = [g for g in got if isinstance(g, StoreUnavailable)]
+        assert len(failed) >= 2 and all(isinstance(g, StoreUnavailable) or g is None for g in got)
+        stored = {t.fqdn for t in await store.list_txt()}
+        # every write either failed, or is stored (it committed in an earlier group)
+        for fqdn, g in zip(["one.gw.test", *(f"g{i}.gw.test" for i in range(4)),
+                            "boom.gw.test"], got, strict=True):
+            assert (fqdn in stored) == (g is None), (fqdn, g)
+        assert "boom.gw.test" not in stored
+        await store.db.execute("DROP TRIGGER full_disk")
+        await store.add_txt("after.gw.test", "ok")
+    finally:
+        await store.close()
