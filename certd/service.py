@@ -446,7 +446,9 @@ class CertService:
             if chal not in self.view.claims:
                 return
             if ok:
-                self.verify_next.pop(chal, None)
+                # Not again while the feed has yet to drop the claim (it holds the domain now):
+                # only if it is still pending much later (the write failed) is it re-checked.
+                self.verify_next[chal] = (time.time() + VERIFY_CAP, 0)
                 if await self.store.verify_claim(chal, f"{detail}; certificate requested"):
                     log.info("certd: %s verified for owner %d (%s)", claim.fqdn,
                              claim.owner_id, detail)
@@ -533,6 +535,7 @@ class CertService:
             cert = replace(cert, domains=domains, order_url="")
         key = self._order_key(cert)
         published: dict[str, set[str]] = {}
+        removed = False
         t0 = time.monotonic()
 
         async def on_order(url: str) -> None:
@@ -548,6 +551,7 @@ class CertService:
                     on_order, published,
                 )
             await self._remove_txt(cid, published)  # the order is done with them
+            removed = True
             cert = await self._install(cert, issued)
             self.metrics.ended("issued", time.monotonic() - t0)
             log.info("certd: certificate %s for %s obtained in %.2f s, valid until %s",
@@ -563,7 +567,7 @@ class CertService:
             outcome = await self._failed(cid, cert, e)
             self.metrics.ended(outcome, time.monotonic() - t0)
         finally:
-            if cid not in self.lost:  # else the TXT are the new holder's now
+            if cid not in self.lost and not removed:  # else the TXT are the new holder's now
                 with contextlib.suppress(StoreError):
                     await self._remove_txt(cid, published)
 
