@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -28,6 +29,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +40,16 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from probe import Probe, proc_cpu  # noqa: E402
+
 from certd.service import CertService  # noqa: E402
 from dnsd.service import DnsService  # noqa: E402
-from tests.pebble import start_pebble  # noqa: E402
+from tests.knot import Knot, knot_missing, owner_zone  # noqa: E402
+from tests.pebble import Pebble, start_pebble  # noqa: E402
 from tests.support import ZONE, free_port, held_domain, make_config  # noqa: E402
 from webgateway.addresses import parse_hostport  # noqa: E402
-from webgateway.model import CertState, Name  # noqa: E402
+from webgateway.dnsname import new_challenge_label  # noqa: E402
+from webgateway.model import CertState, Domain, Name  # noqa: E402
 from webgateway.sqlite_store import SqliteStore  # noqa: E402
 
 HOOK = Path(__file__).resolve().parent / "lego_hook.sh"
@@ -110,11 +117,18 @@ class Bench:
                         and cert.state == CertState.VALID):
                     fut.set_result(cert.updated)  # when the store wrote the row
 
-    async def add_and_wait(self, fqdn: str, timeout: float = 120) -> float:
+    async def add_and_wait(self, fqdn: str, timeout: float = 120,
+                           challenge: str | None = None) -> float:
+        """Latency of one domain. With ``challenge``, a pending claim (the owner's CNAMEs
+        are in place at their DNS host, so certd's check proves it); without, a claim
+        marked verified directly."""
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.waiting[fqdn] = fut
         t0 = time.time()  # wall clock, like Certificate.updated
-        await held_domain(self.store, fqdn, "shop", self.owner_id)
+        if challenge is None:
+            await held_domain(self.store, fqdn, "shop", self.owner_id)
+        else:
+            await self.store.put_domain(Domain(fqdn, "shop", self.owner_id, challenge), 100_000)
         done = await asyncio.wait_for(fut, timeout)
         return done - t0
 
@@ -156,23 +170,26 @@ async def lego_one(domain: str, lpath: Path, env: dict[str, str], pebble_dir: st
     return time.monotonic() - t0 if rc == 0 else None
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=50, help="sequential issuances")
-    ap.add_argument("-m", type=int, default=200, help="issued at once")
-    ap.add_argument("-p", type=int, default=20, help="lego parallel processes for the M run")
-    ap.add_argument("--concurrency", type=int, default=4, help="certd acme.concurrency")
-    ap.add_argument("--skip-lego", action="store_true")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = ap.parse_args()
+@dataclass
+class Gateway:
+    """dnsd + certd on one SQLite store, one Pebble validating through that dnsd."""
 
-    work = Path(tempfile.mkdtemp(prefix="wg-acme-bench-"))
-    results: list[dict[str, Any]] = []
+    pebble: Pebble
+    store: SqliteStore
+    bench: Bench
+    dns_port: int
+
+
+@contextlib.asynccontextmanager
+async def gateway(work: Path, concurrency: int, resolver: int | None = None,
+                  ) -> AsyncIterator[Gateway]:
+    """Started, with the zone's certificate and one custom domain ("warm") issued.
+    ``resolver``: the port of the DNS server certd asks about claims (default: our dnsd)."""
     dns_port = free_port()
     with start_pebble(work / "pebble", ("127.0.0.1", dns_port)) as pb:
         cfg = make_config(work, dns={"listen": [f"127.0.0.1:{dns_port}"]}, acme={
             "directory": pb.directory, "ca_bundle": str(pb.ca_bundle),
-            "resolver": f"127.0.0.1:{dns_port}", "concurrency": args.concurrency},
+            "resolver": f"127.0.0.1:{resolver or dns_port}", "concurrency": concurrency},
             store={"poll_interval": 0.02})
         store = SqliteStore(cfg.store.path, 0.02)
         await store.open()
@@ -180,8 +197,6 @@ async def main() -> None:
         certd = CertService(cfg, store, CollectorRegistry())
         await dnsd.start()
         await certd.start()
-        api_port = free_port()
-        runner = await txt_api(store, api_port)
         b: Bench | None = None
         try:
             owner = await store.create_owner("bench", "h")
@@ -192,8 +207,128 @@ async def main() -> None:
             while (c := await store.get_certificate("zone")) is None or c.state != CertState.VALID:
                 assert time.monotonic() < end, "zone certificate not issued"
                 await asyncio.sleep(0.05)
-            await b.add_and_wait("warm.example.org")
+            await b.add_and_wait(WARM, challenge=CHALLENGES.get(WARM))
+            yield Gateway(pb, store, b, dns_port)
+        finally:
+            if b is not None and b.task is not None:
+                b.task.cancel()
+            await certd.stop()
+            await dnsd.stop()
+            await store.close()
 
+
+WARM = "warm.example.org"
+OWNER_ZONE = "example.org"
+#: fqdn -> challenge label of the claims mode (the owners' CNAMEs name these labels)
+CHALLENGES: dict[str, str] = {}
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print()
+    print(f"{'run':45} {'n':>4} {'fail':>4} {'p50 s':>7} {'p99 s':>7} {'wall s':>7} "
+          f"{'cert/s':>7} {'CPU ms/cert':>11}")
+    for r in results:
+        print(f"{r['run']:45} {r['n']:>4} {r['fails']:>4} {r['p50_s']!s:>7} {r['p99_s']!s:>7} "
+              f"{r['wall_s']:>7} {r['per_s']!s:>7} {r['cpu_ms_per_cert']:>11}")
+
+
+async def claims(args: argparse.Namespace, work: Path) -> None:
+    """M custom domains claimed at once, each proved by the owner's two CNAMEs at their DNS
+    host (Knot, already in place), until every certificate is stored: the whole path certd
+    runs for a new domain, claim check included. Prints where the time went."""
+    if knot_missing():
+        sys.exit("the claims mode needs knotd (apt: knot)")
+    names = [f"c{i}.{OWNER_ZONE}" for i in range(args.m)]
+    CHALLENGES.update({fqdn: new_challenge_label() for fqdn in [WARM, *names]})
+    records = "".join(
+        f"{fqdn}. 60 CNAME shop.{ZONE}.\n_acme-challenge.{fqdn}. 60 CNAME {chal}._acme.{ZONE}.\n"
+        for fqdn, chal in CHALLENGES.items())
+    knot_port = free_port()
+    knot = Knot(work / "knot", "127.0.0.1", knot_port, {OWNER_ZONE: owner_zone(OWNER_ZONE)
+                                                         + records})
+    try:
+        async with gateway(work, args.concurrency, resolver=knot_port) as gw:
+            probe = Probe()
+            probe.install(gw.store)
+            pebble0, knot0 = proc_cpu(gw.pebble.proc.pid), proc_cpu(knot.proc.pid)
+            c0, t0, w0 = cpu_self(), time.monotonic(), time.time()
+            got = await asyncio.gather(
+                *(gw.bench.add_and_wait(f, 120, CHALLENGES[f]) for f in names),
+                return_exceptions=True)
+            wall = time.monotonic() - t0
+            cpu, pebble_cpu = cpu_self() - c0, proc_cpu(gw.pebble.proc.pid) - pebble0
+            knot_cpu = proc_cpu(knot.proc.pid) - knot0
+            probe.uninstall()
+            lat = [x for x in got if isinstance(x, float)]
+            for e in (x for x in got if not isinstance(x, float)):
+                print("failed:", repr(e), file=sys.stderr)
+            row = summary(f"certd {args.m} claims at once (concurrency={args.concurrency})",
+                          lat, wall, cpu, len(got) - len(lat))
+            row.update(all_issued_s=round(max(lat), 3) if lat else None,
+                       pebble_cpu_s=round(pebble_cpu, 2), knot_cpu_s=round(knot_cpu, 2),
+                       self_cpu_s=round(cpu, 2), loadavg=os.getloadavg()[0])
+            print(json.dumps(row), flush=True)
+            print_table([row])
+            print(f"\nuntil all issued: {row['all_issued_s']} s; CPU: certd+dnsd+store"
+                  f" {cpu:.2f} s, Pebble {pebble_cpu:.2f} s, Knot {knot_cpu:.2f} s"
+                  f" (load average {os.getloadavg()[0]:.2f})")
+            print(f"\n{'where (summed over concurrent orders)':40} {'count':>6} {'total s':>8}"
+                  f" {'mean ms':>8}")
+            for what, n, total, mean in probe.rows():
+                print(f"{what:40} {n:>6} {total:>8.2f} {mean:>8.2f}")
+            phases(probe, w0)
+    finally:
+        knot.stop()
+
+
+def phases(probe: Probe, w0: float) -> None:
+    """Median and last time (from the start) at which the orders reached each milestone."""
+    by_chal = {chal: dict(probe.marks.get(chal, {})) for f, chal in CHALLENGES.items()
+               if f != WARM}
+    for fqdn, chal in CHALLENGES.items():
+        if chal in by_chal:
+            for phase, t in probe.marks.get(fqdn, {}).items():
+                by_chal[chal].setdefault(phase, t)
+    order = ("verified", "order created", "TXT added", "TXT propagated", "domain active")
+    print(f"\n{'milestone (s from the start)':40} {'p50':>8} {'max':>8}")
+    for phase in order:
+        ts = [m[phase] - w0 for m in by_chal.values() if phase in m]
+        if ts:
+            print(f"{phase:40} {statistics.median(ts):>8.2f} {max(ts):>8.2f}")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=50, help="sequential issuances")
+    ap.add_argument("-m", type=int, default=200, help="issued at once")
+    ap.add_argument("-p", type=int, default=20, help="lego parallel processes for the M run")
+    ap.add_argument("--concurrency", type=int, default=4, help="certd acme.concurrency")
+    ap.add_argument("--skip-lego", action="store_true")
+    ap.add_argument("--claims", action="store_true",
+                    help="only M claims proved via CNAME at Knot, with where the time went")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="wg-acme-bench-"))
+    try:
+        if args.claims:
+            await claims(args, work)
+        else:
+            await compare(args, work)
+    finally:
+        if args.keep:
+            print("work directory:", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+async def compare(args: argparse.Namespace, work: Path) -> None:
+    results: list[dict[str, Any]] = []
+    async with gateway(work, args.concurrency) as gw:
+        b, store, pb, dns_port = gw.bench, gw.store, gw.pebble, gw.dns_port
+        api_port = free_port()
+        runner = await txt_api(store, api_port)
+        try:
             c0, t0 = cpu_self(), time.monotonic()
             lat = [await b.add_and_wait(f"s{i}.example.org") for i in range(args.n)]
             results.append(summary(f"certd {args.n} sequential", lat,
@@ -250,22 +385,8 @@ async def main() -> None:
                                        len(outs) - len(lat)))
                 print(json.dumps(results[-1]), flush=True)
         finally:
-            if b is not None and b.task is not None:
-                b.task.cancel()
             await runner.cleanup()
-            await certd.stop()
-            await dnsd.stop()
-            await store.close()
-    print()
-    print(f"{'run':45} {'n':>4} {'fail':>4} {'p50 s':>7} {'p99 s':>7} {'wall s':>7} "
-          f"{'cert/s':>7} {'CPU ms/cert':>11}")
-    for r in results:
-        print(f"{r['run']:45} {r['n']:>4} {r['fails']:>4} {r['p50_s']!s:>7} {r['p99_s']!s:>7} "
-              f"{r['wall_s']:>7} {r['per_s']!s:>7} {r['cpu_ms_per_cert']:>11}")
-    if args.keep:
-        print("work directory:", work)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    print_table(results)
 
 
 def _interrupt(*_: object) -> None:
