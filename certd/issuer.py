@@ -94,7 +94,7 @@ class Issuer:
         if c is None or self._local.gen != self._gen:
             net = RetryingNetwork(
                 self.jwk, account=self.regr, alg=ES256, verify_ssl=self.verify,
-                user_agent=USER_AGENT, timeout=20,
+                user_agent=USER_AGENT, timeout=20, ca_url=self.acme.directory,
             )
             assert self.directory is not None
             c = client.ClientV2(self.directory, net)
@@ -165,7 +165,7 @@ class Issuer:
     ) -> tuple[JWKEC, messages.Directory, messages.RegistrationResource]:
         jwk = JWKEC(key=key)
         net = RetryingNetwork(jwk, alg=ES256, verify_ssl=self.verify,
-                              user_agent=USER_AGENT, timeout=20)
+                              user_agent=USER_AGENT, timeout=20, ca_url=self.acme.directory)
         directory = messages.Directory.from_json(net.get(self.acme.directory).json())
         if stored_url:
             regr = messages.RegistrationResource(uri=stored_url, body=messages.Registration())
