@@ -10,6 +10,8 @@ by the same DNS server and CA.
          a claim marked verified in the store (what certd does once it sees the owner's
          CNAMEs), so the figure is the issuance, as lego's is.
   lego:  N sequential issuances, then M with P parallel processes.
+  --claims: only certd, M pending claims at once whose CNAMEs a Knot DNS host serves, so
+         certd's own claim check is timed too; prints where the time went (probe.py).
 
 Prints one JSON line per run and a table; CPU is this process (certd + dnsd + store) vs
 lego's processes (children), Pebble excluded on both sides.
