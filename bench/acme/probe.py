@@ -29,7 +29,8 @@ from certd.acmenet import RetryingNetwork
 
 STORE_WRITES = ("add_txt", "remove_txt", "put_certificate", "set_domain_state", "verify_claim",
                 "set_claim_detail", "put_domain", "set_meta", "delete_certificate",
-                "expire_claims")
+                "expire_claims", "take_lease", "release_lease", "take_order_slot",
+                "set_renew_at")
 
 
 @dataclass
