@@ -105,6 +105,10 @@ def _canonical(rtype: int, rdata: bytes) -> bytes:
     return rdata
 
 
+_Key = tuple[bytes, int, int, tuple[bytes, ...], bytes]  # owner, type, TTL, RDATAs, zone
+_Entry = tuple[tuple[bytes, ...], float]  # RRSIG tails, when to sign again
+
+
 class Signer:
     """Signs RRsets with the zone's keys and packs DO=1 answers with their RRSIGs and NSEC."""
 
@@ -124,17 +128,26 @@ class Signer:
         self.clock = clock
         self.cache_size = cache_size
         self.signed = 0  # signatures made (metrics, tests)
-        self._cache: dict[tuple[bytes, int, int, tuple[bytes, ...], bytes],
-                          tuple[tuple[bytes, ...], float]]
-        self._cache = {}
+        self._cache: dict[_Key, _Entry] = {}
+        self._old: dict[_Key, _Entry] = {}
 
     def rrsigs(self, owner: bytes, rtype: int, ttl: int, rdatas: tuple[bytes, ...],
                zone: bytes) -> tuple[bytes, ...]:
         """The RRSIG records for one RRset, one a key, each without its owner (type
-        onward), from cache while more than ``refresh`` seconds of their validity remain."""
+        onward), from cache while more than ``refresh`` seconds of their validity remain.
+
+        The cache is two generations of ``cache_size`` entries each (as dnsd's reply
+        cache): a full young one becomes the old one, and an old entry used again moves
+        back to the young; so RRsets asked at least once per ``cache_size`` new ones keep
+        their signatures, where clearing a full cache re-signed a hot set just larger than
+        it all at once. Memory stays bounded at two generations."""
         key = (owner, rtype, ttl, rdatas, zone)
         now = self.clock()
         hit = self._cache.get(key)
+        if hit is None:
+            hit = self._old.get(key)
+            if hit is not None and now < hit[1]:
+                self._keep(key, hit)
         if hit is not None and now < hit[1]:
             return hit[0]
         inception = int(now) - INCEPTION_BACKDATE
@@ -152,10 +165,15 @@ class Signer:
             rdata = head + r.to_bytes(32, "big") + s.to_bytes(32, "big")
             tails.append(struct.pack(">HHIH", RRSIG, wire.IN, ttl, len(rdata)) + rdata)
             self.signed += 1
+        entry = (tuple(tails), expiration - self.refresh)
+        self._keep(key, entry)
+        return entry[0]
+
+    def _keep(self, key: _Key, entry: _Entry) -> None:
         if len(self._cache) >= self.cache_size:
-            self._cache.clear()
-        self._cache[key] = (tuple(tails), expiration - self.refresh)
-        return self._cache[key][0]
+            self._old = self._cache
+            self._cache = {}
+        self._cache[key] = entry
 
     def _pack(self, qname: bytes, rrset: RRset) -> tuple[bytes, int]:
         owner = rrset.owner

@@ -17,7 +17,7 @@ import pytest
 
 from dnsd import wire
 from dnsd.responder import Responder
-from dnsd.signer import NXNAME, type_bitmap
+from dnsd.signer import NXNAME, Signer, type_bitmap
 from dnsd.zone import ZoneView
 from tests.dnszone import ZONE, snapshot, zone_config
 from tests.support import fixed_label as challenge_label
@@ -300,3 +300,25 @@ def test_a_missing_name_of_255_octets_gets_a_valid_nsec() -> None:
     assert nsec(upper)[0].next.labels[0].endswith(b"[")
     ff = ask(r, name.replace("?", "\\255"), "A")  # no successor: no NSEC, never a bad one
     assert not any(s.rdtype == dns.rdatatype.NSEC for s in ff.authority)
+
+
+def test_a_full_signature_cache_keeps_the_rrsets_still_asked() -> None:
+    """A hot RRset asked once per ``cache_size`` new ones keeps its signature across the
+    cache filling up (a clear-all cache signed it again after every fill); memory stays
+    bounded at two generations."""
+    signer = Signer([zonekeys.first_key(NOW)], clock=lambda: NOW, cache_size=4)
+    apex = wire.name_to_wire(ZONE)
+
+    def sign(label: str) -> None:
+        signer.rrsigs(wire.name_to_wire(f"{label}.{ZONE}"), wire.A, 300, (b"\x7f\x00\x00\x01",),
+                      apex)
+
+    sign("hot")
+    for i in range(40):
+        sign(f"cold{i}")
+        if i % 3 == 2:
+            sign("hot")
+    assert signer.signed == 41  # the hot RRset was signed once, each cold one once
+    assert len(signer._cache) + len(signer._old) <= 2 * 4
+    sign("cold0")  # long gone: signed again
+    assert signer.signed == 42
