@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
@@ -33,6 +33,7 @@ from webgateway import keyroll, zonekeys
 from webgateway.addresses import HostPort
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
+from webgateway.keyseal import KeySeal
 from webgateway.listen import bind
 from webgateway.model import NameLoad, acme_account_meta_key
 from webgateway.store import Store, StoreError
@@ -355,7 +356,9 @@ class DnsService:
         self.view = ZoneView(config.zone, account_key, config.dnssec)
         self.journal = Journal(self.view)
         self.responder = Responder(self.view)
-        self.follower = Follower(store, self.journal, max_wait=1.0, names_as=NameLoad.LABELS)
+        self.seal = KeySeal(config.store.key)
+        self.follower = Follower(store, self.journal, max_wait=1.0, names_as=NameLoad.LABELS,
+                                 prepare=self._open_keys)
         tsig = config.dns.tsig
         signer = Signer(tsig) if tsig is not None else None
         self.transfers = transfer.Transfers(self.journal, signer, config.dns.transfer_acl(),
@@ -381,7 +384,7 @@ class DnsService:
 
     async def start(self) -> None:
         if self.view.dnssec is not None:
-            await zonekeys.ensure(self.store)  # before the first load: signed from the start
+            await zonekeys.ensure(self.store, self.seal)  # before the first load: signed at once
         await self.follower.load()
         if self.config.dns.tsig is not None:
             self.view.sorted_labels()  # before serving: the first AXFR must not stall answers
@@ -451,6 +454,21 @@ class DnsService:
             await asyncio.sleep(RESIGN_INTERVAL)
             self.view.bump(self.view.serial)
 
+    async def _open_keys(self, meta: Mapping[str, str | None]) -> None:
+        """Open the private keys of a new DNSSEC key list before the view reads it (meta
+        holds the public halves; the sealed private ones are read here, by dnsd alone).
+        One that does not open is reported (never its content) and the view keeps the
+        keys it has."""
+        if zonekeys.META_KEY not in meta:
+            return
+        for k in self.view.needs_private(meta[zonekeys.META_KEY]):
+            try:
+                private = await zonekeys.open_private(self.store, self.seal, k)
+            except zonekeys.KeyMaterialError as e:
+                log.error("dnssec: %s; answers keep the previous keys", e)
+                continue
+            self.view.private_keys[zonekeys.secret_name(k)] = private
+
     async def _roll(self) -> None:
         """Moves a key rollover on when its next phase is due (every gateway of a fleet
         tries; the store's compare-and-swap lets one change land). The new keys reach the
@@ -460,7 +478,7 @@ class DnsService:
         while True:
             await asyncio.sleep(ROLL_INTERVAL)
             try:
-                await keyroll.advance_stored(self.store, timing)
+                await keyroll.advance_stored(self.store, self.seal, timing)
                 if transfers:
                     await self._resign_for_secondaries()
             except (keyroll.RolloverError, zonekeys.KeyMaterialError) as e:

@@ -15,7 +15,10 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import NamedTuple
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from dnsd import wire
 from dnsd.signer import QNAME, Denial, RRset, Signer
@@ -104,6 +107,10 @@ class ZoneView:
         self.signer: Signer | None = None
         self.keys_text: str | None = None
         self.zone_keys: list[zonekeys.ZoneKey] = []
+        #: The private keys of the keys in the zone, by secrets row: meta holds only the
+        #: public halves, so dnsd's shell opens these from the store before a key change
+        #: reaches the view (``open_keys``).
+        self.private_keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         self.account_key = account_key if zone.caa_accounturi else None
         self.account_url = ""
         self.apex = wire.name_to_wire(zone.name)
@@ -218,14 +225,35 @@ class ZoneView:
             return True
         try:
             keys = zonekeys.load(text)
+            signing = [k if k.private is not None else
+                       replace(k, private=self._private(k)) for k in zonekeys.in_zone(keys)]
         except zonekeys.KeyMaterialError as e:
             log.error("dnssec: %s; answers keep the previous keys", e)
             return False
-        self.signer = Signer(zonekeys.in_zone(keys), self.dnssec.signature_validity,
+        self.signer = Signer(signing, self.dnssec.signature_validity,
                              self.dnssec.signature_refresh, self.clock)
         self.keys_text = text
         self.zone_keys = keys
+        self.private_keys = zonekeys.privates(signing)  # a retired key's goes
         return True
+
+    def _private(self, k: zonekeys.ZoneKey) -> ec.EllipticCurvePrivateKey:
+        private = self.private_keys.get(zonekeys.secret_name(k))
+        if private is None:
+            raise zonekeys.KeyMaterialError(f"the private key of DNSSEC key {k.tag} was not"
+                                            " opened from the store")
+        return private
+
+    def needs_private(self, text: str | None) -> list[zonekeys.ZoneKey]:
+        """The keys in the zone ``text`` (meta) names whose private key the view lacks."""
+        if self.dnssec is None or text is None or text == self.keys_text:
+            return []
+        try:
+            keys = zonekeys.in_zone(zonekeys.load(text))
+        except zonekeys.KeyMaterialError:
+            return []  # reported when the view reads it
+        return [k for k in keys
+                if k.private is None and zonekeys.secret_name(k) not in self.private_keys]
 
     def _keysets(self, apex: bytes) -> Rrsets:
         """DNSKEY (every key in the zone), CDS and CDNSKEY (the key the parent should

@@ -437,6 +437,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_zone_ds(args: argparse.Namespace) -> int:
     """The DS records to give the parent (the keys are generated here on first use)."""
     from webgateway import zonekeys
+    from webgateway.keyseal import KeySeal
     from webgateway.storefactory import open_store
 
     config = load_config(args.config)
@@ -448,7 +449,7 @@ def cmd_zone_ds(args: argparse.Namespace) -> int:
     async def keys() -> list[zonekeys.ZoneKey]:
         store = await open_store(config.store)
         try:
-            return await zonekeys.ensure(store)
+            return await zonekeys.ensure(store, KeySeal(config.store.key))
         finally:
             await store.close()
 
@@ -467,6 +468,7 @@ def cmd_zone_rollover(args: argparse.Namespace) -> int:
     """Start a CSK rollover, or show it, or tell it the parent has the new DS."""
     from webgateway import keyroll, zonekeys
     from webgateway.delegation import parent_has_ds
+    from webgateway.keyseal import KeySeal
     from webgateway.storefactory import open_store
 
     config = load_config(args.config)
@@ -493,7 +495,7 @@ def cmd_zone_rollover(args: argparse.Namespace) -> int:
     async def run() -> list[zonekeys.ZoneKey]:
         store = await open_store(config.store)
         try:
-            return await keyroll.change_stored(store, change)
+            return await keyroll.change_stored(store, KeySeal(config.store.key), change)
         finally:
             await store.close()
 

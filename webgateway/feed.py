@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from webgateway.model import ChangeSet, NameLoad, Snapshot
@@ -26,18 +27,25 @@ class Follower:
     """Keeps ``view`` at the store's serial. ``serial`` is what the view has applied."""
 
     def __init__(self, store: Store, view: View, *, max_wait: float = 1.0,
-                 names_as: NameLoad = NameLoad.FULL) -> None:
+                 names_as: NameLoad = NameLoad.FULL,
+                 prepare: Callable[[Mapping[str, str | None]], Awaitable[None]] | None = None,
+                 ) -> None:
         """``names_as``: what of the names the view needs at a (re)load; change sets
-        always carry the changed names whole."""
+        always carry the changed names whole. ``prepare``: awaited with the meta of each
+        snapshot or change set before the view gets it (dnsd opens the private keys a new
+        DNSSEC key list names)."""
         self.store = store
         self.view = view
         self.names_as = names_as
+        self.prepare = prepare
         self.max_wait = max_wait
         self.serial = 0
         self.applied = asyncio.Event()
 
     async def load(self) -> None:
         snap = await self.store.snapshot(self.names_as)
+        if self.prepare is not None:
+            await self.prepare(snap.meta)
         self.view.load(snap)
         self.serial = snap.serial
         self._mark_applied()
@@ -56,6 +64,8 @@ class Follower:
             await self.load()
             return
         if not changes.empty:
+            if self.prepare is not None and changes.meta:
+                await self.prepare(changes.meta)
             self.view.apply(changes)
         self.serial = changes.serial
         self._mark_applied()

@@ -28,8 +28,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from webgateway.config import Config, human_duration
+from webgateway.keyseal import KeySeal
 from webgateway.store import Store
-from webgateway.zonekeys import META_KEY, ZoneKey, dump, generate, in_zone, load
+from webgateway.zonekeys import (
+    META_KEY,
+    ZoneKey,
+    dump,
+    generate,
+    in_zone,
+    load,
+    seal_private,
+    secret_name,
+)
 
 #: Removed keys kept in the list (without their private key) for ``--status``.
 KEEP_REMOVED = 2
@@ -131,10 +141,15 @@ def advance(keys: list[ZoneKey], now: float, timing: Timing,
     return out if out != keys else keys
 
 
-async def change_stored(store: Store, change: Callable[[list[ZoneKey]], list[ZoneKey]],
+async def change_stored(store: Store, seal: KeySeal,
+                        change: Callable[[list[ZoneKey]], list[ZoneKey]],
                         attempts: int = 5) -> list[ZoneKey]:
     """Apply ``change`` to the stored keys with a compare-and-swap, retried when another
-    gateway wrote in between; the keys as stored after it."""
+    gateway wrote in between; the keys as stored after it.
+
+    A key ``change`` generates is sealed into its secrets row before the swap names it;
+    when the swap loses (another gateway rolled first) that row is deleted, so exactly one
+    successor exists. A removed key's row goes once the swap that removes it lands."""
     for _ in range(attempts):
         text = await store.get_meta(META_KEY)
         if text is None:
@@ -142,15 +157,27 @@ async def change_stored(store: Store, change: Callable[[list[ZoneKey]], list[Zon
                                 " (or run `webgateway zone ds`) first")
         keys = load(text)
         new = change(keys)
-        if new is keys or await store.swap_meta(META_KEY, text, dump(new)):
+        if new is keys:
             return new
+        before = {secret_name(k) for k in keys}
+        made = [k for k in new if k.private is not None and secret_name(k) not in before]
+        for k in new:
+            if k.private is not None:
+                await seal_private(store, seal, k)
+        if await store.swap_meta(META_KEY, text, dump(new)):
+            live = {secret_name(k) for k in new if k.removed is None}
+            for name in before - live:
+                await store.delete_secret(name)
+            return [replace(k, private=None) for k in new]
+        for k in made:
+            await store.delete_secret(secret_name(k))
     raise RolloverError("the key list kept changing under this command; run it again")
 
 
-async def advance_stored(store: Store, timing: Timing,
+async def advance_stored(store: Store, seal: KeySeal, timing: Timing,
                          clock: Callable[[], float] = time.time) -> list[ZoneKey]:
     """One tick of the roll: what dnsd runs every minute on every gateway."""
-    return await change_stored(store, lambda keys: advance(keys, clock(), timing))
+    return await change_stored(store, seal, lambda keys: advance(keys, clock(), timing))
 
 
 def _when(t: float | None) -> str:

@@ -2,9 +2,10 @@
 
 A fleet's store is a networked PostgreSQL, backed up and read by people who should not hold
 the gateways' TLS keys; so every private key (certificates', pending orders', the ACME
-account's) is written AES-256-GCM-encrypted under a 32-byte secret that lives only in a
-0600 file on the gateways, with the key's *slot* (``cert:zone``, ``order:shop.example.org``,
-``acme-account``) as associated data: a sealed key copied into another slot (another
+account's, the zone's DNSSEC keys: ``webgateway.zonekeys``) is written AES-256-GCM-encrypted
+under a 32-byte secret that lives only in a 0600 file on the gateways, with the key's *slot*
+(``cert:zone``, ``order:shop.example.org``, ``acme-account``, ``dnssec:<tag>:<digest>``) as
+associated data: a sealed key copied into another slot (another
 certificate's row) does not open. Without ``key_file`` (the SQLite default: the store file
 is already 0600 on the machine that would hold the key file) keys are stored as
 ``plain:`` PEM; a store may hold both, so a key file can be added later.

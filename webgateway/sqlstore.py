@@ -954,6 +954,10 @@ class SqlStore:
             r = await self._one("SELECT value FROM secrets WHERE name=?", (name,))
         return str(r[0]) if r else None
 
+    async def delete_secret(self, name: str) -> None:
+        async with self._write():
+            await self._exec("DELETE FROM secrets WHERE name=?", (name,))
+
     async def put_secret_once(self, name: str, value: str) -> str:
         """Store ``value`` unless ``name`` has one already; the value stored, so gateways
         creating the same secret at once all end up with the first one."""

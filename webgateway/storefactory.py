@@ -7,9 +7,14 @@ so the backend, ``poll_interval`` and ``timeout`` are chosen in one place.
 
 from __future__ import annotations
 
+import logging
+
 from webgateway.config import ConfigError, StoreConfig
 from webgateway.keyseal import KeySeal, KeySealError, check_store
 from webgateway.store import Store
+from webgateway.zonekeys import KeyMaterialError, seal_stored
+
+log = logging.getLogger(__name__)
 
 
 async def open_store(config: StoreConfig) -> Store:
@@ -26,7 +31,12 @@ async def open_store(config: StoreConfig) -> Store:
         store = SqliteStore(config.path, config.poll_interval)
     await store.open()
     try:
-        await check_store(store, KeySeal(config.key))
+        seal = KeySeal(config.key)
+        await check_store(store, seal)
+        try:
+            await seal_stored(store, seal)
+        except KeyMaterialError as e:  # dnsd reports it and serves unsigned; others go on
+            log.error("dnssec: %s", e)
     except KeySealError as e:
         await store.close()
         raise ConfigError("store.key_file", str(e)) from None

@@ -45,7 +45,9 @@ def view(n: int, do: bool = False) -> ZoneView:
         hostmaster=f"hostmaster@{ZONE}",
     )
     v = ZoneView(cfg, None, DnssecConfig(enabled=do))
-    meta = {zonekeys.META_KEY: zonekeys.dump([zonekeys.generate()])} if do else {}
+    keys = [zonekeys.generate()]
+    v.private_keys.update(zonekeys.privates(keys))  # as dnsd's shell opens them
+    meta = {zonekeys.META_KEY: zonekeys.dump(keys)} if do else {}
     v.load(Snapshot(1, {f"h{i}": Name(f"h{i}", 1, ()) for i in range(n)}, {}, {}, {}, meta))
     return v
 

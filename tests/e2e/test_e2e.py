@@ -487,6 +487,7 @@ def test_a_key_rollover_keeps_validating_at_unbound(world: World) -> None:
     import asyncio
 
     from webgateway import keyroll, zonekeys
+    from webgateway.keyseal import KeySeal
     from webgateway.sqlite_store import SqliteStore
 
     timing = keyroll.Timing(propagation=1, ttl_key=5, ttl_sig=5, parent_propagation=1, ttl_ds=5)
@@ -495,7 +496,7 @@ def test_a_key_rollover_keeps_validating_at_unbound(world: World) -> None:
         store = SqliteStore(world.tmp / "var" / "webgateway.db")
         await store.open()
         try:
-            return await keyroll.advance_stored(store, timing)
+            return await keyroll.advance_stored(store, KeySeal(), timing)
         finally:
             await store.close()
 

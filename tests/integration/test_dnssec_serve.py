@@ -21,8 +21,9 @@ import pytest
 from tests.certd_harness import dns_target
 from tests.dnssec_check import validate_section
 from tests.gateway import cli, write_config
-from tests.support import ZONE, make_config, services
+from tests.support import ZONE, make_config, services, store_rows
 from webgateway import zonekeys
+from webgateway.keyseal import SEALED, KeySeal
 from webgateway.model import Name
 
 
@@ -117,6 +118,7 @@ async def test_a_key_rollover_by_command_on_real_sockets(tmp_path: Path,
     host, port = dns_target(cfg)
     apex = dns.name.from_text(ZONE)
     timing = keyroll.Timing.from_config(cfg)
+    seal = KeySeal(cfg.store.key)
     async with services(cfg, "dnsd") as run:
         (old,) = zonekeys.load(await run.store.get_meta(zonekeys.META_KEY) or "")
         r = await asyncio.to_thread(cli, "zone", "rollover", "--config", str(path))
@@ -138,7 +140,7 @@ async def test_a_key_rollover_by_command_on_real_sockets(tmp_path: Path,
         assert r.returncode == 1 and "already under way" in r.stderr, r.stderr
 
         later = time.time() + timing.ipub + 1
-        await keyroll.advance_stored(run.store, timing, clock=lambda: later)
+        await keyroll.advance_stored(run.store, seal, timing, clock=lambda: later)
         deadline = time.monotonic() + 3
         while await _cds_tags(host, port) != {dns.dnssec.key_id(new)}:
             assert time.monotonic() < deadline, "CDS never named the new key"
@@ -149,7 +151,7 @@ async def test_a_key_rollover_by_command_on_real_sockets(tmp_path: Path,
         assert r.returncode == 0 and f"key(s) {old.tag} retire at" in r.stdout, r.stdout
 
         later = time.time() + timing.iret_ds + 1
-        await keyroll.advance_stored(run.store, timing, clock=lambda: later)
+        await keyroll.advance_stored(run.store, seal, timing, clock=lambda: later)
         keyset = await _keys_served(host, port, 1)
         assert [k.key for k in keyset] == [new.key]
         m = await _ask(host, port, ZONE, "SOA")
@@ -202,19 +204,27 @@ async def test_two_gateways_due_for_a_scheduled_roll_start_one(tmp_path: Path,
     cfg = make_config(tmp_path, dnssec={"enabled": True, "csk_lifetime": "30d"},
                       store=store_section)
     timing = keyroll.Timing.from_config(cfg)
+    seal = KeySeal(cfg.store.key)
     a, b = await open_store(cfg.store), await open_store(cfg.store)
     try:
-        (first,) = await zonekeys.ensure(a)
-        assert [k.tag for k in await zonekeys.ensure(b)] == [first.tag]
+        firsts = await asyncio.gather(zonekeys.ensure(a, seal), zonekeys.ensure(b, seal))
+        assert [[k.tag for k in f] for f in firsts] == [[firsts[0][0].tag]] * 2
+        (first,) = firsts[0]
         due = (first.active or 0) + timing.lifetime + 1
         results = await asyncio.gather(
-            *[keyroll.advance_stored(s, timing, clock=lambda: due) for s in (a, b) * 3])
+            *[keyroll.advance_stored(s, seal, timing, clock=lambda: due) for s in (a, b) * 3])
         stored = zonekeys.load(await a.get_meta(zonekeys.META_KEY) or "")
         assert len(stored) == 2 and stored[0].tag == first.tag
         assert all([replace(k, private=None) for k in r] ==
                    [replace(k, private=None) for k in stored] for r in results)
         assert await b.swap_meta(zonekeys.META_KEY, "stale", "x") is False
         assert zonekeys.load(await b.get_meta(zonekeys.META_KEY) or "")[1].tag == stored[1].tag
+        # exactly one sealed private key per stored key: the losers deleted theirs
+        rows = await store_rows(a, "SELECT name FROM secrets WHERE name LIKE 'dnssec:%'")
+        assert sorted(r[0] for r in rows) == sorted(zonekeys.secret_name(k) for k in stored)
+        for k in stored:
+            private = await zonekeys.open_private(b, seal, k)
+            assert zonekeys.ZoneKey.from_private(private, k.created).dnskey == k.dnskey
     finally:
         await a.close()
         await b.close()
@@ -242,3 +252,68 @@ async def test_with_secondaries_the_serial_moves_for_fresh_signatures(
         await asyncio.sleep(0.3)  # several more ticks: nothing due
         assert await run.store.get_meta(zonekeys.RESIGNED_META) == stamp
         assert await run.store.serial() == moved
+
+
+async def test_plaintext_keys_in_meta_are_sealed_at_first_start(
+        tmp_path: Path, store_section: dict[str, object],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A store written before sealing holds the CSK's PEM in meta, so in every snapshot:
+    the first start moves it into a sealed secrets row and out of meta, and dnsd signs
+    with it. Another key file, or the row copied to another key's slot, does not open it;
+    no error, log line or repr carries the key."""
+    import json
+    import logging
+    from dataclasses import replace
+
+    from cryptography.hazmat.primitives import serialization
+
+    from webgateway.storefactory import open_store
+
+    key_file = tmp_path / "store.key"
+    key_file.write_bytes(os.urandom(32))
+    key_file.chmod(0o600)
+    cfg = make_config(tmp_path, dnssec={"enabled": True},
+                      store={**store_section, "key_file": str(key_file)})
+    legacy = zonekeys.first_key()
+    assert legacy.private is not None
+    pem = legacy.private.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode("ascii")
+    body = pem.splitlines()[1]
+    store = await open_store(cfg.store)
+    try:  # as the build before sealing stored it (no phases either: before rollovers)
+        await store.set_meta(zonekeys.META_KEY, json.dumps(
+            {"keys": [{"algorithm": 13, "created": legacy.created, "private_key": pem}]}))
+    finally:
+        await store.close()
+    host, port = dns_target(cfg)
+    caplog.set_level(logging.DEBUG)
+    async with services(cfg, "dnsd") as run:
+        assert "moved 1 private key(s) out of store meta" in caplog.text
+        text = await run.store.get_meta(zonekeys.META_KEY) or ""
+        snap = await run.store.snapshot()
+        assert "PRIVATE" not in text and body not in json.dumps(snap.meta)
+        (moved,) = zonekeys.load(text)
+        assert moved.dnskey == legacy.dnskey and moved.private is None
+        sealed = await run.store.get_secret(zonekeys.secret_name(legacy))
+        assert sealed is not None and sealed.startswith(SEALED) and body not in sealed
+        m = await _ask(host, port, ZONE, "DNSKEY", tcp=True)
+        apex = dns.name.from_text(ZONE)
+        keyset = m.find_rrset(m.answer, apex, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+        assert [k.key for k in keyset] == [legacy.dnskey[4:]]
+        assert _check(await _ask(host, port, ZONE, "SOA"), {apex: keyset}) == 1
+
+        other = zonekeys.generate()
+        await run.store.put_secret_once(zonekeys.secret_name(other), sealed)
+        for seal, k in [(KeySeal(os.urandom(32)), legacy), (KeySeal(), legacy),
+                        (KeySeal(cfg.store.key), other)]:
+            with pytest.raises(zonekeys.KeyMaterialError) as e:
+                await zonekeys.open_private(run.store, seal, k)
+            assert body not in str(e.value) and "PRIVATE" not in str(e.value)
+        assert body not in repr(replace(moved, private=legacy.private))
+        assert str(legacy.private.private_numbers().private_value) not in repr(legacy)
+    assert body not in caplog.text
+    r = cli("zone", "rollover", "--status", "--config",
+            str(write_config(tmp_path, dnssec={"enabled": True},
+                             store={**store_section, "key_file": str(key_file)})))
+    assert r.returncode == 0 and body not in r.stdout + r.stderr, r.stderr

@@ -26,7 +26,8 @@ from webgateway.config import ConfigError, DnssecConfig, parse_config
 from webgateway.model import ChangeSet, Snapshot
 
 NOW = 1_800_000_000.0
-KEYS = zonekeys.dump([zonekeys.generate(NOW - 86400)])
+KEY_LIST = [zonekeys.generate(NOW - 86400)]
+KEYS = zonekeys.dump(KEY_LIST)
 SHOP = "shop.example.org"
 
 
@@ -41,6 +42,7 @@ class Clock:
 def signed_view(clock: Clock | None = None, **zone: object) -> ZoneView:
     view = ZoneView(zone_config(caa_issuers=("letsencrypt.org",), **zone), None,
                     DnssecConfig(enabled=True), clock or Clock())
+    view.private_keys.update(zonekeys.privates(KEY_LIST))
     snap = snapshot()
     view.load(Snapshot(snap.serial, snap.names, snap.domains, snap.txt, {},
                        meta={zonekeys.META_KEY: KEYS}))
@@ -243,6 +245,20 @@ def test_unreadable_keys_keep_the_zone_unsigned_without_leaking() -> None:
     m = ask(Responder(view), ZONE, "SOA")
     assert m.rcode() == dns.rcode.NOERROR
     assert not any(s.rdtype == dns.rdatatype.RRSIG for s in m.answer)
+
+
+def test_a_key_whose_private_half_was_not_opened_leaves_the_zone_unsigned(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Meta holds only public halves; a key list naming a key dnsd could not open (no
+    secrets row, another key file) is not served half-signed: the previous keys stay."""
+    view = ZoneView(zone_config(), None, DnssecConfig(enabled=True), Clock())
+    view.load(Snapshot(1, {}, {}, {}, {}, meta={zonekeys.META_KEY: KEYS}))
+    assert view.signer is None and "was not opened from the store" in caplog.text
+    m = ask(Responder(view), ZONE, "DNSKEY")
+    assert not m.answer and not any(s.rdtype == dns.rdatatype.RRSIG for s in m.authority)
+    view.private_keys.update(zonekeys.privates(KEY_LIST))
+    view.apply(ChangeSet(2, {}, {}, {}, {}, meta={zonekeys.META_KEY: KEYS}))
+    assert view.signer is not None
 
 
 def test_hostile_do_queries_get_answers_or_formerr() -> None:
