@@ -231,7 +231,8 @@ class ZoneView:
             log.error("dnssec: %s; answers keep the previous keys", e)
             return False
         self.signer = Signer(signing, self.dnssec.signature_validity,
-                             self.dnssec.signature_refresh, self.clock)
+                             self.dnssec.signature_refresh, self.clock,
+                             self.dnssec.signature_cache)
         self.keys_text = text
         self.zone_keys = keys
         self.private_keys = zonekeys.privates(signing)  # a retired key's goes

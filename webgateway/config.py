@@ -165,6 +165,9 @@ class DnssecConfig:
     propagation_delay: float = 3600.0  # RFC 7583 Dprp: a change reaching all our servers
     parent_propagation_delay: float = 3600.0  # DprpP: a DS change reaching the parent's
     parent_ds_ttl: float = 86400.0  # TTLds: the TTL of our DS at the parent
+    #: RRsets whose signatures are cached, per generation (two kept): a zone with secondaries
+    #: re-signs every transfer unless this exceeds its RRsets (~2 a name, ~350 bytes each)
+    signature_cache: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -472,6 +475,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "propagation_delay": (_duration(0, 7 * 86400), False),
         "parent_propagation_delay": (_duration(0, 7 * 86400), False),
         "parent_ds_ttl": (_duration(0, 7 * 86400), False),
+        "signature_cache": (_int(1000, 100_000_000), False),
     },
     "acme": {
         "directory": (_url, True),

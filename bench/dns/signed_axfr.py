@@ -3,8 +3,8 @@
 
 The zone is the benchmark's shape (N reserved names ``h*``, gateway A), signed; the first
 pass signs every RRset and NSEC (two signatures a name), the second finds them in the
-signature cache while it holds them (``cache_size`` 100,000 entries a generation: a zone
-with more RRsets signs again; CACHE sets another size). Prints process CPU seconds,
+signature cache while it holds them (``[dnssec] signature_cache``, 100,000 RRsets a
+generation: a zone with more signs again; CACHE sets another size). Prints process CPU seconds,
 records and the process's peak RSS for each pass.
 
 usage: python -m bench.dns.signed_axfr [NAMES=100000] [CACHE]

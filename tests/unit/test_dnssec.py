@@ -283,6 +283,15 @@ def test_config_dnssec_keys() -> None:
                      Path("/tmp"))
     with pytest.raises(ConfigError, match=r"dnssec.enabled: expected true or false"):
         parse_config({**base, "dnssec": {"enabled": "yes"}}, Path("/tmp"))
+    for bad in (10, -1, "lots", 10**9):
+        with pytest.raises(ConfigError, match=r"dnssec.signature_cache: "):
+            parse_config({**base, "dnssec": {"signature_cache": bad}}, Path("/tmp"))
+    sized = parse_config({**base, "dnssec": {"enabled": True, "signature_cache": 2_100_000}},
+                         Path("/tmp")).dnssec
+    view = ZoneView(zone_config(), None, sized, Clock())
+    view.private_keys.update(zonekeys.privates(KEY_LIST))
+    view.load(Snapshot(1, {}, {}, {}, {}, meta={zonekeys.META_KEY: KEYS}))
+    assert view.signer is not None and view.signer.cache_size == 2_100_000
     xfr = {"secondaries": ["192.0.2.9:53"], "tsig": {"name": "k", "secret": "a2V5" * 8}}
     signed_xfr = parse_config({**base, "dns": xfr, "dnssec": {"enabled": True}}, Path("/tmp"))
     assert signed_xfr.dnssec.enabled and signed_xfr.dns.secondaries  # transfers are signed
