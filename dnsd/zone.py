@@ -25,7 +25,7 @@ from dnsd.signer import QNAME, Denial, RRset, Signer
 from webgateway import zonekeys
 from webgateway.config import DnssecConfig, ZoneConfig
 from webgateway.dnsname import is_within
-from webgateway.model import ChangeSet, Domain, Name, Snapshot
+from webgateway.model import ChangeSet, Domain, Gateway, Name, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ZoneContents(NamedTuple):
 class Node:
     """Everything at one owner name, plus its packed answers for the current generation."""
 
-    __slots__ = ("ancestors", "cache", "cname", "gen", "kind", "name", "rrsets", "zone")
+    __slots__ = ("ancestors", "cache", "cname", "gen", "kind", "name", "rrsets", "ttl", "zone")
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class Node:
         self.cache: dict[tuple[int, int], Packed] = {}
         self.gen = -1
         self.ancestors: tuple[bytes, ...] = ()
+        self.ttl = 0  # 0: the zone's TTL
 
 
 def _ancestors(name: bytes, zone: bytes) -> tuple[bytes, ...]:
@@ -170,6 +171,10 @@ class ZoneView:
         self.nodes: dict[bytes, Node] = {}
         self.ent: dict[bytes, int] = {}
         self.pseudo: dict[tuple[int, bytes], Node] = {}
+        #: tunnel names (raw labels), the fleet's gateways, and which hold each tunnel name
+        self.tunnel_labels: set[bytes] = set()
+        self.gateways: dict[str, Gateway] = {}
+        self.held: dict[str, frozenset[str]] = {}
         self.gateway_node = Node(b"", self.apex, NODE, dict(self.gateway))
         self.outside = Node(b"", b"", OUTSIDE)
         for name in self.static:
@@ -189,6 +194,11 @@ class ZoneView:
             self._set_domain(d.fqdn, d)
         for fqdn, values in snapshot.txt.items():
             self._set_txt(fqdn, values)
+        self.gateways = dict(snapshot.gateways)
+        self.held = dict(snapshot.tunnels)
+        for label, name in snapshot.names.items():
+            if name.tunnel:
+                self._set_label(label, name)
         self.gen += 1
 
     def apply(self, changes: ChangeSet) -> None:
@@ -196,6 +206,7 @@ class ZoneView:
         self.as_loaded = None
         for label, name in changes.names.items():
             self._set_label(label, name)
+        self._set_fleet(changes)
         for fqdn, dom in changes.domains.items():
             self._set_domain(fqdn, dom)
         for fqdn, values in changes.txt.items():
@@ -274,9 +285,53 @@ class ZoneView:
                 wire.caa_rdata("issue", i + bind) for i in self.config.caa_issuers
             )
 
+    def _set_fleet(self, changes: ChangeSet) -> None:
+        """Gateways that came or went, and tunnel names held by other gateways now: the
+        tunnel names they concern are answered anew."""
+        labels = set(changes.tunnels)
+        for gid, gw in changes.gateways.items():
+            if gw is None:
+                self.gateways.pop(gid, None)
+            else:
+                self.gateways[gid] = gw
+            labels.update(label for label, ids in self.held.items() if gid in ids)
+        for label, ids in changes.tunnels.items():
+            if ids:
+                self.held[label] = ids
+            else:
+                self.held.pop(label, None)
+        for label in labels:
+            raw = label.encode("ascii", "replace")
+            if raw in self.tunnel_labels:
+                self._rebuild(bytes([len(raw)]) + raw + self.apex)
+
+    def _tunnel_sets(self, label: str) -> Rrsets:
+        """A tunnel name's addresses: those of the gateways holding a live tunnel for it
+        (a client that goes there is served), else every gateway's (as for any name)."""
+        v4: dict[bytes, None] = {}
+        v6: dict[bytes, None] = {}
+        for gid in sorted(self.held.get(label, ())):
+            gw = self.gateways.get(gid)
+            if gw is not None:
+                v4.update(dict.fromkeys(a.packed for a in gw.ipv4))
+                v6.update(dict.fromkeys(a.packed for a in gw.ipv6))
+        if not v4 and not v6:
+            return self.gateway
+        sets: Rrsets = {}
+        if v4:
+            sets[wire.A] = tuple(v4)
+        if v6:
+            sets[wire.AAAA] = tuple(v6)
+        return sets
+
     def _set_label(self, label: str, name: Name | None) -> None:
         raw = label.encode("ascii")
         self._touch(bytes([len(raw)]) + raw + self.apex)
+        was_tunnel = raw in self.tunnel_labels
+        if name is not None and name.tunnel:
+            self.tunnel_labels.add(raw)
+        else:
+            self.tunnel_labels.discard(raw)
         order = self.label_order
         if name is None:
             if raw in self.labels:
@@ -288,7 +343,7 @@ class ZoneView:
             if order is not None:
                 bisect.insort(order, raw)
         w = bytes([len(raw)]) + raw + self.apex
-        if w in self.nodes:
+        if w in self.nodes or was_tunnel or raw in self.tunnel_labels:
             self._rebuild(w)
 
     def _set_txt(self, fqdn: str, values: Iterable[str]) -> None:
@@ -370,6 +425,7 @@ class ZoneView:
         zone = self.zone_of(name)
         rrsets: Rrsets = {}
         cname = None
+        ttl = 0
         if zone is not None:
             if name in self.domain_apex:
                 rrsets.update(self.gateway)
@@ -377,7 +433,12 @@ class ZoneView:
                     rrsets[wire.NS] = self.ns_wire
             first = name[0]
             if first and name[first + 1 :] == self.apex and name[1 : first + 1] in self.labels:
-                rrsets.update(self.gateway)
+                raw = name[1 : first + 1]
+                if raw in self.tunnel_labels:
+                    rrsets.update(self._tunnel_sets(raw.decode("ascii")))
+                    ttl = self.config.tunnel_ttl
+                else:
+                    rrsets.update(self.gateway)
             rrsets.update(self.static.get(name, {}))  # configured records win
             if name == zone:
                 rrsets.update(self._keysets(name))
@@ -398,6 +459,7 @@ class ZoneView:
         if not exists or zone is None:
             return
         node = Node(name, zone, NODE, rrsets, cname)
+        node.ttl = ttl
         node.ancestors = _ancestors(name, zone)
         for a in node.ancestors:
             self.ent[a] = self.ent.get(a, 0) + 1
@@ -536,7 +598,7 @@ class ZoneView:
         ns: list[RRset] = []
         ar: list[RRset] = []
         rcode = wire.NOERROR
-        ttl = self.ttl
+        ttl = node.ttl or self.ttl
         if node.cname is not None:
             an.append(RRset(QNAME, wire.CNAME, ttl, (node.cname,), zone))
             if qtype in (wire.CNAME, wire.ANY):

@@ -21,6 +21,7 @@ from webgateway.addresses import HostPort
 from webgateway.backend_policy import policy_of
 from webgateway.config import Config, ConfigError
 from webgateway.feed import Follower
+from webgateway.fleet import TunnelPresence, gateway_id
 from webgateway.keyseal import KeySeal
 from webgateway.listen import bind
 from webgateway.store import Store
@@ -53,6 +54,10 @@ class ProxyService:
         self.engine = Engine(self.table, limits_of(config), pooled_registry(registry, self.pool),
                              policy=policy_of(config), catch_all=config.proxy.catch_all)
         self.follower = Follower(store, self.table)
+        # Only the main process records where tunnels are held: workers keep pools of
+        # their own (see the warning in ``start``), and one writer per gateway id is kept.
+        self.presence = None if worker else TunnelPresence(
+            store, gateway_id(config), config.fleet.heartbeat)
         self.reuse_port = worker or config.proxy.workers > 1
         self._https: list[HttpsListener] = []
         self._http: list[asyncio.AbstractServer] = []
@@ -69,7 +74,10 @@ class ProxyService:
         self.engine.tunnels = Tunnels(
             lambda label: self.table.names.get(label),
             PoolLimits(p.tunnel_max_idle_per_name, p.tunnel_max_waiters_per_name,
-                       p.tunnel_failures_per_minute))
+                       p.tunnel_failures_per_minute),
+            on_presence=self.presence.changed if self.presence is not None else None)
+        if self.presence is not None:
+            self.presence.start()
         await self.follower.load()
         self._follow = asyncio.get_running_loop().create_task(self.follower.run())
         self._traffic = asyncio.get_running_loop().create_task(self._count_traffic())
@@ -122,6 +130,8 @@ class ProxyService:
                     await task
         self._follow = self._traffic = None
         self.engine.close_all()
+        if self.presence is not None:
+            await self.presence.stop()
         await asyncio.sleep(0.01)  # the aborted pairs' last access-log lines
         if self.engine.access_log is not None:
             self.engine.access_log.close()

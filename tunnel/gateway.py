@@ -232,8 +232,12 @@ class Tunnels:
 
     def __init__(self, lookup: Callable[[str], Name | None],
                  limits: PoolLimits = PoolLimits(),
-                 liveness: wire.Liveness = wire.LIVENESS) -> None:
+                 liveness: wire.Liveness = wire.LIVENESS,
+                 on_presence: Callable[[str, bool], None] | None = None) -> None:
+        """``on_presence(label, held)``: a name got its first node session here, or lost
+        its last (the fleet records it: ``webgateway.fleet.TunnelPresence``)."""
         self.loop = asyncio.get_running_loop()
+        self.on_presence = on_presence
         self.liveness = liveness
         self.lookup = lookup
         self.limits = limits
@@ -290,7 +294,10 @@ class Tunnels:
         return self.sessions.setdefault(tc.label, {}).setdefault(tc.session, _Session())
 
     def pool(self, tc: TunnelConn) -> None:
+        first = tc.label not in self.sessions
         self._session(tc).attached += 1
+        if first and self.on_presence is not None:
+            self.on_presence(tc.label, True)
         tc.pooled = True
         self._offer(tc)
 
@@ -328,6 +335,8 @@ class Tunnels:
         if not sessions:
             del self.sessions[label]
             self.idle_count.pop(label, None)
+            if self.on_presence is not None:
+                self.on_presence(label, False)
             for fut in self.waiters.pop(label, ()):
                 if not fut.done():
                     fut.set_exception(ConnectionRefusedError("no tunnel connected"))

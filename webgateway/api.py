@@ -36,6 +36,7 @@ from webgateway.dnsname import (
     is_within,
     new_challenge_label,
 )
+from webgateway.fleet import fleet_json
 from webgateway.model import Certificate, Domain, DomainState, Name, Owner, TlsMode
 from webgateway.openapi import OPENAPI
 from webgateway.ratelimit import FailureLimiter
@@ -160,6 +161,7 @@ class Api:
         r.add_put("/v1/domains/{fqdn}", self.put_domain)
         r.add_delete("/v1/domains/{fqdn}", self.delete_domain)
         r.add_get("/v1/certificates", self.list_certificates)
+        r.add_get("/v1/fleet", self.fleet)
 
     # ---------------------------------------------------------------- plumbing
     @web.middleware
@@ -405,6 +407,14 @@ class Api:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
+
+    async def fleet(self, request: web.Request) -> web.Response:
+        """The fleet's registry: every gateway, whether it is stale, the tunnels it holds."""
+        await self._admin(request, "see the fleet")
+        gateways = await self.store.list_gateways()
+        tunnels = await self.store.list_tunnels()
+        return web.json_response(
+            fleet_json(gateways, tunnels, time.time(), self.config.fleet.stale_after))
 
     async def create_owner(self, request: web.Request) -> web.Response:
         await self._admin(request, "create owners")

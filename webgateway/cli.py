@@ -512,7 +512,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from webgateway.delegation import run_check
 
     config = load_config(args.config)
-    return run_check(config, args.resolver, args.port)
+    return run_check(config, args.resolver, args.port, fleet_only=args.fleet)
 
 
 def _json_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -698,6 +698,8 @@ def parser() -> argparse.ArgumentParser:
     ck.add_argument("--resolver", metavar="HOST:PORT", help="recursive resolver to ask")
     ck.add_argument("--port", type=_port, help="ask our name servers on this port"
                     " (default: the port of [dns] listen)")
+    ck.add_argument("--fleet", action="store_true", help="only check that every gateway"
+                    " registered in the store serves the same SOA serial and certificate")
     ck.set_defaults(func=cmd_check)
     return p
 

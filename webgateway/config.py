@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import ipaddress
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,8 @@ class ZoneConfig:
     caa_issuers: tuple[str, ...] = ()
     caa_accounturi: bool = False
     reserved_labels: tuple[str, ...] = ()
+    #: TTL of a tunnel name's A/AAAA: short, so resolvers follow its tunnels between gateways
+    tunnel_ttl: int = 5
 
 
 #: TSIG algorithms we sign and verify with (RFC 8945 section 6; hmac-sha256 is mandatory).
@@ -171,6 +174,22 @@ class DnssecConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """This gateway in the fleet's registry (``webgateway.fleet``).
+
+    ``id`` empty: ``HOSTNAME/first listener``, stable across restarts. ``ipv4``/``ipv6``
+    empty: those of ``[zone] gateway_ipv4/6`` the proxy listens on (all of them when it
+    listens on a wildcard address: set them on each gateway of a fleet then).
+    """
+
+    id: str = ""
+    ipv4: tuple[ipaddress.IPv4Address, ...] = ()
+    ipv6: tuple[ipaddress.IPv6Address, ...] = ()
+    heartbeat: float = 5.0
+    stale_after: float = 20.0
+
+
+@dataclass(frozen=True)
 class Config:
     zone: ZoneConfig
     dns: DnsConfig = field(default_factory=DnsConfig)
@@ -180,6 +199,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     source: Path | None = None
 
 
@@ -423,6 +443,26 @@ def _tsig_secret(v: Any) -> bytes:
     return raw
 
 
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]{0,99}")
+
+
+def _gateway_id(v: Any) -> str:
+    text = _str(v)
+    if not _GATEWAY_ID.fullmatch(text):
+        raise ValueError(f"{text[:40]!r}: 1-100 letters, digits and . _ : / @ [ ] -,"
+                         " starting with a letter or digit")
+    return text
+
+
+def _check_fleet(f: dict[str, Any]) -> None:
+    heartbeat = f.get("heartbeat", FleetConfig.heartbeat)
+    stale = f.get("stale_after", FleetConfig.stale_after)
+    if stale < 3 * heartbeat:
+        raise ConfigError("fleet.stale_after", f"must be at least 3 heartbeats"
+                          f" ({3 * heartbeat:g} s), got {stale:g} s: one late heartbeat"
+                          " would drop a live gateway")
+
+
 def _nameservers(v: Any) -> dict[str, tuple[Any, ...]]:
     if not isinstance(v, dict) or not v:
         raise ValueError('expected a table like { "ns1.gw.example.com" = ["203.0.113.10"] }')
@@ -449,6 +489,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "caa_issuers": (_list(_domain), False),
         "caa_accounturi": (_bool, False),
         "reserved_labels": (_list(lambda x: check_label(_str(x))), False),
+        "tunnel_ttl": (_int(1, 3600), False),
     },
     "dns": {
         "listen": (_list(_hostport, min_items=1), False),
@@ -523,6 +564,13 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
         "key_file": (_path, False),
         "plaintext_keys": (_bool, False),
     },
+    "fleet": {
+        "id": (_gateway_id, False),
+        "ipv4": (_list(_ip_of(4)), False),
+        "ipv6": (_list(_ip_of(6)), False),
+        "heartbeat": (_float(0.1, 300), False),
+        "stale_after": (_float(0.3, 3600), False),
+    },
     "log": {
         "level": (_level, False),
         "format": (_log_format, False),
@@ -539,6 +587,7 @@ _CLASSES: dict[str, type] = {
     "api": ApiConfig,
     "store": StoreConfig,
     "log": LogConfig,
+    "fleet": FleetConfig,
 }
 
 _PATH_KEYS = {
@@ -690,6 +739,8 @@ def parse_config(raw: Mapping[str, Any], base: Path, source: Path | None = None)
             _check_dns(values, raw[name], base)
         if name == "dnssec":
             _check_dnssec(values)
+        if name == "fleet":
+            _check_fleet(values)
         if name == "store" and "path" in values and "url" in values:
             raise ConfigError(
                 "store.url", "set either path (SQLite, one gateway) or url (PostgreSQL), not both"

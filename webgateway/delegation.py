@@ -388,14 +388,24 @@ def _try_resolve(res: dns.resolver.Resolver, host: str, rdtype: str) -> list[str
         return []
 
 
-def run_check(config: Config, resolver_spec: str | None, port: int | None = None) -> int:
-    obs = observe(config, resolver_spec, port)
-    findings = judge(config, obs) + judge_dnssec(config, obs, time.time())
+def run_check(config: Config, resolver_spec: str | None, port: int | None = None,
+              fleet_only: bool = False) -> int:
+    """Delegation and DNSSEC (unless ``fleet_only``), then every gateway of the fleet."""
+    from webgateway.fleetcheck import check_fleet  # it asks SOAs the way this module does
+
+    findings: list[tuple[bool, str]] = []
+    if not fleet_only:
+        obs = observe(config, resolver_spec, port)
+        findings = judge(config, obs) + judge_dnssec(config, obs, time.time())
+    findings += check_fleet(config)
     for ok, text in findings:
         print(f"{'ok ' if ok else 'FIX'}  {text}")
     bad = sum(1 for ok, _ in findings if not ok)
     if bad:
         print(f"{bad} thing(s) to fix before {config.zone.name} works", file=sys.stderr)
         return 1
-    print(f"{config.zone.name} is delegated correctly")
+    if fleet_only:
+        print(f"every gateway of the fleet serves the same {config.zone.name}")
+    else:
+        print(f"{config.zone.name} is delegated correctly")
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from webgateway.addresses import HostPort
+from webgateway.addresses import HostPort, IPAddress
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -184,6 +184,25 @@ class NameLoad(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Gateway:
+    """One gateway of the fleet as it registered itself (``webgateway.fleet``).
+
+    ``ipv4``/``ipv6`` are its own public addresses (what a tunnel name held only here is
+    answered with); ``dns``/``https`` where it listens, so ``webgateway check`` can ask each
+    one; ``seen`` is its last heartbeat (its own clock), kept out of the change feed.
+    """
+
+    id: str
+    ipv4: tuple[IPAddress, ...] = ()
+    ipv6: tuple[IPAddress, ...] = ()
+    dns: tuple[HostPort, ...] = ()
+    https: tuple[HostPort, ...] = ()
+    api: str = ""
+    started: float = 0.0
+    seen: float = 0.0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the data plane needs, as of ``serial``."""
 
@@ -196,6 +215,10 @@ class Snapshot:
     #: pending claims by challenge label (``domains`` holds only the claim that owns each
     #: domain, by fqdn: what dnsd serves and the proxy routes)
     claims: Mapping[str, Domain] = field(default_factory=dict)
+    #: the fleet's registered gateways by id, and which of them hold a live tunnel for
+    #: each tunnel name (label -> gateway ids; absent: none does)
+    gateways: Mapping[str, Gateway] = field(default_factory=dict)
+    tunnels: Mapping[str, frozenset[str]] = field(default_factory=dict)
     #: the names' labels when loaded with ``NameLoad.LABELS`` (else None: see ``names``),
     #: in the store's order (SQLite's: sorted, its primary-key index)
     labels: Sequence[bytes] | None = None
@@ -219,11 +242,13 @@ class ChangeSet:
     certificates: Mapping[str, Certificate | None]
     meta: Mapping[str, str | None] = field(default_factory=dict)
     claims: Mapping[str, Domain | None] = field(default_factory=dict)  # None: not pending now
+    gateways: Mapping[str, Gateway | None] = field(default_factory=dict)  # None: gone
+    tunnels: Mapping[str, frozenset[str]] = field(default_factory=dict)  # empty: none holds it
 
     @property
     def empty(self) -> bool:
         return not (self.names or self.domains or self.txt or self.certificates or self.meta
-                    or self.claims)
+                    or self.claims or self.gateways or self.tunnels)
 
 
 def merge(target: dict[K, V], changes: Mapping[K, V | None]) -> None:

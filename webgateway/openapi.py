@@ -401,5 +401,17 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/fleet": {
+            "get": {
+                "summary": "The fleet's gateways (registry, heartbeat age, stale or not) and"
+                " the tunnel names each holds a live tunnel for (admin token)",
+                "security": _AUTH,
+                "responses": {
+                    "200": _resp("OK", {"type": "object", "properties": {
+                        "gateways": {"type": "array", "items": {"type": "object"}}}}),
+                    **_errors(401, 403, 429),
+                },
+            }
+        },
     },
 }

@@ -115,6 +115,17 @@ MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL);
     CREATE INDEX acme_orders_account ON acme_orders(account, created);
     """,
+    # 5: the fleet: each gateway registers itself (its public addresses, listeners) and
+    # heartbeats ``seen``; tunnel_presence says which gateways hold a live tunnel per name
+    """
+    CREATE TABLE gateways (
+        id TEXT PRIMARY KEY, ipv4 TEXT NOT NULL, ipv6 TEXT NOT NULL, dns TEXT NOT NULL,
+        https TEXT NOT NULL, api TEXT NOT NULL, started REAL NOT NULL, seen REAL NOT NULL);
+    CREATE TABLE tunnel_presence (
+        label TEXT NOT NULL, gateway TEXT NOT NULL, seen REAL NOT NULL,
+        PRIMARY KEY (label, gateway));
+    CREATE INDEX tunnel_presence_gateway ON tunnel_presence(gateway);
+    """,
 )
 
 

@@ -16,17 +16,18 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from webgateway.addresses import HostPort, parse_hostport
+from webgateway.addresses import HostPort, parse_hostport, parse_ip
 from webgateway.model import (
     Certificate,
     CertState,
     ChangeSet,
     Domain,
     DomainState,
+    Gateway,
     Lease,
     Name,
     NameLoad,
@@ -131,6 +132,27 @@ def decode_cert(row: Any) -> Certificate:
     )
 
 
+def decode_gateway(row: Any) -> Gateway:
+    return Gateway(
+        row[0],
+        tuple(parse_ip(a) for a in json.loads(row[1])),
+        tuple(parse_ip(a) for a in json.loads(row[2])),
+        tuple(parse_hostport(a) for a in json.loads(row[3])),
+        tuple(parse_hostport(a) for a in json.loads(row[4])),
+        row[5], row[6], row[7],
+    )
+
+
+def _gateway_row(gw: Gateway) -> tuple[Any, ...]:
+    return (
+        gw.id, json.dumps([str(a) for a in gw.ipv4]), json.dumps([str(a) for a in gw.ipv6]),
+        json.dumps([str(a) for a in gw.dns]), json.dumps([str(a) for a in gw.https]),
+        gw.api, gw.started, gw.seen,
+    )
+
+
+GATEWAY_COLS = "id, ipv4, ipv6, dns, https, api, started, seen"
+
 NAME_COLS = (
     "label, owner_id, backends, tls, proxy_protocol, http2, created, updated, tunnel,"
     " tunnel_token_hash"
@@ -154,6 +176,7 @@ def upsert(table: str, cols: str, key: str) -> str:
 
 
 _NAME_UPSERT = upsert("names", NAME_COLS, "label")
+_GATEWAY_UPSERT = upsert("gateways", GATEWAY_COLS, "id")
 _CERT_UPSERT = upsert("certificates", CERT_COLS, "id")
 
 
@@ -413,8 +436,10 @@ class SqlStore:
             rows = await self._all(f"SELECT {CERT_COLS} FROM certificates")
             certs = {r[0]: decode_cert(r) for r in rows}
             meta = {k: v for k, v in await self._all("SELECT key, value FROM meta")}
+            gateways, tunnels = await self._fleet()
         txts = {k: tuple(v) for k, v in txt.items()}
-        return Snapshot(int(serial), names, domains, txts, certs, meta, claims, labels=labels)
+        return Snapshot(int(serial), names, domains, txts, certs, meta, claims, gateways,
+                        tunnels, labels=labels)
 
     async def changes_since(self, serial: int) -> ChangeSet | None:
         async with self._transaction(write=False):
@@ -468,7 +493,17 @@ class SqlStore:
             meta: dict[str, str | None] = dict.fromkeys(keys.get("meta", ()))
             for k, v in await fetch("meta", "SELECT key, value FROM meta WHERE key IN"):
                 meta[k] = str(v)
-            return ChangeSet(int(current), names, domains, txt, certs, meta, claims)
+            gateways: dict[str, Gateway | None] = dict.fromkeys(keys.get("gateway", ()))
+            for r in await fetch("gateway", f"SELECT {GATEWAY_COLS} FROM gateways WHERE id IN"):
+                gateways[r[0]] = decode_gateway(r)
+            held: dict[str, set[str]] = {k: set() for k in keys.get("tunnel", ())}
+            for label, gw in await fetch(
+                "tunnel", "SELECT label, gateway FROM tunnel_presence WHERE label IN"
+            ):
+                held[label].add(gw)
+            tunnels = {k: frozenset(v) for k, v in held.items()}
+            return ChangeSet(int(current), names, domains, txt, certs, meta, claims, gateways,
+                             tunnels)
 
     # ------------------------------------------------------------------ owners
     async def create_owner(self, name: str, token_hash: str) -> Owner:
@@ -1002,3 +1037,83 @@ class SqlStore:
                 " WHERE account=? AND cert_id=? AND created=? LIMIT 1)",
                 (account, cert_id, taken),
             )
+
+    # ------------------------------------------------------------------ the fleet
+    async def _fleet(self) -> tuple[dict[str, Gateway], dict[str, frozenset[str]]]:
+        rows = await self._all(f"SELECT {GATEWAY_COLS} FROM gateways")
+        gateways = {r[0]: decode_gateway(r) for r in rows}
+        held: dict[str, set[str]] = {}
+        for label, gw in await self._all("SELECT label, gateway FROM tunnel_presence"):
+            held.setdefault(label, set()).add(gw)
+        return gateways, {k: frozenset(v) for k, v in held.items()}
+
+    async def register_gateway(self, gateway: Gateway) -> None:
+        """Insert or refresh ``gateway``'s row. A refresh (same addresses, a new ``seen``)
+        is a heartbeat: it bumps no serial, so the fleet's SOA does not move every few s."""
+        row = _gateway_row(gateway)
+        async with self._write():
+            old = await self._one(f"SELECT {GATEWAY_COLS} FROM gateways WHERE id=?",
+                                  (gateway.id,))
+            await self._exec(_GATEWAY_UPSERT, row)
+            if old is None or tuple(old)[:6] != row[:6]:
+                self._touch("gateway", gateway.id)
+
+    async def remove_gateway(self, gateway_id: str) -> None:
+        """A gateway leaves (a clean stop): its row and every tunnel it held, at once."""
+        async with self._write():
+            await self._drop_presence("gateway=?", (gateway_id,))
+            if await self._exec("DELETE FROM gateways WHERE id=?", (gateway_id,)):
+                self._touch("gateway", gateway_id)
+
+    async def sync_tunnels(self, gateway_id: str, held: Collection[str], now: float) -> None:
+        """Make ``gateway_id``'s presence rows exactly ``held`` (the labels it has a live
+        tunnel for) and heartbeat them; only the labels that came or went touch the feed,
+        so a retry, or the periodic call, costs no serial."""
+        want = set(held)
+        async with self._write():
+            rows = await self._all(
+                "SELECT label FROM tunnel_presence WHERE gateway=?", (gateway_id,))
+            have = {r[0] for r in rows}
+            gone, new = sorted(have - want), sorted(want - have)
+            if gone:
+                await self._exec_many(
+                    "DELETE FROM tunnel_presence WHERE label=? AND gateway=?",
+                    [(label, gateway_id) for label in gone])
+            if new:
+                await self._exec_many(
+                    "INSERT INTO tunnel_presence VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(label, gateway_id, now) for label in new])
+            await self._exec("UPDATE tunnel_presence SET seen=? WHERE gateway=?",
+                             (now, gateway_id))
+            for label in (*gone, *new):
+                self._touch("tunnel", label)
+
+    async def expire_gateways(self, now: float, stale_after: float) -> list[str]:
+        """Drop the gateways (and tunnel presence rows) not heartbeated for ``stale_after``
+        s: a gateway killed without a goodbye stops being answered within that time. Every
+        live gateway calls this; the ids dropped are returned (to log)."""
+        cutoff = now - stale_after
+        async with self._write():
+            gone = [g for (g,) in await self._all(
+                "DELETE FROM gateways WHERE seen < ? RETURNING id", (cutoff,))]
+            for gid in gone:
+                self._touch("gateway", gid)
+            await self._drop_presence(
+                "seen < ? OR gateway NOT IN (SELECT id FROM gateways)", (cutoff,))
+        return gone
+
+    async def _drop_presence(self, where: str, args: tuple[Any, ...]) -> None:
+        for (label,) in await self._all(
+            f"DELETE FROM tunnel_presence WHERE {where} RETURNING label", args
+        ):
+            self._touch("tunnel", label)
+
+    async def list_gateways(self) -> list[Gateway]:
+        async with self._read():
+            rows = await self._all(f"SELECT {GATEWAY_COLS} FROM gateways ORDER BY id")
+        return [decode_gateway(r) for r in rows]
+
+    async def list_tunnels(self) -> dict[str, frozenset[str]]:
+        """Tunnel name -> the gateways holding a live tunnel for it."""
+        async with self._transaction(write=False):
+            return (await self._fleet())[1]

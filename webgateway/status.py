@@ -45,10 +45,12 @@ class Status:
     certificates: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     note: str = ""
+    fleet: list[dict[str, Any]] = field(default_factory=list)  # GET /v1/fleet's gateways
 
     @property
     def healthy(self) -> bool:
-        return all(c.ok for c in self.services + self.nameservers) and not self.failures
+        return (all(c.ok for c in self.services + self.nameservers) and not self.failures
+                and not any(g.get("stale") for g in self.fleet))
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self) | {"healthy": self.healthy}
@@ -127,6 +129,8 @@ def render(st: Status) -> str:
             [k.upper() for k in st.counts], [list(st.counts.values())] if st.counts else []
         )
     )
+    if st.fleet:
+        parts.append(render_fleet(st.fleet))
     if st.failures:
         parts.append("recent failures:\n" + "\n".join(f"  {f}" for f in st.failures))
     else:
@@ -134,6 +138,19 @@ def render(st: Status) -> str:
     if st.note:
         parts.append(st.note)
     return "\n\n".join(parts)
+
+
+def render_fleet(gateways: list[dict[str, Any]]) -> str:
+    """The fleet's gateways (``GET /v1/fleet``): where each listens, its last heartbeat,
+    and the tunnel names it holds a live tunnel for."""
+    rows = [
+        [g["id"], ", ".join(g["ipv4"] + g["ipv6"]) or "-", ", ".join(g["dns"]) or "-",
+         ", ".join(g["https"]) or "-", f"{g['seen_seconds_ago']:.0f} s ago",
+         "STALE" if g["stale"] else "ok", ", ".join(g["tunnels"]) or "-"]
+        for g in gateways
+    ]
+    return format_table(["GATEWAY", "PUBLIC", "DNS", "HTTPS", "HEARTBEAT", "STATE", "TUNNELS"],
+                        rows)
 
 
 # ---------------------------------------------------------------- gathering (I/O)
@@ -152,6 +169,14 @@ def _tcp_up(hp: HostPort) -> Check:
             return Check("proxy", str(hp), True, "accepts connections")
     except OSError as e:
         return Check("proxy", str(hp), False, e.strerror or str(e))
+
+
+def gather_fleet(get: Callable[[str], Any], st: Status) -> None:
+    """The fleet section (admin only: an owner's token gets nothing here, and no error)."""
+    try:
+        st.fleet = list(get("/v1/fleet")["gateways"])
+    except Unavailable:
+        st.fleet = []
 
 
 def gather(get: Callable[[str], Any], url: str, config: Config | None) -> Status:
@@ -174,6 +199,7 @@ def gather(get: Callable[[str], Any], url: str, config: Config | None) -> Status
         else:
             st.counts[key] = len(views[key])
     st.counts = {k: st.counts[k] for k in ("owners", "names", "domains")}
+    gather_fleet(get, st)
     st.certificates = views["certificates"]
     st.failures = failures_of(views["certificates"], views["domains"])
     if config is None:

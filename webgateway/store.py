@@ -7,7 +7,7 @@ exactly what LISTEN/NOTIFY plus a ``changes`` table gives on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from webgateway.model import (
@@ -15,6 +15,7 @@ from webgateway.model import (
     ChangeSet,
     Domain,
     DomainState,
+    Gateway,
     Lease,
     Name,
     NameLoad,
@@ -185,3 +186,20 @@ class Store(Protocol):
     async def give_back_order_slot(self, account: str, cert_id: str, taken: float) -> None:
         """Uncount the slot taken at ``taken``: the CA created no order with it."""
         ...
+
+    # -- the fleet (``webgateway.fleet``): gateways and where each tunnel name is held
+    async def register_gateway(self, gateway: Gateway) -> None:
+        """Insert or heartbeat a gateway's row (only a new or changed one moves the serial)."""
+        ...
+
+    async def remove_gateway(self, gateway_id: str) -> None: ...
+    async def sync_tunnels(self, gateway_id: str, held: Collection[str], now: float) -> None:
+        """The gateway's presence rows become ``held`` (heartbeated to ``now``)."""
+        ...
+
+    async def expire_gateways(self, now: float, stale_after: float) -> list[str]:
+        """Drop gateways and presence rows not heartbeated within ``stale_after`` s."""
+        ...
+
+    async def list_gateways(self) -> list[Gateway]: ...
+    async def list_tunnels(self) -> dict[str, frozenset[str]]: ...

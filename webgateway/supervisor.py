@@ -13,6 +13,7 @@ import signal
 from prometheus_client import CollectorRegistry, Histogram
 
 from webgateway.config import Config
+from webgateway.fleet import Registration
 from webgateway.service import Service, ServiceFactory, load_factory
 from webgateway.storefactory import open_store
 
@@ -47,7 +48,9 @@ async def serve(config: Config, names: list[str], stop: asyncio.Event | None = N
         "webgateway_store_write_seconds", "Write transactions of the store, begin to commit",
         buckets=STORE_WRITE_BUCKETS, registry=registry).observe
     started: list[Service] = []
+    registration = Registration(config, store, names)
     try:
+        await registration.start()
         for name in names:
             svc = factory(name)(config, store, registry)
             await svc.start()
@@ -62,6 +65,7 @@ async def serve(config: Config, names: list[str], stop: asyncio.Event | None = N
                 await asyncio.wait_for(svc.stop(), 10)
             except Exception:
                 log.exception("%s did not stop cleanly", svc.name)
+        await registration.stop()
         await store.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

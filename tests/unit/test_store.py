@@ -750,3 +750,52 @@ async def test_a_failed_commit_fails_every_write_of_its_group(tmp_path: Path) ->
         await store.add_txt("after.gw.test", "ok")
     finally:
         await store.close()
+
+async def test_fleet_registry_heartbeats_move_no_serial(store: Store) -> None:
+    """Registering is a change (the feed carries it); a heartbeat is not; stale gateways
+    and their tunnels are dropped by whoever expires them; a clean stop removes at once."""
+    from webgateway.addresses import parse_ip
+    from webgateway.model import Gateway
+
+    gw1 = Gateway("gw1", (parse_ip("198.51.100.1"),), (parse_ip("2001:db8::1"),),
+                  (parse_hostport("198.51.100.1:53"),), (parse_hostport("198.51.100.1:443"),),
+                  "http://198.51.100.1:8000", 100.0, 100.0)
+    gw2 = Gateway("gw2", (parse_ip("198.51.100.2"),), (), (), (), "", 100.0, 100.0)
+    s0 = await store.serial()
+    await store.register_gateway(gw1)
+    await store.register_gateway(gw2)
+    s1 = await store.serial()
+    assert s1 == s0 + 2
+    changes = await store.changes_since(s0)
+    assert changes is not None and changes.gateways == {"gw1": gw1, "gw2": gw2}
+    assert not changes.empty
+    await store.register_gateway(replace(gw1, seen=130.0))  # heartbeat
+    assert await store.serial() == s1
+    assert (await store.list_gateways())[0] == replace(gw1, seen=130.0)
+
+    await store.sync_tunnels("gw1", ["hidden", "vault"], 130.0)
+    await store.sync_tunnels("gw2", ["hidden"], 100.0)
+    s2 = await store.serial()
+    assert s2 == s1 + 2
+    await store.sync_tunnels("gw1", ["vault", "hidden"], 131.0)  # the same set: a heartbeat
+    assert await store.serial() == s2
+    snap = await store.snapshot()
+    assert snap.tunnels == {"hidden": frozenset({"gw1", "gw2"}), "vault": frozenset({"gw1"})}
+    assert set(snap.gateways) == {"gw1", "gw2"}
+
+    # gw2 stopped beating 40 s ago: dropped with its tunnel; gw1's stays
+    assert await store.expire_gateways(140.0, 30.0) == ["gw2"]
+    changes = await store.changes_since(s2)
+    assert changes is not None
+    assert changes.gateways == {"gw2": None} and changes.tunnels == {"hidden": frozenset({"gw1"})}
+    assert await store.expire_gateways(140.0, 30.0) == []
+    s3 = await store.serial()
+    assert s3 > s2
+
+    await store.sync_tunnels("gw1", ["vault"], 141.0)  # the node of hidden went away
+    changes = await store.changes_since(s3)
+    assert changes is not None and changes.tunnels == {"hidden": frozenset()}
+    assert await store.list_tunnels() == {"vault": frozenset({"gw1"})}
+    await store.remove_gateway("gw1")
+    snap = await store.snapshot()
+    assert snap.gateways == {} and snap.tunnels == {}
