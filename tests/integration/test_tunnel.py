@@ -512,6 +512,34 @@ async def test_pool_tops_up_below_its_low_water_mark_and_shrinks_when_quiet(
         await node.kill()
 
 
+async def test_clients_that_leave_during_the_open_give_the_stream_back(
+        tgw: tuple[Gateway, BackendServer]) -> None:
+    """A TLS client that completes the handshake and leaves at once (``webgateway check``
+    asking for the certificate does exactly this) must not keep the node's session in use:
+    it did, so a dead node's name stayed "held" forever and the fleet kept steering to it."""
+    gw, backend = tgw
+    node = Node(gw, backend.addr)
+    await node.start()
+    try:
+        await until(lambda: _ok(gw), 10)
+        ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+        for _ in range(20):
+            _, w = await asyncio.open_connection("127.0.0.1", gw.https_port, ssl=ctx,
+                                                 server_hostname=fqdn("hidden"))
+            w.transport.abort()
+        tunnels = gw.proxy.engine.tunnels
+        assert tunnels is not None
+
+        async def idle() -> bool:
+            return all(s.active == 0 for s in tunnels.sessions.get("hidden", {}).values())
+
+        await until(idle, 3)
+        await node.kill()
+        await until(lambda: _not_held(gw), 2)
+    finally:
+        await node.kill()
+
+
 async def test_the_gateway_keeps_at_most_its_idle_cap_and_the_node_is_not_throttled(
         tmp_path: Path) -> None:
     async with tunnel_gateway(tmp_path, {"tunnel_max_idle_per_name": 2,
@@ -549,3 +577,8 @@ async def test_a_node_whose_backend_is_down_gets_the_502_page(
 
 async def _no_splices(gw: Gateway) -> bool:
     return not gw.proxy.engine.splices
+
+
+async def _not_held(gw: Gateway) -> bool:
+    assert gw.proxy.engine.tunnels is not None
+    return "hidden" not in gw.proxy.engine.tunnels.sessions
