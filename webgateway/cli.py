@@ -512,7 +512,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from webgateway.delegation import run_check
 
     config = load_config(args.config)
-    return run_check(config, args.resolver, args.port, fleet_only=args.fleet)
+    return run_check(config, args.resolver, args.port, fleet_only=args.fleet, label=args.name)
 
 
 def _json_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -548,6 +548,15 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
     return int(text)
+
+
+def _label(text: str) -> str:
+    from webgateway.dnsname import check_label
+
+    try:
+        return check_label(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _command(
@@ -700,6 +709,8 @@ def parser() -> argparse.ArgumentParser:
                     " (default: the port of [dns] listen)")
     ck.add_argument("--fleet", action="store_true", help="only check that every gateway"
                     " registered in the store serves the same SOA serial and certificate")
+    ck.add_argument("--name", metavar="LABEL", type=_label, help="the name whose certificate"
+                    " each gateway's HTTPS is asked for (default: the first terminated name)")
     ck.set_defaults(func=cmd_check)
     return p
 

@@ -389,7 +389,7 @@ def _try_resolve(res: dns.resolver.Resolver, host: str, rdtype: str) -> list[str
 
 
 def run_check(config: Config, resolver_spec: str | None, port: int | None = None,
-              fleet_only: bool = False) -> int:
+              fleet_only: bool = False, label: str | None = None) -> int:
     """Delegation and DNSSEC (unless ``fleet_only``), then every gateway of the fleet."""
     from webgateway.fleetcheck import check_fleet  # it asks SOAs the way this module does
 
@@ -397,7 +397,7 @@ def run_check(config: Config, resolver_spec: str | None, port: int | None = None
     if not fleet_only:
         obs = observe(config, resolver_spec, port)
         findings = judge(config, obs) + judge_dnssec(config, obs, time.time())
-    findings += check_fleet(config)
+    findings += check_fleet(config, label)
     for ok, text in findings:
         print(f"{'ok ' if ok else 'FIX'}  {text}")
     bad = sum(1 for ok, _ in findings if not ok)

@@ -1,7 +1,9 @@
 """``webgateway check``'s fleet part: every registered gateway serves the same zone and cert.
 
 From the registry (``webgateway.fleet``) it asks each gateway's DNS for the zone's SOA and
-each gateway's HTTPS for the certificate it presents for the zone's name (SNI = the zone),
+each gateway's HTTPS for the certificate it presents for one name of the zone (SNI
+``LABEL.ZONE``: the proxy answers only names it routes; ``--name``, else the first name the
+gateway terminates TLS for, so the zone's wildcard certificate is what is compared),
 then ``judge_fleet`` (pure, unit-tested on values) says, one line per gateway, whether all
 serve the same serial and the same certificate (SHA-256 of its DER), and what to fix when
 not: a stale gateway (no heartbeat), one that does not answer, one that differs.
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from webgateway.config import Config
 from webgateway.delegation import TIMEOUT, soa_serial
 from webgateway.fleet import reachable
-from webgateway.model import Gateway
+from webgateway.model import Gateway, Name, TlsMode
 from webgateway.store import StoreError
 from webgateway.storefactory import open_store
 
@@ -101,36 +103,44 @@ def presented_cert(host: str, port: int, server_name: str) -> str:
     return fingerprint(der) if der else "no certificate presented"
 
 
-def observe_gateway(zone: str, gw: Gateway) -> GatewayObserved:
+def observe_gateway(zone: str, gw: Gateway, server_name: str | None) -> GatewayObserved:
     o = GatewayObserved(gw)
     public = (*gw.ipv4, *gw.ipv6)
     for hp in gw.dns:
         at = reachable(hp, public)
         o.serials[str(at)] = soa_serial(zone, str(at.host), at.port)
-    for hp in gw.https:
+    for hp in gw.https if server_name else ():
         at = reachable(hp, public)
-        o.certs[str(at)] = presented_cert(str(at.host), at.port, zone)
+        o.certs[str(at)] = presented_cert(str(at.host), at.port, server_name or zone)
     return o
 
 
-async def _registry(config: Config) -> list[Gateway]:
+async def _registry(config: Config) -> tuple[list[Gateway], list[Name]]:
     store = await open_store(config.store)
     try:
-        return await store.list_gateways()
+        return await store.list_gateways(), await store.list_names()
     finally:
         await store.close()
 
 
-def check_fleet(config: Config, settle: float = 1.0) -> list[tuple[bool, str]]:
+def check_fleet(config: Config, label: str | None = None,
+                settle: float = 1.0) -> list[tuple[bool, str]]:
     """Ask every registered gateway; serials that differ are asked once more after
     ``settle`` s, since a change reaches the fleet within a second."""
     zone = config.zone.name
     try:
-        gateways = asyncio.run(_registry(config))
+        gateways, names = asyncio.run(_registry(config))
     except (StoreError, OSError) as e:
         return [(False, f"cannot read the fleet registry from the store: {e}")]
-    seen = [observe_gateway(zone, gw) for gw in gateways]
+    out: list[tuple[bool, str]] = []
+    if label is None:
+        label = next((n.label for n in names if n.tls == TlsMode.TERMINATE), None)
+        if label is None:
+            out.append((True, "no name is terminated on the gateways yet: certificates not"
+                              " compared (give --name LABEL once one is)"))
+    server_name = f"{label}.{zone}" if label else None
+    seen = [observe_gateway(zone, gw, server_name) for gw in gateways]
     if len({v for o in seen for v in o.serials.values() if isinstance(v, int)}) > 1:
         time.sleep(settle)
-        seen = [observe_gateway(zone, gw) for gw in gateways]
-    return judge_fleet(zone, seen, time.time(), config.fleet.stale_after)
+        seen = [observe_gateway(zone, gw, server_name) for gw in gateways]
+    return out + judge_fleet(zone, seen, time.time(), config.fleet.stale_after)

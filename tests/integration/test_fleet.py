@@ -47,6 +47,7 @@ class Member:
     api: str
     admin: str
     proc: Proc
+    config: Path
 
 
 @dataclass
@@ -116,10 +117,13 @@ def fleet_key(shared: Path) -> Path:
 @contextlib.asynccontextmanager
 async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None = None,
                       url: str = "", dns: dict[str, Any] | None = None,
-                      nameservers: dict[str, list[str]] | None = None) -> AsyncIterator[Fleet]:
+                      nameservers: dict[str, list[str]] | None = None,
+                      fleet: dict[str, Any] | None = None,
+                      zone_keys: dict[str, Any] | None = None) -> AsyncIterator[Fleet]:
     """Three ``webgateway run`` on 127.0.0.21-23 on one database (fresh, or ``url``) sharing
     ``shared/store.key``; with ``acme`` each runs certd against that CA and no certificate
-    is stored beforehand; ``dns`` and ``nameservers`` add to every gateway's sections."""
+    is stored beforehand; ``dns`` and ``nameservers`` add to every gateway's sections,
+    ``fleet`` is their ``[fleet]`` and ``zone_keys`` more ``[zone]`` keys."""
     url = url or pg.new_database()
     shared = tmp_path / "shared"
     shared.mkdir(exist_ok=True)
@@ -131,6 +135,7 @@ async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None 
         "gateway_ipv6": [],
         "nameservers": {**{f"ns{i}.{ZONE}": [a] for i, a in enumerate(ADDRS, 1)},
                         **(nameservers or {})},
+        **(zone_keys or {}),
     }
     members: list[Member] = []
     try:
@@ -138,7 +143,9 @@ async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None 
             d = tmp_path / f"gw{i}"
             d.mkdir()
             dns_port, https_port, api_port = (free_port(host=addr) for _ in range(3))
-            extra = {"acme": acme} if acme else {}
+            extra: dict[str, Any] = {"acme": acme} if acme else {}
+            if fleet:
+                extra["fleet"] = fleet
             cfg = write_config(
                 d, zone=zone,
                 dns={"listen": [f"{addr}:{dns_port}"], **(dns or {})},
@@ -150,7 +157,7 @@ async def start_fleet(tmp_path: Path, pg: Postgres, acme: dict[str, Any] | None 
             )
             proc = Proc(f"gw{i}", [*CLI, "run", "--config", str(cfg)], d / "gw.log")
             members.append(Member(addr, dns_port, https_port, f"http://{addr}:{api_port}", "",
-                                  proc))
+                                  proc, cfg))
         for i, m in enumerate(members, 1):
             wait_tcp(m.addr, int(m.api.rsplit(":", 1)[1]), m.proc, seconds=30)
             wait_dns(m.addr, m.dns_port, ZONE, m.proc)

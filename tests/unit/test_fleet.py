@@ -177,3 +177,34 @@ def test_bad_fleet_keys_stop_start_up(tmp_path: Path, section: str, bad: dict[st
     with pytest.raises(ConfigError) as e:
         _config(tmp_path, **{section: bad})
     assert e.value.key == key
+
+
+def test_judge_fleet_one_line_per_gateway_and_what_to_fix() -> None:
+    from webgateway.fleetcheck import GatewayObserved, judge_fleet
+
+    a, b, c = (Gateway(f"gw{i}", seen=100.0) for i in (1, 2, 3))
+    good = "sha256:" + "ab" * 32
+    seen = [
+        GatewayObserved(a, {"192.0.2.1:53": 42}, {"192.0.2.1:443": good}),
+        GatewayObserved(b, {"192.0.2.2:53": 42}, {"192.0.2.2:443": good}),
+        GatewayObserved(c, {"192.0.2.3:53": 42}, {"192.0.2.3:443": good}),
+    ]
+    out = judge_fleet(ZONE, seen, 101.0, 20.0)
+    assert [ok for ok, _ in out] == [True] * 3
+    assert all("serial 42" in t and "sha256:abab" in t for _, t in out)
+    # another serial, another certificate, a gateway that does not answer, a stale one
+    seen[1] = GatewayObserved(b, {"192.0.2.2:53": 41}, {"192.0.2.2:443": "sha256:" + "cd" * 32})
+    seen[2] = GatewayObserved(replace(c, seen=50.0), {"192.0.2.3:53": "no answer within 3 s"},
+                              {"192.0.2.3:443": "the connection was refused"})
+    out = judge_fleet(ZONE, seen, 101.0, 20.0)
+    fixes = [t for ok, t in out if not ok]
+    assert [ok for ok, _ in out].count(True) == 1
+    assert any(t.startswith("gateway gw2: DNS 192.0.2.2:53 serves SOA serial 41, the fleet 42")
+               for t in fixes), fixes
+    assert any(t.startswith("gateway gw2: HTTPS 192.0.2.2:443 presents certificate")
+               for t in fixes), fixes
+    assert any(t.startswith("gateway gw3: no heartbeat for 51 s") for t in fixes), fixes
+    assert any("gw3: DNS 192.0.2.3:53 does not answer" in t for t in fixes), fixes
+    assert any("gw3: HTTPS 192.0.2.3:443 gives no certificate" in t for t in fixes), fixes
+    # nothing registered: said, with what to do
+    assert judge_fleet(ZONE, [], 101.0, 20.0)[0][0] is False
