@@ -119,6 +119,13 @@ def fleet_json(gateways: Iterable[Gateway], tunnels: Mapping[str, frozenset[str]
     ]}
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class _Outage:
     """Log a store failure when it starts and when it ends, not once per retry."""
 
@@ -173,11 +180,8 @@ class Registration:
             await self.beat()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
         try:
             await self.store.remove_gateway(self.gateway.id)
         except StoreError as e:
@@ -239,9 +243,6 @@ class TunnelPresence:
         """Stop following and tell the store this gateway holds no tunnel any more (the
         pool was just closed; its connections' own callbacks may not have run yet)."""
         self.held.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
         await self.sync()
