@@ -164,9 +164,8 @@ class Registration:
         """One heartbeat: refresh our row, forget gateways that stopped beating."""
         now = self.clock()
         try:
-            await self.store.register_gateway(
-                dataclasses.replace(self.gateway, seen=now))
-            for gone in await self.store.expire_gateways(now, self.fleet.stale_after):
+            for gone in await self.store.register_gateway(
+                    dataclasses.replace(self.gateway, seen=now), self.fleet.stale_after):
                 log.warning("fleet: gateway %s sent no heartbeat for %g s: dropped with its"
                             " tunnels", gone, self.fleet.stale_after)
         except StoreError as e:
@@ -217,6 +216,9 @@ class TunnelPresence:
         self._wake.set()
 
     def start(self) -> None:
+        """Follow the pool; the first write clears rows a previous run of this gateway (a
+        crash, then a restart within ``stale_after``) may have left."""
+        self._wake.set()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def sync(self) -> bool:

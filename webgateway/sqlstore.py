@@ -1047,16 +1047,27 @@ class SqlStore:
             held.setdefault(label, set()).add(gw)
         return gateways, {k: frozenset(v) for k, v in held.items()}
 
-    async def register_gateway(self, gateway: Gateway) -> None:
-        """Insert or refresh ``gateway``'s row. A refresh (same addresses, a new ``seen``)
-        is a heartbeat: it bumps no serial, so the fleet's SOA does not move every few s."""
+    async def register_gateway(self, gateway: Gateway, stale_after: float) -> list[str]:
+        """Insert or refresh ``gateway``'s row, and drop the gateways (with their tunnel
+        presence) silent for ``stale_after`` s by its clock, so a gateway killed without a
+        goodbye stops being answered in that time; every live gateway does this, in one
+        write per heartbeat. A refresh (same addresses, a new ``seen``) bumps no serial, so
+        the fleet's SOA does not move every few seconds. Returns the ids dropped (to log)."""
         row = _gateway_row(gateway)
+        cutoff = gateway.seen - stale_after
         async with self._write():
             old = await self._one(f"SELECT {GATEWAY_COLS} FROM gateways WHERE id=?",
                                   (gateway.id,))
             await self._exec(_GATEWAY_UPSERT, row)
             if old is None or tuple(old)[:6] != row[:6]:
                 self._touch("gateway", gateway.id)
+            gone = [g for (g,) in await self._all(
+                "DELETE FROM gateways WHERE seen < ? RETURNING id", (cutoff,))]
+            for gid in gone:
+                self._touch("gateway", gid)
+            await self._drop_presence(
+                "seen < ? OR gateway NOT IN (SELECT id FROM gateways)", (cutoff,))
+        return gone
 
     async def remove_gateway(self, gateway_id: str) -> None:
         """A gateway leaves (a clean stop): its row and every tunnel it held, at once."""
@@ -1087,20 +1098,6 @@ class SqlStore:
                              (now, gateway_id))
             for label in (*gone, *new):
                 self._touch("tunnel", label)
-
-    async def expire_gateways(self, now: float, stale_after: float) -> list[str]:
-        """Drop the gateways (and tunnel presence rows) not heartbeated for ``stale_after``
-        s: a gateway killed without a goodbye stops being answered within that time. Every
-        live gateway calls this; the ids dropped are returned (to log)."""
-        cutoff = now - stale_after
-        async with self._write():
-            gone = [g for (g,) in await self._all(
-                "DELETE FROM gateways WHERE seen < ? RETURNING id", (cutoff,))]
-            for gid in gone:
-                self._touch("gateway", gid)
-            await self._drop_presence(
-                "seen < ? OR gateway NOT IN (SELECT id FROM gateways)", (cutoff,))
-        return gone
 
     async def _drop_presence(self, where: str, args: tuple[Any, ...]) -> None:
         for (label,) in await self._all(

@@ -188,17 +188,14 @@ class Store(Protocol):
         ...
 
     # -- the fleet (``webgateway.fleet``): gateways and where each tunnel name is held
-    async def register_gateway(self, gateway: Gateway) -> None:
-        """Insert or heartbeat a gateway's row (only a new or changed one moves the serial)."""
+    async def register_gateway(self, gateway: Gateway, stale_after: float) -> list[str]:
+        """Insert or heartbeat a gateway's row (only a new or changed one moves the serial)
+        and drop the gateways and presence rows silent for ``stale_after`` s: their ids."""
         ...
 
     async def remove_gateway(self, gateway_id: str) -> None: ...
     async def sync_tunnels(self, gateway_id: str, held: Collection[str], now: float) -> None:
         """The gateway's presence rows become ``held`` (heartbeated to ``now``)."""
-        ...
-
-    async def expire_gateways(self, now: float, stale_after: float) -> list[str]:
-        """Drop gateways and presence rows not heartbeated within ``stale_after`` s."""
         ...
 
     async def list_gateways(self) -> list[Gateway]: ...

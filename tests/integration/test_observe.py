@@ -81,7 +81,9 @@ async def query(port: int, name: str, rdtype: int | str, **kw: Any) -> dns.messa
 async def test_metrics_access_log_and_json_logs_of_a_running_gateway(tmp_path: Path) -> None:
     backend = BackendServer("web", "127.0.0.1")
     await backend.start()
-    cfg_path = write_config(tmp_path, log={"format": "json", "access_log": "logs/access.log"})
+    # one fleet heartbeat (at start) in the test's time: the store's writes are then known
+    cfg_path = write_config(tmp_path, log={"format": "json", "access_log": "logs/access.log"},
+                            fleet={"heartbeat": 300, "stale_after": 900})
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -158,7 +160,8 @@ async def test_metrics_access_log_and_json_logs_of_a_running_gateway(tmp_path: P
             assert "webgateway_proxy_backend_failures" in m
             assert value(m, "webgateway_tunnels_connected", "webgateway_tunnels_connected") == 0
             w = "webgateway_store_write_seconds"
-            assert m[w]["type"] == "histogram" and value(m, w, w + "_count") == 2  # via the API
+            # two via the API; the fleet registration and the tunnel presence at start-up
+            assert m[w]["type"] == "histogram" and value(m, w, w + "_count") == 4
             assert value(m, "webgateway_api_requests", "webgateway_api_requests_total",
                          route="/v1/owners", status="201") == 1
             for name, fam in m.items():  # one naming rule for every family
