@@ -34,8 +34,10 @@ FLUSH_DELAY: Final = 1.0
 
 def entry(*, now: float, client: tuple[str, int], sni: str | None, route: str | None,
           mode: str | None, backend: str | None, bytes_in: int, bytes_out: int,
-          duration: float, outcome: str, reason: str | None = None) -> bytes:
-    """One access-log line. ``bytes_in`` came from the client, ``bytes_out`` went to it."""
+          duration: float, outcome: str, reason: str | None = None,
+          host: str | None = None) -> bytes:
+    """One access-log line. ``bytes_in`` came from the client, ``bytes_out`` went to it;
+    ``host`` (port 80's Host header, the name it routes by there) only on port-80 lines."""
     line = {
         "time": rfc3339_ms(now),
         "client": client[0],
@@ -51,6 +53,8 @@ def entry(*, now: float, client: tuple[str, int], sni: str | None, route: str | 
     }
     if reason is not None:
         line["reason"] = reason
+    if mode == "http":
+        line["host"] = host
     return json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
 
@@ -79,12 +83,13 @@ class AccessLog:
 
     def record(self, *, client: tuple[str, int], sni: str | None, route: str | None,
                mode: str | None, backend: HostPort | None, bytes_in: int, bytes_out: int,
-               duration: float, outcome: str, reason: str | None) -> None:
+               duration: float, outcome: str, reason: str | None,
+               host: str | None = None) -> None:
         """Write the line of one finished connection (see ``entry``)."""
         self.write(entry(now=time.time(), client=client, sni=sni, route=route, mode=mode,
                          backend=self._backend(backend) if backend is not None else None,
                          bytes_in=bytes_in, bytes_out=bytes_out, duration=duration,
-                         outcome=outcome, reason=reason))
+                         outcome=outcome, reason=reason, host=host))
 
     def _backend(self, b: HostPort) -> str:
         """``str(HostPort)`` costs microseconds (IPv6 formatting): remembered, bounded."""

@@ -94,6 +94,17 @@ class Engine:
                 duration=asyncio.get_running_loop().time() - started, outcome=outcome,
                 reason=reason)
 
+    def http_done(self, outcome: str, client: tuple[str, int], started: float, *,
+                  host: str | None, route: str | None, bytes_in: int, bytes_out: int) -> None:
+        """Account for one port-80 connection that ended: the same line, ``mode`` "http"."""
+        self.metrics.http.labels(outcome).inc()
+        if self.access_log is not None:
+            self.access_log.record(
+                client=client, sni=None, route=route, mode="http", backend=None,
+                bytes_in=bytes_in, bytes_out=bytes_out,
+                duration=asyncio.get_running_loop().time() - started, outcome=outcome,
+                reason=None, host=host)
+
     def opened(self) -> bool:
         """Count a new client; False when the limit is reached (caller closes it)."""
         if self.count >= self.limits.max_connections:

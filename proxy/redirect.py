@@ -96,18 +96,30 @@ def response(status: int, reason: str, location: str | None = None) -> bytes:
 
 
 class RedirectProtocol(asyncio.Protocol):
+    """One port-80 connection: one answer, then close; its access-log line when it ends."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.counted = False
+        self.client: tuple[str, int] = ("", 0)
+        self.started = 0.0
+        self.outcome = "client_closed"  # until an answer says otherwise
+        self.host: str | None = None
+        self.route: str | None = None
+        self.sent = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
         self.transport = cast(asyncio.Transport, transport)
+        self.started = asyncio.get_running_loop().time()
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client = (str(peer[0]), int(peer[1]))
         if not self.engine.opened():
-            self.engine.metrics.http.labels("over_limit").inc()
+            self.outcome = "over_limit"
             self.transport.abort()
             return
         self.counted = True
@@ -117,7 +129,7 @@ class RedirectProtocol(asyncio.Protocol):
 
     def _timeout(self) -> None:
         self.timer = None
-        self.engine.metrics.http.labels("timeout").inc()
+        self.outcome = "timeout"
         if self.transport is not None:
             self.transport.abort()
 
@@ -128,24 +140,26 @@ class RedirectProtocol(asyncio.Protocol):
         try:
             head = parse_head(self.buf)
         except BadRequest:
-            self.engine.metrics.http.labels("bad_request").inc()
-            self._answer(response(400, "Bad Request"))
+            self._answer("bad_request", response(400, "Bad Request"))
             return
         if head is None:
             return
+        self.host = head.host
         route = self.engine.table.route(head.host) if head.host else None
         if route is None or head.host is None:
-            self.engine.metrics.http.labels("not_found").inc()
-            self._answer(response(404, "Not Found"))
+            self._answer("not_found", response(404, "Not Found"))
             return
+        self.route = route.name.label
         target = head.target if head.target.startswith("/") else "/"
-        self.engine.metrics.http.labels("redirect").inc()
-        self._answer(response(301, "Moved Permanently", f"https://{head.host}{target}"))
+        self._answer("redirect", response(301, "Moved Permanently",
+                                          f"https://{head.host}{target}"))
 
-    def _answer(self, data: bytes) -> None:
+    def _answer(self, outcome: str, data: bytes) -> None:
         assert self.transport is not None
+        self.outcome = outcome
         self.transport.pause_reading()
         self.transport.write(data)
+        self.sent = len(data)
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -155,3 +169,5 @@ class RedirectProtocol(asyncio.Protocol):
         if self.counted:
             self.counted = False
             self.engine.closed()
+        self.engine.http_done(self.outcome, self.client, self.started, host=self.host,
+                              route=self.route, bytes_in=len(self.buf), bytes_out=self.sent)

@@ -329,3 +329,56 @@ async def test_open_connections_bytes_count_while_they_last_and_once(tmp_path: P
                       {"name": "dl", "direction": "in"}) == line["bytes_in"]
         assert sample("webgateway_proxy_name_connections_total", {"name": "dl"}) == 1
         await backend.close()
+
+
+async def test_port_80_requests_get_the_same_access_log_lines(tmp_path: Path) -> None:
+    log_path = tmp_path / "access.log"
+    async with gateway(tmp_path, handshake_timeout=1.0) as gw:
+        gw.proxy.engine.access_log = AccessLog(log_path)
+        await gw.name("web", "10.1.2.3:80")
+        for host in (fqdn("web"), fqdn("nobody")):
+            rc, out, err = await run(
+                "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--resolve",
+                f"{host}:{gw.http_port}:127.0.0.1", f"http://{host}:{gw.http_port}/p?token=x")
+            assert rc == 0 and out in (b"301", b"404"), err
+        hostile = [
+            b'GET / HTTP/1.1\r\nHost: evil".gw.test\n{"outcome":"ok"}\r\n\r\n',  # injection
+            b"GET / HTTP/1.1\r\nHost: \xc3\xa9.gw.test\r\n\r\n",
+            b"\x16\x03\x01\x00\x05hello",  # TLS on the plain port
+            b"",  # connects and leaves
+        ]
+        for data in hostile:
+            r, w = await asyncio.open_connection("127.0.0.1", gw.http_port)
+            if data:
+                w.write(data)
+                await w.drain()
+                assert (await asyncio.wait_for(r.read(), 10)).startswith(b"HTTP/1.1 400")
+            w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", gw.http_port)
+        w.write(b"GET / HTTP/1.1\r\n")  # and nothing more: handshake_timeout ends it
+        assert await asyncio.wait_for(r.read(), 10) == b""
+        w.close()
+        await wait_for(lambda: gw.proxy.engine.count == 0)
+        await asyncio.sleep(0.05)
+        gw.proxy.engine.access_log.flush()
+        sample = gw.registry.get_sample_value
+        counts = {o: sample("webgateway_proxy_http_requests_total", {"outcome": o})
+                  for o in ("redirect", "not_found", "bad_request", "client_closed", "timeout")}
+    entries = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [e["outcome"] for e in entries] == [
+        "redirect", "not_found", "bad_request", "bad_request", "bad_request", "client_closed",
+        "timeout"]
+    assert counts == {"redirect": 1, "not_found": 1, "bad_request": 3, "client_closed": 1,
+                      "timeout": 1}
+    for e in entries:
+        assert set(e) == ACCESS_FIELDS | {"host"}, e
+        assert e["mode"] == "http" and e["sni"] is None and e["backend"] is None
+        assert e["client"] == "127.0.0.1" and e["time"].endswith("Z") and e["duration"] >= 0
+    redirect, not_found = entries[:2]
+    assert redirect["host"] == fqdn("web") and redirect["route"] == "web"
+    assert redirect["bytes_in"] > 40 and redirect["bytes_out"] > 100
+    assert not_found["host"] == fqdn("nobody") and not_found["route"] is None
+    assert all(e["host"] is None and e["route"] is None for e in entries[2:])
+    assert entries[-1]["duration"] >= 0.9 and entries[-1]["bytes_in"] == 16
+    text = log_path.read_text()
+    assert "evil" not in text and "token=x" not in text  # no target, no unchecked Host
