@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from webgateway.addresses import HostPort, parse_hostport
 from webgateway.backend_policy import policy_of
 from webgateway.certinfo import certificate_issuer
-from webgateway.config import Config, ConfigError
+from webgateway.config import Config
 from webgateway.dnsname import (
     RESERVED_LABELS,
     check_custom_domain,
@@ -48,7 +48,7 @@ from webgateway.store import (
     Store,
     StoreUnavailable,
 )
-from webgateway.tokens import hash_token, load_or_create_admin_token, new_token
+from webgateway.tokens import hash_token, new_token
 from webgateway.when import days_left, rfc3339
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class Api:
         self.registry = registry
         self.zone = config.zone.name
         self.admin_hash = ""
+        self.metrics_hash = ""  # [api] metrics_token_file's token: /metrics only
         self.limiter = FailureLimiter(config.api.auth_failures_per_minute)
         self.backend_policy = policy_of(config)
         self.reserved = (
@@ -140,9 +141,6 @@ class Api:
             registry=registry,
         )
         self.app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors_middleware])
-        from webgateway.dashboard import Dashboard  # it builds on this class's views
-
-        Dashboard(self).register(self.app)
         r = self.app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", self.metrics)
@@ -203,19 +201,22 @@ class Api:
         valid token still answers tells a guesser nothing usable: tokens carry 256 random
         bits, out of reach of any guessing rate.
         """
-        client = self._client(request)
+        return await self.authenticate(self._client(request), self._bearer(request))
+
+    def _bearer(self, request: web.Request) -> str:
         header = request.headers.get("Authorization")
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             if header is not None:
-                log.warning("refused a request from %s: not a bearer token", client)
+                log.warning("refused a request from %s: not a bearer token",
+                            self._client(request))
             raise ApiError(
                 401,
                 "unauthorized",
                 "send 'Authorization: Bearer <token>'",
                 {"WWW-Authenticate": 'Bearer realm="webgateway"'},
             )
-        return await self.authenticate(client, token.strip())
+        return token.strip()
 
     async def caller_by_token_hash(self, digest: str) -> Caller | None:
         """Who holds the token with this hash now (a rotated or removed token: nobody)."""
@@ -401,6 +402,18 @@ class Api:
         return web.json_response({"status": "ok", "serial": serial})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text, for the admin token or ``[api] metrics_token_file``'s token.
+
+        Per-name connections and bytes tell who uses the gateway how much, so a scrape
+        needs a token even from loopback: a TLS reverse proxy or an SSH tunnel in front
+        of the API makes every remote request come from loopback too.
+        """
+        token = self._bearer(request)
+        scraper = bool(self.metrics_hash) and hmac.compare_digest(hash_token(token),
+                                                                  self.metrics_hash)
+        if not scraper and not (await self.authenticate(self._client(request), token)).is_admin:
+            raise ApiError(403, "forbidden", "/metrics needs the admin token or the token"
+                               " in [api] metrics_token_file, not an owner's")
         return web.Response(
             body=generate_latest(self.registry), content_type="text/plain", charset="utf-8"
         )
@@ -656,50 +669,3 @@ class Api:
         caller = await self._caller(request)
         await self.store.delete_domain(self._fqdn(request), caller.owner_filter)
         return web.Response(status=204)
-
-
-class ApiService:
-    name = "api"
-
-    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
-        self.config = config
-        self.api = Api(config, store, registry)
-        self.runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        try:
-            self.api.admin_hash, created = load_or_create_admin_token(
-                self.config.api.admin_token_file
-            )
-        except (OSError, ValueError) as e:
-            raise ConfigError("api.admin_token_file", str(e)) from None
-        if created:
-            log.info("admin token written to %s (mode 0600)", self.config.api.admin_token_file)
-        self.runner = web.AppRunner(self.api.app, access_log=None, handle_signals=False)
-        await self.runner.setup()
-        addr = self.config.api.listen
-        site = web.TCPSite(self.runner, str(addr.host), addr.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as e:
-            await self.runner.cleanup()
-            raise ConfigError("api.listen", f"cannot listen on {addr}: {e.strerror}") from None
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful when the config asked for port 0)."""
-        assert self.runner is not None
-        for site in self.runner.sites:
-            server = getattr(site, "_server", None)
-            if server is not None and server.sockets:
-                return int(server.sockets[0].getsockname()[1])
-        raise RuntimeError("the API is not listening")
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-
-def build(config: Config, store: Store, registry: CollectorRegistry) -> ApiService:
-    return ApiService(config, store, registry)

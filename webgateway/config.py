@@ -125,6 +125,7 @@ class ApiConfig:
         default_factory=lambda: HostPort(ipaddress.ip_address("127.0.0.1"), 8000)
     )
     admin_token_file: Path = Path("admin.token")
+    metrics_token_file: Path | None = None  # a scrape-only token for /metrics (off: admin only)
     max_names_per_owner: int = 100
     max_domains_per_owner: int = 20
     auth_failures_per_minute: int = 20
@@ -548,6 +549,7 @@ _SPEC: dict[str, dict[str, tuple[Parser, bool]]] = {
     "api": {
         "listen": (_hostport, False),
         "admin_token_file": (_path, False),
+        "metrics_token_file": (_path, False),
         "max_names_per_owner": (_int(0, 1_000_000), False),
         "max_domains_per_owner": (_int(0, 1_000_000), False),
         "auth_failures_per_minute": (_int(1, 100_000), False),
@@ -593,6 +595,7 @@ _CLASSES: dict[str, type] = {
 _PATH_KEYS = {
     ("acme", "ca_bundle"),
     ("api", "admin_token_file"),
+    ("api", "metrics_token_file"),
     ("store", "path"),
     ("store", "certs_dir"),
     ("log", "access_log"),
@@ -790,6 +793,8 @@ def load_config(path: str | Path) -> Config:
     cfg = parse_config(raw, p.resolve().parent, source=p.resolve())
     folders = [("store.certs_dir", cfg.store.certs_dir),
                ("api.admin_token_file", cfg.api.admin_token_file.parent)]
+    if cfg.api.metrics_token_file is not None:
+        folders.append(("api.metrics_token_file", cfg.api.metrics_token_file.parent))
     if not cfg.store.url:  # PostgreSQL: no database file here
         folders.insert(0, ("store.path", cfg.store.path.parent))
     if cfg.log.access_log not in (None, STDOUT):

@@ -249,8 +249,13 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics (text format)",
-                "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
+                "summary": "Prometheus metrics (text format): the admin token, or the"
+                " scrape-only token of [api] metrics_token_file",
+                "security": _AUTH,
+                "responses": {
+                    "200": {"description": "metrics", "content": {"text/plain": {}}},
+                    **_errors(401, 403, 429),
+                },
             }
         },
         "/v1/openapi.json": {

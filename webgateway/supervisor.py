@@ -28,7 +28,7 @@ FACTORIES = {
     "dnsd": "dnsd.service:build",
     "certd": "certd.service:build",
     "proxy": "proxy.service:build",
-    "api": "webgateway.api:build",
+    "api": "webgateway.apiservice:build",
 }
 
 

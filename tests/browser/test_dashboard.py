@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.support import make_config
 from webgateway.addresses import parse_hostport
-from webgateway.api import ApiService
+from webgateway.apiservice import ApiService
 from webgateway.dnsname import new_challenge_label
 from webgateway.model import Certificate, CertState, Domain, Name
 from webgateway.sqlite_store import SqliteStore

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from tests.support import make_config, store_rows
-from webgateway.api import ApiService
+from webgateway.apiservice import ApiService
 from webgateway.model import Certificate, CertState
 from webgateway.openapi import OPENAPI
 from webgateway.sqlite_store import SqliteStore
@@ -399,7 +399,7 @@ async def test_health_metrics_and_openapi_match_routes(gw: Gw) -> None:
     st, h = await gw.call("GET", "/healthz")
     assert st == 200 and h["status"] == "ok" and h["serial"] >= 1
     await gw.call("GET", "/v1/names", "wg_bad")
-    st, text = await gw.call("GET", "/metrics")
+    st, text = await gw.call("GET", "/metrics", gw.admin)
     assert st == 200 and 'webgateway_api_requests_total{route="/v1/names",status="401"}' in text
     st, spec = await gw.call("GET", "/v1/openapi.json")
     assert st == 200 and spec == OPENAPI
@@ -414,6 +414,44 @@ async def test_health_metrics_and_openapi_match_routes(gw: Gw) -> None:
     assert documented == served
     for name in ("Name", "Domain", "Certificate"):  # every field a view gives is described
         assert spec["components"]["schemas"][name]["properties"]
+
+
+async def test_metrics_need_the_admin_or_the_scrape_token_even_from_loopback(
+        tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, api={"metrics_token_file": str(tmp_path / "metrics.token"),
+                                     "auth_failures_per_minute": 3})
+    store = await open_store(cfg.store)
+    svc = ApiService(cfg, store, CollectorRegistry())
+    await svc.start()
+    try:
+        token_file = tmp_path / "metrics.token"
+        assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+        scrape_token = token_file.read_text().strip()
+        async with aiohttp.ClientSession() as http:
+            gw = Gw(f"http://127.0.0.1:{cfg.api.listen.port}",
+                    cfg.api.admin_token_file.read_text().strip(), http, store, tmp_path,
+                    svc.api.app.router)
+            owner = await gw.owner("alice")
+            await gw.call("PUT", "/v1/names/web", owner, {"backends": ["10.0.0.1:80"]})
+            for token in (gw.admin, scrape_token):
+                st, text = await gw.call("GET", "/metrics", token)
+                assert st == 200 and "webgateway_api_requests_total" in text
+            st, body = await gw.call("GET", "/metrics")  # loopback, no token
+            assert st == 401 and body["error"] == "unauthorized"
+            st, body = await gw.call("GET", "/metrics", owner)
+            assert st == 403 and "metrics_token_file" in body["detail"]
+            st, body = await gw.call("GET", "/metrics", headers={"Authorization": "Basic eDp5"})
+            assert st == 401
+            # the scrape token opens /metrics and nothing else
+            assert (await gw.call("GET", "/v1/names", scrape_token))[0] == 401
+            assert (await gw.call("GET", "/v1/owners", scrape_token))[0] == 401
+            # wrong tokens count in the failed-authentication limiter like anywhere else
+            codes = [(await gw.call("GET", "/metrics", f"wg_guess{i}"))[0] for i in range(5)]
+            assert codes[0] == 401 and codes[-1] == 429
+            assert (await gw.call("GET", "/metrics", scrape_token))[0] == 200
+    finally:
+        await svc.stop()
+        await store.close()
 
 
 async def test_loopback_backends_are_refused_by_default(tmp_path: Path) -> None:

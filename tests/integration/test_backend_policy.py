@@ -33,7 +33,7 @@ from tests.integration.proxy_harness import (
     gateway,
 )
 from tests.support import ZONE, make_config
-from webgateway.api import ApiService
+from webgateway.apiservice import ApiService
 from webgateway.backend_policy import BackendPolicy
 from webgateway.config import Config
 from webgateway.sqlite_store import SqliteStore

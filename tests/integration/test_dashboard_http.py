@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.support import make_config
-from webgateway.api import ApiService
+from webgateway.apiservice import ApiService
 from webgateway.sqlite_store import SqliteStore
 from webgateway.tokens import hash_token, new_token
 

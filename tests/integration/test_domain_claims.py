@@ -24,7 +24,7 @@ from tests.integration.test_certd_pebble import dns_target, verify_chain
 from tests.knot import Knot, knot_missing, owner_zone
 from tests.pebble import pebble_factory, requires_pebble
 from tests.support import ZONE, Running, free_port, make_config, services
-from webgateway.api import ApiService
+from webgateway.apiservice import ApiService
 from webgateway.config import Config
 from webgateway.model import Certificate
 from webgateway.when import parse_rfc3339

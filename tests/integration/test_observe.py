@@ -40,9 +40,10 @@ ACCESS_FIELDS = {"time", "client", "client_port", "sni", "route", "mode", "backe
                  "bytes_out", "duration", "outcome"}
 
 
-def scrape(url: str) -> dict[str, Any]:
+def scrape(url: str, token: str) -> dict[str, Any]:
     """/metrics parsed: family name -> {(sample name, sorted labels): value}."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+    req = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         text = r.read().decode()
     out: dict[str, Any] = {}
     for fam in text_string_to_metric_families(text):
@@ -131,7 +132,7 @@ async def test_metrics_access_log_and_json_logs_of_a_running_gateway(tmp_path: P
 
             def settled() -> dict[str, Any] | None:
                 """Every connection has ended (they are counted as they end)."""
-                m = scrape(url)
+                m = scrape(url, admin)
                 ended = value(m, "webgateway_proxy_connections",
                               "webgateway_proxy_connections_total", outcome="unknown_sni")
                 still = value(m, "webgateway_proxy_open_connections",

@@ -170,7 +170,10 @@ def test_workers_count_in_parent_metrics_and_die_with_the_parent(tmp_path: Path)
         wait_http(url, proc, 60)
 
         def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-            with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            admin = (tmp_path / "admin.token").read_text().strip()
+            req = urllib.request.Request(url + "/metrics",
+                                         headers={"Authorization": f"Bearer {admin}"})
+            with urllib.request.urlopen(req, timeout=5) as r:
                 fams = list(text_string_to_metric_families(r.read().decode()))
             names = [f.name for f in fams]
             assert len(names) == len(set(names)), names  # one family per name

@@ -51,6 +51,12 @@ def test_design_example_loads_and_paths_are_relative_to_the_file(tmp_path: Path)
     assert cfg.store.path.parent.is_dir()
     assert cfg.acme is not None and cfg.acme.ca_bundle == tmp_path / "conf" / "pebble.minica.pem"
     assert cfg.api.admin_token_file == tmp_path / "conf" / "admin.token"
+    assert cfg.api.metrics_token_file is None  # off unless set: only the admin token scrapes
+    f.write_text(GOOD.replace('admin_token_file = "admin.token"',
+                              'admin_token_file = "admin.token"\n'
+                              'metrics_token_file = "prom/metrics.token"'))
+    assert load_config(f).api.metrics_token_file == tmp_path / "conf" / "prom" / "metrics.token"
+    assert (tmp_path / "conf" / "prom").is_dir()
     assert cfg.zone.hostmaster == "hostmaster@gw.example.com"
 
 
@@ -65,6 +71,8 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"zone": {"ttl": -1}}, "zone.ttl", "between"),
     ({"dns": {"rrl_responses_per_second": -5}}, "dns.rrl_responses_per_second", "between"),
     ({"dns": {"rrl_slip": 11}}, "dns.rrl_slip", "between"),
+    ({"api": {"metrics_token_file": ""}}, "api.metrics_token_file", "empty"),
+    ({"api": {"metrics_token_file": 7}}, "api.metrics_token_file", "string"),
     ({"dns": {"rrl_table_size": 0}}, "dns.rrl_table_size", "between"),
     ({"zone": {"gateway_ipv4": ["2001:db8::1"]}}, "zone.gateway_ipv4", "IPv4"),
     ({"zone": {"gateway_ipv6": ["300.1.1.1"]}}, "zone.gateway_ipv6", "not an IPv4 or IPv6"),
