@@ -61,7 +61,8 @@ class Engine:
         self.connector: Connector = connector or TcpConnector()
         #: node connections of tunnel names (set by the service once the loop runs)
         self.tunnels: Tunnels | None = None
-        self.metrics = ProxyMetrics(registry, table)
+        self.per_name: dict[str, int] = {}  # label -> spliced pairs open for it
+        self.metrics = ProxyMetrics(registry, table, self)
         self.metrics.open.set_function(lambda: self.count)
         self.access_log = access_log
         #: where connections for no known name go, untouched (``[proxy] catch_all``)
@@ -69,7 +70,6 @@ class Engine:
                           if catch_all is not None else None)
         self.count = 0  # connections from accept to close (peeking ones included)
         self.splices: set[Splice] = set()
-        self.per_name: dict[str, int] = {}  # label -> spliced pairs open for it
         self._refusal_logged: dict[str, float] = {}  # label -> when we last said so
         self.tasks: set[asyncio.Task[None]] = set()
         #: sockets not (yet) owned by a transport -> how to close them at shutdown

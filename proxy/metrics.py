@@ -7,25 +7,43 @@ rest share ``name="_other"``. When the cap is reached, the series of names that 
 left the route table are dropped first (checked again only after the table changed),
 so a gateway whose names come and go keeps a current set. ``_`` cannot start a name,
 so ``_other`` and ``_catch_all`` never collide with one.
+
+What is open now (pairs per name, tunnel nodes per name) is read from the engine when
+scraped rather than kept in gauges: nothing on the hot path, and no series outlives the
+name it describes. Those families have the same bound: ``MAX_NAMES`` labels, then ``_other``.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import operator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from proxy.routes import RouteTable
+from tunnel.gateway import Tunnels
 
 MAX_NAMES: Final = 1000
 OTHER: Final = "_other"
 CATCH_ALL: Final = "_catch_all"
 
 
+class Live(Protocol):
+    """What the engine holds that the scrape-time families read."""
+
+    per_name: dict[str, int]  # label -> spliced pairs open now
+    tunnels: Tunnels | None
+
+
 class ProxyMetrics:
-    def __init__(self, registry: CollectorRegistry, table: RouteTable,
+    def __init__(self, registry: CollectorRegistry, table: RouteTable, live: Live | None = None,
                  max_names: int = MAX_NAMES) -> None:
+        """``live``: the engine, read at each scrape (None: nothing is ever open)."""
         self.table = table
+        self.live = live
         self.max_names = max_names
         self.connections = Counter(
             "webgateway_proxy_connections", "HTTPS connections by outcome, counted when they end",
@@ -51,8 +69,7 @@ class ProxyMetrics:
         self.http = Counter("webgateway_proxy_http_requests",
                             "Plain-HTTP requests (port 80) by outcome", ["outcome"],
                             registry=registry)
-        self.tunnels = Gauge("webgateway_tunnels_connected",
-                             "Reverse-tunnel connections from nodes open now", registry=registry)
+        registry.register(_LiveFamilies(self))
         self._outcomes: dict[str, Counter] = {}
         self._names: dict[str, tuple[Counter, Counter, Counter]] = {}
         self._pruned_at = -1
@@ -102,3 +119,45 @@ class ProxyMetrics:
             self.name_connections.remove(label)
             self.name_bytes.remove(label, "in")
             self.name_bytes.remove(label, "out")
+
+
+class _LiveFamilies:
+    """The open-now families, built from the engine's state at each scrape."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self.metrics = metrics
+
+    def _bounded(self, values: Iterable[tuple[str, float]],
+                 combine: Callable[[float, float], float] = operator.add) -> dict[str, float]:
+        """At most ``max_names`` labels of their own; the rest combined under ``_other``."""
+        out: dict[str, float] = {}
+        for label, value in values:
+            key = label if label in out or len(out) < self.metrics.max_names else OTHER
+            out[key] = combine(out[key], value) if key in out else value
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        live = self.metrics.live
+        per_name, tunnels = (live.per_name, live.tunnels) if live is not None else ({}, None)
+        open_now = GaugeMetricFamily(
+            "webgateway_proxy_name_open_connections",
+            "Connections spliced to a name's backend open now", labels=["name"])
+        for label, n in self._bounded(per_name.items()).items():
+            open_now.add_metric([label], n)
+        yield open_now
+        nodes = tunnels.nodes() if tunnels is not None else {}
+        yield GaugeMetricFamily("webgateway_tunnels_connected",
+                                "Reverse-tunnel connections from nodes open now",
+                                value=tunnels.connections() if tunnels is not None else 0)
+        count = GaugeMetricFamily("webgateway_tunnel_nodes",
+                                  "Nodes connected per tunnel name", labels=["name"])
+        for label, n in self._bounded((k, v[0]) for k, v in nodes.items()).items():
+            count.add_metric([label], n)
+        yield count
+        since = GaugeMetricFamily(
+            "webgateway_tunnel_since_timestamp_seconds",
+            "Per tunnel name, when its longest-connected node connected (Unix time)",
+            labels=["name"])
+        for label, t in self._bounded(((k, v[1]) for k, v in nodes.items()), min).items():
+            since.add_metric([label], t)
+        yield since

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
@@ -225,6 +226,7 @@ class _Session:
     attached: int = 0  # authenticated and not yet closed or handed out
     active: int = 0  # handed out to clients, not yet released
     served: int = 0  # streams so far: ties go to the least used node
+    since: float = field(default_factory=time.time)  # wall clock: shown to the operator
 
 
 class Tunnels:
@@ -344,6 +346,15 @@ class Tunnels:
     def connected(self, label: str) -> int:
         """How many node sessions are connected for ``label``."""
         return len(self.sessions.get(label, ()))
+
+    def nodes(self) -> dict[str, tuple[int, float]]:
+        """Per name with a node: (node sessions connected, the oldest one's start, Unix time)."""
+        return {label: (len(s), min(x.since for x in s.values()))
+                for label, s in self.sessions.items() if s}
+
+    def connections(self) -> int:
+        """Node connections authenticated and not handed out (idle or opening)."""
+        return sum(x.attached for s in self.sessions.values() for x in s.values())
 
     def _take(self, label: str) -> TunnelConn | None:
         sessions = self.sessions.get(label)

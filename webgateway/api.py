@@ -37,6 +37,7 @@ from webgateway.dnsname import (
     new_challenge_label,
 )
 from webgateway.fleet import fleet_json
+from webgateway.live import LiveView, Snapshot
 from webgateway.model import Certificate, Domain, DomainState, Name, Owner, TlsMode
 from webgateway.openapi import OPENAPI
 from webgateway.ratelimit import FailureLimiter
@@ -123,6 +124,7 @@ class Api:
         self.zone = config.zone.name
         self.admin_hash = ""
         self.metrics_hash = ""  # [api] metrics_token_file's token: /metrics only
+        self.live = LiveView(registry)
         self.limiter = FailureLimiter(config.api.auth_failures_per_minute)
         self.backend_policy = policy_of(config)
         self.reserved = (
@@ -331,14 +333,20 @@ class Api:
         """The caller's names (the admin's: everyone's, each saying whose it is)."""
         names = await self.store.list_names(caller.owner_filter)
         owners = await self.store.owner_names() if caller.is_admin else None
-        return [await self._name_view(n, owners) for n in names]
+        live = self.live.snapshot()
+        return [await self._name_view(n, owners, live) for n in names]
 
     async def domains_view(self, caller: Caller) -> list[dict[str, Any]]:
         domains = await self.store.list_domains(caller.owner_filter)
         owners = await self.store.owner_names() if caller.is_admin else None
         return [await self._domain_view(d, owners) for d in domains]
 
-    async def _name_view(self, name: Name, owners: dict[int, str] | None = None) -> dict[str, Any]:
+    async def _name_view(self, name: Name, owners: dict[int, str] | None = None,
+                         live: Snapshot | None = None) -> dict[str, Any]:
+        """One name as every listing shows it, with what the proxy carries for it now
+        (``traffic``, and ``tunnel_nodes`` for a tunnel name: ``None`` where this process
+        runs no proxy)."""
+        live = live or self.live.snapshot()
         cert: dict[str, Any] | None = None
         if name.tls == TlsMode.TERMINATE:
             cert = self._cert_view(await self.store.get_certificate("zone"))
@@ -351,9 +359,11 @@ class Api:
             "http2": name.http2,
             "tunnel": name.tunnel,
             "certificate": cert,
+            "traffic": live.traffic(name.label),
             "created": name.created,
             "updated": name.updated,
-        } | ({} if owners is None else {"owner": owners.get(name.owner_id, "?")})
+        } | ({"tunnel_nodes": live.tunnel(name.label)} if name.tunnel else {}) | (
+            {} if owners is None else {"owner": owners.get(name.owner_id, "?")})
 
     def _cnames(self, domain: Domain) -> list[dict[str, str]]:
         if domain.state.closed:

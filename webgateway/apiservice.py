@@ -44,6 +44,7 @@ class ApiService:
         except OSError as e:
             await self.runner.cleanup()
             raise ConfigError("api.listen", f"cannot listen on {addr}: {e.strerror}") from None
+        self.api.live.start()
 
     @staticmethod
     def _token(key: str, path: Path) -> str:
@@ -67,6 +68,7 @@ class ApiService:
         raise RuntimeError("the API is not listening")
 
     async def stop(self) -> None:
+        self.api.live.stop()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

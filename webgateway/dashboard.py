@@ -28,7 +28,7 @@ from webgateway.api import Api, ApiError, Caller
 from webgateway.sessions import Session, SessionTable, same_secret
 from webgateway.store import StoreError
 from webgateway.tokens import hash_token
-from webgateway.when import date_of
+from webgateway.when import date_of, minute_of
 
 SESSION_COOKIE = "wg_session"
 LOGIN_COOKIE = "wg_login"  # per-visit CSRF value of the sign-in form
@@ -55,7 +55,21 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["date"] = date_of
+    env.filters["minute"] = minute_of
+    env.filters["size"] = size_of
     return env
+
+
+def size_of(n: int) -> str:
+    """Bytes as people read them: ``950 B``, ``12.3 kB``, ``4.1 MB`` (powers of 1000)."""
+    if n < 1000:
+        return f"{n} B"
+    value = n / 1000
+    for unit in ("kB", "MB", "GB"):
+        if value < 999.95:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
 
 
 class Dashboard:

@@ -188,6 +188,33 @@ OPENAPI: dict[str, Any] = {
                         " nodes' token, shown once",
                     },
                     "certificate": {"$ref": "#/components/schemas/Certificate"},
+                    "traffic": {
+                        "description": "What this gateway's proxy carries for the name:"
+                        " connections open now, and over the last 60 minutes the connections"
+                        " that ended and the bytes each way (in: from clients). null where"
+                        " the API runs without the proxy in its process",
+                        "type": ["object", "null"],
+                        "properties": {
+                            "connections_now": {"type": "integer"},
+                            "last_hour": {
+                                "type": "object",
+                                "properties": {
+                                    k: {"type": "integer"}
+                                    for k in ("connections", "bytes_in", "bytes_out")
+                                },
+                            },
+                        },
+                    },
+                    "tunnel_nodes": {
+                        "description": "tunnel names only: nodes connected to this gateway"
+                        " and since when the longest-connected one is (null where the API"
+                        " runs without the proxy)",
+                        "type": ["object", "null"],
+                        "properties": {
+                            "connected": {"type": "integer"},
+                            "since": {"type": ["string", "null"], "format": "date-time"},
+                        },
+                    },
                     "owner": {"type": "string", "description": "in the admin's listing"},
                     "created": {"type": "number"},
                     "updated": {"type": "number"},

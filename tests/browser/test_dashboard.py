@@ -1,15 +1,20 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright.
 
+The API and the proxy run in this process on one registry, as ``webgateway run`` has them.
 An owner signs in, adds a name, sees it and the certificate's expiry, signs out; a
 second owner's data never shows; a form posted without its CSRF value is refused; every
-page carries the CSP. A screenshot of each page is kept under var/test-artifacts/.
+page carries the CSP; traffic made with curl through the proxy shows on the owner's page.
+A screenshot of each page is kept under var/test-artifacts/.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import os
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,14 +23,15 @@ from pathlib import Path
 import pytest
 import trustme
 from playwright.async_api import BrowserContext, Page, async_playwright
-from prometheus_client import CollectorRegistry
 
-from tests.support import make_config
+from tests.integration.proxy_harness import BackendServer, run
+from tests.support import make_config, services
 from webgateway.addresses import parse_hostport
-from webgateway.apiservice import ApiService
+from webgateway.config import Config
+from webgateway.dashboard import size_of
 from webgateway.dnsname import new_challenge_label
 from webgateway.model import Certificate, CertState, Domain, Name
-from webgateway.sqlite_store import SqliteStore
+from webgateway.store import Store
 from webgateway.tokens import hash_token, new_token
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,13 +51,20 @@ class Site:
     alice: str
     bob: str
     not_after: dt.datetime
+    https_port: int
+    ca_file: Path
+    access_log: Path
 
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    cfg = make_config(tmp_path)
-    store = SqliteStore(cfg.store.path)
-    await store.open()
+    cfg = make_config(tmp_path, log={"access_log": "access.log"})
+    async with services(cfg, "proxy", "api") as running:
+        yield await _seeded(running.store, cfg, tmp_path)
+
+
+async def _seeded(store: Store, cfg: Config, tmp_path: Path) -> Site:
+    """Two owners, bob's name and pending domain, the zone certificate as certd leaves it."""
     tokens = {}
     for owner in ("alice", "bob"):
         tokens[owner] = new_token()
@@ -65,21 +78,20 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     not_after = (dt.datetime.now(dt.UTC) + dt.timedelta(days=60, hours=1)).replace(microsecond=0)
     ca = trustme.CA(organization_name="Dashboard Test CA")
     leaf = ca.issue_cert("gw.test", "*.gw.test", not_after=not_after)
-    pem = tmp_path / "zone.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(pem))
+    pem, key = tmp_path / "zone.pem", tmp_path / "zone.key"
+    pem.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    key.touch(0o600)
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     await store.put_certificate(Certificate(
-        "zone", ("gw.test", "*.gw.test"), CertState.VALID, str(pem), str(tmp_path / "k"),
+        "zone", ("gw.test", "*.gw.test"), CertState.VALID, str(pem), str(key),
         not_before=time.time() - 3600, not_after=not_after.timestamp(),
         renew_at=not_after.timestamp() - 20 * 86400))
-    svc = ApiService(cfg, store, CollectorRegistry())
-    await svc.start()
     admin = cfg.api.admin_token_file.read_text().strip()
-    try:
-        yield Site(f"http://127.0.0.1:{cfg.api.listen.port}", admin, tokens["alice"],
-                   tokens["bob"], not_after)
-    finally:
-        await svc.stop()
-        await store.close()
+    assert cfg.log.access_log is not None
+    return Site(f"http://127.0.0.1:{cfg.api.listen.port}", admin, tokens["alice"],
+                tokens["bob"], not_after, cfg.proxy.https_listen[0].port,
+                tmp_path / "ca.pem", cfg.log.access_log)
 
 
 async def signed_in(ctx: BrowserContext, url: str, token: str) -> Page:
@@ -186,3 +198,101 @@ async def test_owner_signs_in_adds_a_name_sees_expiry_and_signs_out(site: Site) 
             await ctx.close()
         finally:
             await browser.close()
+
+
+async def _curl(site: Site, host: str, path: str) -> bytes:
+    rc, out, err = await run("curl", "-sS", "--max-time", "10", "--cacert", str(site.ca_file),
+                             "--resolve", f"{host}:{site.https_port}:127.0.0.1",
+                             f"https://{host}:{site.https_port}{path}")
+    assert rc == 0, err
+    return out
+
+
+async def _names(site: Site, token: str) -> dict[str, dict[str, object]]:
+    """``GET /v1/names`` as ``token`` (through curl: a real client), by label."""
+    rc, out, err = await run("curl", "-sS", "-H", f"Authorization: Bearer {token}",
+                             site.url + "/v1/names")
+    assert rc == 0, err
+    return {n["name"]: n for n in json.loads(out)["names"]}
+
+
+async def test_owner_sees_open_connections_and_the_last_hours_traffic(site: Site) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    backend = BackendServer("live", "127.0.0.1")
+    await backend.start()
+    held: asyncio.StreamWriter | None = None
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                ctx = await browser.new_context(viewport={"width": 1200, "height": 800})
+                page = await signed_in(ctx, site.url, site.alice)
+                await page.fill("#label", "live")
+                await page.fill("#backends", backend.addr)
+                await page.click("form[action='/names'] button")
+                await page.wait_for_selector("text=live.gw.test added")
+                row = page.locator("#names tr", has_text="live.gw.test")
+                assert await row.locator("td.now").inner_text() == "0"
+                assert "0 connections" in await row.locator("td.traffic").inner_text()
+
+                # real traffic through the proxy: three requests that end, one left open
+                host = "live.gw.test"
+                for path in ("/a", "/big/150000", "/big/20000"):
+                    for _ in range(100):  # bounded: the proxy follows the store by polling
+                        try:
+                            out = await _curl(site, host, path)
+                            break
+                        except AssertionError:
+                            await asyncio.sleep(0.05)
+                    assert out.startswith(b"live /a") or len(out) >= 20000
+                ctx_tls = ssl.create_default_context(cafile=str(site.ca_file))
+                reader, held = await asyncio.open_connection(
+                    "127.0.0.1", site.https_port, ssl=ctx_tls, server_hostname=host)
+                held.write(f"GET /held HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                assert (await reader.readuntil(b"live /held\n")).startswith(b"HTTP/1.1 200")
+
+                # the API says what the access log says, and the page shows the same
+                await asyncio.sleep(1.1)  # the access log's flush delay; a read samples anew
+                ended = [json.loads(x) for x in site.access_log.read_text().splitlines()]
+                ended = [e for e in ended if e["route"] == "live" and e["outcome"] == "ok"]
+                assert len(ended) == 3
+                traffic = (await _names(site, site.alice))["live"]["traffic"]
+                assert traffic == {"connections_now": 1, "last_hour": {
+                    "connections": 3, "bytes_in": sum(e["bytes_in"] for e in ended),
+                    "bytes_out": sum(e["bytes_out"] for e in ended)}}, traffic
+                await page.reload()
+                row = page.locator("#names tr", has_text="live.gw.test")
+                assert await row.locator("td.now").inner_text() == "1"
+                shown = await row.locator("td.traffic").inner_text()
+                last = traffic["last_hour"]
+                assert isinstance(last, dict) and last["bytes_out"] > 170_000
+                assert "3 connections" in shown, shown
+                assert f"{size_of(last['bytes_in'])} in" in shown, shown
+                assert f"{size_of(last['bytes_out'])} out" in shown, shown
+                await page.screenshot(path=str(ARTIFACTS / "dashboard-5-traffic.png"),
+                                      full_page=True)
+                await ctx.close()
+
+                # bob sees neither alice's name nor its numbers, in the page or the API
+                ctx = await browser.new_context(viewport={"width": 1200, "height": 800})
+                page = await signed_in(ctx, site.url, site.bob)
+                text = await page.inner_text("#names")
+                assert "live.gw.test" not in text and "bobsite.gw.test" in text
+                row = page.locator("#names tr", has_text="bobsite.gw.test")
+                assert await row.locator("td.now").inner_text() == "0"
+                assert set(await _names(site, site.bob)) == {"bobsite"}
+                await ctx.close()
+
+                # the admin sees alice's numbers beside her name
+                ctx = await browser.new_context(viewport={"width": 1200, "height": 800})
+                page = await signed_in(ctx, site.url, site.admin)
+                row = page.locator("#names tr", has_text="live.gw.test")
+                assert await row.locator("td.now").inner_text() == "1"
+                assert "3 connections" in await row.locator("td.traffic").inner_text()
+                await ctx.close()
+            finally:
+                await browser.close()
+    finally:
+        if held is not None:
+            held.close()
+        await backend.close()

@@ -26,6 +26,7 @@ from proxy.service import ProxyService
 from tests.integration.proxy_harness import BackendServer, Gateway, curl, fqdn, gateway
 from tests.support import ZONE, free_port
 from tunnel import wire
+from webgateway.live import read
 from webgateway.tokens import hash_token
 
 TOKEN = "wg_tunnel-token-of-hidden"
@@ -183,11 +184,17 @@ async def test_proxy_protocol_and_several_nodes(tmp_path: Path) -> None:
         other = BackendServer("second-node", "127.0.0.1")
         await other.start()
         a, b = Node(gw, backend.addr), Node(gw, other.addr)
+        started = time.time()
         await a.start()
         await b.start()
         try:
             assert gw.proxy.engine.tunnels is not None
             await until(_connected(gw, 2), 10)
+            # what status and the dashboard read: nodes per name and since when, from /metrics
+            seen_now = read(gw.registry.collect())
+            assert seen_now.nodes == {"hidden": 2}
+            assert started <= seen_now.since["hidden"] <= time.time()
+            assert gw.registry.get_sample_value("webgateway_tunnels_connected") >= 2
             seen = set()
             for _ in range(12):
                 code, body = await status(gw)
@@ -200,6 +207,8 @@ async def test_proxy_protocol_and_several_nodes(tmp_path: Path) -> None:
             await a.kill()
             for _ in range(6):
                 assert (await status(gw))[0] == 200
+            await until(_connected(gw, 1), 5)
+            assert read(gw.registry.collect()).nodes == {"hidden": 1}
         finally:
             await a.kill()
             await b.kill()
