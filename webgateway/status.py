@@ -35,6 +35,36 @@ class Check:
 
 
 @dataclass
+class Tunnel:
+    """A tunnel name and its nodes as this gateway's proxy sees them (None: not seen)."""
+
+    name: str
+    owner: str | None
+    nodes: int | None
+    since: str | None
+
+
+def tunnels_of(names: list[dict[str, Any]]) -> list[Tunnel]:
+    """The tunnel names among the API's name views, with their ``tunnel_nodes``."""
+    out = []
+    for n in names:
+        if n.get("tunnel"):
+            seen = n.get("tunnel_nodes")
+            out.append(Tunnel(n["name"], n.get("owner"), seen["connected"] if seen else None,
+                              seen["since"] if seen else None))
+    return out
+
+
+def tunnel_table(tunnels: list[Tunnel]) -> str:
+    table = format_table(
+        ["TUNNEL", "OWNER", "NODES", "CONNECTED SINCE"],
+        [[t.name, t.owner, t.nodes, minute_of(t.since)] for t in tunnels])
+    if any(t.nodes is None for t in tunnels):
+        table += "\n(nodes unknown: the API runs without the proxy in its process)"
+    return table
+
+
+@dataclass
 class Status:
     url: str
     zone: str = ""
@@ -43,6 +73,7 @@ class Status:
     nameservers: list[Check] = field(default_factory=list)
     counts: dict[str, int | None] = field(default_factory=dict)
     certificates: list[dict[str, Any]] = field(default_factory=list)
+    tunnels: list[Tunnel] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     note: str = ""
     fleet: list[dict[str, Any]] = field(default_factory=list)  # GET /v1/fleet's gateways
@@ -124,6 +155,8 @@ def render(st: Status) -> str:
         parts.append(format_table([*CERT_HEADERS, "LAST ERROR"], rows))
     else:
         parts.append("no certificates yet")
+    if st.tunnels:
+        parts.append(tunnel_table(st.tunnels))
     parts.append(
         format_table(
             [k.upper() for k in st.counts], [list(st.counts.values())] if st.counts else []
@@ -201,6 +234,7 @@ def gather(get: Callable[[str], Any], url: str, config: Config | None) -> Status
     st.counts = {k: st.counts[k] for k in ("owners", "names", "domains")}
     gather_fleet(get, st)
     st.certificates = views["certificates"]
+    st.tunnels = tunnels_of(views["names"])
     st.failures = failures_of(views["certificates"], views["domains"])
     if config is None:
         st.note = "give --config FILE to check dnsd, the proxy and every listed name server"

@@ -6,12 +6,13 @@ import asyncio
 import datetime as dt
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import trustme
 
-from tests.gateway import cli, running, write_config
+from tests.gateway import CLI, cli, running, write_config
 from tests.support import cert_row, free_port
 from webgateway.config import load_config
 from webgateway.model import Certificate, CertState
@@ -107,3 +108,58 @@ def test_listings_cert_ls_and_status(tmp_path: Path) -> None:
     r = cli("status", env=down)
     assert r.returncode == 1 and re.search(r"api\s+\S+\s+DOWN\s+cannot reach", r.stdout)
     assert "Traceback" not in r.stderr and "--config" in r.stdout
+
+
+def test_status_lists_tunnel_names_with_their_nodes(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    leaf = ca.issue_cert("gw.test", "*.gw.test")
+
+    async def put_cert() -> None:
+        store = SqliteStore(load_config(cfg).store.path)
+        await store.open()
+        try:
+            await store.put_certificate(cert_row("zone", ("gw.test", "*.gw.test"), leaf,
+                                                 not_after=time.time() + 30 * 86400))
+        finally:
+            await store.close()
+
+    https = load_config(cfg).proxy.https_listen[0].port
+    with running(cfg, "run") as (_proc, url):
+        admin = (tmp_path / "admin.token").read_text().strip()
+        as_admin = {"WEBGATEWAY_URL": url, "WEBGATEWAY_TOKEN": admin}
+        alice = {"WEBGATEWAY_URL": url,
+                 "WEBGATEWAY_TOKEN": cli("owner", "add", "alice", env=as_admin).stdout.strip()}
+        r = cli("status", "--config", str(cfg))
+        assert "TUNNEL" not in r.stdout  # no tunnel name, no section
+        r = cli("name", "add", "hidden", "--tunnel", env=alice)
+        token = re.search(r"tunnel token: (\S+)", r.stdout)
+        assert r.returncode == 0 and token, r.stdout + r.stderr
+        assert cli("name", "add", "away", "--tunnel", env=alice).returncode == 0
+        asyncio.run(put_cert())
+        started = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+        node = subprocess.Popen(
+            [*CLI, "tunnel", "--gateway", f"127.0.0.1:{https}", "--server-name", "gw.test",
+             "--ca", str(tmp_path / "ca.pem"), "--name", "hidden", "--token", token.group(1),
+             "--to", "127.0.0.1:9"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            tunnels: dict[str, dict[str, object]] = {}
+            for _ in range(60):  # bounded: ~30 s for the node to start and dial in
+                st = json.loads(cli("status", "--config", str(cfg), "--json").stdout)
+                tunnels = {t["name"]: t for t in st["tunnels"]}
+                if tunnels.get("hidden", {}).get("nodes") == 1:
+                    break
+                time.sleep(0.5)
+            assert tunnels["hidden"]["nodes"] == 1 and tunnels["hidden"]["owner"] == "alice"
+            since = dt.datetime.fromisoformat(str(tunnels["hidden"]["since"]))
+            assert started <= since <= dt.datetime.now(dt.UTC)
+            assert tunnels["away"] == {"name": "away", "owner": "alice", "nodes": 0,
+                                       "since": None}
+            out = cli("status", "--config", str(cfg)).stdout
+            assert re.search(r"^TUNNEL\s+OWNER\s+NODES\s+CONNECTED SINCE$", out, re.M), out
+            assert re.search(rf"^hidden\s+alice\s+1\s+{since:%Y-%m-%d %H:%M} UTC$", out, re.M)
+            assert re.search(r"^away\s+alice\s+0\s+-$", out, re.M), out
+        finally:
+            node.terminate()
+            node.wait(10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from webgateway.status import Check, Status, assess_ns, failures_of, render
+from webgateway.status import Check, Status, assess_ns, failures_of, render, tunnels_of
 
 
 def test_every_server_must_serve_the_stores_serial() -> None:
@@ -53,3 +53,25 @@ def test_render_is_one_screen_with_dates() -> None:
     assert "zone  gw.test, *.gw.test  R11     2027-01-02         33  valid  -" in out
     assert "OWNERS  NAMES  DOMAINS\n     2      5  -" in out
     assert "no recent failures" in out
+
+
+def test_tunnels_are_their_own_section_only_when_tunnel_names_exist() -> None:
+    names = [
+        {"name": "web", "tunnel": False, "owner": "alice"},
+        {"name": "hidden", "tunnel": True, "owner": "alice",
+         "tunnel_nodes": {"connected": 2, "since": "2026-11-29T21:40:12Z"}},
+        {"name": "idle", "tunnel": True, "owner": "bob",
+         "tunnel_nodes": {"connected": 0, "since": None}},
+    ]
+    st = Status(url="u", tunnels=tunnels_of(names))
+    out = render(st)
+    assert re.search(r"^TUNNEL  OWNER  NODES  CONNECTED SINCE\n"
+                     r"hidden  alice      2  2026-11-29 21:40 UTC\n"
+                     r"idle    bob        0  -$", out, re.M), out
+    assert st.as_json()["tunnels"][0] == {"name": "hidden", "owner": "alice", "nodes": 2,
+                                          "since": "2026-11-29T21:40:12Z"}
+    assert st.healthy  # a node that is away is its owner's business, not the gateway's
+    assert "TUNNEL" not in render(Status(url="u", tunnels=tunnels_of(names[:1])))
+    unseen = render(Status(url="u", tunnels=tunnels_of([{"name": "h", "tunnel": True,
+                                                          "tunnel_nodes": None}])))
+    assert re.search(r"^h       -      -      -$", unseen, re.M) and "nodes unknown" in unseen
