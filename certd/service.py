@@ -70,7 +70,8 @@ VERIFY_FIRST, VERIFY_CAP = 0.1, 300.0
 ORDERS_PER_THREAD = 64
 #: A certificate's lease (one gateway of the fleet orders it) lasts this long unless its
 #: holder renews it every LEASE_BEAT: a gateway killed mid-order is taken over within
-#: LEASE_TTL (plus the clock skew between gateways: keep them on NTP).
+#: LEASE_TTL (a fleet's store judges expiry by the database's clock, so gateways' clocks
+#: may disagree).
 LEASE_TTL, LEASE_BEAT = 20.0, 5.0
 #: How often pending claims past their TTL are expired (and old closed ones purged).
 CLAIM_SWEEP = 60.0

@@ -159,7 +159,7 @@ class Lease:
 
     name: str
     holder: str
-    expires: float
+    expires: float  # in the clock of the caller that asked (``take_lease``'s ``now``)
 
 
 @dataclass(frozen=True)

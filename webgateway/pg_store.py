@@ -99,6 +99,9 @@ def _set(event: asyncio.Event, *_: object) -> None:
 
 class PgStore(SqlStore):
     _JOINED_LABELS = "string_agg(label, ' ')"
+    #: Gateways' clocks may disagree; the server's is one for the fleet. clock_timestamp(),
+    #: not now(): a write waits for the serial row's lock after its transaction began.
+    lease_clock = "extract(epoch FROM clock_timestamp())::float8"
 
     def __init__(self, url: str, poll_interval: float = 0.05, timeout: float = 10.0) -> None:
         super().__init__(poll_interval)

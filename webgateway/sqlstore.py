@@ -235,6 +235,11 @@ class SqlStore:
         unknown, read at every poll."""
         return None
 
+    #: SQL for the time leases are judged by when every client must share one clock (a
+    #: fleet: the database's), in seconds since the epoch; None: the caller's ``now`` (SQLite
+    #: is on the one machine whose clock every caller reads).
+    lease_clock: str | None = None
+
     # ------------------------------------------------------------------ writes and the feed
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[None]:
@@ -957,17 +962,22 @@ class SqlStore:
     # (the SOA serial must not move with every heartbeat). On PostgreSQL each call runs in
     # a write transaction, serialized with every writer of the fleet.
     async def take_lease(self, name: str, holder: str, ttl: float, now: float) -> Lease:
-        """Hold ``name`` until ``now + ttl`` if it is free, expired or already ``holder``'s
-        (a heartbeat); the lease as it stands after the call (compare its holder)."""
+        """Hold ``name`` for ``ttl`` seconds if it is free, expired or already ``holder``'s
+        (a heartbeat); the lease as it stands after the call (compare its holder), its end
+        in the caller's clock ``now``. Whether it is expired is judged by ``lease_clock``,
+        so gateways whose clocks disagree still agree on who holds it."""
         async with self._write():
+            t = now
+            if self.lease_clock is not None:
+                t = float((await self._one(f"SELECT {self.lease_clock}"))[0])
             await self._exec(
                 "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
                 " SET holder = excluded.holder, expires = excluded.expires"
                 " WHERE leases.holder = excluded.holder OR leases.expires <= ?",
-                (name, holder, now + ttl, now),
+                (name, holder, t + ttl, t),
             )
             r = await self._one("SELECT holder, expires FROM leases WHERE name=?", (name,))
-        return Lease(name, r[0], float(r[1]))
+        return Lease(name, r[0], now + (float(r[1]) - t))
 
     async def release_lease(self, name: str, holder: str) -> None:
         """Give ``name`` up at once (no-op unless ``holder`` holds it)."""

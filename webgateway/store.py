@@ -163,8 +163,9 @@ class Store(Protocol):
 
     # -- fleet-wide coordination (outside the change feed: no serial bump)
     async def take_lease(self, name: str, holder: str, ttl: float, now: float) -> Lease:
-        """Hold ``name`` until ``now + ttl`` when free, expired or ``holder``'s already;
-        returns the lease as it stands (another holder's: not granted)."""
+        """Hold ``name`` for ``ttl`` s when free, expired or ``holder``'s already; returns
+        the lease as it stands (another holder's: not granted), its end in ``now``'s clock.
+        A fleet's store judges expiry by the database's clock, not the callers'."""
         ...
 
     async def release_lease(self, name: str, holder: str) -> None: ...

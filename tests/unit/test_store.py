@@ -566,6 +566,8 @@ async def test_certificate_rows_carry_chain_and_keys_not_in_their_repr(store: St
 
 async def test_one_lease_holder_at_a_time_renewed_released_and_taken_over(
         store: Store) -> None:
+    if isinstance(store, PgStore):
+        pytest.skip("the callers' clock is the lease clock on SQLite only (one machine)")
     serial = await store.serial()
     now = 1000.0
     a = await store.take_lease("cert:zone", "gw1#1", 20.0, now)
@@ -586,6 +588,36 @@ async def test_one_lease_holder_at_a_time_renewed_released_and_taken_over(
     assert (await store.take_lease("cert:other", "gw1#1", 20.0, now + 32)).holder == "gw1#1"
     assert (await store.take_lease("cert:zone", "gw1#1", 20.0, now + 32)).holder == "gw3#1"
     assert await store.serial() == serial  # leases are not changes: no serial, no SOA bump
+
+
+async def test_postgresql_judges_leases_by_its_own_clock_not_the_gateways(
+        store_config: StoreConfig) -> None:
+    """Two gateways whose clocks disagree by much more than a lease: the lease holds (the
+    database's clock says when it runs out), and each learns its end in its own clock."""
+    if not store_config.url:
+        pytest.skip("SQLite: one machine, one clock (the callers')")
+    a, b = await open_store(store_config), await open_store(store_config)
+    try:
+        skew = 3600.0  # b's clock runs an hour ahead of a's
+        now = time.time()
+        held = await a.take_lease("cert:zone", "gw1#1", 20.0, now)
+        assert held.holder == "gw1#1" and 19.0 < held.expires - now <= 20.0
+        seen = await b.take_lease("cert:zone", "gw2#1", 20.0, time.time() + skew)
+        assert seen.holder == "gw1#1"  # not lapsed, whatever b's clock says
+        assert 10.0 < seen.expires - (time.time() + skew) <= 20.0  # in b's clock
+        assert (await b.take_lease("cert:zone", "gw2#1", 20.0, time.time() - skew)).holder \
+            == "gw1#1"
+        slow = await a.take_lease("cert:zone", "gw1#1", 20.0, time.time() - skew)  # a behind
+        assert slow.holder == "gw1#1" and 10.0 < slow.expires - (time.time() - skew) <= 20.0
+        # the heartbeat's new end is the database's now + ttl: a short lease lapses on time
+        await a.take_lease("cert:zone", "gw1#1", 2.0, time.time() + skew)
+        assert (await b.take_lease("cert:zone", "gw2#1", 20.0, time.time())).holder == "gw1#1"
+        await asyncio.sleep(2.3)
+        assert (await b.take_lease("cert:zone", "gw2#1", 20.0, time.time() - skew)).holder \
+            == "gw2#1"  # lapsed by the database's clock, though b's is an hour behind
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_concurrent_takers_get_one_holder(store_config: StoreConfig) -> None:
