@@ -309,8 +309,15 @@ class CertService:
             log.info("certd: %s not imported from %s (%s): it is ordered anew", cid,
                      chain_path, getattr(e, "strerror", None) or e)
             return
-        await self._put(replace(cert, chain=text,
-                                key=self.seal.seal(slot("cert", cid), pem)))
+        done = await self.store.import_certificate(
+            cid, text, self.seal.seal(slot("cert", cid), pem), chain_path)
+        row = await self.store.get_certificate(cid)  # before the feed: the scheduler reads it
+        if row is not None:
+            self.view.certs[cid] = row
+        if not done:
+            log.info("certd: %s not imported from %s: the store has a chain for it already",
+                     cid, chain_path)
+            return
         log.info("certd: certificate %s imported into the store from %s", cid, chain_path)
 
     async def _tick(self, now: float) -> float:

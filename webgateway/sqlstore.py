@@ -957,6 +957,22 @@ class SqlStore:
             )
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    async def import_certificate(
+        self, cert_id: str, chain: str, key: str, chain_file: str
+    ) -> bool:
+        """Fill in the chain and key read from ``chain_file`` (and its key file), which the
+        row names, only while the row has no chain: in a rolling upgrade another gateway
+        may have installed a newer one since the files were listed. False: nothing written."""
+        async with self._write():
+            if not await self._exec(
+                "UPDATE certificates SET chain=?, key=?, updated=? WHERE id=? AND chain=''"
+                " AND cert_path=?",
+                (chain, key, time.time(), cert_id, chain_file),
+            ):
+                return False
+            self._touch("cert", cert_id)
+        return True
+
     # ------------------------------------------------------------------ leases (fleet-wide)
     # Not part of the change feed: taking, renewing or releasing a lease bumps no serial
     # (the SOA serial must not move with every heartbeat). On PostgreSQL each call runs in

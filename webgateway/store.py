@@ -161,6 +161,12 @@ class Store(Protocol):
         """Chain and key files named by rows of builds that kept them on disk."""
         ...
 
+    async def import_certificate(
+        self, cert_id: str, chain: str, key: str, chain_file: str
+    ) -> bool:
+        """Store a legacy row's chain and key, only while the row has no chain yet."""
+        ...
+
     # -- fleet-wide coordination (outside the change feed: no serial bump)
     async def take_lease(self, name: str, holder: str, ttl: float, now: float) -> Lease:
         """Hold ``name`` for ``ttl`` s when free, expired or ``holder``'s already; returns

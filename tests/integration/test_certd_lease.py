@@ -15,9 +15,11 @@ import trustme
 from prometheus_client import CollectorRegistry
 
 from certd import service
+from certd.certkeys import leaf_matches_key, load_key
 from certd.service import ZONE_CERT, CertService, lease_name
 from tests.support import ZONE, cert_row, make_config, store_rows
-from webgateway.model import CertState
+from webgateway.keyseal import slot
+from webgateway.model import Certificate, CertState
 from webgateway.store import Store
 from webgateway.storefactory import open_store
 
@@ -124,3 +126,38 @@ async def test_a_holder_that_stalled_past_its_lease_overwrites_nothing(
     assert "b-token" in {t.value for t in await store.list_txt() if t.fqdn == txt}
     rows = await store_rows(store, "SELECT holder FROM leases")
     assert rows == [(b.holder,)]
+
+
+async def test_an_import_of_legacy_files_never_replaces_a_chain_installed_meanwhile(
+        two_gateways: tuple[CertService, CertService, Store], tmp_path: Path) -> None:
+    """A rolling upgrade: a lists the row's legacy files (chain still empty), then b, which
+    upgraded first, installs a renewed chain before a's import writes: a's import of the
+    older files is dropped; on a row that still has no chain it goes in."""
+    a, _, store = two_gateways
+    domains = a.wanted()[ZONE_CERT]
+    old = trustme.CA().issue_cert(ZONE, f"*.{ZONE}")
+    chain_file, key_file = tmp_path / "zone.1.fullchain.pem", tmp_path / "zone.1.key.pem"
+    chain_file.write_bytes(b"".join(p.bytes() for p in old.cert_chain_pems))
+    key_file.write_bytes(old.private_key_pem.bytes())
+    far = time.time() + 60 * 86400
+    await store.put_certificate(Certificate(ZONE_CERT, domains, CertState.VALID, "", "",
+                                            not_after=far, renew_at=far))
+    await store_rows(store, f"UPDATE certificates SET cert_path = '{chain_file}',"
+                            f" key_path = '{key_file}'")
+    await a.follower.load()
+    files = await store.legacy_certificate_files()
+    assert files == {ZONE_CERT: (str(chain_file), str(key_file))}
+
+    theirs = cert_row(ZONE_CERT, domains, trustme.CA().issue_cert(ZONE, f"*.{ZONE}"))
+    await store.put_certificate(theirs)  # b's renewal lands between a's listing and import
+    await a._import_files(ZONE_CERT, *files[ZONE_CERT])
+    row = await store.get_certificate(ZONE_CERT)
+    assert row is not None and (row.chain, row.key) == (theirs.chain, theirs.key)
+
+    await store_rows(store, "UPDATE certificates SET chain = '', key = ''")  # not yet
+    await a._import_files(ZONE_CERT, *files[ZONE_CERT])
+    row = await store.get_certificate(ZONE_CERT)
+    assert row is not None and row.chain == chain_file.read_text()
+    assert leaf_matches_key(row.chain.encode(),
+                            load_key(a.seal.open(slot("cert", ZONE_CERT), row.key)))
+    assert await store.legacy_certificate_files() == {}

@@ -676,7 +676,13 @@ async def test_migration_4_keeps_certificates_and_their_old_file_paths(
         assert not cert.in_place  # until certd imports the files the paths name
         assert await s.legacy_certificate_files() == {
             "zone": ("/var/certs/zone.1.fullchain.pem", "/var/certs/zone.1.key.pem")}
-        await s.put_certificate(replace(cert, chain="C", key="plain:K"))
+        assert not await s.import_certificate("zone", "C", "plain:K", "/elsewhere/zone.pem")
+        assert await s.import_certificate("zone", "C", "plain:K",
+                                          "/var/certs/zone.1.fullchain.pem")
+        assert not await s.import_certificate("zone", "D", "plain:L",
+                                              "/var/certs/zone.1.fullchain.pem")  # has one
+        got = await s.get_certificate("zone")
+        assert got is not None and (got.chain, got.key, got.renew_at) == ("C", "plain:K", 6)
         assert await s.legacy_certificate_files() == {}
         rows = await store_rows(s, "SELECT cert_path, key_path FROM certificates")
         assert rows == [("/var/certs/zone.1.fullchain.pem", "/var/certs/zone.1.key.pem")]
