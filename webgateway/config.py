@@ -8,8 +8,11 @@ start-up with ``ConfigError(key, reason)`` -- one line an operator can act on.
 from __future__ import annotations
 
 import binascii
+import errno
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from webgateway.addresses import HostPort, parse_hostport, parse_ip
 from webgateway.dnsname import check_domain, check_label, is_within
-from webgateway.keyseal import parse_key_file
+from webgateway.keyseal import MAKE_KEY_FILE, parse_key_file
 
 
 class ConfigError(Exception):
@@ -662,7 +665,7 @@ def _tsig(raw: Any, base: Path) -> TsigConfig:
         key = "dns.tsig.secret_file"
         path: Path = values.pop("secret_file")
         try:
-            text = _secret_file(key, path).decode("ascii")
+            text = _secret_file(key, path, TSIG_MAKE.format(path)).decode("ascii")
         except UnicodeDecodeError:
             raise ConfigError(key, f"{path} is not base64 text") from None
         try:
@@ -672,15 +675,40 @@ def _tsig(raw: Any, base: Path) -> TsigConfig:
     return TsigConfig(**values)
 
 
-def _secret_file(key: str, path: Path) -> bytes:
-    """The bytes of a file holding a secret, which only its owner may read."""
+#: How an operator makes a TSIG secret file (``{0}``: its path).
+TSIG_MAKE = "openssl rand -base64 32 > {0}; chmod 600 {0}"
+#: A secret file is a few dozen bytes; reading stops past this.
+_SECRET_FILE_MAX = 4096
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a device",
+               stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+
+
+def _secret_file(key: str, path: Path, make: str) -> bytes:
+    """The bytes of a file holding a secret: a regular file (a FIFO would hang start-up, a
+    device never end), not a symbolic link, which only its owner may read. Opened without
+    blocking or following a link, and checked on the open file (nothing swaps it between
+    the check and the read); ``make`` says how to make one."""
     try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(key, f"{path} is a symbolic link: name the file itself") from None
+        raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a file")
+            raise ConfigError(key, f"{path} is {kind}, not a regular file: make one with {make}")
+        if mode & 0o077:
+            raise ConfigError(key, f"{path} is readable by others: chmod 600 {path}")
+        data = os.read(fd, _SECRET_FILE_MAX + 1)
     except OSError as e:
         raise ConfigError(key, f"cannot read {path}: {e.strerror}") from None
-    if mode & 0o077:
-        raise ConfigError(key, f"{path} is readable by others: chmod 600 {path}")
+    finally:
+        os.close(fd)
+    if len(data) > _SECRET_FILE_MAX:
+        raise ConfigError(key, f"{path} is larger than {_SECRET_FILE_MAX} bytes, not a secret:"
+                               f" make one with {make}")
     return data
 
 
@@ -689,7 +717,8 @@ def _check_store(s: dict[str, Any]) -> None:
     path: Path | None = s.pop("key_file", None)
     if path is not None:
         try:
-            s["key"] = parse_key_file(_secret_file("store.key_file", path))
+            s["key"] = parse_key_file(
+                _secret_file("store.key_file", path, MAKE_KEY_FILE.format(path)), str(path))
         except ValueError as e:
             raise ConfigError("store.key_file", f"{path} {e}") from None
     if s.get("url") and path is None and not s.get("plaintext_keys"):

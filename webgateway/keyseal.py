@@ -40,21 +40,32 @@ class KeySealError(Exception):
     """A stored key cannot be opened (no key file, or another one); never holds the key."""
 
 
-def parse_key_file(data: bytes) -> bytes:
-    """The 32-byte secret of a key file: 32 raw bytes, or their base64 (``openssl rand
-    -base64 32``) or hex (``openssl rand -hex 32``) on one line. ValueError says why not."""
-    if len(data) == KEY_BYTES:
+#: How an operator makes a key file (``{0}``: its path).
+MAKE_KEY_FILE = "head -c 32 /dev/urandom > {0}; chmod 600 {0}"
+_TEXT = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\r")
+
+
+def parse_key_file(data: bytes, path: str = "F") -> bytes:
+    """The 32-byte secret of a key file, in one of three forms told apart by length alone:
+    exactly 32 raw bytes, or one line of 44 base64 (``openssl rand -base64 32``) or 64 hex
+    characters, with or without a newline. 32 bytes that are all text are refused: they
+    are a passphrase typed into the file, not random bytes (32 random bytes are all
+    printable once in ~10^13). ValueError says why not and how to make one."""
+    line = data.removesuffix(b"\n")
+    if len(data) == KEY_BYTES and not set(data) <= _TEXT:
         return data
-    text = data.strip()
-    for decode in (bytes.fromhex, lambda t: base64.b64decode(t, validate=True)):
-        try:
-            key = decode(text.decode("ascii"))
-        except (ValueError, UnicodeDecodeError, binascii.Error):
-            continue
-        if len(key) == KEY_BYTES:
-            return key
-    raise ValueError(f"must hold a {KEY_BYTES}-byte secret (raw, base64 or hex): make one with"
-                     " openssl rand -base64 32")
+    try:
+        if len(line) == 44:
+            key = base64.b64decode(line, validate=True)
+            if len(key) == KEY_BYTES and base64.b64encode(key) == line:
+                return key
+        elif len(line) == 2 * KEY_BYTES:
+            return binascii.unhexlify(line)
+    except (ValueError, binascii.Error):
+        pass
+    raise ValueError(f"must hold exactly 32 random bytes, or their base64 (44 characters) or"
+                     f" hex (64 characters) on one line: make one with"
+                     f" {MAKE_KEY_FILE.format(path)}")
 
 
 def slot(kind: str, name: str) -> str:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import raw_config
-from webgateway.config import ConfigError, load_config, parse_config
+from webgateway.config import ConfigError, _secret_file, load_config, parse_config
 
 GOOD = """
 [zone]
@@ -247,6 +249,72 @@ def test_the_secret_file_is_relative_private_and_base64(tmp_path: Path) -> None:
     assert e.value.key == "dns.tsig.secret_file" and "base64" in e.value.reason
 
 
+def _parse_within(doc: dict[str, Any], base: Path, seconds: float) -> BaseException | None:
+    """parse_config in a thread that must end within ``seconds`` (a read of a FIFO hangs)."""
+    got: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            parse_config(doc, base)
+            got.append(None)
+        except BaseException as e:  # handed to the test
+            got.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "reading the key file hung"
+    return got[0]
+
+
+def test_the_key_file_must_be_a_regular_private_file_not_a_fifo_link_or_folder(
+        tmp_path: Path) -> None:
+    doc = raw_config(tmp_path)
+    doc["store"] = {"key_file": "store.key"}
+    key = tmp_path / "store.key"
+    os.mkfifo(key, 0o600)  # nobody writes to it: a plain open() waits forever
+    e = _parse_within(doc, tmp_path, 5.0)
+    assert isinstance(e, ConfigError) and e.key == "store.key_file"
+    assert "is a FIFO" in e.reason and "regular file" in e.reason
+    assert "head -c 32 /dev/urandom" in e.reason
+    key.unlink()
+    key.mkdir(mode=0o700)
+    e = _parse_within(doc, tmp_path, 5.0)
+    assert isinstance(e, ConfigError) and "is a directory" in e.reason
+    key.rmdir()
+    # a link is resolved with the config's paths: what it names is checked, never followed
+    # by the open itself (a link swapped in after resolving is refused, not read)
+    fifo, real = tmp_path / "fifo", tmp_path / "real.key"
+    os.mkfifo(fifo, 0o600)
+    key.symlink_to(fifo)
+    e = _parse_within(doc, tmp_path, 5.0)
+    assert isinstance(e, ConfigError) and f"{fifo} is a FIFO" in e.reason
+    key.unlink()
+    real.write_bytes(bytes(range(32)))
+    real.chmod(0o600)
+    key.symlink_to(real)
+    assert parse_config(doc, tmp_path).store.key == bytes(range(32))
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        _secret_file("store.key_file", key, "")  # as if swapped in after resolving
+    key.unlink()
+    real.rename(key)
+    for mode in (0o640, 0o604, 0o660):
+        key.chmod(mode)
+        e = _parse_within(doc, tmp_path, 5.0)
+        assert isinstance(e, ConfigError) and f"chmod 600 {key}" in e.reason
+    for mode in (0o600, 0o400):
+        key.chmod(mode)
+        assert parse_config(doc, tmp_path).store.key == bytes(range(32))
+    key.chmod(0o600)
+    key.write_bytes(b"x" * 10_000_000)  # read in bounded size, refused
+    e = _parse_within(doc, tmp_path, 5.0)
+    assert isinstance(e, ConfigError) and "larger than 4096 bytes" in e.reason
+    key.write_text("correct horse battery staple 12!")
+    e = _parse_within(doc, tmp_path, 5.0)
+    assert isinstance(e, ConfigError) and e.key == "store.key_file"
+    assert f"head -c 32 /dev/urandom > {key}; chmod 600 {key}" in e.reason
+
+
 BAD_STORE_URLS: list[tuple[str, str]] = [
     ("mysql://u@h/db", "postgresql://"),
     ("postgresql://u:secret@127.0.0.1/db", "password"),
@@ -319,7 +387,7 @@ def test_a_postgresql_store_needs_a_key_file_or_an_explicit_plaintext(tmp_path: 
     key.write_text("too short\n")
     with pytest.raises(ConfigError) as e:
         parse_config(doc, tmp_path)
-    assert e.value.key == "store.key_file" and "32-byte" in e.value.reason
+    assert e.value.key == "store.key_file" and "exactly 32 random bytes" in e.value.reason
     doc["store"] = {"url": url, "key_file": "missing.key"}
     with pytest.raises(ConfigError) as e:
         parse_config(doc, tmp_path)

@@ -52,14 +52,25 @@ def test_plain_keys_open_everywhere_so_a_key_file_can_come_later() -> None:
 
 
 @pytest.mark.parametrize("data", [
-    SECRET, base64.b64encode(SECRET) + b"\n", SECRET.hex().encode() + b"\n",
+    SECRET, base64.b64encode(SECRET), base64.b64encode(SECRET) + b"\n",
+    SECRET.hex().encode(), SECRET.hex().encode() + b"\n", SECRET.hex().upper().encode(),
 ])
 def test_key_file_raw_base64_or_hex(data: bytes) -> None:
     assert parse_key_file(data) == SECRET
 
 
-@pytest.mark.parametrize("data", [b"", b"short", base64.b64encode(bytes(16)), bytes(31),
-                                  b"\xff" * 40])
-def test_key_file_of_another_size_is_refused(data: bytes) -> None:
-    with pytest.raises(ValueError, match="32-byte"):
+@pytest.mark.parametrize("data", [
+    b"", b"short", base64.b64encode(bytes(16)), bytes(31), SECRET + b"\0", b"\xff" * 40,
+    b"correct horse battery staple 12!",  # 32 characters of text: a passphrase, not a key
+    b"0123456789abcdef0123456789abcdef",  # 32 hex digits: 16 bytes, not the key's 32
+    b"correct horse battery staple 1!\n",  # 31 characters and a newline
+    base64.b64encode(SECRET) + b"\r\n", base64.b64encode(SECRET) + b"\n\n",
+    b" " + base64.b64encode(SECRET), base64.b64encode(SECRET).replace(b"=", b"A"),
+    base64.urlsafe_b64encode(b"\xff" * 32),  # not the standard alphabet
+    SECRET.hex().encode() + b"\r\n", " ".join(f"{b:02x}" for b in SECRET).encode(),
+    SECRET.hex().encode()[:-1] + b"g",
+])
+def test_key_file_in_any_other_form_is_refused_saying_how_to_make_one(data: bytes) -> None:
+    with pytest.raises(ValueError, match="exactly 32 random bytes") as e:
         parse_key_file(data)
+    assert "head -c 32 /dev/urandom" in str(e.value)
