@@ -509,7 +509,7 @@ def cmd_zone_rollover(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from webgateway.delegation import run_check
+    from webgateway.check import run_check
 
     config = load_config(args.config)
     return run_check(config, args.resolver, args.port, fleet_only=args.fleet, label=args.name)
