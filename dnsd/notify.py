@@ -30,6 +30,7 @@ import dns.rdatatype
 from dnsd import wire
 from dnsd.tsig import Signer
 from webgateway.addresses import HostPort
+from webgateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,8 @@ class NotifySender(asyncio.DatagramProtocol):
         self._task = asyncio.create_task(self._run(), name="dnsd-notify")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         for t in self.transports.values():
             t.close()
         self.transports.clear()

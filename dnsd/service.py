@@ -10,7 +10,6 @@ full and yielding to the loop between messages, so answers keep flowing meanwhil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -37,6 +36,7 @@ from webgateway.keyseal import KeySeal
 from webgateway.listen import bind
 from webgateway.model import NameLoad, acme_account_meta_key
 from webgateway.store import Store, StoreError
+from webgateway.tasks import stop_task
 from webgateway.workerpool import WorkerPool, pooled_registry
 
 log = logging.getLogger(__name__)
@@ -516,11 +516,8 @@ class DnsService:
 
     async def stop(self) -> None:
         await self.pool.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self.notifier is not None:
             await self.notifier.stop()
         for u in self._udp:

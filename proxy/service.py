@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from dataclasses import replace
@@ -25,6 +24,7 @@ from webgateway.fleet import TunnelPresence, gateway_id
 from webgateway.keyseal import KeySeal
 from webgateway.listen import bind
 from webgateway.store import Store
+from webgateway.tasks import stop_task
 from webgateway.workerpool import WorkerPool, pooled_registry
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,7 @@ class ProxyService:
             srv.close()
         self._http.clear()
         for task in (self._follow, self._traffic):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_task(task)
         self._follow = self._traffic = None
         self.engine.close_all()
         if self.presence is not None:

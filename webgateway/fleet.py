@@ -29,6 +29,7 @@ from webgateway.addresses import HostPort, IPAddress
 from webgateway.config import Config
 from webgateway.model import Gateway
 from webgateway.store import Store, StoreError
+from webgateway.tasks import stop_task
 from webgateway.when import rfc3339
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,6 @@ def fleet_json(gateways: Iterable[Gateway], tunnels: Mapping[str, frozenset[str]
     ]}
 
 
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 class _Outage:
     """Log a store failure when it starts and when it ends, not once per retry."""
 
@@ -179,7 +173,7 @@ class Registration:
             await self.beat()
 
     async def stop(self) -> None:
-        await _cancel(self._task)
+        await stop_task(self._task)
         self._task = None
         try:
             await self.store.remove_gateway(self.gateway.id)
@@ -245,6 +239,6 @@ class TunnelPresence:
         """Stop following and tell the store this gateway holds no tunnel any more (the
         pool was just closed; its connections' own callbacks may not have run yet)."""
         self.held.clear()
-        await _cancel(self._task)
+        await stop_task(self._task)
         self._task = None
         await self.sync()

@@ -41,6 +41,7 @@ from webgateway.model import NameLoad, Snapshot
 from webgateway.sqlite_store import MIGRATIONS as SQLITE_MIGRATIONS
 from webgateway.sqlstore import SqlStore
 from webgateway.store import StoreUnavailable
+from webgateway.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,8 @@ class PgStore(SqlStore):
         self._listener = asyncio.create_task(self._listen(), name="pg-store-listen")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await stop_task(self._listener)
+        self._listener = None
         async with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(*_LOST):
