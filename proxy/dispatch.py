@@ -52,10 +52,20 @@ class Dispatcher:
         engine = self.engine
         sni = hello.server_name
         started = deadline - engine.limits.handshake_timeout
-        if tunnel_wire.ALPN in hello.alpn and engine.tunnels is not None:
+        node = tunnel_wire.ALPN in hello.alpn
+        route = engine.table.route(sni) if sni else None
+        if engine.hand_off is not None and (node or (route is not None and route.name.tunnel)):
+            # A worker process: the main one holds the tunnels (``proxy.handoff``).
+            if engine.hand_off(sock, addr, started):
+                return
+            if node:
+                self._alert(sock, addr, started, "handoff_failed", hello,
+                            desc=ch.ALERT_HANDSHAKE_FAILURE)
+                return
+            # a browser: served here without tunnels (its backends, else the 502 page)
+        if node and engine.tunnels is not None:
             self._tunnel(sock, addr, hello, started, deadline)
             return
-        route = engine.table.route(sni) if sni else None
         if route is None:
             if engine.catch_all is not None:
                 engine.spawn(self._passthrough(sock, addr, engine.catch_all,

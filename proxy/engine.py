@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ class Engine:
         self.connector: Connector = connector or TcpConnector()
         #: node connections of tunnel names (set by the service once the loop runs)
         self.tunnels: Tunnels | None = None
+        #: in a worker process: gives a tunnel connection to the main process, which
+        #: holds the tunnels; False when it could not (``proxy.handoff.Sender.send``)
+        self.hand_off: Callable[[socket.socket, tuple[str, int], float], bool] | None = None
         self.per_name: dict[str, int] = {}  # label -> spliced pairs open for it
         self.metrics = ProxyMetrics(registry, table, self)
         self.metrics.open.set_function(lambda: self.count)

@@ -59,11 +59,19 @@ class HttpsListener:
                 self.loop.remove_reader(self.fd)
                 self._paused = self.loop.call_later(1.0, self._resume_accept)
             return
-        if not engine.opened():
-            engine.finish("over_limit", addr, self.loop.time())
-            with contextlib.suppress(OSError):
-                conn.recv(ch.MAX_PEEK, socket.MSG_DONTWAIT)  # unread bytes => RST
-            conn.close()
+        if not admitted(engine, conn, addr, self.loop.time()):
             return
         conn.setblocking(False)  # the event loop sets TCP_NODELAY when it adopts it
         peek_accepted(engine, self.dispatcher.dispatch, conn, addr)
+
+
+def admitted(engine: Engine, conn: socket.socket, addr: tuple[str, int],
+             started: float) -> bool:
+    """Count a new client against the proxy's limit; over it, close it (False)."""
+    if engine.opened():
+        return True
+    engine.finish("over_limit", addr, started)
+    with contextlib.suppress(OSError):
+        conn.recv(ch.MAX_PEEK, socket.MSG_DONTWAIT)  # unread bytes => RST
+    conn.close()
+    return False

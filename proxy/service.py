@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 from dataclasses import replace
 from ipaddress import ip_address
 
 from prometheus_client import CollectorRegistry
 
 from proxy.accesslog import AccessLog
+from proxy.dispatch import Dispatcher
 from proxy.engine import Engine, Limits
+from proxy.handoff import Receiver, Sender
 from proxy.https import HttpsListener
 from proxy.redirect import RedirectProtocol
 from proxy.routes import RouteTable
@@ -44,20 +48,26 @@ class ProxyService:
     name = "proxy"
 
     def __init__(self, config: Config, store: Store, registry: CollectorRegistry, *,
-                 worker: bool = False) -> None:
-        """``worker``: one of the pool's processes (shares the ports, starts no pool)."""
+                 worker: bool = False, channel: socket.socket | None = None) -> None:
+        """``worker``: one of the pool's processes (shares the ports, starts no pool);
+        ``channel``: a worker's way to hand tunnel connections to the main process."""
         self.config = config
         self.store = store
+        self.worker = worker
         self.table = RouteTable(config.zone.name, KeySeal(config.store.key))
         self.pool = WorkerPool("proxy", "proxy.workers", "proxy.service:worker",
-                               0 if worker else config.proxy.workers - 1)
-        self.engine = Engine(self.table, limits_of(config), pooled_registry(registry, self.pool),
+                               0 if worker else config.proxy.workers - 1, channel=self._attach)
+        self.own_registry = pooled_registry(registry, self.pool)
+        self.engine = Engine(self.table, limits_of(config), self.own_registry,
                              policy=policy_of(config), catch_all=config.proxy.catch_all)
         self.follower = Follower(store, self.table)
-        # Only the main process records where tunnels are held: workers keep pools of
-        # their own (see the warning in ``start``), and one writer per gateway id is kept.
+        # Tunnels live in the main process only: workers hand their tunnel connections
+        # to it (``proxy.handoff``), so it alone records where they are held.
         self.presence = None if worker else TunnelPresence(
             store, gateway_id(config), config.fleet.heartbeat)
+        self.channel = channel
+        self.sender: Sender | None = None
+        self.receiver: Receiver | None = None
         self.reuse_port = worker or config.proxy.workers > 1
         self._https: list[HttpsListener] = []
         self._http: list[asyncio.AbstractServer] = []
@@ -71,11 +81,18 @@ class ProxyService:
         if self.config.log.access_log is not None:
             self.engine.access_log = AccessLog(self.config.log.access_log)
         p = self.config.proxy
-        self.engine.tunnels = Tunnels(
-            lambda label: self.table.names.get(label),
-            PoolLimits(p.tunnel_max_idle_per_name, p.tunnel_max_waiters_per_name,
-                       p.tunnel_failures_per_minute),
-            on_presence=self.presence.changed if self.presence is not None else None)
+        if not self.worker:
+            self.engine.tunnels = Tunnels(
+                lambda label: self.table.names.get(label),
+                PoolLimits(p.tunnel_max_idle_per_name, p.tunnel_max_waiters_per_name,
+                           p.tunnel_failures_per_minute),
+                on_presence=self.presence.changed if self.presence is not None else None)
+        if self.channel is not None:
+            self.sender = Sender(self.engine, self.channel, self.own_registry)
+            self.engine.hand_off = self.sender.send
+        elif self.pool.count:
+            self.receiver = Receiver(self.engine, Dispatcher(self.engine).dispatch,
+                                     self.own_registry)
         if self.presence is not None:
             self.presence.start()
         await self.follower.load()
@@ -111,12 +128,13 @@ class ProxyService:
             await self.stop()
             raise
         if self.pool.count:
-            log.warning("tunnel names need [proxy] workers = 1 for now: each worker keeps"
-                        " its own pool of node connections, and a client may land on a"
-                        " worker without one (502)")
+            log.info("tunnel connections the %d workers accept are handed to this process"
+                     " (pid %d), which holds the tunnels", self.pool.count, os.getpid())
 
     async def stop(self) -> None:
         await self.pool.stop()
+        if self.receiver is not None:
+            self.receiver.close()
         for lst in self._https:
             lst.close()
         self._https.clear()
@@ -127,6 +145,8 @@ class ProxyService:
             await stop_task(task)
         self._follow = self._traffic = None
         self.engine.close_all()
+        if self.sender is not None:
+            self.sender.close()
         if self.presence is not None:
             await self.presence.stop()
         await asyncio.sleep(0.01)  # the aborted pairs' last access-log lines
@@ -138,6 +158,13 @@ class ProxyService:
         while True:
             await asyncio.sleep(TRAFFIC_EVERY)
             self.engine.count_traffic()
+
+    def _attach(self, channel: socket.socket) -> None:
+        """A worker launched: read what it hands over (``start`` made the receiver)."""
+        if self.receiver is None:
+            channel.close()
+            return
+        self.receiver.attach(channel)
 
     def _check_catch_all(self) -> None:
         """The catch-all is a backend like any other: the policy must allow it."""
@@ -151,5 +178,6 @@ def build(config: Config, store: Store, registry: CollectorRegistry) -> ProxySer
     return ProxyService(config, store, registry)
 
 
-def worker(config: Config, store: Store, registry: CollectorRegistry) -> ProxyService:
-    return ProxyService(config, store, registry, worker=True)
+def worker(config: Config, store: Store, registry: CollectorRegistry, *,
+           channel: socket.socket | None = None) -> ProxyService:
+    return ProxyService(config, store, registry, worker=True, channel=channel)

@@ -7,7 +7,7 @@ and follower; the kernel spreads datagrams and connections over the N sockets.
 Why it is built this way:
 - Spawned, not forked: a worker starts from a clean interpreter (no copy of the parent's
   event loop, store connection or threads); the config travels pickled, ports resolved.
-- One socketpair per worker carries everything. The worker's first message says it
+- One socketpair per worker carries the control messages. The worker's first message says it
   serves, or why it cannot, so the parent's ``start`` returns only once all serve. Later
   messages answer the parent's one-byte requests for metrics: the worker writes only
   when asked, so neither side can fill the other's buffer and block.
@@ -15,6 +15,11 @@ Why it is built this way:
   however it died, SIGKILL included) stops it as SIGTERM does. This needs no ctypes and
   is not tied to the thread that spawned the worker, as ``PR_SET_PDEATHSIG`` is; it needs
   the worker's event loop to run, which it does as soon as it serves.
+- Descriptors: a pool made with ``channel`` gives each worker a second socketpair, of
+  ``SOCK_SEQPACKET`` (one message, one descriptor: no framing to get wrong), its end
+  passed to the worker's factory as ``channel=``; the parent's end goes to ``channel``
+  as the worker is launched (before it serves: it may hand over from its first accept).
+  The proxy's workers hand tunnel connections to the main process there (``proxy.handoff``).
 - Metrics: the parent pulls each worker's families every ``metrics_interval`` and
   ``PooledMetrics`` merges them into its own, with a ``worker`` label. prometheus_client's
   multiprocess mode was not used: it is process-global (an environment variable read at
@@ -33,11 +38,12 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -45,7 +51,7 @@ from prometheus_client.registry import Collector
 
 from webgateway.config import Config, ConfigError
 from webgateway.logsetup import configure as configure_logging
-from webgateway.service import load_factory
+from webgateway.service import Service, load_factory
 from webgateway.store import Store
 from webgateway.storefactory import open_store
 
@@ -53,6 +59,13 @@ log = logging.getLogger(__name__)
 
 #: A metric family as it crosses the pipe: name, help, type, unit, [[sample, labels, value]].
 Family = list[Any]
+
+
+class ChannelFactory(Protocol):
+    """A worker's service factory in a pool made with ``channel``."""
+
+    def __call__(self, config: Config, store: Store, registry: CollectorRegistry, *,
+                 channel: socket.socket) -> Service: ...
 
 
 def families(registry: CollectorRegistry) -> list[Family]:
@@ -71,7 +84,8 @@ def _send(conn: Connection, msg: dict[str, Any]) -> bool:
     return True
 
 
-async def _serve(factory: str, config: Config, conn: Connection, parent: int) -> None:
+async def _serve(factory: str, config: Config, conn: Connection, parent: int,
+                 channel: socket.socket | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -83,7 +97,9 @@ async def _serve(factory: str, config: Config, conn: Connection, parent: int) ->
     try:
         try:
             store = await open_store(config.store)
-            svc = load_factory(factory)(config, store, registry)
+            build = load_factory(factory)
+            svc = (build(config, store, registry) if channel is None
+                   else cast(ChannelFactory, build)(config, store, registry, channel=channel))
             await svc.start()
         except ConfigError as e:
             _send(conn, {"failed": [e.key, e.reason]})
@@ -117,7 +133,7 @@ async def _serve(factory: str, config: Config, conn: Connection, parent: int) ->
 
 
 def worker_main(kind: str, slot: int, factory: str, config: Config, parent: int,
-                conn: Connection) -> None:
+                conn: Connection, channel: socket.socket | None = None) -> None:
     """Entry point of a worker process (spawned: nothing inherited but the arguments)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: the parent decides
     configure_logging(config.log, f"{kind}-worker-{slot}")
@@ -128,7 +144,7 @@ def worker_main(kind: str, slot: int, factory: str, config: Config, parent: int,
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.Runner()
     with runner:
-        runner.run(_serve(factory, config, conn, parent))
+        runner.run(_serve(factory, config, conn, parent, channel))
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -191,8 +207,12 @@ class WorkerPool:
     MAX_RESTART_DELAY = 30.0
 
     def __init__(self, kind: str, key: str, factory: str, count: int, *,
-                 metrics_interval: float = 1.0, restart_delay: float = 1.0) -> None:
+                 metrics_interval: float = 1.0, restart_delay: float = 1.0,
+                 channel: Callable[[socket.socket], None] | None = None) -> None:
+        """``channel``: takes this process's end of each launched worker's descriptor
+        channel (and closes it once the worker is gone); None: no such channel."""
         self.kind, self.key, self.factory, self.count = kind, key, factory, count
+        self.channel = channel
         self.metrics_interval = metrics_interval
         self.restart_delay = restart_delay
         self.config: Config | None = None
@@ -253,11 +273,24 @@ class WorkerPool:
     async def _launch(self, slot: int) -> None:
         assert self.config is not None
         parent_end, child_end = self._ctx.Pipe()
+        ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                        if self.channel is not None else (None, None))
         proc = self._ctx.Process(
             target=worker_main, name=f"{self.kind}-worker-{slot}", daemon=True,
-            args=(self.kind, slot, self.factory, self.config, os.getpid(), child_end))
-        proc.start()
-        child_end.close()
+            args=(self.kind, slot, self.factory, self.config, os.getpid(), child_end, theirs))
+        try:
+            proc.start()
+        except BaseException:
+            parent_end.close()
+            if ours is not None:
+                ours.close()
+            raise
+        finally:
+            child_end.close()
+            if theirs is not None:
+                theirs.close()
+        if ours is not None and self.channel is not None:
+            self.channel(ours)  # EOF there once the worker is gone, however it ends
         w = _Worker(slot, proc, parent_end, asyncio.get_running_loop().time())
         self.workers[slot] = w
         msg = await self._first_message(w)

@@ -472,23 +472,31 @@ async def _at_least(items: list[float], n: int) -> bool:
     return len(items) >= n
 
 
-async def test_a_tunnel_name_falls_back_to_its_ordinary_backends(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def with_fallback(tmp: Path, proxy: dict[str, Any] | None = None,
+                        ) -> AsyncIterator[tuple[Gateway, BackendServer, BackendServer]]:
+    """A tunnel gateway whose tunnel name also lists an ordinary backend (the third)."""
     fallback = BackendServer("fallback", "127.0.0.1")
     await fallback.start()
     try:
-        async with tunnel_gateway(tmp_path) as (gw, backend):
+        async with tunnel_gateway(tmp, proxy) as (gw, backend):
             await gw.name("hidden", fallback.addr, tunnel=True,
                           tunnel_token_hash=hash_token(TOKEN))
-            assert await status(gw) == (200, b"fallback /\n")  # no node: the backend
-            node = Node(gw, backend.addr)
-            await node.start()
-            try:
-                await until(_connected(gw, 1), 10)
-                assert await status(gw) == (200, b"hidden-backend /\n")  # a node: its tunnel
-            finally:
-                await node.kill()
+            yield gw, backend, fallback
     finally:
         await fallback.close()
+
+
+async def test_a_tunnel_name_falls_back_to_its_ordinary_backends(tmp_path: Path) -> None:
+    async with with_fallback(tmp_path) as (gw, backend, _):
+        assert await status(gw) == (200, b"fallback /\n")  # no node: the backend
+        node = Node(gw, backend.addr)
+        await node.start()
+        try:
+            await until(_connected(gw, 1), 10)
+            assert await status(gw) == (200, b"hidden-backend /\n")  # a node: its tunnel
+        finally:
+            await node.kill()
 
 
 def _idle(gw: Gateway, n: int) -> Any:
