@@ -116,7 +116,7 @@ class ProxyConfig:
     max_connections: int = 10000
     max_connections_per_name: int = 1000
     catch_all: HostPort | None = None
-    # reverse tunnels (per process; see tunnel.gateway.PoolLimits for why these defaults)
+    # reverse tunnels (the main process holds them all; see tunnel.gateway.PoolLimits)
     tunnel_max_idle_per_name: int = 64
     tunnel_max_waiters_per_name: int = 1024
     tunnel_failures_per_minute: int = 20
