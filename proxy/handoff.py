@@ -190,11 +190,13 @@ class Receiver:
 
     def _one(self, data: bytes, fds: list[int], flags: int) -> None:
         try:
+            if flags & socket.MSG_CTRUNC:  # the kernel closed what did not fit
+                raise HandoffError("its descriptor did not fit (is this process out of them?)")
             addr, accepted = decode(data)
-            if len(fds) != 1 or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-                raise HandoffError(f"a hand-off with {len(fds)} descriptors")
+            if len(fds) != 1 or flags & socket.MSG_TRUNC:
+                raise HandoffError(f"a hand-off of {len(fds)} descriptors")
         except HandoffError as e:
-            self.warning.warn(f"a worker sent an unreadable hand-off: {e}")
+            self.warning.warn(f"a connection handed over by a worker was lost: {e}")
             for fd in fds:
                 with contextlib.suppress(OSError):
                     socket.socket(fileno=fd).close()

@@ -175,7 +175,7 @@ async def test_hostile_channel_messages_are_dropped_and_their_descriptors_closed
                     break
                 await asyncio.sleep(0.01)
             assert [g[0] for g in main.got] == [addr]
-            assert "unreadable hand-off" in caplog.text
+            assert "handed over by a worker was lost" in caplog.text
             # the worker exits: its end closes, ours is read to the end and closed
             theirs.close()
             for _ in range(100):

@@ -13,15 +13,22 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+from prometheus_client import CollectorRegistry
+
+from proxy.handoff import Sender
 from tests.integration.proxy_harness import BackendServer, Gateway, fqdn, run
 from tests.integration.test_tunnel import (
     Node,
     _client_hello,
     _connected,
+    _hello,
+    status,
     tunnel_gateway,
     until,
     with_fallback,
@@ -289,3 +296,41 @@ async def test_a_tunnel_name_with_backends_is_served_by_them_from_every_process(
         after = await settled(gw)
         assert 0.1 < both_accepted(gw, before, after) < 0.9
         assert fallback.connections >= 60
+
+
+async def test_a_worker_that_cannot_hand_over_answers_browsers_and_refuses_nodes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The main process gone (its end of the channel closed): this process plays a worker,
+    with no tunnels and a real ``Sender`` whose every send fails."""
+    async with tunnel_gateway(tmp_path) as (gw, _):
+        engine = gw.proxy.engine
+        tunnels, engine.tunnels = engine.tunnels, None  # a worker holds none
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.close()
+        sender = Sender(engine, theirs, CollectorRegistry())
+        engine.hand_off = sender.send
+        try:
+            code, body = await status(gw)
+            assert code == 502 and b"No backend is reachable" in body  # the page, from here
+            with pytest.raises((ssl.SSLError, ConnectionError)):  # a node: a TLS alert
+                await _hello(gw, b"")
+            failed = engine.metrics.connections.labels("handoff_failed")
+            await until(lambda: _is(failed._value.get(), 1), 2)
+            assert await status(gw) == (502, body)
+            fb = BackendServer("fallback", "127.0.0.1")
+            await fb.start()
+            try:
+                await gw.name("hidden", fb.addr, tunnel=True, tunnel_token_hash=b"x" * 32)
+                assert await status(gw) == (200, b"fallback /\n")  # its backends, from here
+            finally:
+                await fb.close()
+            assert caplog.text.count("the main process is gone") == 1  # once per 10 s
+            assert engine.count == 0
+        finally:
+            engine.hand_off = None
+            engine.tunnels = tunnels
+            sender.close()
+
+
+async def _is(value: float, want: float) -> bool:
+    return value == want
