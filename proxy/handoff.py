@@ -11,8 +11,9 @@ as if it had accepted it itself: its limits, its access log, its metrics, its tu
 Each message carries the client's address and when it was accepted (``CLOCK_MONOTONIC``,
 one clock for every process), so the handshake deadline still runs from the first accept.
 
-Bounded: what waits in a channel is bounded by its send buffer (about 270 hand-offs at
-Linux's default of 208 KiB). When it is full, or the main process is gone, the worker
+Bounded: what waits in a channel is bounded by the worker's send buffer, set to
+``CHANNEL_BUFFER`` (Linux doubles it; about 260 hand-offs, each ~770 bytes of kernel
+memory, whatever ``net.core.wmem_default`` says). When it is full, or the main process is gone, the worker
 keeps the client: a browser is served without tunnels (the name's ordinary backends,
 else the 502 page or, passed through, a clean close), a node gets a TLS alert and dials
 again. Either is logged, at most once per ``LOG_EVERY`` seconds with a count.
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two log lines about failed hand-offs (the count says how many).
 LOG_EVERY: Final = 10.0
+#: The worker's send buffer on its channel: what bounds the hand-offs waiting there.
+CHANNEL_BUFFER: Final = 100 * 1024
 #: Messages read per wake-up of a channel, so one busy worker cannot starve the loop.
 BATCH: Final = 64
 _HEAD: Final = struct.Struct("!dH")  # accepted at (CLOCK_MONOTONIC), client port
@@ -104,6 +107,7 @@ class Sender:
     def __init__(self, engine: Engine, channel: socket.socket,
                  registry: CollectorRegistry) -> None:
         channel.setblocking(False)
+        channel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BUFFER)
         self.engine = engine
         self.channel = channel
         self.loop = asyncio.get_running_loop()
