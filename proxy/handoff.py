@@ -13,10 +13,11 @@ one clock for every process), so the handshake deadline still runs from the firs
 
 Bounded: what waits in a channel is bounded by the worker's send buffer, set to
 ``CHANNEL_BUFFER`` (Linux doubles it; about 260 hand-offs, each ~770 bytes of kernel
-memory, whatever ``net.core.wmem_default`` says). When it is full, or the main process is gone, the worker
-keeps the client: a browser is served without tunnels (the name's ordinary backends,
-else the 502 page or, passed through, a clean close), a node gets a TLS alert and dials
-again. Either is logged, at most once per ``LOG_EVERY`` seconds with a count.
+memory, whatever ``net.core.wmem_default`` says). When it is full, or the main process
+is gone, the worker keeps the client: a browser is served without tunnels (the name's
+ordinary backends, else the 502 page or, passed through, a clean close), a node gets a
+TLS alert and dials again. Either is logged, at most once per ``LOG_EVERY`` seconds
+with a count.
 """
 
 from __future__ import annotations
