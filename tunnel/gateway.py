@@ -5,13 +5,13 @@ terminated TLS with the zone certificate). ``TunnelConn`` speaks ``tunnel.wire``
 once the HELLO's token matches the name's hash in the proxy's in-memory view, the
 connection waits in ``Tunnels``' pool for that name. ``Tunnels.open`` is what the proxy
 calls instead of dialling a backend: it takes an idle connection (from the node with the
-fewest streams in use), sends OPEN and gives the transport to the caller's protocol at
-once, so the client's first bytes follow OPEN without waiting for the node (the round
-trip through two event loops was most of a new stream's extra first-byte time). Until
-OPENED arrives ``TunnelConn`` still reads the transport, then steps aside: from there on
-the proxy's splice pumps it like any backend socket. A REFUSE, or a close before OPENED,
-reaches the caller's ``refused`` callback (no response byte has passed yet, so the
-proxy can still send its 502 page).
+fewest streams in use), sends OPEN and gives the caller's protocol a ``tunnel.stream``
+transport at once, so the client's first bytes follow OPEN without waiting for the node
+(the round trip through two event loops was most of a new stream's extra first-byte
+time). ``TunnelConn`` keeps reading the connection and hands the stream its DATA; a
+REFUSE, or a close before the node's first DATA, reaches the caller's ``refused``
+callback (no response byte has passed yet, so the proxy can still send its 502 page).
+When END has gone both ways the connection goes back to the pool for the next client.
 
 Failures are cheap and bounded: a refused HELLO costs one frame and a close, a failing
 address is throttled (``FailureLimiter``) and logged once per window, pools and waiters
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from tunnel import wire
+from tunnel.stream import Carrier, Stream
 from webgateway.model import Name
 from webgateway.ratelimit import FailureLimiter
 from webgateway.tokens import hash_token
@@ -61,7 +62,7 @@ class PoolLimits:
 Refused = Callable[[str], None]
 
 
-class TunnelConn(asyncio.Protocol):
+class TunnelConn(Carrier):
     """One node connection on the gateway, from HELLO until it is handed out or closed.
 
     Slotted, and without a timer of its own once pooled (``Tunnels`` sweeps them all):
@@ -69,7 +70,7 @@ class TunnelConn(asyncio.Protocol):
     """
 
     __slots__ = ("conn", "hello_timeout", "hub", "label", "last_ping", "on_gone", "peer",
-                 "pooled", "refused", "session", "successor", "timer", "token_hash",
+                 "pooled", "refused", "session", "stream", "timer", "token_hash",
                  "transport")
 
     def __init__(self, hub: Tunnels, peer: str, on_gone: Callable[[], None],
@@ -83,9 +84,9 @@ class TunnelConn(asyncio.Protocol):
         self.session = b""
         self.token_hash = ""
         self.last_ping = 0.0
-        #: the proxy's protocol for this stream, once OPEN is sent; it gets the bytes after
-        #: OPENED, and ``refused`` says the node would not (or could not) open it
-        self.successor: asyncio.Protocol | None = None
+        #: the stream in progress, from OPEN until END both ways; ``refused`` says the node
+        #: would not (or could not) open it, until its first DATA
+        self.stream: Stream | None = None
         self.refused: Refused | None = None
         self.pooled = False  # counted in its session's ``attached``
         self.timer: asyncio.TimerHandle | None = None
@@ -112,16 +113,19 @@ class TunnelConn(asyncio.Protocol):
                 self.hub.failed(self.peer, str(e))
             self._refuse(str(e))
             return
-        successor = self.successor
         for ev in events:
-            if isinstance(ev, wire.Hello):
+            stream = self.stream
+            if type(ev) is wire.Data:
+                if stream is not None:
+                    self.refused = None  # the node answered: its backend is there
+                    stream.received(ev.data)
+            elif ev == wire.END:
+                if stream is not None:
+                    stream.ended()
+            elif isinstance(ev, wire.Hello):
                 self._hello(ev)
             elif ev == wire.PING:
                 self._ping()
-            elif ev == wire.OPENED and successor is not None and self.transport is not None:
-                self.transport.set_protocol(successor)  # the splice reads from here on
-            elif isinstance(ev, wire.Data) and successor is not None:
-                successor.data_received(ev.data)  # a server-first protocol spoke at once
             elif isinstance(ev, wire.Refused):
                 self._refused(f"the node refused: {ev.reason}")
                 self._close()
@@ -130,15 +134,6 @@ class TunnelConn(asyncio.Protocol):
         refused, self.refused = self.refused, None
         if refused is not None:
             refused(reason)
-
-    # Until OPENED, flow control and EOF of the stream's transport come here: pass them on.
-    def pause_writing(self) -> None:
-        if self.successor is not None:
-            self.successor.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.successor is not None:
-            self.successor.resume_writing()
 
     def eof_received(self) -> bool | None:
         return None  # a TLS transport closes on EOF: connection_lost follows
@@ -195,9 +190,10 @@ class TunnelConn(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.hub.unpool(self)
-        if self.successor is not None:  # lost before OPENED
-            self._refused("the tunnel connection closed before the node opened it")
-            self.successor.connection_lost(exc)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            self._refused("the tunnel connection closed before the node answered")
+            stream.lost(exc)
         self.gone()
 
     def gone(self) -> None:
@@ -205,13 +201,21 @@ class TunnelConn(asyncio.Protocol):
         on_gone, self.on_gone = self.on_gone, _nothing
         on_gone()
 
-    def start_open(self, successor: asyncio.Protocol, refused: Refused | None) -> None:
-        """Send OPEN and make ``successor`` the stream's protocol (it may write at once)."""
+    def start_open(self, protocol: asyncio.Protocol, refused: Refused | None) -> Stream:
+        """Send OPEN and give ``protocol`` the stream (it may write at once)."""
         transport = self.transport
         assert transport is not None
-        self.successor, self.refused = successor, refused
+        self.refused = refused
         transport.write(self.conn.open())
-        successor.connection_made(transport)
+        self.stream = stream = Stream(self.conn, transport, protocol, self._stream_done)
+        protocol.connection_made(stream)  # type: ignore[arg-type]
+        return stream
+
+    def _stream_done(self) -> None:
+        """END went both ways: the connection waits for the next client (or closes)."""
+        self.stream, self.refused = None, None
+        self.last_ping = self.hub.loop.time()
+        self.hub.repool(self)
 
 
 def _nothing() -> None:
@@ -247,7 +251,7 @@ class Tunnels:
         self.sessions: dict[str, dict[bytes, _Session]] = {}
         self.waiters: dict[str, collections.deque[asyncio.Future[TunnelConn]]] = {}
         self.idle_count: dict[str, int] = {}
-        self.live: set[TunnelConn] = set()  # every connection not handed out yet
+        self.live: set[TunnelConn] = set()  # every node connection
         self._sweeper = self.loop.call_later(liveness.check_every, self._sweep)
 
     def _sweep(self) -> None:
@@ -294,6 +298,18 @@ class Tunnels:
     # ------------------------------------------------------------------ the pool
     def _session(self, tc: TunnelConn) -> _Session:
         return self.sessions.setdefault(tc.label, {}).setdefault(tc.session, _Session())
+
+    def repool(self, tc: TunnelConn) -> None:
+        """``tc`` served its stream: back in the pool, unless it may no longer be there."""
+        if tc.transport is None or tc.transport.is_closing():
+            return
+        if not self.still_valid(tc):
+            tc._refuse("the tunnel token was rotated or the name removed")
+        elif self.full(tc.label) is not None:
+            tc._write(tc.conn.full())
+            tc._close()
+        else:
+            self.pool(tc)
 
     def pool(self, tc: TunnelConn) -> None:
         first = tc.label not in self.sessions
@@ -353,7 +369,7 @@ class Tunnels:
                 for label, s in self.sessions.items() if s}
 
     def connections(self) -> int:
-        """Node connections authenticated and not handed out (idle or opening)."""
+        """Node connections authenticated and not serving a stream."""
         return sum(x.attached for s in self.sessions.values() for x in s.values())
 
     def _take(self, label: str) -> TunnelConn | None:
@@ -424,9 +440,8 @@ class Tunnels:
             return None  # its connection_lost is on the way: the next one, at once
         s = self._session(tc)
         s.active += 1
-        tc.gone()  # the client's connection is counted from here on, not this one
         protocol = protocol_factory()
-        tc.start_open(protocol, refused)
+        stream = tc.start_open(protocol, refused)
         released = False
 
         def release() -> None:
@@ -436,7 +451,7 @@ class Tunnels:
                 s.active -= 1
                 self._prune(tc.label, tc.session)
 
-        return transport, protocol, release
+        return stream, protocol, release  # type: ignore[return-value]
 
     def close_all(self) -> None:
         self._sweeper.cancel()

@@ -3,15 +3,17 @@
 For each gateway the node keeps up to ``pool`` connections dialled, authenticated and
 idle (pinging, see ``wire.Liveness``). When the gateway OPENs one for a client, the
 client's bytes follow at once; the node connects to ``--to`` meanwhile (holding those
-bytes), answers OPENED and splices the two (the proxy's own byte pump, so back-pressure
-works the same way: a slow side pauses reading on the other).
+bytes) and splices the two (the proxy's own byte pump over a ``tunnel.stream``, so
+back-pressure works the same way: a slow side pauses reading on the other). When the
+stream ends (END both ways) the connection is idle again for the gateway's next client.
 
-Replacements are dialled ahead of demand, not per stream: when the spare connections
-(idle + being dialled) fall below ``low_water`` the node tops the pool up to ``pool`` in
-one go, after the stream that took it has its backend (or at once when none is left).
-So most streams find a connection waiting and no TLS handshake of a replacement on the
-same cores. A link that served nothing for ``shrink_after`` seconds keeps one idle
-connection (each costs the gateway ~20 KiB); its next stream tops it up again.
+So back-to-back clients dial nothing; more clients at once than spare connections do:
+when the spare ones (idle + being dialled) fall below ``low_water`` the node tops the
+pool up to ``pool`` in one go, after the stream that took it has its backend's first
+answer (or at once when none is left), so a replacement's TLS handshake rarely shares
+the cores with a stream's first bytes. A link that served nothing for ``shrink_after``
+seconds keeps one idle connection (each costs the gateway ~20 KiB); after a burst the
+gateway caps the idle ones per name (FULL).
 
 A connection that fails or is lost is redialled after a jittered exponential back-off
 capped at 30 s, forever: a gateway restart, a network outage or a refused token never
@@ -33,6 +35,7 @@ from tunnel import wire
 from tunnel.backoff import Backoff
 from tunnel.pool import Pool
 from tunnel.settings import Endpoint, NodeSettings
+from tunnel.stream import Carrier, Stream
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,11 @@ REFILL_WAIT: Final = 0.1
 
 
 class Outcome(enum.Enum):
-    TAKEN = "taken"  # the gateway opened it for a client: the slot waits for a refill
-    PARKED = "parked"  # closed by us (a quiet link) or turned away (the gateway is full)
-    LOST = "lost"  # closed, refused or timed out: back off, then dial again
+    """How a dial ended."""
+
+    ACCEPTED = "accepted"  # in the pool: the connection lives on by itself
+    PARKED = "parked"  # turned away: the gateway keeps no more idle connections of ours
+    LOST = "lost"  # failed, refused or timed out: back off, then dial again
 
 
 class _Answering(Half):
@@ -101,20 +106,21 @@ def client_context(settings: NodeSettings) -> ResumingContext:
     return ctx
 
 
-class NodeConn(asyncio.Protocol):
-    """One pooled connection, from HELLO until it is spliced to the backend or closed."""
+class NodeConn(Carrier):
+    """One pooled connection: HELLO, then idle and streams in turn until it closes."""
 
     def __init__(self, link: GatewayLink, done: asyncio.Future[Outcome]) -> None:
         self.link = link
-        self.done = done
+        self.done = done  # the dial's outcome: accepted, turned away or lost
         self.conn = wire.Connection(wire.Role.NODE)
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.last_pong = 0.0
         self.last_ping = 0.0
         self.accepted = False
-        self.park = False  # closed by us or turned away: the slot waits for a refill
-        self.stream: Splice | None = None
+        self.busy = False  # serving a stream (counted busy in the pool)
+        self.park = False  # closed by us or turned away: nothing dials in its place
+        self.stream: Stream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -145,34 +151,42 @@ class NodeConn(asyncio.Protocol):
             self._close()
             return
         for ev in events:
-            if ev == wire.ACCEPTED:
+            stream = self.stream
+            if type(ev) is wire.Data:
+                if stream is not None:
+                    stream.received(ev.data)
+            elif ev == wire.END:
+                if stream is not None:
+                    stream.ended()
+            elif ev == wire.OPEN:
+                self._cancel_timer()
+                self._open()
+            elif ev == wire.PONG:
+                self.last_pong = self.link.loop.time()
+            elif ev == wire.ACCEPTED:
                 self.accepted = True
                 self._keep_session()
                 self.link.accepted(self)
-                self.last_pong = self.last_ping = self.link.loop.time()
-                self._arm()
+                self._finish(Outcome.ACCEPTED)
+                self._idle()
             elif ev == wire.FULL:
                 log.debug("gateway %s keeps no more idle connections for %s: one fewer",
                           self.link.gateway, self.link.settings.name)
                 self.park = True
                 self._close()
-            elif ev == wire.PONG:
-                self.last_pong = self.link.loop.time()
             elif isinstance(ev, wire.Refused):
                 self.link.problem(f"the gateway refused: {ev.reason}")
                 self._close()
-            elif ev == wire.OPEN:
-                self._cancel_timer()
-                self.stream = self._stream()
-                self.link.spawn(self._open(self.stream))
-            elif isinstance(ev, wire.Data) and self.stream is not None:
-                self.stream.client.data_received(ev.data)  # the client's first bytes
 
     def _keep_session(self) -> None:
         """Remember the session for the next dial (its ticket has arrived by now)."""
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
         if ssl_object is not None and ssl_object.session is not None:
             self.link.ctx.session = ssl_object.session
+
+    def _idle(self) -> None:
+        self.last_pong = self.last_ping = self.link.loop.time()
+        self._arm()
 
     def _arm(self) -> None:
         self._cancel_timer()
@@ -197,21 +211,30 @@ class NodeConn(asyncio.Protocol):
             self.transport.write(self.conn.ping())
         self._arm()
 
-    def _stream(self) -> Splice:
-        """The stream's splice, its tunnel side reading from now on (bytes wait in it)."""
+    def _open(self) -> None:
+        """A stream: its splice reads the tunnel side from now on (bytes wait in it) while
+        the backend connects."""
         transport = self.transport
         assert transport is not None
+        self.busy = True
         self.link.taken(self)
         sp = Splice(self.link.loop, STREAM_IDLE, self.link.streams.discard)
         sp.backend = _Answering(sp, self.link.refill)
         self.link.streams.add(sp)
-        sp.client.half_close = False  # the tunnel side is TLS: no half-close
-        transport.set_protocol(sp.client)
-        sp.client.connection_made(transport)
-        return sp
+        sp.client.half_close = False  # END closes the stream both ways
+        self.stream = Stream(self.conn, transport, sp.client, self._stream_done)
+        sp.client.connection_made(self.stream)  # type: ignore[arg-type]
+        self.link.spawn(self._connect(sp))
 
-    async def _open(self, sp: Splice) -> None:
-        """Connect the backend; then OPENED and the splice, or REFUSE with the reason.
+    def _stream_done(self) -> None:
+        """END went both ways: idle again, for the gateway's next client."""
+        self.stream = None
+        self.busy = False
+        self.link.returned(self)
+        self._idle()
+
+    async def _connect(self, sp: Splice) -> None:
+        """Connect the backend; then the splice, or REFUSE with the reason.
 
         A refill this take may call for waits until the backend answers (``_Answering``),
         at most ``REFILL_WAIT``: replacements' TLS handshakes would otherwise compete for
@@ -220,7 +243,6 @@ class NodeConn(asyncio.Protocol):
         try:
             await self._connect_backend(sp)
         finally:
-            self._finish(Outcome.TAKEN)
             self.link.loop.call_later(REFILL_WAIT, self.link.refill)
 
     async def _connect_backend(self, sp: Splice) -> None:
@@ -244,7 +266,6 @@ class NodeConn(asyncio.Protocol):
             sp.backend.close()
             sp.finish()
             return
-        transport.write(self.conn.opened())
         sp.link()
 
     def shrink(self) -> None:
@@ -262,12 +283,16 @@ class NodeConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        self.link.lost(self)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.lost(exc)
+        if self.accepted:
+            self.link.lost(self)
         self._finish(Outcome.PARKED if self.park else Outcome.LOST)
 
 
 class GatewayLink:
-    """The node's pool at one gateway: ``pool`` slots, each one connection at a time."""
+    """The node's pool at one gateway: dials, idle connections, the streams they serve."""
 
     def __init__(self, settings: NodeSettings, gateway: Endpoint, ctx: ResumingContext,
                  session: bytes, streams: set[Splice],
@@ -285,7 +310,7 @@ class GatewayLink:
         self.pool = Pool(settings.pool, settings.low_water, settings.shrink_after,
                          last_take=self.loop.time())
         self.idle: set[NodeConn] = set()
-        self.tickets = asyncio.Semaphore(0)  # one per parked slot sent dialling
+        self.conns: set[NodeConn] = set()  # accepted and not closed: idle or busy
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
@@ -301,6 +326,7 @@ class GatewayLink:
     def accepted(self, conn: NodeConn) -> None:
         self.backoff.reset()
         self.idle.add(conn)
+        self.conns.add(conn)
         self.pool.accepted()
         if not self.healthy:
             log.info("gateway %s: tunnel for %s is up", self.gateway, self.settings.name)
@@ -313,20 +339,27 @@ class GatewayLink:
         if self.pool.spare == 0:
             self.refill()
 
+    def returned(self, conn: NodeConn) -> None:
+        self.pool.returned()
+        self.idle.add(conn)
+
     def lost(self, conn: NodeConn) -> None:
-        if conn in self.idle:
+        """An accepted connection closed."""
+        self.conns.discard(conn)
+        if conn.busy:
+            self.pool.lost_busy()
+        elif conn in self.idle:
             self.idle.discard(conn)
-            self.pool.lost(conn.park)
-        elif conn.park:
-            self.pool.turned_away()
+            if self.pool.lost_idle(conn.park):
+                self.spawn(self._dial(self.backoff.next()))
 
     def refill(self) -> None:
         for _ in range(self.pool.refill()):
-            self.tickets.release()
+            self.spawn(self._dial(0.0))
 
     async def run(self) -> None:
         for _ in range(self.settings.pool):
-            self.spawn(self._slot())
+            self.spawn(self._dial(0.0))
         try:
             while True:
                 await asyncio.sleep(self.settings.shrink_after / 4 or 3600)
@@ -335,16 +368,22 @@ class GatewayLink:
         finally:
             for task in list(self.tasks):
                 task.cancel()
+            for conn in list(self.conns):
+                if conn.transport is not None:
+                    conn.transport.abort()
 
-    async def _slot(self) -> None:
+    async def _dial(self, delay: float) -> None:
+        """One connection into the pool: dial until accepted or turned away."""
         while True:
-            outcome = await self._one()
-            if outcome is Outcome.LOST:
-                delay = self.backoff.next()
+            if delay:
                 log.debug("gateway %s: dialling again in %.2f s", self.gateway, delay)
                 await asyncio.sleep(delay)
-            else:
-                await self.tickets.acquire()  # parked until a refill
+            outcome = await self._one()
+            if outcome is Outcome.PARKED:
+                self.pool.turned_away()
+            if outcome is not Outcome.LOST:
+                return
+            delay = self.backoff.next()
 
     async def _one(self) -> Outcome:
         done: asyncio.Future[Outcome] = self.loop.create_future()

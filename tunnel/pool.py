@@ -1,13 +1,12 @@
 """The node's pool at one gateway as counts: when to dial, how many, when to shrink (pure).
 
-The node has ``size`` slots per gateway; each holds at most one connection at a time and
-is in one of three states: *dialling* (connecting, authenticating, or backing off after
-a failure: a connection is on its way), *idle* (accepted, waiting for a client) or
-*parked* (its connection was taken by a stream, closed because the link was quiet, or
-turned away because the gateway's pool for the name is full; it waits until a refill
-sends it dialling again). Dialling per stream put a replacement's
-TLS handshake (both ends, the same cores) on almost every stream's first-byte path;
-topping up on a low-water mark dials in batches, and most streams see none.
+A connection is *dialling* (connecting, authenticating, or backing off after a failure:
+one is on its way), *idle* (accepted, waiting for a client) or *busy* (serving a stream).
+A busy connection comes back idle when its stream ends cleanly (``wire`` END both ways),
+so back-to-back clients reuse the same few connections and dial nothing; a dial happens
+when more clients are in flight at once than there are spare connections. Topping up on
+a low-water mark dials in batches ahead of demand, so a stream rarely meets a TLS
+handshake (both ends, the same cores) on its first-byte path.
 """
 
 from __future__ import annotations
@@ -17,18 +16,18 @@ from dataclasses import dataclass
 
 @dataclass
 class Pool:
-    size: int  # slots: the most idle connections kept
+    size: int  # the spare (idle or dialling) connections a refill tops up to
     low_water: int  # top up to ``size`` when the spare ones fall below this
     shrink_after: float  # seconds without a stream before a link keeps one idle (0: never)
     idle: int = 0
     dialling: int = 0
-    parked: int = 0
+    busy: int = 0
     last_take: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.low_water <= self.size:
             raise ValueError(f"low_water must be from 1 to size ({self.size})")
-        self.dialling = self.size - self.idle - self.parked  # every slot starts dialling
+        self.dialling = self.size - self.idle - self.busy  # the first fill
 
     @property
     def spare(self) -> int:
@@ -39,30 +38,37 @@ class Pool:
         self.dialling -= 1
         self.idle += 1
 
+    def turned_away(self) -> None:
+        """The gateway keeps no more idle connections of ours: the dial ends."""
+        self.dialling -= 1
+
     def taken(self, now: float) -> None:
         self.idle -= 1
-        self.parked += 1
+        self.busy += 1
         self.last_take = now
 
-    def lost(self, park: bool) -> None:
-        """An idle connection closed: by us (the slot parks) or not (it dials again)."""
+    def returned(self) -> None:
+        """A stream ended cleanly: its connection is idle again."""
+        self.busy -= 1
+        self.idle += 1
+
+    def lost_busy(self) -> None:
+        self.busy -= 1
+
+    def lost_idle(self, park: bool) -> bool:
+        """An idle connection closed: by us or the gateway's cap (``park``), or not (then
+        True: dial a replacement)."""
         self.idle -= 1
         if park:
-            self.parked += 1
-        else:
-            self.dialling += 1
-
-    def turned_away(self) -> None:
-        """The gateway keeps no more idle connections of ours: the slot parks."""
-        self.dialling -= 1
-        self.parked += 1
+            return False
+        self.dialling += 1
+        return True
 
     def refill(self) -> int:
-        """How many parked slots to send dialling now (they count as dialling at once)."""
+        """How many to dial now (they count as dialling at once)."""
         if self.spare >= self.low_water:
             return 0
-        n = min(self.size - self.spare, self.parked)
-        self.parked -= n
+        n = self.size - self.spare
         self.dialling += n
         return n
 

@@ -30,12 +30,11 @@ from webgateway.dnsname import check_domain, check_label
 
 DEFAULT_PORT: Final = 443
 MAX_POOL: Final = 64
-#: Defaults of the pool (see ``tunnel.pool``): 8 idle connections and a refill below 4 take
-#: back-to-back streams with a batch of 5 dials every fifth stream, so four streams in
-#: five meet no replacement's TLS handshake (measured with bench/tunnel/steps.py: a
-#: first-byte median of 1.1 ms over the proxy's own 0.74 ms, against 2.3 ms with 4 and 2),
-#: and never an empty pool (a resumed dial takes ~2 ms on loopback); the price is the
-#: gateway's ~24 KiB per idle connection while busy; a quiet minute shrinks it to one.
+#: Defaults of the pool (see ``tunnel.pool``): a stream's connection comes back when it
+#: ends, so back-to-back streams dial nothing; 8 idle connections and a refill below 4
+#: take bursts of overlapping clients with a batch of dials every few streams, and never
+#: an empty pool (a resumed dial takes ~2 ms on loopback); the price is the gateway's
+#: ~24 KiB per idle connection while busy; a quiet minute shrinks it to one.
 POOL: Final = 8
 LOW_WATER: Final = 4
 SHRINK_AFTER: Final = 60.0

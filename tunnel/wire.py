@@ -1,26 +1,38 @@
 """The protocol of one tunnel connection, sans-IO: bytes in, events out; calls out, bytes.
 
-A tunnel connection is TLS from the node to the gateway's :443 (ALPN ``ALPN``). Inside,
-a few frames ``kind:u8 length:u16 payload`` set it up, then it turns into a raw byte
-stream carrying exactly one client connection::
+A tunnel connection is TLS from the node to the gateway's :443 (ALPN ``ALPN``). It
+carries frames ``kind:u8 length:u16 payload``, and one client connection (a *stream*) at
+a time, as many streams one after the other as it lives::
 
     node                         gateway
     HELLO(label, token, session) ->
                                  <- ACCEPT | FULL | REFUSE(reason)
     PING ->  (every few seconds while idle)
                                  <- PONG
-                                 <- OPEN + raw bytes (a client arrived for the name)
-    OPENED | REFUSE(reason) ->   (the node connected to its backend, or could not)
-    raw bytes <-> raw bytes      (PROXY v2 header first when the name asks for it)
+                                 <- OPEN, DATA...  (a client arrived for the name)
+    DATA... | REFUSE(reason) ->  (the backend's bytes, or the node could not reach it)
+    END ->                       <- END  (either side first: the stream is over)
+    (idle again: PING/PONG, the next OPEN)
 
-The gateway does not wait for OPENED: the client's first bytes follow OPEN at once, so a
-new stream costs no round trip through the two event loops (version 2; version 1 waited).
-After OPEN the gateway sends only raw bytes, and the node sends nothing after OPENED but
-raw bytes, so neither side ever has to tell a frame from data; until OPENED the gateway
-still reads frames, so a REFUSE (the node cannot reach its backend) comes before any
-response byte and the proxy can still answer the client with its 502 page. Frames are
-small and bounded (``MAX_PAYLOAD``); anything else is a ``ProtocolError`` that the shell
-answers with REFUSE and a close.
+The gateway does not wait for an answer to OPEN: the client's first bytes follow it at
+once, so a new stream costs no round trip through the two event loops. A REFUSE instead
+of the node's first DATA still comes before any response byte, so the proxy can answer
+the client with its 502 page.
+
+Why frames and not raw bytes after OPEN (version 2): a raw stream can only end by
+closing its connection, so every client used up one TLS connection and the node dialled
+a replacement, a TLS handshake on both ends competing with the next streams for the CPU
+(most of the tunnel's first-byte tail). With END a connection outlives its stream and
+goes back to the pool. A DATA frame carries whatever one read gave the sender (up to
+64 KiB per frame), so bulk transfers pay a 3-byte header per 64 KiB and the receiver
+passes payload slices on without copying them.
+
+END closes the stream in the sender's direction and says it reads no more: a side that
+receives END answers END (after whatever it still had to send), and DATA arriving after
+one's own END is dropped (it crossed the END on the wire). Once a side has sent and
+received END the connection is idle again. Control frames are small and bounded
+(``MAX_PAYLOAD``); anything else is a ``ProtocolError`` that the shell answers with
+REFUSE and a close.
 """
 
 from __future__ import annotations
@@ -34,9 +46,11 @@ from typing import Final, Never
 from webgateway.dnsname import LABEL_FORM
 
 ALPN: Final = "webgateway-tunnel/1"
-VERSION: Final = 2
-#: The largest frame payload either side accepts (a HELLO is under 300 bytes).
+VERSION: Final = 3
+#: The largest control frame payload either side accepts (a HELLO is under 300 bytes).
 MAX_PAYLOAD: Final = 512
+#: The largest DATA frame payload (the length field's range).
+MAX_DATA: Final = 0xFFFF
 SESSION_BYTES: Final = 16
 MAX_TOKEN: Final = 128
 MAX_REASON: Final = 200
@@ -51,8 +65,10 @@ class Kind(enum.IntEnum):
     PING = 4
     PONG = 5
     OPEN = 6
-    OPENED = 7
+    # 7 was OPENED (version 2)
     FULL = 8  # the token is good, but the name's pool is full: do not dial again soon
+    DATA = 9
+    END = 10
 
 
 class Role(enum.Enum):
@@ -64,8 +80,7 @@ class State(enum.Enum):
     HELLO = "hello"  # node: before sending HELLO; gateway: waiting for it
     AUTH = "auth"  # node: HELLO sent; gateway: HELLO received, not answered yet
     IDLE = "idle"  # accepted, pooled, heartbeating
-    OPENING = "opening"  # OPEN sent/received, OPENED not yet (the node reads raw bytes)
-    RAW = "raw"  # a byte stream from now on
+    STREAM = "stream"  # OPEN sent/received: DATA both ways until END both ways
     CLOSED = "closed"  # REFUSE sent or received, or a protocol error
 
 
@@ -107,7 +122,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """A frame without payload: ACCEPT, FULL, PING, PONG, OPEN or OPENED."""
+    """A frame without payload: ACCEPT, FULL, PING, PONG, OPEN or END."""
 
     kind: Kind
 
@@ -116,13 +131,15 @@ ACCEPTED: Final = Signal(Kind.ACCEPT)
 PING: Final = Signal(Kind.PING)
 PONG: Final = Signal(Kind.PONG)
 OPEN: Final = Signal(Kind.OPEN)
-OPENED: Final = Signal(Kind.OPENED)
+END: Final = Signal(Kind.END)
 FULL: Final = Signal(Kind.FULL)
 
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    data: bytes
+    """Stream bytes: a slice of what ``receive`` was given (a memoryview when partial)."""
+
+    data: bytes | memoryview
 
 
 Event = Hello | Refused | Signal | Data
@@ -180,75 +197,101 @@ def _reason(p: bytes) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-# Which frames each role may receive in each state, and the state they lead to.
+# Which control frames each role may receive in each state, and the state they lead to.
+# DATA and END are the stream's own (``Connection._stream_frame``).
 _RECEIVE: Final[dict[tuple[Role, State], dict[Kind, State]]] = {
     (Role.GATEWAY, State.HELLO): {Kind.HELLO: State.AUTH},
     (Role.GATEWAY, State.IDLE): {Kind.PING: State.IDLE},
     # a PING may cross our OPEN on the wire; it is dropped
-    (Role.GATEWAY, State.OPENING): {Kind.PING: State.OPENING, Kind.OPENED: State.RAW,
-                                    Kind.REFUSE: State.CLOSED},
+    (Role.GATEWAY, State.STREAM): {Kind.PING: State.STREAM, Kind.REFUSE: State.CLOSED},
     (Role.NODE, State.AUTH): {Kind.ACCEPT: State.IDLE, Kind.FULL: State.CLOSED,
                               Kind.REFUSE: State.CLOSED},
-    (Role.NODE, State.IDLE): {Kind.PONG: State.IDLE, Kind.OPEN: State.OPENING,
-                              Kind.REFUSE: State.CLOSED},
+    (Role.NODE, State.IDLE): {Kind.PONG: State.IDLE, Kind.OPEN: State.STREAM,
+                              Kind.FULL: State.CLOSED, Kind.REFUSE: State.CLOSED},
+    (Role.NODE, State.STREAM): {Kind.REFUSE: State.CLOSED},
 }
 
 
 class Connection:
     """One side of one tunnel connection. Feed it bytes; ask it for bytes to send."""
 
-    __slots__ = ("_buf", "role", "state")
+    __slots__ = ("_buf", "_drop", "_left", "got_end", "role", "sent_end", "state")
 
     def __init__(self, role: Role) -> None:
         self.role = role
         self.state = State.HELLO
-        self._buf = bytearray()
+        self._buf = bytearray()  # a frame header, or a control frame, not complete yet
+        self._left = 0  # payload bytes of the current DATA frame still to come
+        self._drop = False  # the current DATA frame crossed our END: not passed on
+        self.sent_end = False
+        self.got_end = False
 
     # ------------------------------------------------------------------ receiving
-    def _raw_in(self) -> bool:
-        """Whether what arrives now is the stream's bytes, not frames."""
-        return self.state is State.RAW or (self.state is State.OPENING
-                                           and self.role is Role.NODE)
-
-    def _framing(self) -> bool:
-        return not self._raw_in() and self.state is not State.CLOSED
-
     def receive(self, data: bytes) -> list[Event]:
         """Events in ``data``; raises ``ProtocolError`` (state becomes CLOSED)."""
-        if self._raw_in():
-            return [Data(data)] if data else []
-        if self.state is State.CLOSED:
-            return []
-        self._buf += data
         events: list[Event] = []
-        while self._framing() and len(self._buf) >= _HEADER.size:
-            kind, length = _HEADER.unpack_from(self._buf)
-            if length > MAX_PAYLOAD:
-                self._fail(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
-            if len(self._buf) < _HEADER.size + length:
+        n, pos = len(data), 0
+        buf = self._buf
+        while pos < n and self.state is not State.CLOSED:
+            left = self._left
+            if left:  # inside a DATA frame: pass its bytes on as they are
+                take = min(left, n - pos)
+                if not self._drop:
+                    events.append(Data(data if take == n else memoryview(data)[pos:pos + take]))
+                self._left = left - take
+                pos += take
+                continue
+            have = len(buf)
+            if have < _HEADER.size:
+                take = min(_HEADER.size - have, n - pos)
+                buf += data[pos:pos + take]
+                pos += take
+                if len(buf) < _HEADER.size:
+                    break
+                kind, length = _HEADER.unpack(buf)
+                if kind == Kind.DATA:
+                    buf.clear()
+                    self._data_frame(length)
+                    continue
+                if length > MAX_PAYLOAD:
+                    self._fail(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
+            kind, length = _HEADER.unpack_from(buf)
+            want = _HEADER.size + length - len(buf)
+            take = min(want, n - pos)
+            buf += data[pos:pos + take]
+            pos += take
+            if take < want:
                 break
-            payload = bytes(self._buf[_HEADER.size : _HEADER.size + length])
-            del self._buf[: _HEADER.size + length]
+            payload = bytes(buf[_HEADER.size:])
+            buf.clear()
             ev = self._frame(kind, payload)
             if ev is not None:
                 events.append(ev)
-        if self._raw_in() and self._buf:  # the frames above may have changed the state
-            events.append(Data(bytes(self._buf)))
-            self._buf.clear()
-        elif len(self._buf) > _HEADER.size + MAX_PAYLOAD:
-            self._fail("too many bytes before the connection was opened")
         return events
 
+    def _data_frame(self, length: int) -> None:
+        if self.state is not State.STREAM:
+            self._fail(f"DATA is not expected by the {self.role.value} in state "
+                       f"{self.state.value}")
+        if self.got_end:
+            self._fail("DATA after END")
+        if not length:
+            self._fail("an empty DATA frame")
+        self._left = length
+        self._drop = self.sent_end
+
     def _frame(self, kind: int, payload: bytes) -> Event | None:
-        allowed = _RECEIVE.get((self.role, self.state), {})
         try:
             k = Kind(kind)
         except ValueError:
             self._fail(f"unknown frame kind {kind}")
+        if k is Kind.END and self.state is State.STREAM:
+            return self._end_frame(payload)
+        allowed = _RECEIVE.get((self.role, self.state), {})
         if k not in allowed:
             self._fail(f"{k.name} is not expected by the {self.role.value} in state "
                        f"{self.state.value}")
-        if k is Kind.PING and self.state is State.OPENING:
+        if k is Kind.PING and self.state is State.STREAM:
             return None
         if k is Kind.HELLO:
             try:
@@ -263,16 +306,29 @@ class Connection:
         else:
             ev = Signal(k)
         self.state = allowed[k]
+        if k is Kind.OPEN:
+            self.sent_end = self.got_end = False
         return ev
+
+    def _end_frame(self, payload: bytes) -> Event:
+        if self.got_end:
+            self._fail("END twice")
+        if payload:
+            self._fail("END carries no payload")
+        self.got_end = True
+        if self.sent_end:
+            self.state = State.IDLE
+        return END
 
     def _fail(self, reason: str) -> Never:
         self.state = State.CLOSED
         self._buf.clear()
+        self._left = 0
         raise ProtocolError(reason)
 
     # ------------------------------------------------------------------ sending
-    def _expect(self, role: Role, *states: State) -> None:
-        if self.role is not role or self.state not in states:
+    def _expect(self, role: Role | None, *states: State) -> None:
+        if (role is not None and self.role is not role) or self.state not in states:
             raise RuntimeError(f"the {self.role.value} cannot do that in state {self.state.value}")
 
     def hello(self, label: str, token: str, session: bytes) -> bytes:
@@ -287,7 +343,8 @@ class Connection:
         return frame(Kind.ACCEPT)
 
     def full(self) -> bytes:
-        self._expect(Role.GATEWAY, State.AUTH)
+        """The gateway keeps no more idle connections of this name (before or after ACCEPT)."""
+        self._expect(Role.GATEWAY, State.AUTH, State.IDLE)
         self.state = State.CLOSED
         return frame(Kind.FULL)
 
@@ -301,18 +358,47 @@ class Connection:
 
     def open(self) -> bytes:
         self._expect(Role.GATEWAY, State.IDLE)
-        self.state = State.OPENING
+        self.state = State.STREAM
+        self.sent_end = self.got_end = False
         return frame(Kind.OPEN)
 
-    def opened(self) -> bytes:
-        self._expect(Role.NODE, State.OPENING)
-        self.state = State.RAW
-        return frame(Kind.OPENED)
+    def data(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """DATA frames carrying ``data`` (a small payload shares one buffer with its header,
+        a large one is not copied); nothing once END is sent."""
+        if self.state is not State.STREAM:
+            raise RuntimeError(f"the {self.role.value} cannot send DATA in state "
+                               f"{self.state.value}")
+        n = len(data)
+        if self.sent_end or not n:
+            return []
+        if n <= _SMALL:
+            return [_HEADER.pack(Kind.DATA, n) + data]
+        view = memoryview(data)
+        out: list[bytes | memoryview] = []
+        for i in range(0, n, MAX_DATA):
+            part = view[i:i + MAX_DATA]
+            out += (_HEADER.pack(Kind.DATA, len(part)), part)
+        return out
+
+    def end(self) -> bytes:
+        """END of the stream from this side (b"" if already sent); idle again if the peer's
+        END came first."""
+        self._expect(None, State.STREAM)
+        if self.sent_end:
+            return b""
+        self.sent_end = True
+        if self.got_end:
+            self.state = State.IDLE
+        return frame(Kind.END)
 
     def refuse(self, reason: str) -> bytes:
-        """REFUSE with a reason, if the protocol still has frames; b"" once raw."""
-        if self.state is State.RAW:
-            return b""
+        """REFUSE with a reason, and the connection is done."""
         self.state = State.CLOSED
         self._buf.clear()
+        self._left = 0
         return frame(Kind.REFUSE, reason.encode("utf-8")[:MAX_REASON])
+
+
+#: DATA payloads up to this size are copied behind their header (one buffer, one TLS
+#: record); larger ones go out as header + the caller's buffer.
+_SMALL: Final = 16384

@@ -62,8 +62,6 @@ def instrument(role: str) -> None:
         for ev in out:
             if ev == wire.OPEN:
                 mark("n_open_rx")
-            elif ev == wire.OPENED:
-                mark("g_opened_rx")
 
     def first(half: Half, data: bytes) -> None:
         if half.nbytes == 0:
@@ -73,13 +71,14 @@ def instrument(role: str) -> None:
 
     wrap(wire.Connection, "receive", after=received)
     wrap(wire.Connection, "open", before=lambda c: mark("g_open_tx"))
-    wrap(wire.Connection, "opened", before=lambda c: mark("n_backend_connected"))
     wrap(Half, "data_received", before=first)
     if role == "gateway":
         from tunnel.gateway import Tunnels
         wrap(Tunnels, "open", before=lambda *a, **k: mark("g_open_called"))
     else:
+        from proxy.splice import Splice
         from tunnel import node
+        wrap(Splice, "link", before=lambda *a: mark("n_backend_connected"))
         wrap(node.NodeConn, "connection_made", before=lambda *a: mark("n_dial_tls_done"))
         wrap(wire.Connection, "hello", before=lambda *a: None)
         wrap(node.GatewayLink, "_one", before=lambda *a: mark("n_dial_start"))
@@ -159,7 +158,6 @@ def report(samples: list[tuple[int, int, int]], g: dict[str, list[int]],
         ("gateway: open() -> OPEN written", "g_open_called", "g_open_tx"),
         ("OPEN gateway -> node (TLS, two loops)", "g_open_tx", "n_open_rx"),
         ("node: OPEN -> backend connected", "n_open_rx", "n_backend_connected"),
-        ("OPENED node -> gateway", "n_backend_connected", "g_opened_rx"),
         ("request: first tunnel bytes at the node", "c_tls", "n_first_tunnel"),
         ("request gateway -> node", "g_first_other", "n_first_tunnel"),
         ("node: request -> backend connected", "n_first_tunnel", "n_backend_connected"),
@@ -172,8 +170,7 @@ def report(samples: list[tuple[int, int, int]], g: dict[str, list[int]],
     busy = 0
     for c0, c_tls, c_first in samples:
         t = {"c0": c0, "c_tls": c_tls, "c_first": c_first}
-        for src, k in ((g, "g_open_called"), (g, "g_open_tx"), (g, "g_opened_rx"),
-                       (g, "g_first_other"),
+        for src, k in ((g, "g_open_called"), (g, "g_open_tx"), (g, "g_first_other"),
                        (g, "g_first_tunnel"), (nd, "n_open_rx"), (nd, "n_backend_connected"),
                        (nd, "n_first_tunnel"), (nd, "n_first_other")):
             v = after(src.get(k, []), c0)  # the gateway may finish its handshake first

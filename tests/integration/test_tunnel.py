@@ -107,9 +107,10 @@ async def test_served_through_the_tunnel_kill_and_restart(
         assert (code, body) == (200, b"hidden-backend /through\n")
         assert gw.proxy.engine.tunnels is not None
         assert gw.proxy.engine.tunnels.connected("hidden") == 1
-        for _ in range(5):  # the pool of 8 falls below its low-water mark of 4: a refill
-            assert (await status(gw))[0] == 200
+        held = await _hold(gw, 5)  # the pool of 8 falls below its low-water mark of 4: a refill
         await until(lambda: _has(node, "TLS session resumed"), 5)  # refills resume TLS
+        for w in held:
+            w.transport.abort()
         # the node crashes: 502 within a second
         await node.kill()
         took = await until(lambda: _code(gw, 502), 1.0, 0.02)
@@ -499,11 +500,38 @@ async def test_a_tunnel_name_falls_back_to_its_ordinary_backends(tmp_path: Path)
             await node.kill()
 
 
-def _idle(gw: Gateway, n: int) -> Any:
+def _idle(gw: Gateway, n: int, at_least: bool = False) -> Any:
     async def probe() -> bool:
         assert gw.proxy.engine.tunnels is not None
-        return gw.proxy.engine.tunnels.idle_count.get("hidden", 0) == n
+        idle = gw.proxy.engine.tunnels.idle_count.get("hidden", 0)
+        return idle >= n if at_least else idle == n
     return probe
+
+
+async def _hold(gw: Gateway, n: int) -> list[asyncio.StreamWriter]:
+    """``n`` clients at once, each holding a tunnel stream (TLS done, no request yet)."""
+    tunnels = gw.proxy.engine.tunnels
+    assert tunnels is not None
+    before = tunnels.idle_count.get("hidden", 0)
+    active = _active(gw)
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    held = []
+    for _ in range(n):
+        _, w = await asyncio.open_connection("127.0.0.1", gw.https_port, ssl=ctx,
+                                             server_hostname=fqdn("hidden"))
+        held.append(w)
+
+    async def taken() -> bool:
+        return _active(gw) == active + n
+
+    await until(taken, 5, 0.01)
+    assert before >= n
+    return held
+
+
+def _active(gw: Gateway) -> int:
+    assert gw.proxy.engine.tunnels is not None
+    return sum(s.active for s in gw.proxy.engine.tunnels.sessions.get("hidden", {}).values())
 
 
 async def test_pool_tops_up_below_its_low_water_mark_and_shrinks_when_quiet(
@@ -515,16 +543,23 @@ async def test_pool_tops_up_below_its_low_water_mark_and_shrinks_when_quiet(
         await until(_idle(gw, 4), 10)
         tunnels = gw.proxy.engine.tunnels
         assert tunnels is not None
-        seen = []
-        for _ in range(2):
+        first = set(tunnels.live)
+        for _ in range(5):  # back to back: each client gets a connection its forerunner used
             assert (await status(gw))[0] == 200
-            seen.append(tunnels.idle_count["hidden"])
-        assert seen == [3, 2]  # above the low-water mark: no dial per stream
-        assert (await status(gw))[0] == 200  # the third goes below it: a batch of 3
+            await until(_idle(gw, 4), 2, 0.01)  # back once END went both ways
+            assert tunnels.live == first
+        held = await _hold(gw, 2)  # two at once: still at the low-water mark, no dial
+        await asyncio.sleep(0.3)
+        assert tunnels.live == first
+        held += await _hold(gw, 1)  # the third goes below it: a batch of 3
         await until(_idle(gw, 4), 5, 0.01)
+        assert len(tunnels.live) == 7
+        for w in held:
+            w.transport.abort()
+        await until(_idle(gw, 7), 5, 0.01)  # the three streams' connections come back
         await until(_idle(gw, 1), 5)  # a quiet second: one idle connection is kept
         assert (await status(gw))[0] == 200  # it serves the next client and refills
-        await until(_idle(gw, 4), 5, 0.01)
+        await until(_idle(gw, 4, at_least=True), 5, 0.01)
     finally:
         await node.kill()
 

@@ -16,25 +16,101 @@ def pair() -> tuple[wire.Connection, wire.Connection]:
     return wire.Connection(wire.Role.NODE), wire.Connection(wire.Role.GATEWAY)
 
 
-def test_full_exchange_then_raw_bytes() -> None:
+def opened() -> tuple[wire.Connection, wire.Connection]:
+    """A node and a gateway with one stream open."""
+    node, gw = pair()
+    gw.receive(node.hello("alice", "tok", SESSION))
+    node.receive(gw.accept())
+    assert node.receive(gw.open()) == [wire.OPEN]
+    return node, gw
+
+
+def joined(events: list[wire.Event]) -> bytes:
+    out = b""
+    for ev in events:
+        assert isinstance(ev, wire.Data)
+        out += bytes(ev.data)
+    return out
+
+
+def test_full_exchange_then_streams_one_after_the_other() -> None:
     node, gw = pair()
     [hello] = gw.receive(node.hello("alice", "wg_secret", SESSION))
     assert hello == wire.Hello("alice", "wg_secret", SESSION)
     assert "wg_secret" not in repr(hello)
     assert gw.state is wire.State.AUTH
     assert node.receive(gw.accept()) == [wire.ACCEPTED]
-    assert gw.receive(node.ping()) == [wire.PING]
-    assert node.receive(gw.pong()) == [wire.PONG]
-    # the client's first bytes follow OPEN at once, in the same read or the next ones
-    assert node.receive(gw.open() + b"GET / HTTP/1.1\r\n") == [
-        wire.OPEN, wire.Data(b"GET / HTTP/1.1\r\n")]
-    assert node.receive(b"\x06\x00\x00") == [wire.Data(b"\x06\x00\x00")]  # looks like OPEN
-    assert node.receive(b"\x03\x00\x01x") == [wire.Data(b"\x03\x00\x01x")]  # like REFUSE
-    # the gateway reads frames until OPENED; OPENED and the first raw bytes may share a read
-    assert gw.receive(node.opened() + b"\x03\x00\x05SSH-2.0") == [
-        wire.OPENED, wire.Data(b"\x03\x00\x05SSH-2.0")]
-    assert gw.receive(b"\x01\x02") == [wire.Data(b"\x01\x02")]
-    assert gw.state is node.state is wire.State.RAW
+    for _ in range(3):  # the same connection serves stream after stream
+        assert gw.receive(node.ping()) == [wire.PING]
+        assert node.receive(gw.pong()) == [wire.PONG]
+        # the client's first bytes follow OPEN at once, in the same read or the next ones
+        request = gw.open() + b"".join(gw.data(b"GET / HTTP/1.1\r\n"))
+        assert node.receive(request) == [wire.OPEN, wire.Data(b"GET / HTTP/1.1\r\n")]
+        # stream bytes that look like frames are only bytes
+        assert joined(node.receive(b"".join(gw.data(b"\x03\x00\x01x")))) == b"\x03\x00\x01x"
+        assert joined(gw.receive(b"".join(node.data(b"HTTP/1.1 200 OK\r\n")))) == (
+            b"HTTP/1.1 200 OK\r\n")
+        assert gw.receive(node.end()) == [wire.END]  # the backend closed first
+        assert node.state is gw.state is wire.State.STREAM
+        assert node.receive(gw.end()) == [wire.END]
+        assert node.state is gw.state is wire.State.IDLE
+
+
+def test_ends_may_cross_and_what_crosses_an_end_is_dropped() -> None:
+    node, gw = opened()
+    late = b"".join(node.data(b"late response bytes"))
+    g_end, n_end = gw.end(), node.end()  # both sides close at once
+    assert gw.receive(late + n_end) == [wire.END]  # the data crossed our END: dropped
+    assert node.receive(g_end) == [wire.END]
+    assert node.state is gw.state is wire.State.IDLE
+    with pytest.raises(RuntimeError):
+        gw.data(b"x")  # no stream any more
+
+
+def test_nothing_is_sent_after_our_own_end() -> None:
+    node, _ = opened()
+    assert node.end() and node.end() == b""
+    assert node.data(b"more") == []
+
+
+def test_a_large_write_is_sent_in_frames_without_copying() -> None:
+    node, gw = opened()
+    payload = bytes(range(256)) * 1024  # 256 KiB
+    parts = node.data(payload)
+    assert len(parts) == 2 * 5  # four full frames and a rest, each header + a view
+    assert all(isinstance(p, memoryview) for p in parts[1::2])
+    wire_bytes = b"".join(parts)
+    assert joined(gw.receive(wire_bytes)) == payload
+    # split anywhere, byte by byte at a frame boundary: the same bytes come out
+    events: list[wire.Event] = []
+    cut = wire.MAX_DATA + 1
+    for chunk in (wire_bytes[:cut], *[wire_bytes[i:i + 1] for i in range(cut, cut + 8)],
+                  wire_bytes[cut + 8:]):
+        events += gw.receive(chunk)
+    assert joined(events) == payload
+
+
+def test_stream_frames_out_of_place_are_refused() -> None:
+    node, gw = pair()
+    gw.receive(node.hello("alice", "tok", SESSION))
+    node.receive(gw.accept())
+    with pytest.raises(wire.ProtocolError, match="DATA is not expected"):
+        gw.receive(b"\x09\x00\x01x")  # DATA while idle
+    node, gw = opened()
+    with pytest.raises(wire.ProtocolError, match="empty DATA"):
+        gw.receive(b"\x09\x00\x00")
+    node, gw = opened()
+    gw.receive(node.end())
+    with pytest.raises(wire.ProtocolError, match="DATA after END"):
+        gw.receive(b"\x09\x00\x01x")
+    node, gw = opened()
+    gw.receive(node.end())
+    with pytest.raises(wire.ProtocolError, match="END twice"):
+        gw.receive(wire.frame(wire.Kind.END))
+    node, gw = opened()
+    with pytest.raises(wire.ProtocolError, match="exceeds"):
+        gw.receive(b"HTTP/1.1 200 OK\r\n")  # a node sending raw bytes (version 2)
+    assert gw.state is wire.State.CLOSED
 
 
 def test_a_full_pool_turns_a_good_hello_away() -> None:
@@ -42,16 +118,6 @@ def test_a_full_pool_turns_a_good_hello_away() -> None:
     gw.receive(node.hello("alice", "tok", SESSION))
     assert node.receive(gw.full()) == [wire.FULL]
     assert gw.state is node.state is wire.State.CLOSED
-
-
-def test_gateway_reads_frames_until_opened() -> None:
-    node, gw = pair()
-    gw.receive(node.hello("alice", "tok", SESSION))
-    node.receive(gw.accept())
-    gw.open()
-    with pytest.raises(wire.ProtocolError, match="exceeds"):
-        gw.receive(b"HTTP/1.1 200 OK\r\n")  # a node answering before OPENED
-    assert gw.state is wire.State.CLOSED
 
 
 def test_frames_split_byte_by_byte() -> None:
@@ -69,10 +135,10 @@ def test_ping_crossing_open_is_dropped() -> None:
     ping = node.ping()
     gw.open()
     assert gw.receive(ping) == []
-    assert gw.state is wire.State.OPENING
+    assert gw.state is wire.State.STREAM
 
 
-def test_node_refusal_while_opening() -> None:
+def test_node_refusal_of_a_stream() -> None:
     node, gw = pair()
     gw.receive(node.hello("alice", "tok", SESSION))
     node.receive(gw.accept())
@@ -86,15 +152,16 @@ def test_node_refusal_while_opening() -> None:
     ("data", "reason"),
     [
         (b"\x01\xff\xff", "exceeds"),  # oversized frame header
-        (b"\x09\x00\x00", "unknown frame kind"),
+        (b"\x0b\x00\x00", "unknown frame kind"),
         (b"\x04\x00\x00", "not expected"),  # PING before HELLO
         (b"\x01\x00\x02\x01\x00", "version 1 is not supported"),  # waited for OPENED
-        (b"\x01\x00\x02\x03\x00", "not supported"),
-        (b"\x01\x00\x03\x02\x05a", "too short"),
-        (wire.frame(wire.Kind.HELLO, b"\x02\x01A\x01t" + SESSION), "no valid label"),
-        (wire.frame(wire.Kind.HELLO, b"\x02\x01a\x01\x00" + SESSION), "no valid token"),
-        (wire.frame(wire.Kind.HELLO, b"\x02\x01a\x01t" + SESSION[:3]), "wrong length"),
-        (wire.frame(wire.Kind.HELLO, b"\x02\x01\xff\x01t" + SESSION), "non-ASCII"),
+        (b"\x01\x00\x02\x02\x00", "version 2 is not supported"),  # raw bytes after OPEN
+        (b"\x01\x00\x02\x04\x00", "not supported"),
+        (b"\x01\x00\x03\x03\x05a", "too short"),
+        (wire.frame(wire.Kind.HELLO, b"\x03\x01A\x01t" + SESSION), "no valid label"),
+        (wire.frame(wire.Kind.HELLO, b"\x03\x01a\x01\x00" + SESSION), "no valid token"),
+        (wire.frame(wire.Kind.HELLO, b"\x03\x01a\x01t" + SESSION[:3]), "wrong length"),
+        (wire.frame(wire.Kind.HELLO, b"\x03\x01\xff\x01t" + SESSION), "non-ASCII"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "exceeds"),  # a browser
     ],
 )
@@ -133,13 +200,18 @@ def test_senders_check_role_and_state() -> None:
         node.hello("Not A Label", "tok", SESSION)
 
 
-@given(st.binary(max_size=2000))
-def test_arbitrary_bytes_never_crash(data: bytes) -> None:
-    gw = wire.Connection(wire.Role.GATEWAY)
+@given(st.binary(max_size=2000), st.booleans())
+def test_arbitrary_bytes_never_crash(data: bytes, streaming: bool) -> None:
+    if streaming:
+        _, gw = opened()
+    else:
+        gw = wire.Connection(wire.Role.GATEWAY)
     try:
-        gw.receive(data)
+        events = gw.receive(data)
     except wire.ProtocolError:
         assert gw.state is wire.State.CLOSED
+    else:
+        assert len(joined([e for e in events if isinstance(e, wire.Data)])) <= len(data)
     assert len(gw._buf) <= 3 + wire.MAX_PAYLOAD
 
 
