@@ -34,6 +34,7 @@ from proxy.splice import Half, Splice
 from tunnel import wire
 from tunnel.backoff import Backoff
 from tunnel.pool import Pool
+from tunnel.preconnect import Preconnect
 from tunnel.settings import Endpoint, NodeSettings
 from tunnel.stream import Carrier, Stream
 
@@ -224,7 +225,18 @@ class NodeConn(Carrier):
         sp.client.half_close = False  # END closes the stream both ways
         self.stream = Stream(self.conn, transport, sp.client, self._stream_done)
         sp.client.connection_made(self.stream)  # type: ignore[arg-type]
-        self.link.spawn(self._connect(sp))
+        held = self.link.preconnect.take()
+        if held is None:
+            self.link.spawn(self._connect(sp))
+            return
+        backend = held.transport
+        assert backend is not None
+        backend.set_protocol(sp.backend)
+        sp.backend.connection_made(backend)
+        for data in held.early:
+            sp.backend.data_received(data)
+        sp.link()
+        self.link.loop.call_later(REFILL_WAIT, self.link.refill)
 
     def _stream_done(self) -> None:
         """END went both ways: idle again, for the gateway's next client."""
@@ -295,9 +307,10 @@ class GatewayLink:
     """The node's pool at one gateway: dials, idle connections, the streams they serve."""
 
     def __init__(self, settings: NodeSettings, gateway: Endpoint, ctx: ResumingContext,
-                 session: bytes, streams: set[Splice],
+                 session: bytes, streams: set[Splice], preconnect: Preconnect,
                  liveness: wire.Liveness = wire.LIVENESS) -> None:
         self.settings = settings
+        self.preconnect = preconnect
         self.liveness = liveness
         self.gateway = gateway
         self.ctx = ctx
@@ -354,8 +367,10 @@ class GatewayLink:
                 self.spawn(self._dial(self.backoff.next()))
 
     def refill(self) -> None:
+        """Dial what the pool lacks and make a spare backend connection (after a stream)."""
         for _ in range(self.pool.refill()):
             self.spawn(self._dial(0.0))
+        self.preconnect.refill()
 
     async def run(self) -> None:
         for _ in range(self.settings.pool):
@@ -412,7 +427,9 @@ async def run_node(settings: NodeSettings, liveness: wire.Liveness = wire.LIVENE
     """Serve ``settings.name`` through every gateway until cancelled."""
     session = os.urandom(wire.SESSION_BYTES)
     streams: set[Splice] = set()
-    links = [GatewayLink(settings, g, client_context(settings), session, streams, liveness)
+    preconnect = Preconnect(settings.to, settings.preconnect, settings.connect_timeout)
+    links = [GatewayLink(settings, g, client_context(settings), session, streams, preconnect,
+                         liveness)
              for g in settings.gateways]
     log.info("tunnel for %s to %s via %s", settings.name, settings.to,
              ", ".join(str(g) for g in settings.gateways))
@@ -421,5 +438,6 @@ async def run_node(settings: NodeSettings, liveness: wire.Liveness = wire.LIVENE
             for link in links:
                 tg.create_task(link.run())
     finally:
+        preconnect.close()
         for sp in list(streams):
             sp.abort()

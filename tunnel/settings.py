@@ -13,6 +13,7 @@ gateway's config. Command-line flags override the file::
     # pool = 8                            # idle connections kept per gateway, at most
     # low_water = 4                       # top the pool up when fewer are spare
     # shrink_after = 60                   # seconds without a stream: keep one idle
+    # preconnect = 2                      # seconds a spare connection to `to` waits unused
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ MAX_POOL: Final = 64
 POOL: Final = 8
 LOW_WATER: Final = 4
 SHRINK_AFTER: Final = 60.0
+#: Seconds the node keeps a spare connection to ``to`` unused (``tunnel.preconnect``).
+PRECONNECT: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,13 @@ class NodeSettings:
     low_water: int = LOW_WATER
     shrink_after: float = SHRINK_AFTER
     connect_timeout: float = 10.0
+    preconnect: float = PRECONNECT
 
     def __repr__(self) -> str:  # never print the token
         return (f"NodeSettings(gateways={self.gateways}, name={self.name!r}, to={self.to},"
                 f" server_name={self.server_name!r}, pool={self.pool},"
-                f" low_water={self.low_water}, shrink_after={self.shrink_after})")
+                f" low_water={self.low_water}, shrink_after={self.shrink_after},"
+                f" preconnect={self.preconnect})")
 
 
 def parse_endpoint(text: str, default_port: int | None) -> Endpoint:
@@ -118,7 +123,7 @@ def _str(key: str, v: Any) -> str:
 
 
 _KEYS: Final = ("gateway", "name", "token", "token_file", "to", "ca", "server_name", "pool",
-                 "low_water", "shrink_after")
+                 "low_water", "shrink_after", "preconnect")
 
 
 def load(flags: Mapping[str, Any], file: Path | None = None) -> NodeSettings:
@@ -191,12 +196,17 @@ def _validate(raw: dict[str, Any], base: Path) -> NodeSettings:
         raise ConfigError("server_name", str(e)) from None
     pool = _int_in(raw, "pool", POOL, 1, MAX_POOL)
     low_water = _int_in(raw, "low_water", min(LOW_WATER, pool), 1, pool)
-    shrink_after = raw.get("shrink_after", SHRINK_AFTER)
-    if (isinstance(shrink_after, bool) or not isinstance(shrink_after, int | float)
-            or not 0 <= shrink_after <= 86400):
-        raise ConfigError("shrink_after", "seconds from 0 (never shrink) to 86400")
+    shrink_after = _seconds(raw, "shrink_after", SHRINK_AFTER, 86400, "never shrink")
+    preconnect = _seconds(raw, "preconnect", PRECONNECT, 30, "no spare connection")
     return NodeSettings(gateways, name, token, to, server_name, ca, pool, low_water,
-                        float(shrink_after))
+                        shrink_after, preconnect=preconnect)
+
+
+def _seconds(raw: dict[str, Any], key: str, default: float, hi: float, zero: str) -> float:
+    v = raw.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= hi:
+        raise ConfigError(key, f"seconds from 0 ({zero}) to {hi:g}")
+    return float(v)
 
 
 def _int_in(raw: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:

@@ -263,7 +263,8 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     flags = {"gateway": args.gateway, "name": args.name, "token": args.token,
              "token_file": args.token_file, "to": args.to, "ca": args.ca,
              "server_name": args.server_name, "pool": args.pool,
-             "low_water": args.low_water, "shrink_after": args.shrink_after}
+             "low_water": args.low_water, "shrink_after": args.shrink_after,
+             "preconnect": args.preconnect}
     settings = load(flags, args.config)
     configure_logging(LogConfig(level=args.log_level))
     _run_async(run_node(settings))
@@ -653,6 +654,9 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("--shrink-after", type=float, metavar="SECONDS",
                     help="keep one idle connection after this long without a stream"
                          " (default 60; 0: never)")
+    tu.add_argument("--preconnect", type=float, metavar="SECONDS",
+                    help="keep one connection to --to ready for the next client, at most this"
+                         " long unused (default 2; 0: none)")
     tu.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     tu.set_defaults(func=cmd_tunnel)
 
