@@ -51,6 +51,9 @@ VERSION: Final = 3
 MAX_PAYLOAD: Final = 512
 #: The largest DATA frame payload (the length field's range).
 MAX_DATA: Final = 0xFFFF
+#: DATA payloads up to this size are copied behind their header (one buffer, one TLS
+#: record); larger ones go out as header + the caller's buffer.
+SMALL: Final = 16384
 SESSION_BYTES: Final = 16
 MAX_TOKEN: Final = 128
 MAX_REASON: Final = 200
@@ -228,16 +231,30 @@ class Connection:
 
     # ------------------------------------------------------------------ receiving
     def receive(self, data: bytes) -> list[Event]:
-        """Events in ``data``; raises ``ProtocolError`` (state becomes CLOSED)."""
+        """Events in ``data``; raises ``ProtocolError`` (state becomes CLOSED).
+
+        The payloads of DATA frames that follow each other in ``data`` come out as one
+        ``Data`` while they are small (``_JOIN``): a response's head and body, sent as two
+        frames, then reach the client in one write, not two small ones (which Nagle's
+        algorithm would hold back until the client's delayed ACK: up to 40 ms).
+        """
+        n = len(data)
+        if (n > _HEADER.size and data[0] == Kind.DATA and not self._left and not self._buf
+                and self.state is State.STREAM and not self.got_end
+                and (data[1] << 8 | data[2]) == n - _HEADER.size):
+            # the usual read of a stream: exactly one DATA frame
+            return [] if self.sent_end else [Data(data[_HEADER.size:])]
         events: list[Event] = []
-        n, pos = len(data), 0
+        parts: list[bytes | memoryview] = []
+        pos = 0
         buf = self._buf
         while pos < n and self.state is not State.CLOSED:
             left = self._left
             if left:  # inside a DATA frame: pass its bytes on as they are
                 take = min(left, n - pos)
                 if not self._drop:
-                    events.append(Data(data if take == n else memoryview(data)[pos:pos + take]))
+                    parts.append(data if take == n else data[pos:pos + take] if take <= SMALL
+                                 else memoryview(data)[pos:pos + take])
                 self._left = left - take
                 pos += take
                 continue
@@ -266,7 +283,11 @@ class Connection:
             buf.clear()
             ev = self._frame(kind, payload)
             if ev is not None:
+                if parts:
+                    _flush(parts, events)
                 events.append(ev)
+        if parts:
+            _flush(parts, events)
         return events
 
     def _data_frame(self, length: int) -> None:
@@ -371,8 +392,8 @@ class Connection:
         n = len(data)
         if self.sent_end or not n:
             return []
-        if n <= _SMALL:
-            return [_HEADER.pack(Kind.DATA, n) + data]
+        if n <= SMALL:
+            return [data_frame(data)]
         view = memoryview(data)
         out: list[bytes | memoryview] = []
         for i in range(0, n, MAX_DATA):
@@ -399,6 +420,18 @@ class Connection:
         return frame(Kind.REFUSE, reason.encode("utf-8")[:MAX_REASON])
 
 
-#: DATA payloads up to this size are copied behind their header (one buffer, one TLS
-#: record); larger ones go out as header + the caller's buffer.
-_SMALL: Final = 16384
+def data_frame(data: bytes | memoryview) -> bytes:
+    """One DATA frame, header and payload in one buffer (1 to ``SMALL`` bytes)."""
+    return _HEADER.pack(Kind.DATA, len(data)) + data
+
+
+#: Consecutive DATA payloads of one read are joined into one ``Data`` up to this size.
+_JOIN: Final = 65536
+
+
+def _flush(parts: list[bytes | memoryview], events: list[Event]) -> None:
+    if len(parts) > 1 and sum(map(len, parts)) <= _JOIN:
+        events.append(Data(b"".join(parts)))
+    else:
+        events.extend(map(Data, parts))
+    parts.clear()

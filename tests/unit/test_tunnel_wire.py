@@ -225,3 +225,14 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
     assert max(highs) <= 30.0 and highs[-1] > 29.9
     lo.reset()
     assert lo.next() == 0.125
+
+
+def test_small_frames_of_one_read_come_out_as_one_write() -> None:
+    node, gw = opened()
+    head, body = b"HTTP/1.1 200 OK\r\n\r\n", b"x" * 1024
+    both = b"".join(node.data(head) + node.data(body))
+    assert gw.receive(both + node.end()) == [wire.Data(head + body), wire.END]
+    big = b"y" * 40000
+    node, gw = opened()
+    events = gw.receive(b"".join(node.data(big) + node.data(big)))
+    assert [len(e.data) for e in events if isinstance(e, wire.Data)] == [40000, 40000]
