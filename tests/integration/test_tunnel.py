@@ -508,12 +508,12 @@ def _idle(gw: Gateway, n: int, at_least: bool = False) -> Any:
     return probe
 
 
-async def _hold(gw: Gateway, n: int) -> list[asyncio.StreamWriter]:
-    """``n`` clients at once, each holding a tunnel stream (TLS done, no request yet)."""
+async def _hold(gw: Gateway, n: int, active: int = 0) -> list[asyncio.StreamWriter]:
+    """``n`` clients at once, each holding a tunnel stream (TLS done, no request yet), on
+    top of ``active`` held already."""
     tunnels = gw.proxy.engine.tunnels
     assert tunnels is not None
     before = tunnels.idle_count.get("hidden", 0)
-    active = _active(gw)
     ctx = ssl.create_default_context(cafile=str(gw.ca_file))
     held = []
     for _ in range(n):
@@ -551,7 +551,7 @@ async def test_pool_tops_up_below_its_low_water_mark_and_shrinks_when_quiet(
         held = await _hold(gw, 2)  # two at once: still at the low-water mark, no dial
         await asyncio.sleep(0.3)
         assert tunnels.live == first
-        held += await _hold(gw, 1)  # the third goes below it: a batch of 3
+        held += await _hold(gw, 1, active=2)  # the third goes below it: a batch of 3
         await until(_idle(gw, 4), 5, 0.01)
         assert len(tunnels.live) == 7
         for w in held:
