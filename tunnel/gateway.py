@@ -121,8 +121,7 @@ class TunnelConn(Carrier):
             stream = self.stream
             if type(ev) is wire.Data:
                 if stream is not None:
-                    self.refused = None  # the node answered: its backend is there
-                    stream.received(ev.data)
+                    self.passed(stream, ev.data)  # type: ignore[arg-type]
             elif ev == wire.END:
                 if stream is not None:
                     stream.ended()
@@ -133,6 +132,10 @@ class TunnelConn(Carrier):
             elif isinstance(ev, wire.Refused):
                 self._refused(f"the node refused: {ev.reason}")
                 self._close()
+
+    def passed(self, stream: Stream, data: bytes) -> None:
+        self.refused = None  # the node answered: its backend is there
+        stream.protocol.data_received(data)
 
     def _refused(self, reason: str) -> None:
         refused, self.refused = self.refused, None

@@ -159,7 +159,7 @@ class NodeConn(Carrier):
             stream = self.stream
             if type(ev) is wire.Data:
                 if stream is not None:
-                    stream.received(ev.data)
+                    self.passed(stream, ev.data)  # type: ignore[arg-type]
             elif ev == wire.END:
                 if stream is not None:
                     stream.ended()

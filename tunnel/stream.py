@@ -109,9 +109,6 @@ class Stream:
         return self.transport.get_extra_info(name, default)
 
     # ------------------------------------------------------------------ the owner's side
-    def received(self, data: bytes | memoryview) -> None:
-        self.protocol.data_received(data)  # type: ignore[arg-type]
-
     def ended(self) -> None:
         """The peer's END: the splice sees an EOF (and closes us), or we were done too."""
         if self._over():  # it answers our END
@@ -159,12 +156,25 @@ class Carrier(asyncio.BufferedProtocol):
     __slots__ = ()
     stream: Stream | None
     scratch: memoryview
+    conn: wire.Connection
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.scratch[:nbytes]))
+        data = self.scratch[:nbytes].tobytes()
+        stream = self.stream
+        if stream is not None:  # the usual read of a stream: one DATA frame, straight on
+            payload = self.conn.one_data(data)
+            if payload is not None:
+                if payload:
+                    self.passed(stream, payload)
+                return
+        self.data_received(data)
+
+    def passed(self, stream: Stream, data: bytes) -> None:
+        """Stream bytes from the peer go to the stream's protocol."""
+        stream.protocol.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError

@@ -239,11 +239,9 @@ class Connection:
         algorithm would hold back until the client's delayed ACK: up to 40 ms).
         """
         n = len(data)
-        if (n > _HEADER.size and data[0] == Kind.DATA and not self._left and not self._buf
-                and self.state is State.STREAM and not self.got_end
-                and (data[1] << 8 | data[2]) == n - _HEADER.size):
-            # the usual read of a stream: exactly one DATA frame
-            return [] if self.sent_end else [Data(data[_HEADER.size:])]
+        payload = self.one_data(data)
+        if payload is not None:
+            return [Data(payload)] if payload else []
         events: list[Event] = []
         parts: list[bytes | memoryview] = []
         pos = 0
@@ -289,6 +287,16 @@ class Connection:
         if parts:
             _flush(parts, events)
         return events
+
+    def one_data(self, data: bytes) -> bytes | None:
+        """The payload when ``data`` is exactly one DATA frame of the stream (the usual
+        read; b"" when it crossed our END), else None: then ``receive`` it."""
+        n = len(data)
+        if (n > _HEADER.size and data[0] == Kind.DATA and not self._left and not self._buf
+                and self.state is State.STREAM and not self.got_end
+                and (data[1] << 8 | data[2]) == n - _HEADER.size):
+            return b"" if self.sent_end else data[_HEADER.size:]
+        return None
 
     def _data_frame(self, length: int) -> None:
         if self.state is not State.STREAM:
