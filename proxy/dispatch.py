@@ -129,7 +129,7 @@ class Dispatcher:
         engine.outcome("tunnel")
 
     async def _handshake(self, sock: socket.socket, addr: tuple[str, int],
-                         protocol: asyncio.Protocol, ctx: ssl.SSLContext,
+                         protocol: asyncio.BaseProtocol, ctx: ssl.SSLContext,
                          deadline: float) -> asyncio.Transport | str:
         """TLS on an accepted socket: the transport, or why it failed (socket closed)."""
         left = max(0.1, deadline - self.loop.time())
