@@ -118,14 +118,9 @@ class TunnelConn(Carrier):
             self._refuse(str(e))
             return
         for ev in events:
-            stream = self.stream
-            if type(ev) is wire.Data:
-                if stream is not None:
-                    self.passed(stream, ev.data)  # type: ignore[arg-type]
-            elif ev == wire.END:
-                if stream is not None:
-                    stream.ended()
-            elif isinstance(ev, wire.Hello):
+            if self.stream_event(ev):
+                continue
+            if isinstance(ev, wire.Hello):
                 self._hello(ev)
             elif ev == wire.PING:
                 self._ping()

@@ -156,14 +156,9 @@ class NodeConn(Carrier):
             self._close()
             return
         for ev in events:
-            stream = self.stream
-            if type(ev) is wire.Data:
-                if stream is not None:
-                    self.passed(stream, ev.data)  # type: ignore[arg-type]
-            elif ev == wire.END:
-                if stream is not None:
-                    stream.ended()
-            elif ev == wire.OPEN:
+            if self.stream_event(ev):
+                continue
+            if ev == wire.OPEN:
                 self._cancel_timer()
                 self._open()
             elif ev == wire.PONG:

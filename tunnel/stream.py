@@ -47,7 +47,7 @@ class Stream:
     # ------------------------------------------------------------------ the splice's side
     def write(self, data: bytes | memoryview) -> None:
         conn = self.conn
-        if conn.state is not wire.State.STREAM or conn.sent_end or not data:
+        if self._done or conn.state is not wire.State.STREAM or conn.sent_end or not data:
             return
         if len(data) <= wire.SMALL:
             self.transport.write(wire.data_frame(data))  # the usual write: one frame
@@ -109,12 +109,12 @@ class Stream:
         return self.transport.get_extra_info(name, default)
 
     # ------------------------------------------------------------------ the owner's side
-    def ended(self) -> None:
-        """The peer's END: the splice sees an EOF (and closes us), or we were done too."""
-        if self._over():  # it answers our END
+    def ended(self, last: bool) -> None:
+        """The peer's END: the splice sees an EOF (and closes us), or we were done too
+        (``last``: the connection may have moved on to the next stream already)."""
+        if last:
             self._finish()
-            return
-        if not self.protocol.eof_received():
+        elif not self.protocol.eof_received():
             self.close()
 
     def lost(self, exc: Exception | None) -> None:
@@ -171,6 +171,19 @@ class Carrier(asyncio.BufferedProtocol):
                     self.passed(stream, payload)
                 return
         self.data_received(data)
+
+    def stream_event(self, ev: wire.Event) -> bool:
+        """Handle ``ev`` if it is the stream's (DATA or END); False for the rest."""
+        stream = self.stream
+        if type(ev) is wire.Data:
+            if stream is not None:
+                self.passed(stream, ev.data)  # type: ignore[arg-type]
+            return True
+        if type(ev) is wire.End:
+            if stream is not None:
+                stream.ended(ev.last)
+            return True
+        return False
 
     def passed(self, stream: Stream, data: bytes) -> None:
         """Stream bytes from the peer go to the stream's protocol."""

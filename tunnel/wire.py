@@ -125,7 +125,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """A frame without payload: ACCEPT, FULL, PING, PONG, OPEN or END."""
+    """A frame without payload: ACCEPT, FULL, PING, PONG or OPEN."""
 
     kind: Kind
 
@@ -134,8 +134,20 @@ ACCEPTED: Final = Signal(Kind.ACCEPT)
 PING: Final = Signal(Kind.PING)
 PONG: Final = Signal(Kind.PONG)
 OPEN: Final = Signal(Kind.OPEN)
-END: Final = Signal(Kind.END)
 FULL: Final = Signal(Kind.FULL)
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The peer's END. ``last``: it answered ours, so the stream is over and the
+    connection idle (frames of the next stream may follow in the same read: the shell
+    must not ask the connection's state about this one)."""
+
+    last: bool
+
+
+END: Final = End(last=False)
+ENDED: Final = End(last=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +157,7 @@ class Data:
     data: bytes | memoryview
 
 
-Event = Hello | Refused | Signal | Data
+Event = Hello | Refused | Signal | End | Data
 
 
 def valid_token(token: str) -> bool:
@@ -347,6 +359,7 @@ class Connection:
         self.got_end = True
         if self.sent_end:
             self.state = State.IDLE
+            return ENDED
         return END
 
     def _fail(self, reason: str) -> Never:

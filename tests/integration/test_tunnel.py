@@ -634,3 +634,53 @@ async def _no_splices(gw: Gateway) -> bool:
 async def _not_held(gw: Gateway) -> bool:
     assert gw.proxy.engine.tunnels is not None
     return "hidden" not in gw.proxy.engine.tunnels.sessions
+
+
+async def test_the_spare_backend_connection_is_short_lived_and_never_stale(
+        tgw: tuple[Gateway, BackendServer]) -> None:
+    """The node's spare connection to its backend (``--preconnect``): one the backend
+    closed meanwhile is never handed to a client, and an unused one is closed in time."""
+    gw, _ = tgw
+    idle_limit = [0.2]  # the backend closes a connection silent this long
+    open_now: set[asyncio.StreamWriter] = set()
+    requests: list[bytes] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        open_now.add(w)
+        try:
+            async with asyncio.timeout(idle_limit[0]):
+                head = await r.readuntil(b"\r\n\r\n")
+            requests.append(head)
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+            await w.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_now.discard(w)
+            w.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    node = Node(gw, f"127.0.0.1:{port}", "--preconnect", "1")
+    await node.start()
+    try:
+        await until(_connected(gw, 1), 10)
+        for _ in range(4):  # each spare was closed by the backend before the next client
+            assert await status(gw) == (200, b"ok\n")
+            await asyncio.sleep(0.5)
+        assert len(requests) == 4
+        idle_limit[0] = 30.0
+        assert await status(gw) == (200, b"ok\n")
+
+        async def spare() -> bool:
+            return len(open_now) == 1
+        await until(spare, 2, 0.01)  # made once the stream's backend answered
+
+        async def none() -> bool:
+            return not open_now
+        took = await until(none, 3, 0.02)
+        assert took < 1.5  # --preconnect 1: closed unused after a second
+        assert len(requests) == 5  # it never carried a request
+    finally:
+        await node.kill()
+        srv.close()

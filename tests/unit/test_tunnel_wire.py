@@ -52,7 +52,7 @@ def test_full_exchange_then_streams_one_after_the_other() -> None:
             b"HTTP/1.1 200 OK\r\n")
         assert gw.receive(node.end()) == [wire.END]  # the backend closed first
         assert node.state is gw.state is wire.State.STREAM
-        assert node.receive(gw.end()) == [wire.END]
+        assert node.receive(gw.end()) == [wire.ENDED]  # it answers the node's: over
         assert node.state is gw.state is wire.State.IDLE
 
 
@@ -60,8 +60,8 @@ def test_ends_may_cross_and_what_crosses_an_end_is_dropped() -> None:
     node, gw = opened()
     late = b"".join(node.data(b"late response bytes"))
     g_end, n_end = gw.end(), node.end()  # both sides close at once
-    assert gw.receive(late + n_end) == [wire.END]  # the data crossed our END: dropped
-    assert node.receive(g_end) == [wire.END]
+    assert gw.receive(late + n_end) == [wire.ENDED]  # the data crossed our END: dropped
+    assert node.receive(g_end) == [wire.ENDED]
     assert node.state is gw.state is wire.State.IDLE
     with pytest.raises(RuntimeError):
         gw.data(b"x")  # no stream any more
@@ -236,3 +236,15 @@ def test_small_frames_of_one_read_come_out_as_one_write() -> None:
     node, gw = opened()
     events = gw.receive(b"".join(node.data(big) + node.data(big)))
     assert [len(e.data) for e in events if isinstance(e, wire.Data)] == [40000, 40000]
+
+
+def test_the_next_stream_may_follow_the_last_end_in_one_read() -> None:
+    """The gateway OPENs the connection again as soon as END went both ways; the node
+    may read that END, OPEN and the request at once. ENDED says the old stream is over
+    although the connection is in the new one by the time the events are handled (the
+    node then answered the new stream's first bytes with END: an empty reply)."""
+    node, gw = opened()
+    gw.receive(node.end())
+    again = gw.end() + gw.open() + b"".join(gw.data(b"GET / HTTP/1.1\r\n"))
+    assert node.receive(again) == [wire.ENDED, wire.OPEN, wire.Data(b"GET / HTTP/1.1\r\n")]
+    assert node.state is wire.State.STREAM and not node.sent_end and not node.got_end
