@@ -22,7 +22,7 @@ def test_defaults_and_sni_from_the_gateway_name() -> None:
     s = load(flags())
     assert s.gateways == (Endpoint("gw.example.com", 443),)
     assert s.server_name == "gw.example.com" and s.ca is None
-    assert (s.pool, s.low_water, s.shrink_after) == (8, 4, 60.0)
+    assert (s.pool, s.low_water, s.shrink_after, s.preconnect) == (8, 4, 60.0, 2.0)
     assert load(flags(pool=1)).low_water == 1  # the default never exceeds the pool
     assert "wg_abc" not in repr(s)
 
@@ -55,6 +55,8 @@ def test_endpoints(text: str, want: Endpoint) -> None:
     ({"pool": 3, "low_water": 4}, "low_water", "at most pool"),
     ({"shrink_after": -1}, "shrink_after", "0 (never shrink)"),
     ({"shrink_after": "1m"}, "shrink_after", "seconds"),
+    ({"preconnect": 31}, "preconnect", "0 (no spare connection) to 30"),
+    ({"preconnect": True}, "preconnect", "seconds"),
     ({"ca": "/nonexistent/ca.pem"}, "ca", "not a readable file"),
 ])
 def test_bad_values_name_the_key(kw: dict[str, Any], key: str, words: str) -> None:
@@ -69,10 +71,11 @@ def test_toml_file_relative_paths_and_flags_win(tmp_path: Path) -> None:
     f = tmp_path / "node.toml"
     f.write_text('gateway = ["192.0.2.1:8443", "192.0.2.2"]\nname = "alice"\n'
                  'token_file = "tok"\nto = "[::1]:8080"\nca = "ca.pem"\n'
-                 'server_name = "gw.example.com"\npool = 3\nlow_water = 3\nshrink_after = 0\n')
+                 'server_name = "gw.example.com"\npool = 3\nlow_water = 3\nshrink_after = 0\n'
+                 'preconnect = 0.5\n')
     s = load({}, f)
     assert s.token == "wg_from_file" and s.ca == tmp_path / "ca.pem" and s.pool == 3
-    assert s.low_water == 3 and s.shrink_after == 0.0
+    assert s.low_water == 3 and s.shrink_after == 0.0 and s.preconnect == 0.5
     assert [str(g) for g in s.gateways] == ["192.0.2.1:8443", "192.0.2.2:443"]
     assert load({"token": "wg_flag", "pool": 5}, f).token == "wg_flag"
     f.write_text('gateway = "gw.example.com"\nname = "alice"\ntoken = "t"\nto = "a:1"\nx = 1\n')
