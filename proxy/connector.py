@@ -1,40 +1,36 @@
 """How the proxy reaches a backend: one small interface, so reverse tunnels can plug in.
 
-A connector turns a backend address into a connected asyncio transport driving the
-given protocol. ``TcpConnector`` dials directly (the overlay network routes it); a
-reverse-tunnel connector would instead open a stream on a node's dialled-in session.
+A connector starts connecting a backend address and reports the connected transport,
+already driving the given protocol, to a callback: no task or future per connect.
+``TcpConnector`` dials directly (the overlay network routes it) on a non-blocking socket
+(``proxy.sockettransport.Connect``); a tunnel name's streams come from ``tunnel.gateway``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
+from proxy.readiness import Readiness
+from proxy.sockettransport import Connect, SocketTransport
 from webgateway.addresses import HostPort
 
-P = TypeVar("P", bound=asyncio.Protocol)
+#: What a connect ends with: the transport, or None and why not.
+Done = Callable[[SocketTransport | None, BaseException | None], None]
 
 
 class Connector(Protocol):
-    async def connect(
-        self, backend: HostPort, protocol_factory: Callable[[], P], timeout: float  # noqa: ASYNC109
-    ) -> tuple[asyncio.Transport, P]:
-        """Connect or raise ``OSError`` (refused, unreachable) / ``TimeoutError``."""
+    def connect(self, readiness: Readiness, backend: HostPort, protocol: asyncio.Protocol,
+                timeout: float, done: Done) -> Callable[[], None]:
+        """Start connecting; ``done`` gets the transport, or None and ``OSError`` (refused,
+        unreachable) / ``TimeoutError``. Returns what cancels it (``done`` not called)."""
         ...
 
 
 class TcpConnector:
     """Plain TCP to the backend's address, Nagle off (we forward whole records)."""
 
-    async def connect(
-        self, backend: HostPort, protocol_factory: Callable[[], P], timeout: float  # noqa: ASYNC109
-    ) -> tuple[asyncio.Transport, P]:
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if backend.host.version == 6 else socket.AF_INET
-        async with asyncio.timeout(timeout):
-            transport, protocol = await loop.create_connection(
-                protocol_factory, str(backend.host), backend.port, family=family
-            )
-        return transport, protocol
+    def connect(self, readiness: Readiness, backend: HostPort, protocol: asyncio.Protocol,
+                timeout: float, done: Done) -> Callable[[], None]:
+        return Connect(readiness, backend, protocol, timeout, done).cancel

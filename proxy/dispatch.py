@@ -20,6 +20,7 @@ from proxy import clienthello as ch
 from proxy.engine import Engine
 from proxy.lingering import close_gently
 from proxy.routes import Route
+from proxy.sockettransport import SocketTransport
 from proxy.splice import Splice
 from proxy.tlssocket import TlsSocket
 from tunnel import wire as tunnel_wire
@@ -68,24 +69,23 @@ class Dispatcher:
             return
         if route is None:
             if engine.catch_all is not None:
-                engine.spawn(self._passthrough(sock, addr, engine.catch_all,
-                                               engine.new_splice(addr, started, sni, None,
-                                                                 "catch_all")))
+                self._passthrough(sock, addr, engine.catch_all,
+                                  engine.new_splice(addr, started, sni, None, "catch_all"))
                 return
             log.debug("unknown server name %r from %s", sni, addr[0])
             self._alert(sock, addr, started, "unknown_sni", hello)
             return
         if route.passthrough:
-            engine.spawn(self._passthrough(sock, addr, route, engine.new_splice(
-                addr, started, sni, route.name.label, "passthrough")))
+            self._passthrough(sock, addr, route, engine.new_splice(
+                addr, started, sni, route.name.label, "passthrough"))
             return
         ctx = engine.table.certs.context_for(route.host, route.name.http2)
         if ctx is None:
             log.debug("no certificate yet for %s", route.host)
             self._alert(sock, addr, started, "no_certificate", hello, route.name.label)
             return
-        engine.spawn(self._terminate(sock, addr, route, ctx, deadline, engine.new_splice(
-            addr, started, sni, route.name.label, "terminate")))
+        self._terminate(sock, addr, route, ctx, deadline, engine.new_splice(
+            addr, started, sni, route.name.label, "terminate"))
 
     def _alert(self, sock: socket.socket, addr: tuple[str, int], started: float, outcome: str,
                hello: ch.ClientHello, route: str | None = None,
@@ -143,31 +143,28 @@ class Dispatcher:
             return _handshake_failure(e)
         return transport
 
-    async def _passthrough(self, sock: socket.socket, addr: tuple[str, int], route: Route,
-                           sp: Splice) -> None:
+    def _passthrough(self, sock: socket.socket, addr: tuple[str, int], route: Route,
+                     sp: Splice) -> None:
         engine = self.engine
         if not engine.claim(sp, route):
             sp.outcome = "over_cap"
             self._close_without_backend(sp, sock)
             return
-        try:
-            ok = await engine.connect_backend(route, sp, addr, sock.getsockname)
-        except BaseException:
+
+        def shutdown() -> None:
             sock.close()
             sp.finish()
-            raise
-        if not ok:
-            self._close_without_backend(sp, sock)
-            return
-        try:
-            await self.loop.connect_accepted_socket(lambda: sp.client, sock)
-        except OSError:
-            sock.close()
-            sp.backend.close()
-            sp.outcome = "client_closed"
-            sp.finish()
-            return
-        sp.link()
+
+        def connected(ok: bool) -> None:
+            engine.loose.pop(sp, None)
+            if not ok:
+                self._close_without_backend(sp, sock)
+                return
+            SocketTransport(engine.readiness(), sock).start(sp.client)
+            sp.link()
+
+        engine.loose[sp] = shutdown
+        engine.connect_backend(route, sp, addr, sock.getsockname, connected)
 
     def _close_without_backend(self, sp: Splice, sock: socket.socket) -> None:
         """Passthrough: we cannot speak inside the client's TLS, so a clean close."""
@@ -176,33 +173,36 @@ class Dispatcher:
                            mode=sp.mode)
         close_gently(self.loop, sock, self.engine)
 
-    async def _terminate(self, sock: socket.socket, addr: tuple[str, int], route: Route,
-                         ctx: ssl.SSLContext, deadline: float, sp: Splice) -> None:
+    def _terminate(self, sock: socket.socket, addr: tuple[str, int], route: Route,
+                   ctx: ssl.SSLContext, deadline: float, sp: Splice) -> None:
+        """Handshake, then the backend: callbacks on the connection's own objects, no task."""
         engine = self.engine
         sp.client.half_close = False
-        transport = TlsSocket(self.loop, sock, ctx)
-        try:
-            await transport.handshake(max(0.1, deadline - self.loop.time()))
-        except (OSError, ssl.SSLError, TimeoutError) as e:
-            log.debug("TLS handshake with %s failed: %s", addr[0], e)
-            sp.outcome, sp.reason = "handshake_failed", _handshake_failure(e)
-            sp.finish()
-            return
-        transport.start(sp.client)
-        if not engine.claim(sp, route):
-            self._page_without_backend(sp, "over_cap", SERVICE_UNAVAILABLE)
-            return
-        try:
-            ok = await engine.connect_backend(
-                route, sp, addr, lambda: transport.get_extra_info("sockname"),
+        tls = TlsSocket(engine.readiness(), sock, ctx)
+
+        def handshaken(e: BaseException | None) -> None:
+            engine.loose.pop(tls, None)
+            if e is not None:
+                log.debug("TLS handshake with %s failed: %s", addr[0], e)
+                sp.outcome, sp.reason = "handshake_failed", _handshake_failure(e)
+                sp.finish()
+                return
+            tls.start(sp.client)
+            if not engine.claim(sp, route):
+                self._page_without_backend(sp, "over_cap", SERVICE_UNAVAILABLE)
+                return
+            engine.connect_backend(
+                route, sp, addr, lambda: tls.get_extra_info("sockname"), connected,
                 lambda: self._page_without_backend(sp, "backend_unreachable", BAD_GATEWAY))
-        except BaseException:
-            transport.abort()
-            raise
-        if not ok:
-            self._page_without_backend(sp, sp.outcome, BAD_GATEWAY)
-            return
-        sp.link()
+
+        def connected(ok: bool) -> None:
+            if ok:
+                sp.link()
+            else:
+                self._page_without_backend(sp, sp.outcome, BAD_GATEWAY)
+
+        engine.loose[tls] = tls.abort
+        tls.handshake(max(0.1, deadline - self.loop.time()), handshaken)
 
     def _page_without_backend(self, sp: Splice, outcome: str, page: bytes) -> None:
         """Terminated: an HTTP/1 page, then close; h2 clients just see the close."""

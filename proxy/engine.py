@@ -23,7 +23,9 @@ from proxy.balancer import Balancer
 from proxy.connector import Connector, TcpConnector
 from proxy.metrics import CATCH_ALL, ProxyMetrics
 from proxy.proxyproto import header
+from proxy.readiness import Readiness
 from proxy.routes import Route, RouteTable
+from proxy.sockettransport import SocketTransport
 from proxy.splice import Splice
 from tunnel.gateway import Tunnels
 from webgateway.addresses import HostPort
@@ -78,6 +80,13 @@ class Engine:
         self.tasks: set[asyncio.Task[None]] = set()
         #: sockets not (yet) owned by a transport -> how to close them at shutdown
         self.loose: dict[object, Callable[[], None]] = {}
+        self._readiness: Readiness | None = None
+
+    def readiness(self) -> Readiness:
+        """The epoll of this process's connection sockets (made in the running loop)."""
+        if self._readiness is None:
+            self._readiness = Readiness(asyncio.get_running_loop())
+        return self._readiness
 
     # -- accounting
     def outcome(self, what: str) -> None:
@@ -185,79 +194,59 @@ class Engine:
                     sp.counted = now
 
     # -- backends
-    async def connect_backend(
+    def connect_backend(
         self, route: Route, sp: Splice, client: tuple[str, int],
-        local: Callable[[], tuple[str, int]],
+        local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
         unreachable: Callable[[], None] | None = None,
-    ) -> bool:
-        """A tunnel stream for a tunnel name, else the backends in balancer order.
+    ) -> None:
+        """A tunnel stream for a tunnel name, else the backends in balancer order; then
+        ``done(True)`` with ``sp.backend`` connected, or ``done(False)``.
         ``local`` gives the address the client reached (asked only for a PROXY header).
 
         On failure ``sp.outcome`` says why: a connect failed (``backend_unreachable``),
         the policy refused every backend (``backend_refused``), or the client left. A
         tunnel stream is writable before the node has reached its backend; if it then
         cannot, ``unreachable`` is called (nothing came back yet: the 502 page still fits).
+        A TCP connect is callbacks only (``Dial``); a tunnel stream takes a task.
         """
-        refused = failed = False
         if route.name.tunnel and self.tunnels is not None:
+            self.spawn(self._tunnel_stream(route, sp, client, local, done, unreachable))
+            return
+        Dial(self, route, sp, client, local, done).next()
 
-            def node_refused(reason: str) -> None:
-                log.debug("tunnel stream for %s: %s", route.name.label, reason)
-                sp.outcome = "backend_unreachable"
-                self.metrics.backend_failures.labels("refused").inc()
-                if unreachable is not None:
-                    unreachable()
+    async def _tunnel_stream(
+        self, route: Route, sp: Splice, client: tuple[str, int],
+        local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
+        unreachable: Callable[[], None] | None,
+    ) -> None:
+        assert self.tunnels is not None
 
-            try:
-                transport, _, release = await self.tunnels.open(
-                    route.name.label, lambda: sp.backend, self.limits.connect_timeout,
-                    node_refused)
-            except (OSError, TimeoutError) as e:
-                failed = True
-                log.debug("no tunnel stream for %s: %s", route.name.label, e or "timeout")
-            else:
-                if sp.client.closed:  # left while the stream opened: give it back now
-                    transport.close()
-                    release()
-                    sp.outcome = "client_closed"
-                    return False
-                sp.release = release
-                sp.backend.half_close = False  # a TLS stream: no half-close
-                if route.name.proxy_protocol:
-                    transport.write(header(client, local()))
-                return True
-        for b in self.balancer.order(route.backends):
-            if sp.client.closed:
-                sp.outcome = "client_closed"
-                return False
-            refusal = self.policy.judge(b)
-            if refusal is not None:
-                self._refused(route, refusal)
-                refused = True
-                continue
-            try:
-                transport, _ = await self.connector.connect(
-                    b, lambda: sp.backend, self.limits.connect_timeout
-                )
-            except (OSError, TimeoutError) as e:
-                failures = self.balancer.failed(b)
-                failed = True
-                self.metrics.backend_failures.labels(_connect_failure(e)).inc()
-                # One line when a backend goes down, not one per client while it stays down.
-                log.log(logging.INFO if failures == 1 else logging.DEBUG,
-                        "backend %s of %s failed: %s", b, route.name.label, e or "timeout")
-                continue
-            if sp.client.closed:
-                transport.close()
-                sp.outcome = "client_closed"
-                return False
-            self.balancer.acquire(b)
-            sp.backend_addr = b
-            if route.name.proxy_protocol:
-                transport.write(header(client, local()))
-            return True
-        sp.outcome = "backend_refused" if refused and not failed else "backend_unreachable"
-        return False
+        def node_refused(reason: str) -> None:
+            log.debug("tunnel stream for %s: %s", route.name.label, reason)
+            sp.outcome = "backend_unreachable"
+            self.metrics.backend_failures.labels("refused").inc()
+            if unreachable is not None:
+                unreachable()
+
+        try:
+            transport, _, release = await self.tunnels.open(
+                route.name.label, lambda: sp.backend, self.limits.connect_timeout,
+                node_refused)
+        except (OSError, TimeoutError) as e:
+            log.debug("no tunnel stream for %s: %s", route.name.label, e or "timeout")
+            Dial(self, route, sp, client, local, done, failed=True).next()
+            return
+        if sp.client.closed:  # left while the stream opened: give it back now
+            transport.close()
+            release()
+            sp.outcome = "client_closed"
+            done(False)
+            return
+        sp.release = release
+        sp.backend.half_close = False  # a TLS stream: no half-close
+        if route.name.proxy_protocol:
+            transport.write(header(client, local()))
+        done(True)
 
     def _refused(self, route: Route, refusal: Refusal) -> None:
         """Count a refused backend; say so once a minute per name, not once per client."""
@@ -281,12 +270,81 @@ class Engine:
             self.tunnels.close_all()
         for sp in list(self.splices):
             sp.abort()
+        if self._readiness is not None:
+            self._readiness.close()
+            self._readiness = None
 
 
-def _connect_failure(e: BaseException) -> str:
+def _connect_failure(e: BaseException | None) -> str:
     """The ``reason`` label of a failed backend connect."""
     if isinstance(e, TimeoutError):
         return "timeout"
     if isinstance(e, ConnectionRefusedError):
         return "refused"
     return "unreachable"
+
+
+class Dial:
+    """One client's walk over its route's backends, best first, until one connects; a
+    pending connect sits in ``engine.loose`` (shutdown cancels it)."""
+
+    __slots__ = ("backend", "client", "done", "engine", "failed", "i", "local", "order",
+                 "refused", "route", "sp")
+
+    def __init__(self, engine: Engine, route: Route, sp: Splice, client: tuple[str, int],
+                 local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
+                 failed: bool = False) -> None:
+        self.engine, self.route, self.sp, self.client = engine, route, sp, client
+        self.local, self.done = local, done
+        self.order = engine.balancer.order(route.backends)
+        self.i = 0
+        self.refused, self.failed = False, failed
+        self.backend: HostPort | None = None
+
+    def next(self) -> None:
+        engine, sp = self.engine, self.sp
+        while self.i < len(self.order):
+            b = self.order[self.i]
+            self.i += 1
+            if sp.client.closed:
+                sp.outcome = "client_closed"
+                self.done(False)
+                return
+            refusal = engine.policy.judge(b)
+            if refusal is not None:
+                engine._refused(self.route, refusal)
+                self.refused = True
+                continue
+            self.backend = b
+            engine.loose[self] = engine.connector.connect(
+                engine.readiness(), b, sp.backend, engine.limits.connect_timeout,
+                self._connected)
+            return
+        sp.outcome = ("backend_refused" if self.refused and not self.failed
+                      else "backend_unreachable")
+        self.done(False)
+
+    def _connected(self, transport: SocketTransport | None,
+                   exc: BaseException | None) -> None:
+        engine, sp, b = self.engine, self.sp, self.backend
+        assert b is not None
+        engine.loose.pop(self, None)
+        if transport is None:
+            failures = engine.balancer.failed(b)
+            self.failed = True
+            engine.metrics.backend_failures.labels(_connect_failure(exc)).inc()
+            # One line when a backend goes down, not one per client while it stays down.
+            log.log(logging.INFO if failures == 1 else logging.DEBUG,
+                    "backend %s of %s failed: %s", b, self.route.name.label, exc or "timeout")
+            self.next()
+            return
+        if sp.client.closed:
+            transport.close()
+            sp.outcome = "client_closed"
+            self.done(False)
+            return
+        engine.balancer.acquire(b)
+        sp.backend_addr = b
+        if self.route.name.proxy_protocol:
+            transport.write(header(self.client, self.local()))
+        self.done(True)

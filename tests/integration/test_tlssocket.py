@@ -13,6 +13,7 @@ import pytest
 import trustme
 import uvloop
 
+from proxy.readiness import Readiness
 from proxy.tlssocket import TlsSocket
 
 
@@ -55,8 +56,15 @@ async def pair(timeout: float = 5.0) -> AsyncIterator[tuple[
     async def serve() -> TlsSocket:
         conn, _ = await loop.sock_accept(lsock)
         conn.setblocking(False)
-        tls = TlsSocket(loop, conn, server_ctx)
-        await tls.handshake(timeout)
+        tls = TlsSocket(Readiness(loop), conn, server_ctx)
+        done: asyncio.Future[None] = loop.create_future()
+        tls.handshake(timeout, lambda e: done.set_result(None) if e is None
+                      else done.set_exception(e))
+        try:
+            await done
+        except asyncio.CancelledError:
+            tls.abort()
+            raise
         return tls
 
     task = loop.create_task(serve())
