@@ -114,8 +114,10 @@ class BackendPolicy:
 
     def judge(self, backend: HostPort) -> Refusal | None:
         """``None`` when the gateway may connect to ``backend``, else why not."""
-        if backend in self._verdicts:
-            return self._verdicts[backend]
+        try:
+            return self._verdicts[backend]  # one lookup per connection, as a rule
+        except KeyError:
+            pass
         verdict = self._judge(backend)
         if len(self._verdicts) >= _CACHE_MAX:
             self._verdicts.clear()
