@@ -87,10 +87,11 @@ D=$RUN/nginx.d; mkdir -p "$D"
 http { $(ngx_http "$D")
   upstream be { server 127.0.0.1:18081; keepalive 64; }
   server { listen 127.0.0.1:18443 ssl backlog=4096; ssl_certificate $C/chain.pem; ssl_certificate_key $C/leaf.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_conf_command NumTickets 1;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 stream { server { listen 127.0.0.1:18447 ssl backlog=4096; ssl_certificate $C/chain.pem;
-  ssl_certificate_key $C/leaf.key; ssl_protocols TLSv1.2 TLSv1.3; proxy_pass 127.0.0.1:18081; } }
+  ssl_certificate_key $C/leaf.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_conf_command NumTickets 1;
+  proxy_pass 127.0.0.1:18081; } }
 X
 } >"$D/nginx.conf"
 start nginx $SPIN nginx -p "$D" -c "$D/nginx.conf"

@@ -5,8 +5,8 @@ Runs ``webgateway proxy`` in this process with each step wrapped in a thread-CPU
 something else sends the load (``bench/proxy/hs_client.py``), then prints µs per spliced
 connection per step. A step's time excludes the wrapped steps it calls (a backend read
 that writes TLS records counts once, under the records). "rest" is the event loop itself
-(uvloop's transports, callbacks, epoll) and the store's poll. The timers add about 1 µs
-per wrapped call.
+(callbacks, add_reader/add_writer, timers, epoll) and the store's poll. The timers add
+about 1 µs per wrapped call.
 usage: steps.py CONFIG SECONDS   (e.g. the bench's /tmp/wgbench-proxy/run/wg/webgateway.toml)
 """
 
@@ -16,17 +16,16 @@ import asyncio
 import collections
 import sys
 import time
-import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-import proxy.connector
 import proxy.engine
 import proxy.https
 import proxy.splice
+from proxy.sockettransport import Connect, SocketTransport
 from proxy.tlssocket import TlsSocket
 from webgateway.config import load_config
 from webgateway.supervisor import serve
@@ -59,53 +58,31 @@ def timed(obj: Any, name: str, step: str) -> None:
     setattr(obj, name, wrapper)
 
 
-@types.coroutine
-def _steps(coro: Coroutine[Any, Any, Any], step: str) -> Generator[Any, Any, Any]:
-    """Drive ``coro``, timing each of its steps (not the waits between them)."""
-    it = coro.__await__()
-    value: Any = None
-    exc: BaseException | None = None
-    while True:
-        t = now()
-        nested.append(0)
-        try:
-            out = it.throw(exc) if exc is not None else it.send(value)
-        except StopIteration as e:
-            _charge(step, t)
-            return e.value
-        _charge(step, t)
-        try:
-            value, exc = (yield out), None
-        except BaseException as e:  # handed back to the coroutine
-            value, exc = None, e
-
-
-def timed_coro(obj: Any, name: str, step: str) -> None:
-    inner: Callable[..., Coroutine[Any, Any, Any]] = getattr(obj, name)
-    setattr(obj, name, lambda *a, **k: _steps(inner(*a, **k), step))
-
-
 def instrument() -> None:
     for obj, name, step in (
         (proxy.https.HttpsListener, "_accept", "accept + ClientHello peek + parse + dispatch"),
         (TlsSocket, "_handshake_step", "TLS handshake (OpenSSL, on the socket)"),
         (TlsSocket, "__init__", "TLS object set-up"),
-        (TlsSocket, "start", "splice set-up"),
+        (TlsSocket, "_handshake_over", "splice set-up"),
+        (SocketTransport, "start", "splice set-up"),
         (proxy.engine.Engine, "new_splice", "splice set-up"),
         (proxy.splice.Splice, "link", "splice set-up"),
         (proxy.splice.Half, "connection_made", "splice set-up"),
-        (TlsSocket, "_read_ready", "TLS records read/written"),
-        (TlsSocket, "write", "TLS records read/written"),
-        (TlsSocket, "_write_ready", "TLS records read/written"),
+        (proxy.engine.Dial, "next", "backend connect"),
+        (Connect, "_connected", "backend connect"),
+        (SocketTransport, "_read_ready", "bytes and TLS records read/written"),
+        (SocketTransport, "write", "bytes and TLS records read/written"),
+        (SocketTransport, "_write_ready", "bytes and TLS records read/written"),
         (proxy.splice.Half, "data_received", "splice data"),
         (proxy.splice.Half, "eof_received", "close"),
         (proxy.splice.Half, "connection_lost", "close"),
+        (SocketTransport, "_shutdown", "close"),
         (TlsSocket, "_shutdown", "close"),
+        (SocketTransport, "_finish", "close"),
         (TlsSocket, "_finish", "close"),
         (proxy.engine.Engine, "_splice_done", "close"),
     ):
         timed(obj, name, step)
-    timed_coro(proxy.connector.TcpConnector, "connect", "backend connect")
     new: Callable[..., proxy.splice.Splice] = proxy.engine.Engine.new_splice
 
     def counted(self: proxy.engine.Engine, *args: Any, **kwargs: Any) -> proxy.splice.Splice:
