@@ -8,6 +8,9 @@ Modules, one concept each:
 - ``certs``       one ``SSLContext`` per certificate, reloaded only when its files change.
 - ``balancer``    least connections with passive health (back-off after failed connects).
 - ``connector``   how a backend is reached (TCP today; the seam for reverse tunnels).
+- ``readiness``   one epoll of the connection sockets, registered once (as nginx does).
+- ``sockettransport`` a transport on a non-blocking socket (plain TCP) and the
+  non-blocking backend connect; ``tlssocket`` the same with OpenSSL's socket BIO.
 - ``splice``      the byte pump: two Protocols back to back, flow control, idle timeout.
 - ``engine``      what listeners share: limits (process and per name), the backend
   policy at connect time, metrics, live pairs and how to close them all.
