@@ -47,6 +47,7 @@ class Dispatcher:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.loop = asyncio.get_running_loop()
+        engine.readiness()  # its epoll made now, at start: one descriptor for good, not later
 
     def dispatch(self, sock: socket.socket, addr: tuple[str, int], hello: ch.ClientHello,
                  deadline: float) -> None:

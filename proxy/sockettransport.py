@@ -105,8 +105,8 @@ class SocketTransport:
         if self.EDGE:
             return EDGE_WRITES if self._writes_watched else EDGE
         mask = LEVEL_WRITES if self._writes_watched else 0
-        if not self._paused and not self._eof:
-            mask |= LEVEL_READS
+        if not self._paused and not self._eof and not self._closing:
+            mask |= LEVEL_READS  # closing, a readable socket would report itself forever
         return mask
 
     def _sync(self) -> None:
@@ -308,6 +308,8 @@ class SocketTransport:
         self._closing = True
         if not self._writes:
             self._shutdown()
+        elif not self.EDGE:
+            self._sync()
 
     def abort(self) -> None:
         self._closing = True
