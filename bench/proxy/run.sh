@@ -15,8 +15,10 @@
 # usage: bench/proxy/run.sh [SECONDS=8]
 # env: WORKERS=1 (nginx workers / haproxy threads / proxy workers), SERVER_CPUS=0, CLIENT_CPUS=1,
 #      CONNS=50, THREADS=2, HS_PROCS=4, ONLY="nginx-stream webgateway ..." (subset),
-#      TESTS="1k 1m hs" (subset; "resume" adds TLS 1.3 resumed handshakes), ROUNDS=1 (repeat the whole series, peers interleaved),
-#      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=.venv/bin/python (scripts/setup --test makes it)
+#      TESTS="1k 1m hs" (subset; "resume" adds TLS 1.3 resumed handshakes, "hs-together" full
+#      handshakes on all peers at once), ROUNDS=1 (repeat the whole series, peers interleaved),
+#      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=.venv/bin/python (scripts/setup --test makes it),
+#      PURE_SRC=dir (sources without .so files, for the peer "webgateway-pure")
 # Stops every server it started (by recorded PID) on exit.
 set -euo pipefail
 secs=${1:-8}
@@ -29,7 +31,7 @@ mkdir -p "$STATE"/{run,www,certs,res}
 RUN=$STATE/run; C=$STATE/certs; W=$STATE/www; RES=$STATE/res
 SPIN="taskset -c $SERVER_CPUS"; CPIN="taskset -c $CLIENT_CPUS"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-declare -A PORT=([nginx-stream]=18447 [nginx-http]=18443 [haproxy-tcp]=18448 [webgateway]=18450)
+declare -A PORT=([nginx-stream]=18447 [nginx-http]=18443 [haproxy-tcp]=18448 [webgateway]=18450 [webgateway-pure]=18451)
 
 start() { # name cmd...
   local n=$1; shift
@@ -114,8 +116,11 @@ backend be
     server s1 127.0.0.1:18081
 X
 start haproxy $SPIN haproxy -db -f "$RUN/haproxy.cfg"
-# --- webgateway proxy: config, store seeded with one name, the domain "localhost" and its cert
-G=$RUN/wg; mkdir -p "$G"
+# --- webgateway proxy: config, store seeded with one name, the domain "localhost" and its cert.
+# "webgateway-pure" is a second proxy run from PURE_SRC, a copy of the sources without the
+# modules compiled in place with mypyc, to compare compiled and interpreted side by side.
+wg_start() { # name https-port http-port cwd state-dir
+G=$RUN/$5; mkdir -p "$G"
 cat >"$G/webgateway.toml" <<X
 [zone]
 name = "gw.test"
@@ -123,8 +128,8 @@ gateway_ipv4 = ["127.0.0.1"]
 gateway_ipv6 = ["::1"]
 nameservers = { "ns1.gw.test" = ["127.0.0.1"] }
 [proxy]
-https_listen = ["127.0.0.1:18450"]
-http_listen = ["127.0.0.1:18480"]
+https_listen = ["127.0.0.1:$2"]
+http_listen = ["127.0.0.1:$3"]
 workers = $WORKERS
 [api]
 allow_loopback_backends = true   # the backend is nginx on 127.0.0.1:18081
@@ -135,7 +140,7 @@ certs_dir = "$G/certs"
 level = "warning"
 X
 rm -f "$G"/wg.db*
-"$PY" - "$G/wg.db" "$C/chain.pem" "$C/leaf.key" <<'X'
+(cd "$4" && "$PY" - "$G/wg.db" "$C/chain.pem" "$C/leaf.key") <<'X'
 import asyncio, sys
 from pathlib import Path
 from webgateway.sqlite_store import SqliteStore
@@ -155,7 +160,10 @@ async def main():
     await s.close()
 asyncio.run(main())
 X
-start webgateway $SPIN "$PY" -m webgateway.cli proxy --config "$G/webgateway.toml"
+(cd "$4" && start "$1" $SPIN "$PY" -m webgateway.cli proxy --config "$G/webgateway.toml")
+}
+[[ " $ONLY " == *" webgateway "* ]] && wg_start webgateway 18450 18480 "$PWD" wg  # the caller's directory: PYTHONPATH=tree keeps working
+[[ " $ONLY " == *" webgateway-pure "* ]] && wg_start webgateway-pure 18451 18481 "${PURE_SRC:?PURE_SRC=copy of the sources without .so files}" wg-pure
 wait_tcp 18081; for n in $ONLY; do wait_tcp "${PORT[$n]}" || { log "$n did not start"; cat "$RUN"/*.log >&2; exit 1; }; done
 for n in $ONLY; do
   curl -sf -o /dev/null --cacert "$C/ca.pem" "https://localhost:${PORT[$n]}/1k.bin" || { log "$n does not serve"; exit 1; }
@@ -191,5 +199,21 @@ for n in $ONLY; do
         cs=cpu/tck; printf "%-13s %-12s conn/s=%-7.0f cpu_us/conn=%-7.0f srv_cpu=%3.0f%% errors=%d resumed=%d\n", n, (tag=="hs")?"full-hs":"resumed-hs", hs/d, (hs>0)?cs*1e6/hs:0, cs*100/w, e, r }' | tee -a "$out"
   done
 done
+# "hs-together": full handshakes on every peer at the same time (one hs_client.py each), so a
+# change of load on the shared machine weighs on all of them alike.
+if [[ " $TESTS " == *" hs-together "* ]]; then
+  declare -A C0=(); for n in $ONLY; do C0[$n]=$(ticks "$(pids_of "${PORT[$n]}")"); done
+  clients=()
+  for n in $ONLY; do
+    $CPIN "$PY" "$HERE/hs_client.py" 127.0.0.1 "${PORT[$n]}" localhost "$secs" "$HS_PROCS" /1k.bin new >"$RES/${n}_together.txt" &
+    clients+=($!)
+  done
+  wait "${clients[@]}"  # not a bare wait: the servers are background jobs too
+  for n in $ONLY; do
+    read -r hs errs _ <"$RES/${n}_together.txt"; c1=$(ticks "$(pids_of "${PORT[$n]}")")
+    awk -v n="$n" -v hs="$hs" -v e="$errs" -v cpu=$((c1 - C0[$n])) -v tck="$TCK" -v d="$secs" 'BEGIN {
+        printf "%-15s hs-together  conn/s=%-7.0f cpu_us/conn=%-7.0f errors=%d\n", n, hs/d, (hs>0)?cpu/tck*1e6/hs:0, e }' | tee -a "$out"
+  done
+fi
 done
 log "raw output in $RES"
