@@ -210,32 +210,46 @@ class Engine:
         A TCP connect is callbacks only (``Dial``); a tunnel stream takes a task.
         """
         if route.name.tunnel and self.tunnels is not None:
-            self.spawn(self._tunnel_stream(route, sp, client, local, done, unreachable))
+            refused = self._node_refused(route, sp, unreachable)
+            opened = self.tunnels.open_now(route.name.label, lambda: sp.backend, refused)
+            if opened is not None:
+                self._tunnel_opened(route, sp, client, local, done, opened[0], opened[2])
+            else:
+                self.spawn(self._tunnel_stream(route, sp, client, local, done, refused))
             return
         Dial(self, route, sp, client, local, done).next()
 
-    async def _tunnel_stream(
-        self, route: Route, sp: Splice, client: tuple[str, int],
-        local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
-        unreachable: Callable[[], None] | None,
-    ) -> None:
-        assert self.tunnels is not None
-
+    def _node_refused(self, route: Route, sp: Splice,
+                      unreachable: Callable[[], None] | None) -> Callable[[str], None]:
         def node_refused(reason: str) -> None:
             log.debug("tunnel stream for %s: %s", route.name.label, reason)
             sp.outcome = "backend_unreachable"
             self.metrics.backend_failures.labels("refused").inc()
             if unreachable is not None:
                 unreachable()
+        return node_refused
 
+    async def _tunnel_stream(
+        self, route: Route, sp: Splice, client: tuple[str, int],
+        local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
+        refused: Callable[[str], None],
+    ) -> None:
+        """No connection pooled now: wait for one (``Tunnels.open``), else the backends."""
+        assert self.tunnels is not None
         try:
             transport, _, release = await self.tunnels.open(
-                route.name.label, lambda: sp.backend, self.limits.connect_timeout,
-                node_refused)
+                route.name.label, lambda: sp.backend, self.limits.connect_timeout, refused)
         except (OSError, TimeoutError) as e:
             log.debug("no tunnel stream for %s: %s", route.name.label, e or "timeout")
             Dial(self, route, sp, client, local, done, failed=True).next()
             return
+        self._tunnel_opened(route, sp, client, local, done, transport, release)
+
+    def _tunnel_opened(
+        self, route: Route, sp: Splice, client: tuple[str, int],
+        local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
+        transport: asyncio.Transport, release: Callable[[], None],
+    ) -> None:
         if sp.client.closed:  # left while the stream opened: give it back now
             transport.close()
             release()

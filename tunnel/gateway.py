@@ -401,15 +401,26 @@ class Tunnels:
         """
         async with asyncio.timeout(timeout):
             while True:
-                tc = self._take(label)
-                if tc is not None and not self.still_valid(tc):
-                    tc._refuse("the tunnel token was rotated or the name removed")
-                    continue
-                if tc is None:
-                    tc = await self._wait(label)
-                opened = self._hand_over(tc, protocol_factory, refused)
+                opened = self.open_now(label, protocol_factory, refused)
                 if opened is not None:
                     return opened
+                opened = self._hand_over(await self._wait(label), protocol_factory, refused)
+                if opened is not None:
+                    return opened
+
+    def open_now(self, label: str, protocol_factory: Callable[[], P],
+                 refused: Refused | None = None,
+                 ) -> tuple[asyncio.Transport, P, Callable[[], None]] | None:
+        """``open`` on a connection pooled now, else None: the common case takes no task
+        and no turn of the loop before the client's bytes go to the node."""
+        while (tc := self._take(label)) is not None:
+            if not self.still_valid(tc):
+                tc._refuse("the tunnel token was rotated or the name removed")
+                continue
+            opened = self._hand_over(tc, protocol_factory, refused)
+            if opened is not None:
+                return opened
+        return None
 
     async def _wait(self, label: str) -> TunnelConn:
         """The next connection a node of ``label`` pools (none now, but a node is there)."""

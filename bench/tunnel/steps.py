@@ -74,7 +74,8 @@ def instrument(role: str) -> None:
     wrap(Half, "data_received", before=first)
     if role == "gateway":
         from tunnel.gateway import Tunnels
-        wrap(Tunnels, "open", before=lambda *a, **k: mark("g_open_called"))
+        for method in ("open_now", "open"):  # open_now first: the pooled case takes no task
+            wrap(Tunnels, method, before=lambda *a, **k: mark("g_open_called"))
     else:
         from proxy.splice import Splice
         from tunnel import node
