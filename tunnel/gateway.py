@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from tunnel import wire
-from tunnel.stream import Carrier, Stream, scratch_buffer
+from tunnel.stream import Carrier, Stream
 from webgateway.model import Name
 from webgateway.ratelimit import FailureLimiter
 from webgateway.tokens import hash_token
@@ -91,10 +91,6 @@ class TunnelConn(Carrier):
         self.pooled = False  # counted in its session's ``attached``
         self.timer: asyncio.TimerHandle | None = None
         self.hello_timeout = hello_timeout
-
-    @property
-    def scratch(self) -> memoryview:  # type: ignore[override]
-        return self.hub.scratch
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -254,7 +250,6 @@ class Tunnels:
         self.waiters: dict[str, collections.deque[asyncio.Future[TunnelConn]]] = {}
         self.idle_count: dict[str, int] = {}
         self.live: set[TunnelConn] = set()  # every node connection
-        self.scratch = scratch_buffer()
         self._sweeper = self.loop.call_later(liveness.check_every, self._sweep)
 
     def _sweep(self) -> None:

@@ -36,7 +36,7 @@ from tunnel.backoff import Backoff
 from tunnel.pool import Pool
 from tunnel.preconnect import Preconnect
 from tunnel.settings import Endpoint, NodeSettings
-from tunnel.stream import Carrier, Stream, scratch_buffer
+from tunnel.stream import Carrier, Stream
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,6 @@ class NodeConn(Carrier):
         self.busy = False  # serving a stream (counted busy in the pool)
         self.park = False  # closed by us or turned away: nothing dials in its place
         self.stream: Stream | None = None
-
-    @property
-    def scratch(self) -> memoryview:  # type: ignore[override]
-        return self.link.scratch
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -323,7 +319,6 @@ class GatewayLink:
                          last_take=self.loop.time())
         self.idle: set[NodeConn] = set()
         self.conns: set[NodeConn] = set()  # accepted and not closed: idle or busy
-        self.scratch = scratch_buffer()
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]

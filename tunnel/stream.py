@@ -146,7 +146,7 @@ class Stream:
 class Carrier(asyncio.BufferedProtocol):
     """The protocol of a tunnel connection (either end): its flow control is its stream's.
 
-    It reads into ``scratch``, one buffer shared by every tunnel connection of the
+    It reads into ``_scratch``, one buffer shared by every tunnel connection of the
     process (callbacks run one at a time, and each read is copied out at once): asked for
     a new ``bytes`` object per read, uvloop's TLS transport allocates 256 KiB and shrinks
     it, and glibc's heap then trimmed and regrew at every request (the node spent 20 µs
@@ -155,14 +155,14 @@ class Carrier(asyncio.BufferedProtocol):
 
     __slots__ = ()
     stream: Stream | None
-    scratch: memoryview
     conn: wire.Connection
+    _scratch: Final = memoryview(bytearray(SCRATCH))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.scratch
+        return self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        data = self.scratch[:nbytes].tobytes()
+        data = self._scratch[:nbytes].tobytes()
         stream = self.stream
         if stream is not None:  # the usual read of a stream: one DATA frame, straight on
             payload = self.conn.one_data(data)
@@ -199,8 +199,3 @@ class Carrier(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.stream is not None:
             self.stream.protocol.resume_writing()
-
-
-def scratch_buffer() -> memoryview:
-    """A read buffer for ``Carrier``s (one per gateway hub or node)."""
-    return memoryview(bytearray(SCRATCH))
