@@ -106,6 +106,6 @@ class Preconnect:
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        self._expire()
         if self.timer is not None:
             self.timer.cancel()
+        self._expire()
