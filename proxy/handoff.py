@@ -39,6 +39,7 @@ from proxy import clienthello as ch
 from proxy.engine import Engine
 from proxy.https import admitted
 from proxy.lingering import close_gently
+from proxy.peek import complete_hello
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +217,8 @@ class Receiver:
         started = loop.time() - max(0.0, time.monotonic() - accepted)
         if not admitted(engine, sock, addr, started):
             return
-        try:
-            hello = ch.parse(sock.recv(ch.MAX_PEEK, socket.MSG_PEEK))
-        except (OSError, ch.ClientHelloError):
-            hello = ch.NEED_MORE
-        if not isinstance(hello, ch.ClientHello):  # complete in the worker: the client left
+        hello = complete_hello(sock)
+        if hello is None:  # complete in the worker: the client left
             engine.finish("handshake_failed", addr, started, reason="client_closed")
             close_gently(loop, sock, engine)
             return

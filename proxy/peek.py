@@ -51,15 +51,22 @@ def peek_accepted(engine: Engine, dispatch: Dispatch, sock: socket.socket,
     always there already, so one peek and parse dispatch it with no waiting object and no
     timer; anything else (incomplete, not readable yet, malformed, closed) is left to a
     ``HelloPeek``, which peeks again and owns the waiting, the timeout and the errors."""
-    try:
-        hello = ch.parse(sock.recv(ch.MAX_PEEK, socket.MSG_PEEK))
-    except (OSError, ch.ClientHelloError):
-        hello = ch.NEED_MORE
-    if isinstance(hello, ch.ClientHello):
+    hello = complete_hello(sock)
+    if hello is not None:
         dispatch(sock, addr, hello,
                  asyncio.get_running_loop().time() + engine.limits.handshake_timeout)
     else:
         HelloPeek(engine, dispatch, sock, addr).try_peek()
+
+
+def complete_hello(sock: socket.socket) -> ch.ClientHello | None:
+    """The ClientHello waiting in ``sock`` (peeked, left there), if it is all there and
+    well-formed; None for anything else, which the caller waits on or turns away."""
+    try:
+        hello = ch.parse(sock.recv(ch.MAX_PEEK, socket.MSG_PEEK))
+    except (OSError, ch.ClientHelloError):
+        return None
+    return hello if isinstance(hello, ch.ClientHello) else None
 
 
 class HelloPeek:
