@@ -33,6 +33,7 @@ class HttpsListener:
         self.loop = asyncio.get_running_loop()
         self.dispatcher = Dispatcher(engine)
         self.fd = sock.fileno()
+        self.family = int(sock.family)
         self.loop.add_reader(self.fd, self._accept)
         self._paused: asyncio.TimerHandle | None = None
 
@@ -50,7 +51,9 @@ class HttpsListener:
     def _accept(self) -> None:
         engine = self.engine
         try:
-            conn, addr = self.sock.accept()
+            # ``socket.accept`` converts the listener's family and type to enums and asks
+            # the default timeout for every connection; the fd is made into a socket here.
+            fd, addr = self.sock._accept()  # type: ignore[attr-defined]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -59,6 +62,7 @@ class HttpsListener:
                 self.loop.remove_reader(self.fd)
                 self._paused = self.loop.call_later(1.0, self._resume_accept)
             return
+        conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
         if not admitted(engine, conn, addr, self.loop.time()):
             return
         conn.setblocking(False)  # the event loop sets TCP_NODELAY when it adopts it

@@ -36,8 +36,11 @@ READABLE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.
 WRITABLE: Final = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 #: The peer has ended its stream, or the socket failed: read on, to EOF or the error.
 ENDED: Final = select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
-#: Events handed out per wake-up of the loop (more wait for its next turn).
+#: Events handed out per poll (more wait for the next one).
 BATCH: Final = 256
+#: Polls per wake-up of the loop: the loop's other callbacks (timers, the listeners) must
+#: not wait behind a busy epoll for long.
+REPOLLS: Final = 2
 
 
 class Readiness:
@@ -67,11 +70,18 @@ class Readiness:
         self._owners.pop(fd, None)
 
     def _ready(self) -> None:
-        owners = self._owners
-        for fd, events in self._ep.poll(0, BATCH):
-            owner = owners.get(fd)
-            if owner is not None:
-                owner(events)
+        """Hand out what is ready, then look once more: what the callbacks made ready (a
+        backend connect that completed meanwhile, a quick answer) is handled now, not
+        after another turn of the loop and its ``epoll_pwait``."""
+        owners, poll = self._owners, self._ep.poll
+        for _ in range(REPOLLS):
+            ready = poll(0, BATCH)
+            if not ready:
+                return
+            for fd, events in ready:
+                owner = owners.get(fd)
+                if owner is not None:
+                    owner(events)
 
     def close(self) -> None:
         if not self._ep.closed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final
 
 from webgateway.addresses import HostPort
 
@@ -39,9 +39,9 @@ class Half(asyncio.Protocol):
         self.nbytes = 0  # read from this side (the access log and per-name metrics)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)
+        # uvloop's transports (and ours) are not asyncio.Transport subclasses, only look-alikes.
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, HIGH_WATER // 4)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         sp = self.splice
@@ -93,6 +93,11 @@ class Half(asyncio.Protocol):
 
 class Splice:
     """A client connection and its backend connection, and what ends them."""
+
+    __slots__ = ("_done", "_idle", "_on_done", "_seen", "_strikes", "_timer", "activity",
+                 "backend", "backend_addr", "client", "client_addr", "counted", "label",
+                 "linked", "loop", "mode", "outcome", "reason", "release", "route", "sni",
+                 "started")
 
     def __init__(
         self,

@@ -21,12 +21,11 @@ several Python-level calls per connection and per read or write, for nothing use
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, Protocol
 
 from proxy.readiness import Readiness
 from proxy.sockettransport import READ_SIZE, WOULD_BLOCK, SocketTransport
@@ -49,7 +48,8 @@ class TlsSocket(SocketTransport):
 
     def __init__(self, readiness: Readiness, sock: socket.socket, ctx: ssl.SSLContext) -> None:
         """``sock``: accepted, non-blocking, its ClientHello unread."""
-        self._conn = conn = cast(_Conn, ctx._wrap_socket(sock, True))  # type: ignore[attr-defined]
+        conn: _Conn = ctx._wrap_socket(sock, True)  # type: ignore[attr-defined]
+        self._conn = conn
         self._on_handshake: Callable[[BaseException | None], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         super().__init__(readiness, sock)
@@ -118,8 +118,10 @@ class TlsSocket(SocketTransport):
 
     # -------------------------------------------------------------------- closing
     def _shutdown(self) -> None:
-        with contextlib.suppress(OSError):  # ssl.SSLError included
+        try:  # noqa: SIM105  (contextlib.suppress: three calls of its own per connection)
             self._conn.shutdown()  # sends close_notify; the peer's is not waited for
+        except OSError:  # ssl.SSLError included
+            pass
         self._finish(None)
 
     def _finish(self, exc: BaseException | None) -> None:
