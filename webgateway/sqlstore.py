@@ -190,7 +190,9 @@ class SqlStore:
     def __init__(self, poll_interval: float) -> None:
         self.poll_interval = poll_interval
         self.write_observer: Callable[[float], None] | None = None
-        self._changed = asyncio.Event()
+        #: futures of waiters, done at the next commit of this process (``_notify``)
+        self._wakers: set[asyncio.Future[None]] = set()
+        self._notified = 0  # commits notified so far: a waiter sees one it would miss
         self._pending: list[tuple[str, str]] = []
         self._queue: collections.deque[_Member] = collections.deque()
         self._savepoint = _SAVEPOINT_NONE
@@ -370,8 +372,11 @@ class SqlStore:
         self._pending.append((kind, key))
 
     def _notify(self) -> None:
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
+        self._notified += 1
+        wakers, self._wakers = self._wakers, set()
+        for fut in wakers:
+            if not fut.done():
+                fut.set_result(None)
 
     async def serial(self) -> int:
         async with self._read():
@@ -384,7 +389,7 @@ class SqlStore:
         current: int | None = None
         mark: int | None = None
         while True:
-            ev = self._changed
+            notified = self._notified
             seen = mark
             mark = self._commit_mark()  # taken before the read it may spare
             if current is None or mark is None or mark != seen:
@@ -392,12 +397,38 @@ class SqlStore:
             left = end - loop.time()
             if current > after or left <= 0:
                 return current
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when
-            # the event is set as the task is cancelled, and a follower so cancelled (its
-            # service stopping) went on following for ever
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, self.poll_interval)):
-                    await ev.wait()
+            await self._nap(left, mark, notified)
+
+    async def _nap(self, seconds: float, mark: int | None, notified: int) -> None:
+        """Until a commit of this process, ``seconds`` pass, or another process may have
+        committed: with a commit mark, a timer callback looks at it every ``poll_interval``
+        and the waiting task wakes only once it moved (an idle gateway's poll costs one
+        callback and one ``PRAGMA``, not a task's turn, a timeout and its exception);
+        without one, after ``poll_interval``, for the caller to read the serial."""
+        if self._notified != notified:
+            return  # a commit came between the caller's read and now
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._wakers.add(fut)
+        end = loop.time() + (seconds if mark is not None else min(seconds, self.poll_interval))
+        timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal timer
+            left = end - loop.time()
+            if fut.done():
+                return
+            if left <= 0.001 or (mark is not None and self._commit_mark() != mark):
+                fut.set_result(None)
+                return
+            timer = loop.call_later(min(left, self.poll_interval), tick)
+
+        timer = loop.call_later(min(end - loop.time(), self.poll_interval), tick)
+        try:
+            await fut
+        finally:
+            timer.cancel()  # the latest: tick replaces it
+            self._wakers.discard(fut)
 
     async def snapshot(self, names_as: NameLoad = NameLoad.FULL) -> Snapshot:
         names: dict[str, Name] = {}
