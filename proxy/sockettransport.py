@@ -49,6 +49,9 @@ READS_PER_TURN: Final = 8
 #: A read or write that would block (TLS: OpenSSL wants the socket readable or writable).
 WOULD_BLOCK: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
                       ssl.SSLWantWriteError)
+#: ``_mask`` of a socket not registered yet (0 is a registered one watching nothing: a
+#: paused TLS socket with no writes queued).
+UNWATCHED: Final = -1
 #: A clean end of the peer's stream (TLS: close_notify, or FIN without it).
 CLEAN_EOF: Final = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
 
@@ -90,7 +93,7 @@ class SocketTransport:
         self._paused = self._write_paused = False
         self._closing = self._closed = False
         self._eof = self._write_eof = False
-        self._mask = mask
+        self._mask = mask or UNWATCHED
         self._writes_watched = bool(mask & LEVEL_WRITES)
         # The I/O primitives, bound once (no Python frame per read or write): bytes read
         # into a buffer (0 at the peer's clean end), bytes sent; both raise WOULD_BLOCK.
@@ -117,7 +120,7 @@ class SocketTransport:
         wanted = self._wanted()
         if wanted == self._mask:
             return
-        if self._mask:
+        if self._mask != UNWATCHED:
             self._readiness.modify(self._fd, wanted)
         else:
             self._readiness.watch(self._fd, self._on_events, wanted)
