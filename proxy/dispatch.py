@@ -114,35 +114,34 @@ class Dispatcher:
             log.debug("no certificate yet for %s: tunnel from %s refused", zone, addr[0])
             self._alert(sock, addr, started, "no_certificate", hello)
             return
-        self.engine.spawn(self._tunnel_handshake(sock, addr, ctx, started, deadline))
+        self._tunnel_handshake(sock, addr, ctx, started, deadline)
 
-    async def _tunnel_handshake(self, sock: socket.socket, addr: tuple[str, int],
-                                ctx: ssl.SSLContext, started: float, deadline: float) -> None:
+    def _tunnel_handshake(self, sock: socket.socket, addr: tuple[str, int],
+                          ctx: ssl.SSLContext, started: float, deadline: float) -> None:
+        """TLS on the proxy's own epoll (``TlsSocket``), as for a terminated browser; the
+        connection then belongs to its ``TunnelConn`` (which releases the count)."""
         engine = self.engine
         assert engine.tunnels is not None
         tc = TunnelConn(engine.tunnels, addr[0], engine.closed, engine.limits.handshake_timeout)
-        result = await self._handshake(sock, addr, tc, ctx, deadline)
-        if isinstance(result, str):
-            engine.finish("handshake_failed", addr, started, sni=engine.table.zone,
-                          mode="tunnel", reason=result)
-            engine.closed()
-            return
-        engine.outcome("tunnel")
+        tls = TlsSocket(engine.readiness(), sock, ctx)
 
-    async def _handshake(self, sock: socket.socket, addr: tuple[str, int],
-                         protocol: asyncio.BaseProtocol, ctx: ssl.SSLContext,
-                         deadline: float) -> asyncio.Transport | str:
-        """TLS on an accepted socket: the transport, or why it failed (socket closed)."""
-        left = max(0.1, deadline - self.loop.time())
-        try:
-            transport, _ = await self.loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=left
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
-            log.debug("TLS handshake with %s failed: %s", addr[0], e)
-            sock.close()
-            return _handshake_failure(e)
-        return transport
+        def handshaken(e: BaseException | None) -> None:
+            engine.loose.pop(tls, None)
+            if e is not None:
+                log.debug("TLS handshake with %s failed: %s", addr[0], e)
+                engine.finish("handshake_failed", addr, started, sni=engine.table.zone,
+                              mode="tunnel", reason=_handshake_failure(e))
+                engine.closed()
+                return
+            tls.start(tc)
+            engine.outcome("tunnel")
+
+        def shutdown() -> None:
+            tls.abort()
+            engine.closed()
+
+        engine.loose[tls] = shutdown
+        tls.handshake(max(0.1, deadline - self.loop.time()), handshaken)
 
     def _passthrough(self, sock: socket.socket, addr: tuple[str, int], route: Route,
                      sp: Splice) -> None:

@@ -9,7 +9,10 @@ path (measured in bench/README.md).
 
 ``TlsSocket`` is the handshake (bounded by a deadline, reported to a callback: no task or
 future per connection) and then a ``SocketTransport`` whose reads and writes are
-OpenSSL's, on the same (level-triggered) registration. TLS has no half-close: the peer's
+OpenSSL's, on the same (level-triggered) registration. The server's end of an accepted
+socket (browsers, tunnel nodes), or with ``server_hostname`` the client's end of a
+connected one (a tunnel node dialling its gateway: the certificate verified against that
+name, a saved session offered for resumption). TLS has no half-close: the peer's
 close_notify (or FIN) ends the connection after ``eof_received``. Closing sends our
 close_notify and closes the socket at once, as nginx does.
 
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 from proxy.readiness import Readiness
-from proxy.sockettransport import READ_SIZE, WOULD_BLOCK, SocketTransport
+from proxy.sockettransport import READ_SIZE, UNWATCHED, WOULD_BLOCK, SocketTransport
 
 
 class _Conn(Protocol):
@@ -39,6 +42,10 @@ class _Conn(Protocol):
     def write(self, data: bytes) -> int: ...
     def shutdown(self) -> object: ...
     def selected_alpn_protocol(self) -> str | None: ...
+    @property
+    def session(self) -> ssl.SSLSession | None: ...
+    @property
+    def session_reused(self) -> bool: ...
 
 
 class TlsSocket(SocketTransport):
@@ -46,9 +53,18 @@ class TlsSocket(SocketTransport):
 
     EDGE: ClassVar[bool] = False
 
-    def __init__(self, readiness: Readiness, sock: socket.socket, ctx: ssl.SSLContext) -> None:
-        """``sock``: accepted, non-blocking, its ClientHello unread."""
-        conn: _Conn = ctx._wrap_socket(sock, True)  # type: ignore[attr-defined]
+    def __init__(self, readiness: Readiness, sock: socket.socket, ctx: ssl.SSLContext, *,
+                 server_hostname: str | None = None,
+                 session: ssl.SSLSession | None = None) -> None:
+        """``sock``: non-blocking; accepted, its ClientHello unread, or with
+        ``server_hostname`` connected, the client's end (``session``: one to resume)."""
+        conn: _Conn
+        if server_hostname is None:
+            conn = ctx._wrap_socket(sock, True)  # type: ignore[attr-defined]
+        else:
+            conn = ctx._wrap_socket(sock, False,  # type: ignore[attr-defined]
+                                    ctx._encode_hostname(server_hostname),  # type: ignore[attr-defined]
+                                    session=session)
         self._conn = conn
         self._on_handshake: Callable[[BaseException | None], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -73,10 +89,12 @@ class TlsSocket(SocketTransport):
 
     # -------------------------------------------------------------------- handshake
     def handshake(self, timeout: float, done: Callable[[BaseException | None], None]) -> None:
-        """Run the server handshake: ``done(None)`` once complete (then ``start``), or
-        ``done(exc)`` (``ssl.SSLError``, ``OSError``, ``TimeoutError``) with the socket
-        closed. ``abort`` meanwhile closes it without calling ``done``. The first step
-        runs now, on the waiting hello; the socket is registered after it."""
+        """Run the handshake: ``done(None)`` once complete (then ``start``), or
+        ``done(exc)`` (``ssl.SSLError``, ``ssl.SSLCertVerificationError`` for a client
+        whose peer does not verify, ``OSError``, ``TimeoutError``) with the socket closed.
+        ``abort`` meanwhile closes it without calling ``done``. The first step runs now
+        (a server's on the waiting hello, a client's sends its own); the socket is
+        registered after it."""
         self._on_handshake = done
         self._timer = self._loop.call_later(timeout, self._handshake_over,
                                             TimeoutError("TLS handshake timed out"))
@@ -111,7 +129,7 @@ class TlsSocket(SocketTransport):
             self._finish(exc)
         else:
             self._on_events = self._events
-            if self._mask:
+            if self._mask != UNWATCHED:
                 self._readiness.hand_over(self._fd, self._events)
             self._watch_writes(False)
         done(exc)

@@ -103,7 +103,7 @@ class TunnelConn(Carrier):
             self.hub.failed(self.peer, "no HELLO in time")
             self._refuse("no HELLO in time")
 
-    def data_received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         try:
             events = self.conn.receive(data)
         except wire.ProtocolError as e:

@@ -26,11 +26,14 @@ import asyncio
 import enum
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Final, cast
 
+from proxy.readiness import Readiness
 from proxy.splice import Half, Splice
+from proxy.tlssocket import TlsSocket
 from tunnel import wire
 from tunnel.backoff import Backoff
 from tunnel.pool import Pool
@@ -75,21 +78,11 @@ class _Answering(Half):
 
 
 class ResumingContext(ssl.SSLContext):
-    """A client context that offers the gateway the last session it gave us.
-
-    Every stream costs the node a fresh connection (the replacement), so resuming TLS
-    (a ticket instead of a certificate chain to send, sign and verify) takes most of the
-    handshake's CPU off both ends. asyncio and uvloop cannot pass a session to
-    ``create_connection``; they do call ``wrap_bio``, so the session goes in there.
-    """
+    """A client context that keeps the last session the gateway gave us, to offer it on
+    the next dial (a ticket instead of a certificate chain to send, sign and verify takes
+    most of the handshake's CPU off both ends)."""
 
     session: ssl.SSLSession | None = None
-
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
-                 server_side: bool = False, server_hostname: str | bytes | None = None,
-                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
-        return super().wrap_bio(incoming, outgoing, server_side, server_hostname,
-                                session or self.session)
 
 
 def client_context(settings: NodeSettings) -> ResumingContext:
@@ -144,7 +137,7 @@ class NodeConn(Carrier):
             self.link.problem("no answer to HELLO in time")
             self._close()
 
-    def data_received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         try:
             events = self.conn.receive(data)
         except wire.ProtocolError as e:
@@ -303,8 +296,9 @@ class GatewayLink:
 
     def __init__(self, settings: NodeSettings, gateway: Endpoint, ctx: ResumingContext,
                  session: bytes, streams: set[Splice], preconnect: Preconnect,
-                 liveness: wire.Liveness = wire.LIVENESS) -> None:
+                 readiness: Readiness, liveness: wire.Liveness = wire.LIVENESS) -> None:
         self.settings = settings
+        self.readiness = readiness
         self.preconnect = preconnect
         self.liveness = liveness
         self.gateway = gateway
@@ -397,34 +391,76 @@ class GatewayLink:
 
     async def _one(self) -> Outcome:
         done: asyncio.Future[Outcome] = self.loop.create_future()
-        g = self.gateway
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                transport, _ = await self.loop.create_connection(
-                    lambda: NodeConn(self, done), g.host, g.port, ssl=self.ctx,
-                    server_hostname=self.settings.server_name,
-                    ssl_handshake_timeout=self.settings.connect_timeout,
-                )
+                tls = await self._connect()
         except ssl.SSLCertVerificationError as e:
             self.problem(f"its certificate does not verify, refused: {e.verify_message}")
             return Outcome.LOST
         except (OSError, TimeoutError, ssl.SSLError) as e:
             self.problem(f"cannot connect: {getattr(e, 'strerror', None) or e or 'timeout'}")
             return Outcome.LOST
+        tls.start(NodeConn(self, done))
         try:
             return await done
         except asyncio.CancelledError:
-            transport.abort()
+            tls.abort()
             raise
+
+    async def _connect(self) -> TlsSocket:
+        """TCP to the gateway, then TLS on the socket itself (``proxy.tlssocket``: OpenSSL
+        reads and writes the descriptor, on this process's own epoll), resuming the last
+        session. Raises what the connect or the handshake raised."""
+        g = self.gateway
+        sock = await connect_tcp(self.loop, g.host, g.port)
+        tls = TlsSocket(self.readiness, sock, self.ctx, server_hostname=self.settings.server_name,
+                        session=self.ctx.session)
+        shaken: asyncio.Future[None] = self.loop.create_future()
+
+        def handshaken(e: BaseException | None) -> None:
+            if not shaken.done():
+                if e is None:
+                    shaken.set_result(None)
+                else:
+                    shaken.set_exception(e)
+
+        tls.handshake(self.settings.connect_timeout, handshaken)
+        try:
+            await shaken
+        except asyncio.CancelledError:
+            tls.abort()
+            raise
+        return tls
+
+
+async def connect_tcp(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to ``host`` (a name: each of its addresses in
+    turn, as ``create_connection`` does); raises the last address's error."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"{host} has no address")
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_ | socket.SOCK_NONBLOCK, proto)
+        try:
+            await loop.sock_connect(sock, addr)
+        except OSError as e:
+            sock.close()
+            error = e
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error
 
 
 async def run_node(settings: NodeSettings, liveness: wire.Liveness = wire.LIVENESS) -> None:
     """Serve ``settings.name`` through every gateway until cancelled."""
     session = os.urandom(wire.SESSION_BYTES)
     streams: set[Splice] = set()
+    readiness = Readiness(asyncio.get_running_loop())
     preconnect = Preconnect(settings.to, settings.preconnect, settings.connect_timeout)
     links = [GatewayLink(settings, g, client_context(settings), session, streams, preconnect,
-                         liveness)
+                         readiness, liveness)
              for g in settings.gateways]
     log.info("tunnel for %s to %s via %s", settings.name, settings.to,
              ", ".join(str(g) for g in settings.gateways))
@@ -436,3 +472,4 @@ async def run_node(settings: NodeSettings, liveness: wire.Liveness = wire.LIVENE
         preconnect.close()
         for sp in list(streams):
             sp.abort()
+        readiness.close()

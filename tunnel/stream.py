@@ -23,8 +23,6 @@ from typing import Any, Final
 
 from tunnel import wire
 
-#: Size of the read buffer shared by a process's tunnel connections (what a TLS read may fill).
-SCRATCH: Final = 256 * 1024
 #: Longest a stream that sent END waits for the peer's END before closing the connection.
 END_WAIT: Final = 10.0
 
@@ -143,34 +141,31 @@ class Stream:
             self._timer = None
 
 
-class Carrier(asyncio.BufferedProtocol):
+class Carrier(asyncio.Protocol):
     """The protocol of a tunnel connection (either end): its flow control is its stream's.
 
-    It reads into ``_scratch``, one buffer shared by every tunnel connection of the
-    process (callbacks run one at a time, and each read is copied out at once): asked for
-    a new ``bytes`` object per read, uvloop's TLS transport allocates 256 KiB and shrinks
-    it, and glibc's heap then trimmed and regrew at every request (the node spent 20 µs
-    per read in it; keep-alive requests cost 2x the CPU of raw streams).
+    Its transport is a ``proxy.tlssocket.TlsSocket`` (OpenSSL on the socket, one TLS record
+    per read). The usual read of a stream, one whole DATA frame, goes straight to the
+    stream; anything else to the subclass's ``received`` (the frame parser).
     """
 
     __slots__ = ()
     stream: Stream | None
     conn: wire.Connection
-    _scratch: Final = memoryview(bytearray(SCRATCH))
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._scratch
-
-    def buffer_updated(self, nbytes: int) -> None:
-        data = self._scratch[:nbytes].tobytes()
+    def data_received(self, data: bytes) -> None:
         stream = self.stream
-        if stream is not None:  # the usual read of a stream: one DATA frame, straight on
+        if stream is not None:
             payload = self.conn.one_data(data)
             if payload is not None:
                 if payload:
                     self.passed(stream, payload)
                 return
-        self.data_received(data)
+        self.received(data)
+
+    def received(self, data: bytes) -> None:
+        """Bytes that are not one DATA frame of the stream: parse them."""
+        raise NotImplementedError
 
     def stream_event(self, ev: wire.Event) -> bool:
         """Handle ``ev`` if it is the stream's (DATA or END); False for the rest."""
@@ -188,9 +183,6 @@ class Carrier(asyncio.BufferedProtocol):
     def passed(self, stream: Stream, data: bytes) -> None:
         """Stream bytes from the peer go to the stream's protocol."""
         stream.protocol.data_received(data)
-
-    def data_received(self, data: bytes) -> None:
-        raise NotImplementedError
 
     def pause_writing(self) -> None:
         if self.stream is not None:

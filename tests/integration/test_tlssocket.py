@@ -154,3 +154,101 @@ def test_cancelled_handshake_closes_the_socket() -> None:
             w.close()
 
     run(main())
+
+
+def test_reading_paused_then_resumed_with_nothing_queued() -> None:
+    """Paused with no write queued, the socket is watched for nothing (mask 0); resuming
+    must modify that registration, not register it again (it raised EEXIST)."""
+    async def main() -> None:
+        async with pair() as (server, ctx, port):
+            r, w, tls, proto = await started(server, ctx, port)
+            tls.pause_reading()
+            w.write(b"while paused")
+            await w.drain()
+            await asyncio.sleep(0.1)
+            assert proto.data == b""
+            tls.resume_reading()
+            async with asyncio.timeout(10):
+                while proto.data != b"while paused":
+                    await asyncio.sleep(0.01)
+            tls.pause_reading()
+            tls.resume_reading()
+            tls.write(b"still here")
+            assert await asyncio.wait_for(r.readexactly(10), 10) == b"still here"
+            w.close()
+
+    run(main())
+
+
+async def dial(ctx: ssl.SSLContext, port: int, host: str = "t.test",
+               session: ssl.SSLSession | None = None) -> TlsSocket:
+    """A client TlsSocket, handshaken (or the handshake's error raised)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    tls = TlsSocket(Readiness(loop), sock, ctx, server_hostname=host, session=session)
+    done: asyncio.Future[None] = loop.create_future()
+    tls.handshake(5, lambda e: done.set_result(None) if e is None else done.set_exception(e))
+    await done
+    return tls
+
+
+@asynccontextmanager
+async def tls_server() -> AsyncIterator[tuple[trustme.CA, int]]:
+    """An asyncio TLS echo server (ALPN ``x/1``) for ``t.test``."""
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("t.test").configure_cert(server_ctx)
+    server_ctx.set_alpn_protocols(["x/1"])
+
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+    try:
+        yield ca, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_client_verifies_resumes_and_carries_bytes() -> None:
+    async def main() -> None:
+        async with tls_server() as (ca, port):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ca.configure_trust(ctx)
+            ctx.set_alpn_protocols(["x/1"])
+            tls = await dial(ctx, port)
+            proto = Recorder()
+            tls.start(proto)
+            conn = tls.get_extra_info("ssl_object")
+            assert conn.selected_alpn_protocol() == "x/1" and not conn.session_reused
+            tls.write(b"ping")
+            async with asyncio.timeout(10):
+                while proto.data != b"ping":
+                    await asyncio.sleep(0.01)
+            session = conn.session  # the server's ticket came with the echo
+            tls.close()
+            again = await dial(ctx, port, session=session)
+            again.start(Recorder())
+            assert again.get_extra_info("ssl_object").session_reused
+            again.abort()
+
+    run(main())
+
+
+@pytest.mark.parametrize("host, trusted", [("t.test", False), ("other.test", True)])
+def test_client_refuses_a_server_that_does_not_verify(host: str, trusted: bool) -> None:
+    async def main() -> None:
+        async with tls_server() as (ca, port):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            if trusted:
+                ca.configure_trust(ctx)
+            with pytest.raises(ssl.SSLCertVerificationError) as e:
+                await dial(ctx, port, host=host)
+            assert e.value.verify_message
+
+    run(main())
