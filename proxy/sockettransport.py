@@ -159,6 +159,10 @@ class SocketTransport:
             self._read_ready()
         self._sync()
 
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        """A started connection changes hands (the tunnel node's spare backend connection)."""
+        self._protocol = protocol
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "sockname":
             return self._sock.getsockname()

@@ -26,16 +26,17 @@ import asyncio
 import enum
 import logging
 import os
-import socket
 import ssl
 from collections.abc import Callable
 from typing import Final, cast
 
 from proxy.readiness import Readiness
+from proxy.sockettransport import SocketTransport
 from proxy.splice import Half, Splice
 from proxy.tlssocket import TlsSocket
 from tunnel import wire
 from tunnel.backoff import Backoff
+from tunnel.connect import connect_tcp
 from tunnel.pool import Pool
 from tunnel.preconnect import Preconnect
 from tunnel.settings import Endpoint, NodeSettings
@@ -220,7 +221,7 @@ class NodeConn(Carrier):
         backend = held.transport
         assert backend is not None
         backend.set_protocol(sp.backend)
-        sp.backend.connection_made(backend)
+        sp.backend.connection_made(cast(asyncio.Transport, backend))
         for data in held.early:
             sp.backend.data_received(data)
         sp.link()
@@ -252,7 +253,7 @@ class NodeConn(Carrier):
         loop = self.link.loop
         try:
             async with asyncio.timeout(self.link.settings.connect_timeout):
-                await loop.create_connection(lambda: sp.backend, to.host, to.port)
+                sock = await connect_tcp(loop, to.host, to.port)
         except (OSError, TimeoutError) as e:
             reason = f"the node cannot connect to {to}: {getattr(e, 'strerror', None) or e}"
             log.warning("%s", reason)
@@ -263,9 +264,10 @@ class NodeConn(Carrier):
                 transport.close()
             return
         if sp.client.closed:
-            sp.backend.close()
+            sock.close()
             sp.finish()
             return
+        SocketTransport(self.link.readiness, sock).start(sp.backend, readable=False)
         sp.link()
 
     def shrink(self) -> None:
@@ -433,32 +435,13 @@ class GatewayLink:
         return tls
 
 
-async def connect_tcp(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket to ``host`` (a name: each of its addresses in
-    turn, as ``create_connection`` does); raises the last address's error."""
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    error: OSError = OSError(f"{host} has no address")
-    for family, type_, proto, _, addr in infos:
-        sock = socket.socket(family, type_ | socket.SOCK_NONBLOCK, proto)
-        try:
-            await loop.sock_connect(sock, addr)
-        except OSError as e:
-            sock.close()
-            error = e
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    raise error
-
-
 async def run_node(settings: NodeSettings, liveness: wire.Liveness = wire.LIVENESS) -> None:
     """Serve ``settings.name`` through every gateway until cancelled."""
     session = os.urandom(wire.SESSION_BYTES)
     streams: set[Splice] = set()
     readiness = Readiness(asyncio.get_running_loop())
-    preconnect = Preconnect(settings.to, settings.preconnect, settings.connect_timeout)
+    preconnect = Preconnect(settings.to, settings.preconnect, settings.connect_timeout,
+                            readiness)
     links = [GatewayLink(settings, g, client_context(settings), session, streams, preconnect,
                          readiness, liveness)
              for g in settings.gateways]

@@ -18,7 +18,10 @@ import asyncio
 import logging
 from typing import Final, cast
 
+from proxy.readiness import Readiness
+from proxy.sockettransport import SocketTransport
 from proxy.splice import PENDING_LIMIT
+from tunnel.connect import connect_tcp
 from tunnel.settings import Endpoint
 
 log = logging.getLogger(__name__)
@@ -33,12 +36,12 @@ class Held(asyncio.Protocol):
     __slots__ = ("early", "gone", "transport")
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: SocketTransport | None = None
         self.early: list[bytes] = []
         self.gone = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = cast(SocketTransport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.early.append(data)
@@ -61,8 +64,10 @@ class Held(asyncio.Protocol):
 class Preconnect:
     """At most one spare connection to ``to``, at most ``keep`` seconds old (0: none)."""
 
-    def __init__(self, to: Endpoint, keep: float, connect_timeout: float) -> None:
+    def __init__(self, to: Endpoint, keep: float, connect_timeout: float,
+                 readiness: Readiness) -> None:
         self.to = to
+        self.readiness = readiness
         self.keep = keep
         self.connect_timeout = connect_timeout
         self.loop = asyncio.get_running_loop()
@@ -88,12 +93,14 @@ class Preconnect:
     async def _connect(self) -> None:
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, held = await self.loop.create_connection(Held, self.to.host, self.to.port)
+                sock = await connect_tcp(self.loop, self.to.host, self.to.port)
         except (OSError, TimeoutError) as e:
             log.debug("spare connection to %s: %s", self.to, e)  # the stream will say it
             return
         finally:
             self.task = None
+        held = Held()
+        SocketTransport(self.readiness, sock).start(held, readable=False)
         self.spare = held
         self.timer = self.loop.call_later(self.keep, self._expire)
 
