@@ -123,7 +123,7 @@ class Dispatcher:
         engine = self.engine
         assert engine.tunnels is not None
         tc = TunnelConn(engine.tunnels, addr[0], engine.closed, engine.limits.handshake_timeout)
-        tls = TlsSocket(engine.readiness(), sock, ctx)
+        tls = TlsSocket(engine.readiness(), sock, ctx, bulk=True)
 
         def handshaken(e: BaseException | None) -> None:
             engine.loose.pop(tls, None)

@@ -28,7 +28,7 @@ import functools
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from proxy.readiness import Readiness
 from proxy.sockettransport import READ_SIZE, UNWATCHED, WOULD_BLOCK, SocketTransport
@@ -48,6 +48,11 @@ class _Conn(Protocol):
     def session_reused(self) -> bool: ...
 
 
+#: The most plaintext one TLS record carries (2^14): a read that returned this much was
+#: likely not the last record waiting.
+RECORD: Final = 16 * 1024
+
+
 class TlsSocket(SocketTransport):
     __slots__ = ("_conn", "_on_handshake", "_timer")
 
@@ -55,9 +60,10 @@ class TlsSocket(SocketTransport):
 
     def __init__(self, readiness: Readiness, sock: socket.socket, ctx: ssl.SSLContext, *,
                  server_hostname: str | None = None,
-                 session: ssl.SSLSession | None = None) -> None:
+                 session: ssl.SSLSession | None = None, bulk: bool = False) -> None:
         """``sock``: non-blocking; accepted, its ClientHello unread, or with
-        ``server_hostname`` connected, the client's end (``session``: one to resume)."""
+        ``server_hostname`` connected, the client's end (``session``: one to resume).
+        ``bulk``: a read goes on while records come full (``_read_records``)."""
         conn: _Conn
         if server_hostname is None:
             conn = ctx._wrap_socket(sock, True)  # type: ignore[attr-defined]
@@ -69,9 +75,26 @@ class TlsSocket(SocketTransport):
         self._on_handshake: Callable[[BaseException | None], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         super().__init__(readiness, sock)
-        self._recv_into = functools.partial(conn.read, READ_SIZE)
+        self._recv_into = (self._read_records if bulk
+                           else functools.partial(conn.read, READ_SIZE))
         self._send = conn.write
         self._on_events = self._handshake_events
+
+    def _read_records(self, buf: memoryview) -> int:
+        """One read, and more while each returns a full record (a burst of bulk data),
+        into one buffer: one ``data_received`` per burst, not one per 16 KiB record and
+        wake-up of the loop. A short record (the usual end of a message) ends it at once,
+        so small messages cost nothing more; so does a read that would block, the peer's
+        end or an error, which the next read meets again (the socket stays readable)."""
+        read = self._conn.read
+        n = last = read(READ_SIZE, buf)
+        while last == RECORD and n + RECORD <= READ_SIZE:
+            try:
+                last = read(READ_SIZE - n, buf[n:])
+            except OSError:  # ssl.SSLError included
+                break
+            n += last
+        return n
 
     def _shut_write(self) -> None:
         self._conn.shutdown()  # close_notify; the peer's is not waited for

@@ -416,7 +416,7 @@ class GatewayLink:
         g = self.gateway
         sock = await connect_tcp(self.loop, g.host, g.port)
         tls = TlsSocket(self.readiness, sock, self.ctx, server_hostname=self.settings.server_name,
-                        session=self.ctx.session)
+                        session=self.ctx.session, bulk=True)
         shaken: asyncio.Future[None] = self.loop.create_future()
 
         def handshaken(e: BaseException | None) -> None:

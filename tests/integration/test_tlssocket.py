@@ -41,7 +41,7 @@ class Recorder(asyncio.Protocol):
 
 
 @asynccontextmanager
-async def pair(timeout: float = 5.0) -> AsyncIterator[tuple[
+async def pair(timeout: float = 5.0, bulk: bool = False) -> AsyncIterator[tuple[
         asyncio.Task[TlsSocket], ssl.SSLContext, int]]:
     """A listener whose first accepted socket goes through ``TlsSocket.handshake``."""
     ca = trustme.CA()
@@ -56,7 +56,7 @@ async def pair(timeout: float = 5.0) -> AsyncIterator[tuple[
     async def serve() -> TlsSocket:
         conn, _ = await loop.sock_accept(lsock)
         conn.setblocking(False)
-        tls = TlsSocket(Readiness(loop), conn, server_ctx)
+        tls = TlsSocket(Readiness(loop), conn, server_ctx, bulk=bulk)
         done: asyncio.Future[None] = loop.create_future()
         tls.handshake(timeout, lambda e: done.set_result(None) if e is None
                       else done.set_exception(e))
@@ -250,5 +250,44 @@ def test_client_refuses_a_server_that_does_not_verify(host: str, trusted: bool) 
             with pytest.raises(ssl.SSLCertVerificationError) as e:
                 await dial(ctx, port, host=host)
             assert e.value.verify_message
+
+    run(main())
+
+
+class Counter(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.reads += 1
+        super().data_received(data)
+
+
+@pytest.mark.parametrize("bulk, reads", [(False, 6), (True, 1)])
+def test_bulk_reads_a_burst_of_full_records_at_once(bulk: bool, reads: int) -> None:
+    """Six full records waiting: one read each, or with ``bulk`` one for all six (and a
+    short message is one read either way)."""
+    async def main() -> None:
+        async with pair(bulk=bulk) as (server, ctx, port):
+            _, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                 server_hostname="t.test")
+            tls = await asyncio.wait_for(server, 10)
+            burst = bytes(range(256)) * 384  # 96 KiB: six records of 16 KiB
+            w.write(burst)
+            await w.drain()
+            await asyncio.sleep(0.3)  # all of it in the server's socket buffer
+            proto = Counter()
+            tls.start(proto)
+            async with asyncio.timeout(10):
+                while len(proto.data) < len(burst):
+                    await asyncio.sleep(0.01)
+            assert proto.data == burst and proto.reads == reads
+            w.write(b"short")
+            async with asyncio.timeout(10):
+                while len(proto.data) < len(burst) + 5:
+                    await asyncio.sleep(0.01)
+            assert proto.data.endswith(b"short") and proto.reads == reads + 1
+            w.close()
 
     run(main())
