@@ -7,6 +7,8 @@
 #   nginx-stream :18447 https  nginx stream (TLS termination at L4)  <- the like-for-like peer
 #   haproxy-tcp  :18448 https  haproxy mode tcp (TLS termination at L4)
 #   webgateway   :18450 https  `webgateway proxy` (uvloop), route "localhost" -> backend
+#   python-floor :18460 https  bench/proxy/floor.py: a bare Python TLS proxy, the least a
+#                              Python design pays (FLOOR_OPTS="peek" default; "peek uv")
 #
 # For each: wrk 1 KiB keep-alive (req/s), wrk 1 MiB keep-alive (MiB/s), full TLS handshakes/s
 # (hs_client.py: fresh TLS 1.3 handshake + SNI + GET per connection), and the server's own
@@ -18,7 +20,8 @@
 #      TESTS="1k 1m hs" (subset; "resume" adds TLS 1.3 resumed handshakes, "hs-together" full
 #      handshakes on all peers at once), ROUNDS=1 (repeat the whole series, peers interleaved),
 #      STATE=/tmp/wgbench-proxy (all files, logs, pids), PY=.venv/bin/python (scripts/setup --test makes it),
-#      PURE_SRC=dir (sources without .so files, for the peer "webgateway-pure")
+#      PURE_SRC=dir (sources without .so files, for the peer "webgateway-pure"),
+#      FLOOR_OPTS="peek" (python-floor's options: "peek" parses the ClientHello, "uv" runs in uvloop)
 # Stops every server it started (by recorded PID) on exit.
 set -euo pipefail
 secs=${1:-8}
@@ -31,7 +34,7 @@ mkdir -p "$STATE"/{run,www,certs,res}
 RUN=$STATE/run; C=$STATE/certs; W=$STATE/www; RES=$STATE/res
 SPIN="taskset -c $SERVER_CPUS"; CPIN="taskset -c $CLIENT_CPUS"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-declare -A PORT=([nginx-stream]=18447 [nginx-http]=18443 [haproxy-tcp]=18448 [webgateway]=18450 [webgateway-pure]=18451)
+declare -A PORT=([nginx-stream]=18447 [nginx-http]=18443 [haproxy-tcp]=18448 [webgateway]=18450 [webgateway-pure]=18451 [python-floor]=18460)
 
 start() { # name cmd...
   local n=$1; shift
@@ -164,6 +167,7 @@ X
 }
 [[ " $ONLY " == *" webgateway "* ]] && wg_start webgateway 18450 18480 "$PWD" wg  # the caller's directory: PYTHONPATH=tree keeps working
 [[ " $ONLY " == *" webgateway-pure "* ]] && wg_start webgateway-pure 18451 18481 "${PURE_SRC:?PURE_SRC=copy of the sources without .so files}" wg-pure
+[[ " $ONLY " == *" python-floor "* ]] && start python-floor $SPIN "$PY" "$HERE/floor.py" 18460 18081 "$C/chain.pem" "$C/leaf.key" ${FLOOR_OPTS:-peek}
 wait_tcp 18081; for n in $ONLY; do wait_tcp "${PORT[$n]}" || { log "$n did not start"; cat "$RUN"/*.log >&2; exit 1; }; done
 for n in $ONLY; do
   curl -sf -o /dev/null --cacert "$C/ca.pem" "https://localhost:${PORT[$n]}/1k.bin" || { log "$n does not serve"; exit 1; }
