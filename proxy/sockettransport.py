@@ -335,9 +335,20 @@ class SocketTransport:
         self._buffered = 0
         self._readiness.forget(self._fd)
         self._sock.close()
+        self._on_events = _ignore  # was a method of ours: a reference cycle
         if self._protocol is not None:
-            self._loop.call_soon(self._protocol.connection_lost,
-                                 exc if isinstance(exc, Exception) else None)
+            self._loop.call_soon(self._lost, exc if isinstance(exc, Exception) else None)
+
+    def _lost(self, exc: Exception | None) -> None:
+        """Tell the protocol, and let go of it: a transport and its protocol refer to each
+        other, and a cycle would leave the whole connection to the garbage collector."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connection_lost(exc)
+
+
+def _ignore(events: int) -> None:
+    """What a closed transport does with a late event (its descriptor number reused)."""
 
 
 class Connect:

@@ -28,7 +28,7 @@ class Half(asyncio.Protocol):
                  "transport")
 
     def __init__(self, splice: Splice) -> None:
-        self.splice = splice
+        self.splice: Splice | None = splice  # None once the pair is done (no cycle left)
         self.transport: asyncio.Transport | None = None
         self.peer: Half | None = None
         self.pending: list[bytes] = []
@@ -45,7 +45,8 @@ class Half(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         sp = self.splice
-        sp.activity += 1
+        if sp is not None:
+            sp.activity += 1
         self.nbytes += len(data)
         peer = self.peer
         if peer is not None and peer.transport is not None:
@@ -58,11 +59,12 @@ class Half(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.eof = True
-        return self.splice.on_eof(self)
+        return self.splice.on_eof(self) if self.splice is not None else False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.splice.on_lost(self)
+        if self.splice is not None:
+            self.splice.on_lost(self)
 
     def pause_writing(self) -> None:
         if self.peer is not None:
@@ -178,12 +180,22 @@ class Splice:
             self._timer.cancel()
             self._timer = None
         self._on_done(self)
+        self._untie()
+
+    def _untie(self) -> None:
+        """Drop the references that make the pair a cycle (pair <-> halves, half <-> half),
+        so that reference counting frees a finished connection at once: cycles leave it to
+        the garbage collector, whose passes then run every few connections and, once the
+        survivors pile up, scan the whole heap (14-27 ms, measured in the gateway)."""
+        for half in (self.client, self.backend):
+            half.splice = half.peer = None
 
     def cancel(self) -> None:
         self._done = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._untie()
 
     def abort(self) -> None:
         self.client.abort()

@@ -25,6 +25,8 @@ from tunnel import wire
 
 #: Longest a stream that sent END waits for the peer's END before closing the connection.
 END_WAIT: Final = 10.0
+#: The protocol of a stream that is over: whatever still reaches it is dropped.
+_GONE: Final = asyncio.Protocol()
 
 
 class Stream:
@@ -120,7 +122,7 @@ class Stream:
         if not self._done:
             self._done = True
             self._cancel()
-            self.protocol.connection_lost(exc)
+            self._let_go(exc)
 
     def _over(self) -> bool:
         """END went both ways."""
@@ -133,7 +135,13 @@ class Stream:
         self._cancel()
         self.resume_reading()
         self.done()
-        self.protocol.connection_lost(None)
+        self._let_go(None)
+
+    def _let_go(self, exc: Exception | None) -> None:
+        """Tell the protocol the stream is lost, and drop it: it refers to us as its
+        transport, and the cycle would leave both to the garbage collector."""
+        protocol, self.protocol = self.protocol, _GONE
+        protocol.connection_lost(exc)
 
     def _cancel(self) -> None:
         if self._timer is not None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,26 @@ async def refused_at_start(cfg: Config) -> ConfigError:
         await store.close()
 
 
+@contextlib.contextmanager
+def cycles_kept() -> Iterator[Callable[[set[str]], list[str]]]:
+    """Inside, a collection keeps what it finds unreachable (only reference cycles are);
+    yields ``left(types)``: which of those type names a collection now finds in cycles."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def left(types: set[str]) -> list[str]:
+        gc.collect()
+        return sorted({type(o).__name__ for o in gc.garbage} & types)
+
+    try:
+        yield left
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
 async def run(*cmd: str, stdin: bytes = b"", timeout: float = 30) -> tuple[int, bytes, bytes]:
     """Run a real client (curl, openssl) without blocking the loop the proxy runs on."""
     proc = await asyncio.create_subprocess_exec(
@@ -184,5 +205,5 @@ async def curl(gw: Gateway, host: str, path: str = "/", *extra: str) -> tuple[in
     )
 
 
-__all__ = ["Backend", "BackendServer", "Gateway", "TlsMode", "curl", "fqdn", "gateway",
-           "refused_at_start", "run"]
+__all__ = ["Backend", "BackendServer", "Gateway", "TlsMode", "curl", "cycles_kept", "fqdn",
+           "gateway", "refused_at_start", "run"]

@@ -25,10 +25,12 @@ from tests.integration.proxy_harness import (
     Gateway,
     TlsMode,
     curl,
+    cycles_kept,
     fqdn,
     gateway,
     run,
 )
+from tests.integration.test_tunnel import _client_hello
 from tests.support import ZONE
 
 Body = Callable[[Gateway, BackendServer, BackendServer], Awaitable[None]]
@@ -544,3 +546,43 @@ def test_one_session_ticket_per_full_handshake_and_it_resumes(tmp_path: Path) ->
         assert b"Reused, TLSv1.3" in out and b"v4 /t" in out
 
     live(tmp_path, body)
+
+
+# ---------------------------------------------------------------------- memory
+PER_CONNECTION = {"Splice", "Half", "SocketTransport", "TlsSocket", "Connect", "Dial"}
+
+
+def test_a_finished_connection_leaves_nothing_to_the_garbage_collector(tmp_path: Path) -> None:
+    """Reference counting frees every object of a connection once it ends: a cycle among
+    them (pair <-> halves, transport <-> protocol, a transport's own bound method) would
+    leave each connection to the collector, whose passes then run every few connections
+    and, once survivors pile up, scan the whole heap. Served, closed early by the client,
+    and passed through: none may leave one behind."""
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        await gw.name("alice", v4.addr)
+        await gw.name("pt", v6.addr, tls=TlsMode.PASSTHROUGH)
+        with cycles_kept() as left:
+            for i in range(20):
+                reader, writer = await tls_client(gw, fqdn("alice"))
+                if i % 2:
+                    assert await get(reader, writer, fqdn("alice"), "/x") == b"v4 /x\n"
+                writer.close()  # every second one before any response
+                await writer.wait_closed()
+            hello = _client_hello(fqdn("pt"))
+            for _ in range(5):  # passed through to a plain backend: the hello is all it gets
+                _, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
+                w.write(hello)
+                await asyncio.sleep(0.05)
+                w.close()
+                await w.wait_closed()
+            engine = gw.proxy.engine
+            for _ in range(500):
+                if not engine.splices and not engine.count:
+                    break
+                await asyncio.sleep(0.01)
+            assert not engine.splices and not engine.count
+            assert left(PER_CONNECTION) == []
+
+    live(tmp_path, body)
+

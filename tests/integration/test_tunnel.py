@@ -23,7 +23,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.service import ProxyService
-from tests.integration.proxy_harness import BackendServer, Gateway, curl, fqdn, gateway
+from tests.integration.proxy_harness import (
+    BackendServer,
+    Gateway,
+    curl,
+    cycles_kept,
+    fqdn,
+    gateway,
+)
 from tests.support import ZONE, free_port
 from tunnel import wire
 from webgateway.live import read
@@ -684,3 +691,22 @@ async def test_the_spare_backend_connection_is_short_lived_and_never_stale(
     finally:
         await node.kill()
         srv.close()
+
+
+async def test_a_finished_stream_leaves_nothing_to_the_garbage_collector(
+        tgw: tuple[Gateway, BackendServer]) -> None:
+    """The gateway's side of a tunnel stream (splice, halves, the stream, the client's TLS
+    socket) is freed by reference counting when it ends, as a direct connection's is
+    (tests/integration/test_proxy_tls.py says why that matters)."""
+    gw, backend = tgw
+    node = Node(gw, backend.addr)
+    await node.start()
+    try:
+        await until(lambda: _ok(gw), 10)
+        with cycles_kept() as left:
+            for i in range(10):
+                assert await status(gw, path=f"/{i}") == (200, f"hidden-backend /{i}\n".encode())
+            await until(lambda: _no_splices(gw), 5)
+            assert left({"Splice", "Half", "Stream", "SocketTransport", "TlsSocket"}) == []
+    finally:
+        await node.kill()
