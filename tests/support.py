@@ -141,7 +141,8 @@ async def store_rows(store: Store, sql: str) -> list[tuple[Any, ...]]:
         async with store.db.execute(sql) as cur:
             return [tuple(r) for r in await cur.fetchall()]
     assert isinstance(store, PgStore)
-    return [tuple(r) for r in await store.conn.fetch(sql)]
+    async with store._read():  # the store's own callers (followers, leases) wait meanwhile
+        return [tuple(r) for r in await store.conn.fetch(sql)]
 
 
 @dataclass
