@@ -169,7 +169,7 @@ class NotifySender(asyncio.DatagramProtocol):
         for key in [k for k in self.pending if k[1] == target]:
             del self.pending[key]  # only the newest request per secondary is answered
         self.pending[(msg_id, target)] = (serial, m.mac or b"")
-        transport.sendto(data, (str(target.host), target.port))
+        transport.sendto(data, target.sockaddr)
         self.sent += 1
         log.debug("NOTIFY serial %d sent to %s", serial, target)
 

@@ -65,7 +65,7 @@ class HttpsListener:
         conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
         if not admitted(engine, conn, addr, self.loop.time()):
             return
-        conn.setblocking(False)  # the event loop sets TCP_NODELAY when it adopts it
+        conn.setblocking(False)  # its transport sets TCP_NODELAY when it adopts it
         peek_accepted(engine, self.dispatcher.dispatch, conn, addr)
 
 

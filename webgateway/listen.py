@@ -36,7 +36,7 @@ def bind(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.bind((str(addr.host), addr.port))
+        sock.bind(addr.sockaddr)
         if defer_accept:
             # Wake us only once the client has sent something (its ClientHello), which
             # saves a readiness round per connection and keeps silent sockets in the kernel.
