@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Final, TypeVar, cast
 
 from tunnel import wire
 from tunnel.stream import Carrier, Stream
@@ -60,6 +60,8 @@ class PoolLimits:
 
 
 Refused = Callable[[str], None]
+#: Why a pooled connection is dropped when its name's token no longer holds.
+NO_LONGER_VALID: Final = "the tunnel token was rotated or the name removed"
 
 
 class TunnelConn(Carrier):
@@ -164,7 +166,7 @@ class TunnelConn(Carrier):
                      self.hub.liveness.dead_after)
             self._close()
         elif not self.hub.still_valid(self):
-            self._refuse("the tunnel token was rotated or the name removed")
+            self._refuse(NO_LONGER_VALID)
 
     def _ping(self) -> None:
         self.last_ping = self.hub.loop.time()
@@ -302,7 +304,7 @@ class Tunnels:
         if tc.transport is None or tc.transport.is_closing():
             return
         if not self.still_valid(tc):
-            tc._refuse("the tunnel token was rotated or the name removed")
+            tc._refuse(NO_LONGER_VALID)
         elif self.full(tc.label) is not None:
             tc._write(tc.conn.full())
             tc._close()
@@ -410,7 +412,7 @@ class Tunnels:
         and no turn of the loop before the client's bytes go to the node."""
         while (tc := self._take(label)) is not None:
             if not self.still_valid(tc):
-                tc._refuse("the tunnel token was rotated or the name removed")
+                tc._refuse(NO_LONGER_VALID)
                 continue
             opened = self._hand_over(tc, protocol_factory, refused)
             if opened is not None:
