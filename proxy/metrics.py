@@ -11,6 +11,11 @@ so ``_other`` and ``_catch_all`` never collide with one.
 What is open now (pairs per name, tunnel nodes per name) is read from the engine when
 scraped rather than kept in gauges: nothing on the hot path, and no series outlives the
 name it describes. Those families have the same bound: ``MAX_NAMES`` labels, then ``_other``.
+
+The counters every connection touches (its outcome, its name's connections and bytes) are
+plain integers, turned into families at each scrape: ``Counter.inc`` is four Python calls
+and a lock, and every connection made four of them (~10 µs of the ~950 µs a new TLS
+connection costs the proxy, measured in bench/README.md).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from proxy.routes import RouteTable
@@ -45,9 +50,6 @@ class ProxyMetrics:
         self.table = table
         self.live = live
         self.max_names = max_names
-        self.connections = Counter(
-            "webgateway_proxy_connections", "HTTPS connections by outcome, counted when they end",
-            ["outcome"], registry=registry)
         self.open = Gauge("webgateway_proxy_open_connections",
                           "Client connections open now (HTTPS and HTTP)", registry=registry)
         self.handshake_failures = Counter(
@@ -58,55 +60,42 @@ class ProxyMetrics:
             "webgateway_proxy_backend_failures",
             "Backend connects that failed (policy: refused by the backend policy), by reason",
             ["reason"], registry=registry)
-        self.name_connections = Counter(
-            "webgateway_proxy_name_connections",
-            "Connections spliced to a name's backend, counted when they end", ["name"],
-            registry=registry)
-        self.name_bytes = Counter(
-            "webgateway_proxy_name_bytes",
-            "Bytes a name's connections carried (in: from clients), every 10 s while open",
-            ["name", "direction"], registry=registry)
         self.http = Counter("webgateway_proxy_http_requests",
                             "Plain-HTTP requests (port 80) by outcome", ["outcome"],
                             registry=registry)
         registry.register(_LiveFamilies(self))
-        self._outcomes: dict[str, Counter] = {}
-        self._names: dict[str, tuple[Counter, Counter, Counter]] = {}
+        #: outcome -> HTTPS connections that ended so
+        self.outcomes: dict[str, int] = {}
+        #: label -> [connections ended, bytes in, bytes out]
+        self.names: dict[str, list[int]] = {}
         self._pruned_at = -1
 
     def outcome(self, what: str) -> None:
-        child = self._outcomes.get(what)
-        if child is None:
-            child = self._outcomes[what] = self.connections.labels(what)
-        child.inc()
+        outcomes = self.outcomes
+        outcomes[what] = outcomes.get(what, 0) + 1
 
     def name_done(self, label: str, bytes_in: int, bytes_out: int) -> None:
         """One finished connection of ``label`` (a route table label or ``CATCH_ALL``)."""
-        series = self._names.get(label) or self._series(label)
-        series[0].inc()
-        self._add(series, bytes_in, bytes_out)
+        series = self.names.get(label) or self._series(label)
+        series[0] += 1
+        series[1] += bytes_in
+        series[2] += bytes_out
 
     def name_traffic(self, label: str, bytes_in: int, bytes_out: int) -> None:
         """Bytes an open connection of ``label`` carried since it was last counted."""
-        self._add(self._names.get(label) or self._series(label), bytes_in, bytes_out)
+        series = self.names.get(label) or self._series(label)
+        series[1] += bytes_in
+        series[2] += bytes_out
 
-    @staticmethod
-    def _add(series: tuple[Counter, Counter, Counter], bytes_in: int, bytes_out: int) -> None:
-        if bytes_in:
-            series[1].inc(bytes_in)
-        if bytes_out:
-            series[2].inc(bytes_out)
-
-    def _series(self, label: str) -> tuple[Counter, Counter, Counter]:
-        if len(self._names) >= self.max_names + (OTHER in self._names):
+    def _series(self, label: str) -> list[int]:
+        names = self.names
+        if len(names) >= self.max_names + (OTHER in names):
             self._prune()
-            if len(self._names) >= self.max_names + (OTHER in self._names):
+            if len(names) >= self.max_names + (OTHER in names):
                 label = OTHER
-                if label in self._names:
-                    return self._names[label]
-        series = (self.name_connections.labels(label), self.name_bytes.labels(label, "in"),
-                  self.name_bytes.labels(label, "out"))
-        self._names[label] = series
+                if label in names:
+                    return names[label]
+        series = names[label] = [0, 0, 0]
         return series
 
     def _prune(self) -> None:
@@ -114,15 +103,13 @@ class ProxyMetrics:
             return
         self._pruned_at = self.table.serial
         names = self.table.names
-        for label in [k for k in self._names if k not in names and k not in (OTHER, CATCH_ALL)]:
-            del self._names[label]
-            self.name_connections.remove(label)
-            self.name_bytes.remove(label, "in")
-            self.name_bytes.remove(label, "out")
+        for label in [k for k in self.names if k not in names and k not in (OTHER, CATCH_ALL)]:
+            del self.names[label]
 
 
 class _LiveFamilies:
-    """The open-now families, built from the engine's state at each scrape."""
+    """The families built at each scrape: the counters kept as integers, and what is open
+    now, from the engine's state."""
 
     def __init__(self, metrics: ProxyMetrics) -> None:
         self.metrics = metrics
@@ -137,7 +124,27 @@ class _LiveFamilies:
         return out
 
     def collect(self) -> Iterator[Metric]:
-        live = self.metrics.live
+        metrics = self.metrics
+        connections = CounterMetricFamily(
+            "webgateway_proxy_connections", "HTTPS connections by outcome, counted when they end",
+            labels=["outcome"])
+        for outcome, ended in metrics.outcomes.items():
+            connections.add_metric([outcome], ended)
+        yield connections
+        name_connections = CounterMetricFamily(
+            "webgateway_proxy_name_connections",
+            "Connections spliced to a name's backend, counted when they end", labels=["name"])
+        name_bytes = CounterMetricFamily(
+            "webgateway_proxy_name_bytes",
+            "Bytes a name's connections carried (in: from clients), every 10 s while open",
+            labels=["name", "direction"])
+        for label, (ended, bytes_in, bytes_out) in metrics.names.items():
+            name_connections.add_metric([label], ended)
+            name_bytes.add_metric([label, "in"], bytes_in)
+            name_bytes.add_metric([label, "out"], bytes_out)
+        yield name_connections
+        yield name_bytes
+        live = metrics.live
         per_name, tunnels = (live.per_name, live.tunnels) if live is not None else ({}, None)
         open_now = GaugeMetricFamily(
             "webgateway_proxy_name_open_connections",

@@ -316,8 +316,8 @@ async def test_a_worker_that_cannot_hand_over_answers_browsers_and_refuses_nodes
             assert code == 502 and b"No backend is reachable" in body  # the page, from here
             with pytest.raises((ssl.SSLError, ConnectionError)):  # a node: a TLS alert
                 await _hello(gw, b"")
-            failed = engine.metrics.connections.labels("handoff_failed")
-            await until(lambda: _is(failed._value.get(), 1), 2)
+            outcomes = engine.metrics.outcomes
+            await until(lambda: _is(outcomes.get("handoff_failed"), 1), 2)
             assert await status(gw) == (502, body)
             fb = BackendServer("fallback", "127.0.0.1")
             await fb.start()
