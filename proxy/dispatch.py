@@ -14,33 +14,20 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import Final
 
 from proxy import clienthello as ch
 from proxy.engine import Engine
+from proxy.errorpages import BAD_GATEWAY, SERVICE_UNAVAILABLE, page_fits
 from proxy.lingering import close_gently
+from proxy.pair import Pair
 from proxy.routes import Route
 from proxy.sockettransport import SocketTransport
 from proxy.splice import Splice
-from proxy.tlssocket import TlsSocket
+from proxy.tlssocket import TlsSocket, failure_reason
 from tunnel import wire as tunnel_wire
 from tunnel.gateway import TunnelConn
 
 log = logging.getLogger(__name__)
-
-
-def error_page(status: int, reason: str, text: str) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection."""
-    body = (f"<html><body><h1>{status} {reason}</h1><p>{text}</p></body></html>\n").encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/html\r\nConnection: close\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    return head + body
-
-
-BAD_GATEWAY: Final = error_page(502, "Bad Gateway", "No backend is reachable.")
-SERVICE_UNAVAILABLE: Final = error_page(
-    503, "Service Unavailable", "This name has too many open connections; try again later."
-)
 
 
 class Dispatcher:
@@ -84,6 +71,9 @@ class Dispatcher:
         if ctx is None:
             log.debug("no certificate yet for %s", route.host)
             self._alert(sock, addr, started, "no_certificate", hello, route.name.label)
+            return
+        if not route.name.tunnel:
+            Pair(engine, sock, addr, route, ctx, deadline, sni)
             return
         self._terminate(sock, addr, route, ctx, deadline, engine.new_splice(
             addr, started, sni, route.name.label, "terminate"))
@@ -130,7 +120,7 @@ class Dispatcher:
             if e is not None:
                 log.debug("TLS handshake with %s failed: %s", addr[0], e)
                 engine.finish("handshake_failed", addr, started, sni=engine.table.zone,
-                              mode="tunnel", reason=_handshake_failure(e))
+                              mode="tunnel", reason=failure_reason(e))
                 engine.closed()
                 return
             tls.start(tc)
@@ -175,7 +165,8 @@ class Dispatcher:
 
     def _terminate(self, sock: socket.socket, addr: tuple[str, int], route: Route,
                    ctx: ssl.SSLContext, deadline: float, sp: Splice) -> None:
-        """Handshake, then the backend: callbacks on the connection's own objects, no task."""
+        """A tunnel name: handshake, then a tunnel stream (else its backends), spliced.
+        (Other names: ``proxy.pair``.)"""
         engine = self.engine
         sp.client.half_close = False
         tls = TlsSocket(engine.readiness(), sock, ctx)
@@ -184,7 +175,7 @@ class Dispatcher:
             engine.loose.pop(tls, None)
             if e is not None:
                 log.debug("TLS handshake with %s failed: %s", addr[0], e)
-                sp.outcome, sp.reason = "handshake_failed", _handshake_failure(e)
+                sp.outcome, sp.reason = "handshake_failed", failure_reason(e)
                 sp.finish()
                 return
             tls.start(sp.client)
@@ -211,15 +202,7 @@ class Dispatcher:
         if transport is None or transport.is_closing():
             return
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+        if ssl_object is None or page_fits(ssl_object.selected_alpn_protocol()):
             transport.write(page)
         transport.close()
 
-
-def _handshake_failure(e: BaseException) -> str:
-    """The ``reason`` of a failed TLS handshake (metrics and the access log)."""
-    if isinstance(e, TimeoutError):
-        return "timeout"
-    if isinstance(e, ssl.SSLError):
-        return "tls_error"
-    return "client_closed"

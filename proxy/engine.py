@@ -26,7 +26,7 @@ from proxy.proxyproto import header
 from proxy.readiness import Readiness
 from proxy.routes import Route, RouteTable
 from proxy.sockettransport import SocketTransport
-from proxy.splice import Splice
+from proxy.splice import PairState, Splice
 from tunnel.gateway import Tunnels
 from webgateway.addresses import HostPort
 from webgateway.backend_policy import BackendPolicy, Refusal
@@ -75,7 +75,8 @@ class Engine:
         self.catch_all = (Route("", Name(CATCH_ALL, 0, (catch_all,), TlsMode.PASSTHROUGH))
                           if catch_all is not None else None)
         self.count = 0  # connections from accept to close (peeking ones included)
-        self.splices: set[Splice] = set()
+        #: open pairs (``Splice`` or the flat ``Pair``): close_all aborts them
+        self.splices: set[PairState] = set()
         self._refusal_logged: dict[str, float] = {}  # label -> when we last said so
         self.tasks: set[asyncio.Task[None]] = set()
         #: sockets not (yet) owned by a transport -> how to close them at shutdown
@@ -136,12 +137,12 @@ class Engine:
     def new_splice(self, client: tuple[str, int], started: float, sni: str | None,
                    route: str | None, mode: str) -> Splice:
         """A pair for one client; the rest is what its access-log line will say."""
-        sp = Splice(asyncio.get_running_loop(), self.limits.idle_timeout, self._splice_done)
+        sp = Splice(asyncio.get_running_loop(), self.limits.idle_timeout, self.pair_done)
         sp.client_addr, sp.started, sp.sni, sp.route, sp.mode = client, started, sni, route, mode
         self.splices.add(sp)
         return sp
 
-    def claim(self, sp: Splice, route: Route) -> bool:
+    def claim(self, sp: PairState, route: Route) -> bool:
         """Count ``sp`` against its name's cap; False when the name is at its cap."""
         label = route.name.label
         n = self.per_name.get(label, 0)
@@ -151,7 +152,7 @@ class Engine:
         sp.label = label
         return True
 
-    def _unclaim(self, sp: Splice) -> None:
+    def _unclaim(self, sp: PairState) -> None:
         label, sp.label = sp.label, None
         if label is not None:
             n = self.per_name.pop(label) - 1
@@ -164,7 +165,8 @@ class Engine:
         self.splices.discard(sp)
         self._unclaim(sp)
 
-    def _splice_done(self, sp: Splice) -> None:
+    def pair_done(self, sp: PairState) -> None:
+        """Account for a pair that is done (its sockets closed): once, from the pair."""
         self.splices.discard(sp)
         label = sp.label
         self._unclaim(sp)
@@ -173,7 +175,7 @@ class Engine:
         if sp.release is not None:
             sp.release()
         self.closed()
-        bytes_in, bytes_out = sp.client.nbytes, sp.backend.nbytes
+        bytes_in, bytes_out = sp.carried()
         if sp.linked and label is not None:
             done_in, done_out = sp.counted
             self.metrics.name_done(label, bytes_in - done_in, bytes_out - done_out)
@@ -187,7 +189,7 @@ class Engine:
         for sp in self.splices:
             label = sp.label
             if sp.linked and label is not None:
-                now = sp.client.nbytes, sp.backend.nbytes
+                now = sp.carried()
                 done_in, done_out = sp.counted
                 if now != sp.counted:
                     self.metrics.name_traffic(label, now[0] - done_in, now[1] - done_out)
@@ -262,7 +264,7 @@ class Engine:
             transport.write(header(client, local()))
         done(True)
 
-    def _refused(self, route: Route, refusal: Refusal) -> None:
+    def refused(self, route: Route, refusal: Refusal) -> None:
         """Count a refused backend; say so once a minute per name, not once per client."""
         self.metrics.backend_failures.labels("policy").inc()
         label = route.name.label
@@ -274,6 +276,14 @@ class Engine:
         self._refusal_logged[label] = now
         log.warning("name %s: not connecting to a backend the policy refuses (%s): %s",
                     label, refusal.rule, refusal.detail)
+
+    def backend_failed(self, route: Route, b: HostPort, exc: BaseException | None) -> None:
+        """Count a failed backend connect, mark the backend down for the balancer, and say
+        so once when it goes down, not once per client while it stays down."""
+        failures = self.balancer.failed(b)
+        self.metrics.backend_failures.labels(_connect_failure(exc)).inc()
+        log.log(logging.INFO if failures == 1 else logging.DEBUG,
+                "backend %s of %s failed: %s", b, route.name.label, exc or "timeout")
 
     def close_all(self) -> None:
         for close in list(self.loose.values()):
@@ -326,7 +336,7 @@ class Dial:
                 return
             refusal = engine.policy.judge(b)
             if refusal is not None:
-                engine._refused(self.route, refusal)
+                engine.refused(self.route, refusal)
                 self.refused = True
                 continue
             self.backend = b
@@ -344,12 +354,8 @@ class Dial:
         assert b is not None
         engine.loose.pop(self, None)
         if transport is None:
-            failures = engine.balancer.failed(b)
+            engine.backend_failed(self.route, b, exc)
             self.failed = True
-            engine.metrics.backend_failures.labels(_connect_failure(exc)).inc()
-            # One line when a backend goes down, not one per client while it stays down.
-            log.log(logging.INFO if failures == 1 else logging.DEBUG,
-                    "backend %s of %s failed: %s", b, self.route.name.label, exc or "timeout")
             self.next()
             return
         if sp.client.closed:

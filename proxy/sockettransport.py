@@ -54,6 +54,10 @@ WOULD_BLOCK: Final = (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
 UNWATCHED: Final = -1
 #: A clean end of the peer's stream (TLS: close_notify, or FIN without it).
 CLEAN_EOF: Final = (ssl.SSLZeroReturnError, ssl.SSLEOFError)
+#: Where every read lands before its bytes are copied out (one per process: a loop runs
+#: in one thread and a read is copied before the next). ``recv(256 KiB)`` would allocate
+#: 256 KiB per read, which glibc serves with an mmap and a munmap each time.
+SCRATCH: Final = memoryview(bytearray(READ_SIZE))
 
 
 class SocketTransport:
@@ -64,11 +68,6 @@ class SocketTransport:
 
     #: Edge-triggered (plain TCP); ``TlsSocket`` is level-triggered (see proxy/readiness.py).
     EDGE: ClassVar[bool] = True
-
-    #: Where every read lands before its bytes are copied out (one per process: a loop runs
-    #: in one thread and a read is copied before the next). ``recv(256 KiB)`` would
-    #: allocate 256 KiB per read, which glibc serves with an mmap and a munmap each time.
-    _scratch: Final = memoryview(bytearray(READ_SIZE))
 
     def __init__(self, readiness: Readiness, sock: socket.socket, *, mask: int = 0) -> None:
         """``sock``: connected and non-blocking; ``mask``: what ``Connect`` registered it
@@ -277,7 +276,7 @@ class SocketTransport:
         than asked, unless the peer has ended: its EOF makes no new edge), at most
         ``READS_PER_TURN`` reads, the rest on the loop's next turn. Pausing or closing
         stops it."""
-        scratch = self._scratch
+        scratch = SCRATCH
         for _ in range(READS_PER_TURN):
             if not self._readable or (self._paused and not self._ended) or self._closing:
                 return
@@ -351,6 +350,25 @@ def _ignore(events: int) -> None:
     """What a closed transport does with a late event (its descriptor number reused)."""
 
 
+def dial(readiness: Readiness, sock: socket.socket, backend: HostPort,
+         owner: Callable[[int], None]) -> int:
+    """Start a non-blocking connect of ``sock``, watched (edge-triggered, writes included:
+    the writable edge says the connect ended) for ``owner``: 0, ``EINPROGRESS``, or why not."""
+    try:
+        readiness.watch(sock.fileno(), owner, EDGE_WRITES)
+        return sock.connect_ex(backend.sockaddr)
+    except OSError as e:
+        return e.errno or errno.EINVAL
+
+
+def connect_failure(sock: socket.socket, err: int | None = None) -> OSError | None:
+    """Why a connect of ``sock`` failed (``err``: known already, else asked), or None."""
+    if err is None:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    # OSError(ECONNREFUSED, ...) is made a ConnectionRefusedError: the metrics' reason.
+    return OSError(err, os.strerror(err)) if err else None
+
+
 class Connect:
     """A non-blocking TCP connect to ``backend``, bounded by ``timeout``: ``done`` gets the
     started transport, or None and why not (``OSError``, ``TimeoutError``). ``cancel``
@@ -364,15 +382,10 @@ class Connect:
         self.readiness, self.protocol, self.done = readiness, protocol, done
         self.readable = False
         loop = readiness.loop
-        family = socket.AF_INET6 if backend.host.version == 6 else socket.AF_INET
-        self.sock = sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.sock = sock = socket.socket(backend.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         self.fd = sock.fileno()
         self.timer: asyncio.TimerHandle | None = None
-        try:
-            readiness.watch(self.fd, self._events, EDGE_WRITES)
-            err = sock.connect_ex(backend.sockaddr)
-        except OSError as e:
-            err = e.errno or errno.EINVAL
+        err = dial(readiness, sock, backend, self._events)
         if err == errno.EINPROGRESS:
             self.timer = loop.call_later(timeout, self._failed, TimeoutError("connect timed out"))
         else:  # done (or failed) at once: still answered from the loop, not from here
@@ -386,10 +399,9 @@ class Connect:
     def _connected(self, err: int | None = None) -> None:
         if self.fd < 0:
             return  # cancelled, or already answered
-        if err is None:
-            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._failed(OSError(err, os.strerror(err)))  # ECONNREFUSED: ConnectionRefusedError
+        failure = connect_failure(self.sock, err)
+        if failure is not None:
+            self._failed(failure)
             return
         if self.timer is not None:
             self.timer.cancel()

@@ -93,23 +93,18 @@ class Half(asyncio.Protocol):
             self.transport.abort()
 
 
-class Splice:
-    """A client connection and its backend connection, and what ends them."""
+class PairState:
+    """What every client-backend pair carries, however its bytes move (``Splice`` here, the
+    flat ``proxy.pair.Pair``): what its access-log line will say, its claim on its name's
+    cap, its traffic count, and its idle timeout (two ticks of half the timeout with no
+    ``activity``, and it is aborted)."""
 
-    __slots__ = ("_done", "_idle", "_on_done", "_seen", "_strikes", "_timer", "activity",
-                 "backend", "backend_addr", "client", "client_addr", "counted", "label",
-                 "linked", "loop", "mode", "outcome", "reason", "release", "route", "sni",
-                 "started")
+    __slots__ = ("_idle", "_seen", "_strikes", "_timer", "activity", "backend_addr",
+                 "client_addr", "counted", "label", "linked", "loop", "mode", "outcome",
+                 "reason", "release", "route", "sni", "started")
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        idle_timeout: float,
-        on_done: Callable[[Splice], None],
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
         self.loop = loop
-        self.client = Half(self)
-        self.backend = Half(self)
         self.backend_addr: HostPort | None = None
         self.label: str | None = None  # the name it is counted against, once claimed
         #: called once when the pair is done (a tunnel stream returns its slot)
@@ -128,9 +123,61 @@ class Splice:
         self._seen = -1
         self._strikes = 0
         self._idle = idle_timeout
-        self._timer: asyncio.TimerHandle | None = loop.call_later(idle_timeout / 2, self._tick)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def carried(self) -> tuple[int, int]:
+        """Bytes read from the client, and from the backend, so far."""
+        raise NotImplementedError
+
+    def held(self) -> int:
+        """Bytes the proxy holds for this pair now (bounded by its flow control)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def _watch_idle(self) -> None:
+        self._timer = self.loop.call_later(self._idle / 2, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.activity == self._seen:
+            self._strikes += 1
+            if self._strikes >= 2:
+                self.outcome = "idle_timeout"
+                self.abort()
+                return
+        else:
+            self._strikes = 0
+            self._seen = self.activity
+        self._watch_idle()
+
+
+class Splice(PairState):
+    """A client connection and its backend connection, as asyncio transports (any: a
+    tunnel stream is one), and what ends them."""
+
+    __slots__ = ("_done", "_on_done", "backend", "client")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        idle_timeout: float,
+        on_done: Callable[[Splice], None],
+    ) -> None:
+        super().__init__(loop, idle_timeout)
+        self.client = Half(self)
+        self.backend = Half(self)
         self._on_done = on_done
         self._done = False
+        self._watch_idle()
+
+    def carried(self) -> tuple[int, int]:
+        return self.client.nbytes, self.backend.nbytes
+
+    def held(self) -> int:
+        return sum(h.transport.get_write_buffer_size() for h in (self.client, self.backend)
+                   if h.transport is not None)
 
     def link(self) -> None:
         """Both sides are connected: flush what waited and start pumping."""
@@ -200,18 +247,3 @@ class Splice:
     def abort(self) -> None:
         self.client.abort()
         self.backend.abort()
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._done:
-            return
-        if self.activity == self._seen:
-            self._strikes += 1
-            if self._strikes >= 2:
-                self.outcome = "idle_timeout"
-                self.abort()
-                return
-        else:
-            self._strikes = 0
-            self._seen = self.activity
-        self._timer = self.loop.call_later(self._idle / 2, self._tick)

@@ -172,3 +172,12 @@ class TlsSocket(SocketTransport):
                 self._timer.cancel()
                 self._timer = None
         super()._finish(exc)
+
+
+def failure_reason(e: BaseException) -> str:
+    """The ``reason`` of a failed TLS handshake (metrics and the access log)."""
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, ssl.SSLError):
+        return "tls_error"
+    return "client_closed"

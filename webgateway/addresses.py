@@ -8,6 +8,7 @@ overlay backend or to bind a socket.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -23,10 +24,14 @@ class HostPort:
     _hash: int = field(init=False, repr=False, compare=False)
     #: What ``connect`` takes, made once: ``str`` of an ``ipaddress`` is ~2 µs per connect.
     sockaddr: tuple[str, int] = field(init=False, repr=False, compare=False)
+    #: The socket family to connect with (``host.version`` is a Python property call).
+    family: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash((int(self.host), self.host.version, self.port)))
         object.__setattr__(self, "sockaddr", (str(self.host), self.port))
+        object.__setattr__(self, "family",
+                           socket.AF_INET6 if self.host.version == 6 else socket.AF_INET)
 
     def __hash__(self) -> int:
         return self._hash

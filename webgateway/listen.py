@@ -26,7 +26,7 @@ def bind(
     rcvbuf: int = 0,
 ) -> socket.socket:
     """A bound, non-blocking socket (listening when ``backlog`` is given)."""
-    family = socket.AF_INET6 if addr.host.version == 6 else socket.AF_INET
+    family = addr.family
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

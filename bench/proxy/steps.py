@@ -5,7 +5,7 @@ Runs ``webgateway proxy`` in this process with each step wrapped in a thread-CPU
 something else sends the load (``bench/proxy/hs_client.py``), then prints µs per spliced
 connection per step. A step's time excludes the wrapped steps it calls (a backend read
 that writes TLS records counts once, under the records). "rest" is the event loop itself
-(callbacks, add_reader/add_writer, timers, epoll) and the store's poll. The timers add
+(callbacks, the readiness epoll, timers) and the store's poll. The timers add
 about 1 µs per wrapped call.
 usage: steps.py CONFIG SECONDS   (e.g. the bench's /tmp/wgbench-proxy/run/wg/webgateway.toml)
 """
@@ -24,9 +24,7 @@ import uvloop
 
 import proxy.engine
 import proxy.https
-import proxy.splice
-from proxy.sockettransport import Connect, SocketTransport
-from proxy.tlssocket import TlsSocket
+from proxy.pair import Pair
 from webgateway.config import load_config
 from webgateway.supervisor import serve
 
@@ -59,37 +57,30 @@ def timed(obj: Any, name: str, step: str) -> None:
 
 
 def instrument() -> None:
+    """A terminated name with TCP backends is served by ``proxy.pair.Pair``."""
     for obj, name, step in (
         (proxy.https.HttpsListener, "_accept", "accept + ClientHello peek + parse + dispatch"),
-        (TlsSocket, "_handshake_step", "TLS handshake (OpenSSL, on the socket)"),
-        (TlsSocket, "__init__", "TLS object set-up"),
-        (TlsSocket, "_handshake_over", "splice set-up"),
-        (SocketTransport, "start", "splice set-up"),
-        (proxy.engine.Engine, "new_splice", "splice set-up"),
-        (proxy.splice.Splice, "link", "splice set-up"),
-        (proxy.splice.Half, "connection_made", "splice set-up"),
-        (proxy.engine.Dial, "next", "backend connect"),
-        (Connect, "_connected", "backend connect"),
-        (SocketTransport, "_read_ready", "bytes and TLS records read/written"),
-        (SocketTransport, "write", "bytes and TLS records read/written"),
-        (SocketTransport, "_write_ready", "bytes and TLS records read/written"),
-        (proxy.splice.Half, "data_received", "splice data"),
-        (proxy.splice.Half, "eof_received", "close"),
-        (proxy.splice.Half, "connection_lost", "close"),
-        (SocketTransport, "_shutdown", "close"),
-        (TlsSocket, "_shutdown", "close"),
-        (SocketTransport, "_finish", "close"),
-        (TlsSocket, "_finish", "close"),
-        (proxy.engine.Engine, "_splice_done", "close"),
+        (Pair, "__init__", "TLS object set-up"),
+        (Pair, "_handshake", "TLS handshake (OpenSSL, on the socket)"),
+        (Pair, "_dial", "backend connect"),
+        (Pair, "_connecting", "backend connect"),
+        (Pair, "_connected", "pair set-up"),
+        (Pair, "_from_client", "bytes and TLS records read/written"),
+        (Pair, "_send_up", "bytes and TLS records read/written"),
+        (Pair, "_from_backend", "bytes and TLS records read/written"),
+        (Pair, "_read_backend", "bytes and TLS records read/written"),
+        (Pair, "_write_down", "bytes and TLS records read/written"),
+        (Pair, "_close", "close"),
+        (proxy.engine.Engine, "pair_done", "close (accounting: metrics, access log)"),
     ):
         timed(obj, name, step)
-    new: Callable[..., proxy.splice.Splice] = proxy.engine.Engine.new_splice
+    done: Callable[..., None] = proxy.engine.Engine.pair_done
 
-    def counted(self: proxy.engine.Engine, *args: Any, **kwargs: Any) -> proxy.splice.Splice:
+    def counted(self: proxy.engine.Engine, *args: Any, **kwargs: Any) -> None:
         spliced[0] += 1
-        return new(self, *args, **kwargs)
+        done(self, *args, **kwargs)
 
-    proxy.engine.Engine.new_splice = counted  # type: ignore[method-assign]
+    proxy.engine.Engine.pair_done = counted  # type: ignore[method-assign]
 
 
 async def main(config: Path, seconds: float) -> None:

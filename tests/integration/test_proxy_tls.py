@@ -8,6 +8,8 @@ the stdlib loop) with a real store, a real proxy service, tiny asyncio backends 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import socket
 import ssl
@@ -32,6 +34,7 @@ from tests.integration.proxy_harness import (
 )
 from tests.integration.test_tunnel import _client_hello
 from tests.support import ZONE
+from webgateway.addresses import parse_hostport
 
 Body = Callable[[Gateway, BackendServer, BackendServer], Awaitable[None]]
 
@@ -425,11 +428,10 @@ def test_slow_client_back_pressure_bounds_proxy_buffers(tmp_path: Path) -> None:
         w.transport.pause_reading()  # a client that does not read
         await asyncio.sleep(1.0)
         sp = next(iter(gw.proxy.engine.splices))
-        assert sp.client.transport is not None and sp.backend.transport is not None
-        held = (sp.client.transport.get_write_buffer_size()
-                + sp.backend.transport.get_write_buffer_size())
-        assert held <= 4 * HIGH_WATER
-        assert sp.client.peer is not None and sp.backend.paused
+        assert sp.linked and sp.held() <= 4 * HIGH_WATER
+        from_backend = sp.carried()[1]
+        await asyncio.sleep(0.5)  # the backend is not read while the client does not read
+        assert sp.carried()[1] == from_backend < size
         w.transport.resume_reading()
         head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
         assert b"200 OK" in head
@@ -442,6 +444,91 @@ def test_slow_client_back_pressure_bounds_proxy_buffers(tmp_path: Path) -> None:
         w.close()
 
     live(tmp_path, body)
+
+
+def test_slow_backend_back_pressure_stops_reading_the_client_and_loses_nothing(
+        tmp_path: Path) -> None:
+    """The upload direction: a backend that does not read stops the proxy reading the
+    client (it holds one chunk, not the upload); once it reads, every byte arrives."""
+    size = 32 * 1024 * 1024
+    block = hashlib.sha256(b"upload").digest() * 2048  # 64 KiB, not all one byte
+
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listener.setblocking(False)
+            await gw.certificate("zone", ZONE, f"*.{ZONE}")
+            await gw.name("up", f"127.0.0.1:{listener.getsockname()[1]}")
+            r, w = await tls_client(gw, fqdn("up"))
+            want = hashlib.sha256()
+
+            async def upload() -> None:
+                for _ in range(size // len(block)):
+                    w.write(block)
+                    want.update(block)
+                    await w.drain()
+
+            sending = asyncio.ensure_future(upload())
+            backend, _ = await asyncio.wait_for(loop.sock_accept(listener), 10)
+            with backend:
+                await asyncio.sleep(1.0)  # the backend reads nothing yet
+                pair = next(iter(gw.proxy.engine.splices))
+                from_client = pair.carried()[0]
+                await asyncio.sleep(0.5)
+                assert pair.carried()[0] == from_client < size  # the client is not read
+                assert pair.held() <= 4 * HIGH_WATER and not sending.done()
+                got = hashlib.sha256()
+                n = 0
+                while n < size:
+                    chunk = await asyncio.wait_for(loop.sock_recv(backend, 1 << 20), 30)
+                    assert chunk
+                    got.update(chunk)
+                    n += len(chunk)
+                await asyncio.wait_for(sending, 30)
+                assert (n, got.hexdigest()) == (size, want.hexdigest())
+                await loop.sock_sendall(backend, b"stored")
+            assert await asyncio.wait_for(r.read(), 30) == b"stored"
+            w.close()
+
+    live(tmp_path, body)
+
+
+def test_a_stalled_handshake_and_a_silent_backend_each_time_out(tmp_path: Path) -> None:
+    """A client that sends its ClientHello and nothing more is closed at the handshake
+    timeout; a backend that never answers the SYN (its accept queue is full) is given up
+    at the connect timeout, and the next backend serves the client."""
+
+    async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
+        loop = asyncio.get_running_loop()
+        engine = gw.proxy.engine
+        await gw.certificate("zone", ZONE, f"*.{ZONE}")
+        with socket.socket() as full, contextlib.ExitStack() as queued:
+            full.bind(("127.0.0.1", 0))
+            full.listen(0)  # one connection queued (backlog + 1), then SYNs are dropped
+            for _ in range(3):
+                c = queued.enter_context(socket.socket())
+                c.setblocking(False)
+                c.connect_ex(full.getsockname())
+            await asyncio.sleep(0.2)
+            await gw.name("slow", f"127.0.0.1:{full.getsockname()[1]}", v4.addr)
+            started = loop.time()
+            rc, out, err = await curl(gw, fqdn("slow"), "/", "-w", " %{http_code}")
+            waited = loop.time() - started
+        assert (rc, out) == (0, b"v4 /\n 200"), err
+        assert 1.0 <= waited < 5.0  # the connect timeout (1 s), then the other backend
+        assert engine.balancer.active(parse_hostport(v4.addr)) == 0
+
+        r, w = await asyncio.open_connection("127.0.0.1", gw.https_port)
+        started = loop.time()
+        w.write(_client_hello(fqdn("slow")))
+        assert await asyncio.wait_for(r.read(), 10) != b""  # the server's flight, then EOF
+        assert 1.0 <= loop.time() - started < 5.0
+        assert engine.metrics.outcomes.get("handshake_failed") == 1
+        w.close()
+
+    live(tmp_path, body, handshake_timeout=1.0, connect_timeout=1.0)
 
 
 def test_port_in_use_is_a_config_error_and_stop_closes_pending_sockets(tmp_path: Path) -> None:
