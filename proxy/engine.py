@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from proxy.accesslog import AccessLog
 from proxy.balancer import Balancer
 from proxy.connector import Connector, TcpConnector
+from proxy.deadlines import Deadlines
 from proxy.metrics import CATCH_ALL, ProxyMetrics
 from proxy.proxyproto import header
 from proxy.readiness import Readiness
@@ -82,12 +83,19 @@ class Engine:
         #: sockets not (yet) owned by a transport -> how to close them at shutdown
         self.loose: dict[object, Callable[[], None]] = {}
         self._readiness: Readiness | None = None
+        self._deadlines: Deadlines | None = None
 
     def readiness(self) -> Readiness:
         """The epoll of this process's connection sockets (made in the running loop)."""
         if self._readiness is None:
             self._readiness = Readiness(asyncio.get_running_loop())
         return self._readiness
+
+    def deadlines(self) -> Deadlines:
+        """The timeouts of this process's pairs (made in the running loop)."""
+        if self._deadlines is None:
+            self._deadlines = Deadlines(asyncio.get_running_loop())
+        return self._deadlines
 
     # -- accounting
     def outcome(self, what: str) -> None:
@@ -297,6 +305,9 @@ class Engine:
         if self._readiness is not None:
             self._readiness.close()
             self._readiness = None
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
 
 
 def _connect_failure(e: BaseException | None) -> str:

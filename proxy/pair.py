@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from proxy.errorpages import BAD_GATEWAY, SERVICE_UNAVAILABLE, page_fits
 from proxy.proxyproto import header
-from proxy.readiness import ENDED, LEVEL_READS, LEVEL_WRITES, READABLE, WRITABLE
+from proxy.readiness import BROKEN, ENDED, LEVEL_READS, LEVEL_WRITES, READABLE, WRITABLE
 from proxy.sockettransport import (
     READ_SIZE,
     READS_PER_TURN,
@@ -55,22 +55,23 @@ if TYPE_CHECKING:
 
 
 class Pair(PairState):
-    __slots__ = ("_backend", "_backend_hup", "_backend_readable", "_bfd", "_cfd", "_client",
-                 "_closed", "_cmask", "_dialing", "_down", "_ended", "_engine", "_failed",
-                 "_name", "_nin", "_nout", "_order", "_readiness", "_refused", "_tls", "_tried",
-                 "_up")
+    __slots__ = ("__weakref__", "_backend", "_backend_hup", "_backend_readable", "_bfd", "_cfd",
+                 "_client", "_closed", "_cmask", "_deadlines", "_dialing", "_down", "_ended",
+                 "_engine", "_failed", "_name", "_nin", "_nout", "_order", "_readiness",
+                 "_refused", "_secured", "_tls", "_tried", "_up", "waits")
 
     def __init__(self, engine: Engine, sock: socket.socket, client: tuple[str, int],
                  route: Route, ctx: ssl.SSLContext, deadline: float, sni: str | None) -> None:
         """``sock``: accepted, non-blocking, its ClientHello waiting unread; ``deadline``
         (loop time): the handshake's."""
         readiness = engine.readiness()
-        loop = readiness.loop
-        super().__init__(loop, engine.limits.idle_timeout)
+        super().__init__(readiness.loop, engine.limits.idle_timeout)
         self.client_addr, self.sni = client, sni
         self.started = deadline - engine.limits.handshake_timeout
         self.route, self.mode = route.name.label, "terminate"
         self._engine, self._readiness, self._name = engine, readiness, route
+        self._deadlines = engine.deadlines()
+        self.waits = 0  # counted up as each wait (handshake, connect, idle tick) ends
         try:  # noqa: SIM105  (contextlib.suppress: three calls of its own per connection)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -90,10 +91,9 @@ class Pair(PairState):
         self._nin = self._nout = 0
         self._backend_readable = self._backend_hup = False
         self._ended = False  # the client has ended; its last bytes wait for the backend
-        self._closed = False
+        self._secured = self._closed = False
         engine.splices.add(self)
-        self._timer = loop.call_later(max(0.1, deadline - loop.time()), self._timed_out,
-                                      TimeoutError("TLS handshake timed out"))
+        self._deadlines.add(self, deadline)
         self._handshake(0)
 
     # ------------------------------------------------------------ PairState
@@ -130,9 +130,8 @@ class Pair(PairState):
         except OSError as e:  # ssl.SSLError included
             self._handshake_failed(e)
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._secured = True
+        self.waits += 1
         if self._cmask != UNWATCHED:
             self._readiness.hand_over(self._cfd, self._from_client)
         engine = self._engine
@@ -173,9 +172,7 @@ class Pair(PairState):
             self._backend, self._bfd, self._dialing = sock, sock.fileno(), b
             err = dial(self._readiness, sock, b, self._connecting)
             if err == errno.EINPROGRESS:
-                self._timer = self.loop.call_later(engine.limits.connect_timeout,
-                                                   self._timed_out,
-                                                   TimeoutError("connect timed out"))
+                self._deadlines.add(self, self.loop.time() + engine.limits.connect_timeout)
             else:
                 self._connected(err)
             return
@@ -186,7 +183,7 @@ class Pair(PairState):
         if events & READABLE:
             self._backend_readable = True
         if events & WRITABLE:
-            self._connected(None)
+            self._connected(None if events & BROKEN else 0)
 
     def _connected(self, err: int | None) -> None:
         sock, b = self._backend, self._dialing
@@ -195,8 +192,7 @@ class Pair(PairState):
         if failure is not None:
             self._connect_failed(failure)
             return
-        if self._timer is not None:
-            self._timer.cancel()
+        self.waits += 1
         engine = self._engine
         engine.balancer.acquire(b)
         self.backend_addr, self.linked, self.outcome = b, True, "ok"
@@ -210,9 +206,7 @@ class Pair(PairState):
             self._read_backend()
 
     def _connect_failed(self, exc: BaseException) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.waits += 1
         b, sock = self._dialing, self._backend
         assert b is not None and sock is not None
         self._readiness.forget(self._bfd)
@@ -223,12 +217,18 @@ class Pair(PairState):
         self._failed = True
         self._dial()
 
-    def _timed_out(self, exc: TimeoutError) -> None:
-        self._timer = None
-        if self._dialing is not None:
-            self._connect_failed(exc)
-        else:
-            self._handshake_failed(exc)
+    # ------------------------------------------------------------ deadlines
+    def expired(self) -> None:
+        """The handshake's, the connect's, or an idle tick's time is up."""
+        if not self._secured:
+            self._handshake_failed(TimeoutError("TLS handshake timed out"))
+        elif not self.linked:
+            self._connect_failed(TimeoutError("connect timed out"))
+        elif self._still_active():
+            self._watch_idle()
+
+    def _watch_idle(self) -> None:
+        self._deadlines.add(self, self.loop.time() + self._idle / 2)
 
     # ------------------------------------------------------------ the pump
     def _from_client(self, events: int) -> None:
@@ -355,9 +355,7 @@ class Pair(PairState):
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.waits += 1
         readiness = self._readiness
         if notify:
             try:  # noqa: SIM105

@@ -36,6 +36,9 @@ READABLE: Final = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.
 WRITABLE: Final = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 #: The peer has ended its stream, or the socket failed: read on, to EOF or the error.
 ENDED: Final = select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
+#: The socket failed (a connect that did not succeed reports these with EPOLLOUT; one
+#: that did, EPOLLOUT alone: ``SO_ERROR`` need not be asked then).
+BROKEN: Final = select.EPOLLERR | select.EPOLLHUP
 #: Events handed out per poll (more wait for the next one).
 BATCH: Final = 256
 #: Polls per wake-up of the loop: the loop's other callbacks (timers, the listeners) must

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from proxy.readiness import (
+    BROKEN,
     EDGE,
     EDGE_WRITES,
     ENDED,
@@ -362,7 +363,8 @@ def dial(readiness: Readiness, sock: socket.socket, backend: HostPort,
 
 
 def connect_failure(sock: socket.socket, err: int | None = None) -> OSError | None:
-    """Why a connect of ``sock`` failed (``err``: known already, else asked), or None."""
+    """Why a connect of ``sock`` failed (``err``: known already, 0 for success; None: ask
+    the socket), or None."""
     if err is None:
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     # OSError(ECONNREFUSED, ...) is made a ConnectionRefusedError: the metrics' reason.
@@ -394,7 +396,7 @@ class Connect:
     def _events(self, events: int) -> None:
         self.readable = self.readable or bool(events & READABLE)
         if events & WRITABLE:
-            self._connected()
+            self._connected(None if events & BROKEN else 0)
 
     def _connected(self, err: int | None = None) -> None:
         if self.fd < 0:

@@ -141,16 +141,22 @@ class PairState:
 
     def _tick(self) -> None:
         self._timer = None
+        if self._still_active():
+            self._watch_idle()
+
+    def _still_active(self) -> bool:
+        """One tick of the idle timeout: False (and aborted) after two ticks without
+        activity."""
         if self.activity == self._seen:
             self._strikes += 1
             if self._strikes >= 2:
                 self.outcome = "idle_timeout"
                 self.abort()
-                return
+                return False
         else:
             self._strikes = 0
             self._seen = self.activity
-        self._watch_idle()
+        return True
 
 
 class Splice(PairState):
