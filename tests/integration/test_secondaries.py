@@ -311,6 +311,10 @@ async def test_knot_and_nsd_serve_the_signed_zone_and_it_validates(tmp_path: Pat
         for i in range(50):
             await gw.store.put_name(Name(f"n{i}", owner.id, ()), 100)
         await gw.store.add_txt(f"_acme-challenge.{ZONE}", "token")
+        for _ in range(100):  # dnsd has followed the store: the first transfer has it all
+            if (await ask(PRIMARY, port, f"_acme-challenge.{ZONE}", "TXT")).answer:
+                break
+            await asyncio.sleep(0.05)
         async with secondaries(tmp_path, port, kport, nport):
             q = dns.message.make_query(ZONE, "DNSKEY", want_dnssec=True)
             ours = await dns.asyncquery.tcp(q, PRIMARY, port=port, timeout=2)
