@@ -121,9 +121,10 @@ def test_kill_9_of_run_mid_orders(tmp_path: Path, pebble_factory,  # type: ignor
     # files and storing the row); a failure would back off for a minute
     assert " failed (" not in (tmp_path / "run2.log").read_text(), run2.tail()
     issued = Counter(re.findall(r"certificate (\S+) for .* obtained", logs))
-    # never twice; at most one line short per kill: the row is stored valid before its
-    # "obtained" line, and run1 may die between the two (run2 then rightly orders nothing)
+    # never twice; at most one line short per order slot (concurrency 2): the row is stored
+    # valid before its "obtained" line, the rows of both slots may commit in one grouped
+    # write, and run1 may die before either line (run2 then rightly orders nothing)
     assert set(issued) <= wanted and max(issued.values()) == 1, issued
-    assert len(wanted - set(issued)) <= 1, issued
+    assert len(wanted - set(issued)) <= 2, issued
     picked_up = re.findall(r"resuming order|starting over", (tmp_path / "run2.log").read_text())
     assert picked_up, run2.tail()  # the kill did interrupt an order, and run2 took it up
