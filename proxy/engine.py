@@ -217,13 +217,19 @@ class Engine:
         the policy refused every backend (``backend_refused``), or the client left. A
         tunnel stream is writable before the node has reached its backend; if it then
         cannot, ``unreachable`` is called (nothing came back yet: the 502 page still fits).
-        A TCP connect is callbacks only (``Dial``); a tunnel stream takes a task.
+        A TCP connect is callbacks only (``Dial``); a tunnel stream on a connection
+        pooled now is too, and OPEN carries the client's bytes read so far (and the PROXY
+        header): one write; waiting for a connection takes a task.
         """
         if route.name.tunnel and self.tunnels is not None:
             refused = self._node_refused(route, sp, unreachable)
-            opened = self.tunnels.open_now(route.name.label, lambda: sp.backend, refused)
+            first = sp.client.pending
+            if route.name.proxy_protocol:
+                first = [header(client, local()), *first]
+            opened = self.tunnels.open_now(route.name.label, lambda: sp.backend, refused, first)
             if opened is not None:
-                self._tunnel_opened(route, sp, client, local, done, opened[0], opened[2])
+                sp.client.pending = []  # sent with OPEN
+                self._tunnel_opened(sp, done, opened[0], opened[2])
             else:
                 self.spawn(self._tunnel_stream(route, sp, client, local, done, refused))
             return
@@ -253,13 +259,12 @@ class Engine:
             log.debug("no tunnel stream for %s: %s", route.name.label, e or "timeout")
             Dial(self, route, sp, client, local, done, failed=True).next()
             return
-        self._tunnel_opened(route, sp, client, local, done, transport, release)
+        if route.name.proxy_protocol and not sp.client.closed:
+            transport.write(header(client, local()))
+        self._tunnel_opened(sp, done, transport, release)
 
-    def _tunnel_opened(
-        self, route: Route, sp: Splice, client: tuple[str, int],
-        local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
-        transport: asyncio.Transport, release: Callable[[], None],
-    ) -> None:
+    def _tunnel_opened(self, sp: Splice, done: Callable[[bool], None],
+                       transport: asyncio.Transport, release: Callable[[], None]) -> None:
         if sp.client.closed:  # left while the stream opened: give it back now
             transport.close()
             release()
@@ -268,8 +273,6 @@ class Engine:
             return
         sp.release = release
         sp.backend.half_close = False  # a TLS stream: no half-close
-        if route.name.proxy_protocol:
-            transport.write(header(client, local()))
         done(True)
 
     def refused(self, route: Route, refusal: Refusal) -> None:

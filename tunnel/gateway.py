@@ -26,7 +26,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar, cast
 
@@ -201,12 +201,14 @@ class TunnelConn(Carrier):
         on_gone, self.on_gone = self.on_gone, _nothing
         on_gone()
 
-    def start_open(self, protocol: asyncio.Protocol, refused: Refused | None) -> Stream:
-        """Send OPEN and give ``protocol`` the stream (it may write at once)."""
+    def start_open(self, protocol: asyncio.Protocol, refused: Refused | None,
+                   first: Sequence[bytes] = ()) -> Stream:
+        """Send OPEN with ``first`` (see ``Tunnels.open_now``) and give ``protocol`` the
+        stream (it may write at once)."""
         transport = self.transport
         assert transport is not None
         self.refused = refused
-        transport.write(self.conn.open())
+        transport.write(self.conn.open(first))
         self.stream = stream = Stream(self.conn, transport, protocol, self._stream_done)
         protocol.connection_made(stream)  # type: ignore[arg-type]
         return stream
@@ -401,20 +403,23 @@ class Tunnels:
                 opened = self.open_now(label, protocol_factory, refused)
                 if opened is not None:
                     return opened
-                opened = self._hand_over(await self._wait(label), protocol_factory, refused)
+                opened = self._hand_over(await self._wait(label), protocol_factory, refused,
+                                         ())
                 if opened is not None:
                     return opened
 
     def open_now(self, label: str, protocol_factory: Callable[[], P],
-                 refused: Refused | None = None,
+                 refused: Refused | None = None, first: Sequence[bytes] = (),
                  ) -> tuple[asyncio.Transport, P, Callable[[], None]] | None:
         """``open`` on a connection pooled now, else None: the common case takes no task
-        and no turn of the loop before the client's bytes go to the node."""
+        and no turn of the loop before the client's bytes go to the node. ``first``: the
+        client's bytes read so far, sent with OPEN in one write (the node forwards them
+        before it sets up the rest of the stream); the caller no longer sends them."""
         while (tc := self._take(label)) is not None:
             if not self.still_valid(tc):
                 tc._refuse(NO_LONGER_VALID)
                 continue
-            opened = self._hand_over(tc, protocol_factory, refused)
+            opened = self._hand_over(tc, protocol_factory, refused, first)
             if opened is not None:
                 return opened
         return None
@@ -441,18 +446,20 @@ class Tunnels:
                 waiters.remove(fut)
 
     def _hand_over(self, tc: TunnelConn, protocol_factory: Callable[[], P],
-                   refused: Refused | None,
+                   refused: Refused | None, first: Sequence[bytes],
                    ) -> tuple[asyncio.Transport, P, Callable[[], None]] | None:
-        """OPEN on ``tc`` for a new protocol; None when ``tc`` turned out to be closing."""
+        """OPEN on ``tc`` for a new protocol; None when ``tc`` turned out to be closing.
+        OPEN goes out first, the accounting after it."""
         transport = tc.transport
         assert transport is not None
-        self.unpool(tc)
         if transport.is_closing():
+            self.unpool(tc)
             return None  # its connection_lost is on the way: the next one, at once
+        protocol = protocol_factory()
+        stream = tc.start_open(protocol, refused, first)
+        self.unpool(tc)
         s = self._session(tc)
         s.active += 1
-        protocol = protocol_factory()
-        stream = tc.start_open(protocol, refused)
         released = False
 
         def release() -> None:

@@ -145,12 +145,20 @@ class NodeConn(Carrier):
             self.link.problem(f"the gateway broke the protocol: {e}")
             self._close()
             return
-        for ev in events:
+        i, n = 0, len(events)
+        while i < n:
+            ev = events[i]
+            i += 1
             if self.stream_event(ev):
                 continue
             if ev == wire.OPEN:
-                self._cancel_timer()
-                self._open()
+                # The client's bytes that came with OPEN: to the backend before the rest.
+                first = events[i] if i < n else None
+                if type(first) is wire.Data:
+                    i += 1
+                    self._open(first.data)
+                else:
+                    self._open(b"")
             elif ev == wire.PONG:
                 self.last_pong = self.link.loop.time()
             elif ev == wire.ACCEPTED:
@@ -201,11 +209,21 @@ class NodeConn(Carrier):
             self.transport.write(self.conn.ping())
         self._arm()
 
-    def _open(self) -> None:
+    def _open(self, first: bytes | memoryview) -> None:
         """A stream: its splice reads the tunnel side from now on (bytes wait in it) while
-        the backend connects."""
+        the backend connects. With a spare backend connection, ``first`` (the client's
+        bytes that came with OPEN) is written to it before anything else is set up when
+        it is small (a request's head: it cannot fill the socket's buffer, so no pause
+        is missed); otherwise it waits in the splice like any other bytes."""
         transport = self.transport
         assert transport is not None
+        self._cancel_timer()
+        held = self.link.preconnect.take()
+        backend = held.transport if held is not None else None
+        early = False
+        if backend is not None and 0 < len(first) <= wire.SMALL:
+            backend.write(first)  # type: ignore[arg-type]  # a memoryview sends as well
+            early = True
         self.busy = True
         self.link.taken(self)
         sp = Splice(self.link.loop, STREAM_IDLE, self.link.streams.discard)
@@ -214,12 +232,13 @@ class NodeConn(Carrier):
         sp.client.half_close = False  # END closes the stream both ways
         self.stream = Stream(self.conn, transport, sp.client, self._stream_done)
         sp.client.connection_made(self.stream)  # type: ignore[arg-type]
-        held = self.link.preconnect.take()
-        if held is None:
+        if early:
+            sp.client.nbytes += len(first)
+        elif first:
+            sp.client.data_received(first)  # type: ignore[arg-type]  # waits in the splice
+        if held is None or backend is None:
             self.link.spawn(self._connect(sp))
             return
-        backend = held.transport
-        assert backend is not None
         backend.set_protocol(sp.backend)
         sp.backend.connection_made(cast(asyncio.Transport, backend))
         for data in held.early:

@@ -10,19 +10,27 @@ A spare is kept at most ``keep`` seconds unused (2 by default: far below the idl
 servers put on a connection that has not sent a request yet, nginx 60 s, Apache 20 s,
 Node.js 60 s), so a quiet node holds none, and one the backend closed meanwhile is never
 handed out (its close is seen and it is dropped: that stream connects afresh).
+
+The spare is made once per stream, so its connect is the proxy's own (``Connect``: a
+non-blocking connect on the node's epoll, callbacks only) when ``--to`` is an address:
+a task, a timeout scope and uvloop's ``sock_connect`` (which asks its thread pool to
+resolve even an address) cost the node more CPU than the rest of the stream (measured
+in bench/README.md). A name is resolved at each connect, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from typing import Final, cast
 
 from proxy.readiness import Readiness
-from proxy.sockettransport import SocketTransport
+from proxy.sockettransport import Connect, SocketTransport
 from proxy.splice import PENDING_LIMIT
 from tunnel.connect import connect_tcp
 from tunnel.settings import Endpoint
+from webgateway.addresses import HostPort
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +79,14 @@ class Preconnect:
         self.keep = keep
         self.connect_timeout = connect_timeout
         self.loop = asyncio.get_running_loop()
+        #: ``to`` when it is an address (connected with callbacks), else None (resolved)
+        self.address = (HostPort(ipaddress.ip_address(to.host), to.port) if to.is_ip
+                        else None)
         self.spare: Held | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
-
+        self.dial: Connect | None = None
+        self.dialled: Held | None = None  # the protocol of ``dial``
     def take(self) -> Held | None:
         """The spare, if it is still open (then none until ``refill``)."""
         held, self.spare = self.spare, None
@@ -87,10 +99,24 @@ class Preconnect:
 
     def refill(self) -> None:
         """Make a spare, unless there is one or one is on its way."""
-        if self.keep > 0 and self.spare is None and self.task is None:
-            self.task = self.loop.create_task(self._connect())
+        if (self.keep <= 0 or self.spare is not None or self.dial is not None
+                or self.task is not None):
+            return
+        if self.address is None:
+            self.task = self.loop.create_task(self._resolve())
+            return
+        self.dialled = Held()
+        self.dial = Connect(self.readiness, self.address, self.dialled, self.connect_timeout,
+                            self._connected)
 
-    async def _connect(self) -> None:
+    def _connected(self, transport: SocketTransport | None, e: BaseException | None) -> None:
+        held, self.dialled, self.dial = self.dialled, None, None
+        if transport is None or held is None:
+            log.debug("spare connection to %s: %s", self.to, e)  # the stream will say it
+            return
+        self._keep(held)
+
+    async def _resolve(self) -> None:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 sock = await connect_tcp(self.loop, self.to.host, self.to.port)
@@ -101,6 +127,9 @@ class Preconnect:
             self.task = None
         held = Held()
         SocketTransport(self.readiness, sock).start(held, readable=False)
+        self._keep(held)
+
+    def _keep(self, held: Held) -> None:
         self.spare = held
         self.timer = self.loop.call_later(self.keep, self._expire)
 
@@ -111,6 +140,9 @@ class Preconnect:
             held.close()
 
     def close(self) -> None:
+        if self.dial is not None:
+            self.dial.cancel()
+            self.dial = self.dialled = None
         if self.task is not None:
             self.task.cancel()
         if self.timer is not None:

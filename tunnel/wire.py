@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Never
 
@@ -398,11 +399,15 @@ class Connection:
         self._expect(Role.GATEWAY, State.IDLE)
         return frame(Kind.PONG)
 
-    def open(self) -> bytes:
+    def open(self, first: Sequence[bytes] = ()) -> bytes:
+        """OPEN, followed in the same buffer by DATA frames carrying ``first`` (the
+        client's bytes already read): one write, one TLS record, one read at the node."""
         self._expect(Role.GATEWAY, State.IDLE)
         self.state = State.STREAM
         self.sent_end = self.got_end = False
-        return frame(Kind.OPEN)
+        if not first:
+            return frame(Kind.OPEN)
+        return b"".join([frame(Kind.OPEN), *(f for data in first for f in self.data(data))])
 
     def data(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         """DATA frames carrying ``data`` (a small payload shares one buffer with its header,

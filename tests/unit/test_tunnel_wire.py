@@ -56,6 +56,29 @@ def test_full_exchange_then_streams_one_after_the_other() -> None:
         assert node.state is gw.state is wire.State.IDLE
 
 
+def test_open_carries_the_clients_first_bytes_in_the_same_buffer() -> None:
+    def ready() -> tuple[wire.Connection, wire.Connection]:
+        node, gw = pair()
+        gw.receive(node.hello("alice", "tok", SESSION))
+        node.receive(gw.accept())
+        return node, gw
+
+    node, gw = ready()
+    big = bytes(range(256)) * 300  # over SMALL and over one frame's length
+    sent = gw.open([b"PROXY header\r\n", b"GET / HTTP/1.1\r\n", big])
+    assert gw.state is wire.State.STREAM
+    events = node.receive(sent)
+    assert events[0] == wire.OPEN
+    assert joined(events[1:]) == b"PROXY header\r\nGET / HTTP/1.1\r\n" + big
+    assert node.receive(gw.end()) == [wire.END]
+    # the same bytes read one at a time: the same stream
+    node, _ = ready()
+    events = [ev for i in range(len(sent)) for ev in node.receive(sent[i:i + 1])]
+    assert events[0] == wire.OPEN
+    assert joined(events[1:]) == b"PROXY header\r\nGET / HTTP/1.1\r\n" + big
+    assert ready()[1].open([]) == ready()[1].open()  # nothing to carry: OPEN alone
+
+
 def test_ends_may_cross_and_what_crosses_an_end_is_dropped() -> None:
     node, gw = opened()
     late = b"".join(node.data(b"late response bytes"))
