@@ -62,7 +62,10 @@ class _Answering(Half):
     """The backend side of a node's stream: says once that the backend answered.
 
     The pool's refill waits for it (or ``REFILL_WAIT``): its TLS handshakes, on both
-    ends, then no longer compete with this stream's first response bytes.
+    ends, then no longer compete with this stream's first response bytes. The spare
+    backend connection waits longer, for the stream's end (or ``REFILL_WAIT``): made at
+    the first answer, its connect woke the backend to accept it just as the response
+    went on through the gateway to the client (both on the same cores).
     """
 
     __slots__ = ("answered",)
@@ -227,7 +230,7 @@ class NodeConn(Carrier):
         self.busy = True
         self.link.taken(self)
         sp = Splice(self.link.loop, STREAM_IDLE, self.link.streams.discard)
-        sp.backend = _Answering(sp, self.link.refill)
+        sp.backend = _Answering(sp, self.link.dial_missing)
         self.link.streams.add(sp)
         sp.client.half_close = False  # END closes the stream both ways
         self.stream = Stream(self.conn, transport, sp.client, self._stream_done)
@@ -250,6 +253,7 @@ class NodeConn(Carrier):
         """END went both ways: idle again, for the gateway's next client."""
         self.stream = None
         self.busy = False
+        self.link.preconnect.refill()
         self.link.returned(self)
         self._idle()
 
@@ -378,9 +382,13 @@ class GatewayLink:
 
     def refill(self) -> None:
         """Dial what the pool lacks and make a spare backend connection (after a stream)."""
+        self.dial_missing()
+        self.preconnect.refill()
+
+    def dial_missing(self) -> None:
+        """Dial what the pool lacks (after a stream's first answer)."""
         for _ in range(self.pool.refill()):
             self.spawn(self._dial(0.0))
-        self.preconnect.refill()
 
     async def run(self) -> None:
         for _ in range(self.settings.pool):

@@ -4,7 +4,8 @@ With connections pooled and reused, what is left on a new stream's first-byte pa
 node is its connect to ``--to`` (three turns of the event loop after OPEN arrives, while
 the client's request waits: most of the node's share). So while streams come, the node
 keeps one spare connection to the backend; the next OPEN takes it and the request goes
-straight through, and a new spare is made once that stream's backend has answered.
+straight through, and a new spare is made once that stream is over (or `tunnel.node.REFILL_WAIT`
+after it began, for a long one).
 
 A spare is kept at most ``keep`` seconds unused (2 by default: far below the idle limits
 servers put on a connection that has not sent a request yet, nginx 60 s, Apache 20 s,
