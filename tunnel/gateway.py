@@ -120,7 +120,7 @@ class TunnelConn(Carrier):
                 continue
             if isinstance(ev, wire.Hello):
                 self._hello(ev)
-            elif ev == wire.PING:
+            elif ev is wire.PING:
                 self._ping()
             elif isinstance(ev, wire.Refused):
                 self._refused(f"the node refused: {ev.reason}")
@@ -378,8 +378,10 @@ class Tunnels:
         sessions = self.sessions.get(label)
         if not sessions:
             return None
-        best = min((s for s in sessions.values() if s.idle),
-                   key=lambda s: (s.active, s.served), default=None)
+        best: _Session | None = None
+        for s in sessions.values():  # the least busy node, then the least used
+            if s.idle and (best is None or (s.active, s.served) < (best.active, best.served)):
+                best = s
         if best is None:
             return None
         best.served += 1

@@ -154,7 +154,7 @@ class NodeConn(Carrier):
             i += 1
             if self.stream_event(ev):
                 continue
-            if ev == wire.OPEN:
+            if ev is wire.OPEN:  # receive hands out the constants
                 # The client's bytes that came with OPEN: to the backend before the rest.
                 first = events[i] if i < n else None
                 if type(first) is wire.Data:
@@ -162,15 +162,15 @@ class NodeConn(Carrier):
                     self._open(first.data)
                 else:
                     self._open(b"")
-            elif ev == wire.PONG:
+            elif ev is wire.PONG:
                 self.last_pong = self.link.loop.time()
-            elif ev == wire.ACCEPTED:
+            elif ev is wire.ACCEPTED:
                 self.accepted = True
                 self._keep_session()
                 self.link.accepted(self)
                 self._finish(Outcome.ACCEPTED)
                 self._idle()
-            elif ev == wire.FULL:
+            elif ev is wire.FULL:
                 log.debug("gateway %s keeps no more idle connections for %s: one fewer",
                           self.link.gateway, self.link.settings.name)
                 self.park = True
@@ -243,7 +243,7 @@ class NodeConn(Carrier):
             self.link.spawn(self._connect(sp))
             return
         backend.set_protocol(sp.backend)
-        sp.backend.connection_made(cast(asyncio.Transport, backend))
+        sp.backend.connection_made(backend)  # type: ignore[arg-type]  # a look-alike
         for data in held.early:
             sp.backend.data_received(data)
         sp.link()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Final, cast
+from typing import Final
 
 from proxy.readiness import Readiness
 from proxy.sockettransport import Connect, SocketTransport
@@ -50,7 +50,7 @@ class Held(asyncio.Protocol):
         self.gone = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(SocketTransport, transport)
+        self.transport = transport  # type: ignore[assignment]  # a SocketTransport
 
     def data_received(self, data: bytes) -> None:
         self.early.append(data)

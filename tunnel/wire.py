@@ -79,6 +79,10 @@ class Role(enum.Enum):
     NODE = "node"
     GATEWAY = "gateway"
 
+    # Members are singletons: hashed by identity (C), not ``Enum.__hash__`` (a Python
+    # call per frame received, in ``_RECEIVE``'s key).
+    __hash__ = object.__hash__
+
 
 class State(enum.Enum):
     HELLO = "hello"  # node: before sending HELLO; gateway: waiting for it
@@ -86,6 +90,8 @@ class State(enum.Enum):
     IDLE = "idle"  # accepted, pooled, heartbeating
     STREAM = "stream"  # OPEN sent/received: DATA both ways until END both ways
     CLOSED = "closed"  # REFUSE sent or received, or a protocol error
+
+    __hash__ = object.__hash__  # see Role
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,8 @@ PING: Final = Signal(Kind.PING)
 PONG: Final = Signal(Kind.PONG)
 OPEN: Final = Signal(Kind.OPEN)
 FULL: Final = Signal(Kind.FULL)
+#: ``receive`` hands out these very objects (a shell may compare with ``is``).
+_SIGNALS: Final = {s.kind: s for s in (ACCEPTED, PING, PONG, OPEN, FULL)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +223,9 @@ def _reason(p: bytes) -> str:
 
 # Which control frames each role may receive in each state, and the state they lead to.
 # DATA and END are the stream's own (``Connection._stream_frame``).
-_RECEIVE: Final[dict[tuple[Role, State], dict[Kind, State]]] = {
+#: Frame kinds by their number: ``Kind(n)`` is several Python calls per frame.
+_KINDS: Final = {int(k): k for k in Kind}
+_RECEIVE: Final[dict[tuple[Role, State], dict[int, State]]] = {
     (Role.GATEWAY, State.HELLO): {Kind.HELLO: State.AUTH},
     (Role.GATEWAY, State.IDLE): {Kind.PING: State.IDLE},
     # a PING may cross our OPEN on the wire; it is dropped
@@ -323,14 +333,13 @@ class Connection:
         self._drop = self.sent_end
 
     def _frame(self, kind: int, payload: bytes) -> Event | None:
-        try:
-            k = Kind(kind)
-        except ValueError:
+        k = _KINDS.get(kind)
+        if k is None:
             self._fail(f"unknown frame kind {kind}")
         if k is Kind.END and self.state is State.STREAM:
             return self._end_frame(payload)
-        allowed = _RECEIVE.get((self.role, self.state), {})
-        if k not in allowed:
+        after = _RECEIVE.get((self.role, self.state), {}).get(kind)  # by number: no enum hash
+        if after is None:
             self._fail(f"{k.name} is not expected by the {self.role.value} in state "
                        f"{self.state.value}")
         if k is Kind.PING and self.state is State.STREAM:
@@ -346,8 +355,8 @@ class Connection:
         elif payload:
             self._fail(f"{k.name} carries no payload")
         else:
-            ev = Signal(k)
-        self.state = allowed[k]
+            ev = _SIGNALS[k]
+        self.state = after
         if k is Kind.OPEN:
             self.sent_end = self.got_end = False
         return ev
@@ -407,7 +416,10 @@ class Connection:
         self.sent_end = self.got_end = False
         if not first:
             return frame(Kind.OPEN)
-        return b"".join([frame(Kind.OPEN), *(f for data in first for f in self.data(data))])
+        out: list[bytes | memoryview] = [frame(Kind.OPEN)]
+        for data in first:
+            out += self.data(data)
+        return b"".join(out)
 
     def data(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         """DATA frames carrying ``data`` (a small payload shares one buffer with its header,
