@@ -70,7 +70,7 @@ def instrument(role: str) -> None:
             mark(f"{role[0]}_first_{'tunnel' if half is tunnel_side else 'other'}")
 
     wrap(wire.Connection, "receive", after=received)
-    wrap(wire.Connection, "open", before=lambda c: mark("g_open_tx"))
+    wrap(wire.Connection, "open", before=lambda c, *a: mark("g_open_tx"))
     wrap(Half, "data_received", before=first)
     if role == "gateway":
         from tunnel.gateway import Tunnels
