@@ -80,6 +80,8 @@ def instrument(role: str) -> None:
         from proxy.splice import Splice
         from tunnel import node
         wrap(Splice, "link", before=lambda *a: mark("n_backend_connected"))
+        # the request came with OPEN: the node writes it to the spare before any Half sees it
+        wrap(node.NodeConn, "_open", before=lambda c, first: first and mark("n_first_tunnel"))
         wrap(node.NodeConn, "connection_made", before=lambda *a: mark("n_dial_tls_done"))
         wrap(wire.Connection, "hello", before=lambda *a: None)
         wrap(node.GatewayLink, "_one", before=lambda *a: mark("n_dial_start"))
