@@ -17,9 +17,8 @@ import ssl
 
 from proxy import clienthello as ch
 from proxy.engine import Engine
-from proxy.errorpages import BAD_GATEWAY, SERVICE_UNAVAILABLE, page_fits
 from proxy.lingering import close_gently
-from proxy.pair import Pair
+from proxy.pair import Pair, TunnelPair
 from proxy.routes import Route
 from proxy.sockettransport import SocketTransport
 from proxy.splice import Splice
@@ -72,11 +71,10 @@ class Dispatcher:
             log.debug("no certificate yet for %s", route.host)
             self._alert(sock, addr, started, "no_certificate", hello, route.name.label)
             return
-        if not route.name.tunnel:
+        if route.name.tunnel and engine.tunnels is not None:
+            TunnelPair(engine, sock, addr, route, ctx, deadline, sni)
+        else:
             Pair(engine, sock, addr, route, ctx, deadline, sni)
-            return
-        self._terminate(sock, addr, route, ctx, deadline, engine.new_splice(
-            addr, started, sni, route.name.label, "terminate"))
 
     def _alert(self, sock: socket.socket, addr: tuple[str, int], started: float, outcome: str,
                hello: ch.ClientHello, route: str | None = None,
@@ -162,47 +160,4 @@ class Dispatcher:
         self.engine.finish(sp.outcome, sp.client_addr, sp.started, sni=sp.sni, route=sp.route,
                            mode=sp.mode)
         close_gently(self.loop, sock, self.engine)
-
-    def _terminate(self, sock: socket.socket, addr: tuple[str, int], route: Route,
-                   ctx: ssl.SSLContext, deadline: float, sp: Splice) -> None:
-        """A tunnel name: handshake, then a tunnel stream (else its backends), spliced.
-        (Other names: ``proxy.pair``.)"""
-        engine = self.engine
-        sp.client.half_close = False
-        tls = TlsSocket(engine.readiness(), sock, ctx)
-
-        def handshaken(e: BaseException | None) -> None:
-            engine.loose.pop(tls, None)
-            if e is not None:
-                log.debug("TLS handshake with %s failed: %s", addr[0], e)
-                sp.outcome, sp.reason = "handshake_failed", failure_reason(e)
-                sp.finish()
-                return
-            tls.start(sp.client)
-            if not engine.claim(sp, route):
-                self._page_without_backend(sp, "over_cap", SERVICE_UNAVAILABLE)
-                return
-            engine.connect_backend(
-                route, sp, addr, lambda: tls.get_extra_info("sockname"), connected,
-                lambda: self._page_without_backend(sp, "backend_unreachable", BAD_GATEWAY))
-
-        def connected(ok: bool) -> None:
-            if ok:
-                sp.link()
-            else:
-                self._page_without_backend(sp, sp.outcome, BAD_GATEWAY)
-
-        engine.loose[tls] = tls.abort
-        tls.handshake(max(0.1, deadline - self.loop.time()), handshaken)
-
-    def _page_without_backend(self, sp: Splice, outcome: str, page: bytes) -> None:
-        """Terminated: an HTTP/1 page, then close; h2 clients just see the close."""
-        sp.outcome = outcome
-        transport = sp.client.transport
-        if transport is None or transport.is_closing():
-            return
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None or page_fits(ssl_object.selected_alpn_protocol()):
-            transport.write(page)
-        transport.close()
 

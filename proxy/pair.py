@@ -26,7 +26,9 @@ whose backend is a stream inside a tunnel connection.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -47,10 +49,13 @@ from proxy.sockettransport import (
 from proxy.splice import PENDING_LIMIT, PairState
 from proxy.tlssocket import failure_reason
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from proxy.engine import Engine
     from proxy.routes import Route
     from proxy.tlssocket import _Conn
+    from tunnel.stream import Stream
     from webgateway.addresses import HostPort
 
 
@@ -139,7 +144,11 @@ class Pair(PairState):
             self._answer("over_cap", SERVICE_UNAVAILABLE)
             return
         self._client_wants(LEVEL_READS)  # the request is read while the backend connects
-        self._order = engine.balancer.order(self._name.backends)
+        self._reach_backend()
+
+    def _reach_backend(self) -> None:
+        """Secured and counted: the backends in balancer order (``TunnelPair``: a node)."""
+        self._order = self._engine.balancer.order(self._name.backends)
         self._dial()
 
     def _handshake_failed(self, e: BaseException) -> None:
@@ -248,12 +257,17 @@ class Pair(PairState):
         self.activity += 1
         self._nin += n
         data = SCRATCH[:n].tobytes()
-        backend = self._backend
-        if self._up or backend is None or not self.linked:
+        if self._up or not self.linked:
             self._up.append(data)
             if sum(map(len, self._up)) > PENDING_LIMIT:
                 self._client_wants(self._cmask & ~LEVEL_READS)
             return
+        self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        """Client bytes to the linked backend, nothing queued before them."""
+        backend = self._backend
+        assert backend is not None
         try:
             sent = backend.send(data)
         except WOULD_BLOCK:
@@ -261,7 +275,7 @@ class Pair(PairState):
         except OSError:
             self._close(notify=True)
             return
-        if sent < n:
+        if sent < len(data):
             self._up.append(data[sent:])
             self._client_wants(self._cmask & ~LEVEL_READS)  # the backend's edge resumes it
 
@@ -347,7 +361,7 @@ class Pair(PairState):
             return
         self._down = None
         self._client_wants(self._cmask & ~LEVEL_WRITES)
-        self._read_backend()
+        self._read_backend()  # the backend's side goes on where it stopped
 
     # ------------------------------------------------------------ the end
     def _close(self, notify: bool = False) -> None:
@@ -364,10 +378,186 @@ class Pair(PairState):
                 pass
         readiness.forget(self._cfd)
         self._client.close()
-        if self._backend is not None:
-            readiness.forget(self._bfd)
-            self._backend.close()
-            self._backend = None
+        self._close_backend(notify)
         self._up.clear()
         self._down = None
         self._engine.pair_done(self)
+
+    def _close_backend(self, notify: bool) -> None:
+        if self._backend is not None:
+            self._readiness.forget(self._bfd)
+            self._backend.close()
+            self._backend = None
+
+
+class TunnelPair(Pair):
+    """A terminated connection to a tunnel name: its backend is a stream to one of the
+    name's nodes (``tunnel.gateway``), or, with no node there, the name's own backends.
+
+    The pair is the stream's protocol. The stream pushes what the node sends
+    (``data_received``): written to the client, and a TLS write that would block pauses
+    the stream (its tunnel connection) until the client is writable; the tunnel
+    connection's full write buffer (``pause_writing``) stops reading the client. The
+    node's END ends the pair once what it sent is written; the client's end sends END, and
+    the connection goes back to the pool. The client's bytes read so far (and the PROXY
+    header) go with OPEN, in one write.
+    """
+
+    __slots__ = ("_later", "_node_ended", "_stream")
+
+    def __init__(self, engine: Engine, sock: socket.socket, client: tuple[str, int],
+                 route: Route, ctx: ssl.SSLContext, deadline: float, sni: str | None) -> None:
+        self._stream: Stream | None = None
+        self._later: list[bytes] = []  # node bytes behind a TLS write that would block
+        self._node_ended = False  # the node's END came while bytes wait for the client
+        super().__init__(engine, sock, client, route, ctx, deadline, sni)
+
+    def _reach_backend(self) -> None:
+        tunnels = self._engine.tunnels
+        assert tunnels is not None
+        try:  # the request usually came with the client's Finished: it goes with OPEN
+            n = self._tls.read(READ_SIZE, SCRATCH)
+        except OSError:  # would block, or the client's end: its next event says so
+            n = 0
+        if n:
+            self.activity += 1
+            self._nin += n
+            self._up.append(SCRATCH[:n].tobytes())
+        first = self._up
+        if self._name.name.proxy_protocol:
+            first = [header(self.client_addr, self._client.getsockname()), *first]
+        opened = tunnels.open_now(self._name.name.label, self._protocol, self._node_refused,
+                                  first)
+        if opened is not None:
+            self._up = []  # sent with OPEN
+            self._opened(opened[2])
+        else:
+            self._engine.spawn(self._wait_for_node())
+
+    def _protocol(self) -> asyncio.Protocol:
+        return self  # type: ignore[return-value]  # an asyncio.Protocol look-alike
+
+    async def _wait_for_node(self) -> None:
+        """No connection pooled now: wait for one, else the name's backends."""
+        engine = self._engine
+        assert engine.tunnels is not None
+        try:
+            transport, _, release = await engine.tunnels.open(
+                self._name.name.label, self._protocol, engine.limits.connect_timeout,
+                self._node_refused)
+        except (OSError, TimeoutError) as e:
+            if not self._closed:
+                log.debug("no tunnel stream for %s: %s", self.route, e or "timeout")
+                self._failed = True
+                Pair._reach_backend(self)
+            return
+        if self._closed:  # left while the stream opened: give it back now
+            transport.close()
+            release()
+            return
+        if self._name.name.proxy_protocol:
+            self._up.insert(0, header(self.client_addr, self._client.getsockname()))
+        self._opened(release)
+
+    def _opened(self, release: Callable[[], None]) -> None:
+        self.release, self.linked, self.outcome = release, True, "ok"
+        self._watch_idle()
+        up, self._up = self._up, []
+        for data in up:
+            self._forward(data)
+        if self._ended:
+            self._close(notify=True)
+
+    def _node_refused(self, reason: str) -> None:
+        """The node could not reach its backend (or the connection closed first): nothing
+        came back yet, so the 502 page still fits."""
+        log.debug("tunnel stream for %s: %s", self.route, reason)
+        self._engine.metrics.backend_failures.labels("refused").inc()
+        if not self._closed and not self._nout:
+            self._answer("backend_unreachable", BAD_GATEWAY)
+
+    def _forward(self, data: bytes) -> None:
+        if self._stream is None:
+            super()._forward(data)  # the name's own backend
+        else:
+            self._stream.write(data)
+
+    def _client_ended(self) -> None:
+        if self._stream is None and not self.linked and self._up:
+            self._ended = True  # sent once the stream opens (its END right after)
+            self._client_wants(self._cmask & ~LEVEL_READS)
+            return
+        super()._client_ended()
+
+    # ------------------------------------------------------------ the stream's protocol
+    def connection_made(self, transport: Stream) -> None:
+        self._stream = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self.activity += 1
+        self._nout += len(data)
+        if self._down is not None:
+            self._later.append(data)  # one read of the tunnel may hold several frames
+            return
+        self._to_client(data)
+
+    def _to_client(self, data: bytes) -> None:
+        try:
+            self._tls.write(data)
+        except WOULD_BLOCK:
+            self._down = data
+            self._client_wants(self._cmask | LEVEL_WRITES)
+            if self._stream is not None:
+                self._stream.pause_reading()
+        except OSError:
+            self._close()
+
+    def eof_received(self) -> bool:
+        """The node's END: the client gets what came before it, then our close_notify."""
+        if self._down is None:
+            self._close(notify=True)
+        else:
+            self._node_ended = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream = None
+        if not self._closed:
+            self._close(notify=exc is None and self._down is None)
+
+    def pause_writing(self) -> None:
+        if not self._closed:
+            self._client_wants(self._cmask & ~LEVEL_READS)
+
+    def resume_writing(self) -> None:
+        if not self._closed:
+            self._client_wants(self._cmask | LEVEL_READS)
+
+    def _read_backend(self) -> None:
+        """The client took a blocked write: what waited behind it, then the stream again."""
+        if self._stream is None:
+            super()._read_backend()
+            return
+        while self._later and self._down is None and not self._closed:
+            self._to_client(self._later.pop(0))
+        stream = self._stream
+        if self._down is None and not self._closed and stream is not None:
+            if self._node_ended:
+                self._close(notify=True)
+            else:
+                stream.resume_reading()
+
+    def _close_backend(self, notify: bool) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            if notify:
+                stream.close()  # END: the connection goes back to the pool
+            else:
+                stream.abort()
+        self._later.clear()
+        super()._close_backend(notify)
+
+    def held(self) -> int:
+        return super().held() + sum(map(len, self._later))
