@@ -207,22 +207,22 @@ class Engine:
     def connect_backend(
         self, route: Route, sp: Splice, client: tuple[str, int],
         local: Callable[[], tuple[str, int]], done: Callable[[bool], None],
-        unreachable: Callable[[], None] | None = None,
     ) -> None:
-        """A tunnel stream for a tunnel name, else the backends in balancer order; then
+        """For a passthrough splice (a terminated connection is a ``proxy.pair.Pair``): a
+        tunnel stream for a tunnel name, else the backends in balancer order; then
         ``done(True)`` with ``sp.backend`` connected, or ``done(False)``.
         ``local`` gives the address the client reached (asked only for a PROXY header).
 
         On failure ``sp.outcome`` says why: a connect failed (``backend_unreachable``),
         the policy refused every backend (``backend_refused``), or the client left. A
         tunnel stream is writable before the node has reached its backend; if it then
-        cannot, ``unreachable`` is called (nothing came back yet: the 502 page still fits).
-        A TCP connect is callbacks only (``Dial``); a tunnel stream on a connection
-        pooled now is too, and OPEN carries the client's bytes read so far (and the PROXY
+        cannot, the stream is lost with nothing received (a clean close). A TCP connect
+        is callbacks only (``Dial``); a tunnel stream on a connection pooled now is too,
+        and OPEN carries the client's bytes read so far (and the PROXY
         header): one write; waiting for a connection takes a task.
         """
         if route.name.tunnel and self.tunnels is not None:
-            refused = self._node_refused(route, sp, unreachable)
+            refused = self._node_refused(route, sp)
             first = sp.client.pending
             if route.name.proxy_protocol:
                 first = [header(client, local()), *first]
@@ -235,14 +235,11 @@ class Engine:
             return
         Dial(self, route, sp, client, local, done).next()
 
-    def _node_refused(self, route: Route, sp: Splice,
-                      unreachable: Callable[[], None] | None) -> Callable[[str], None]:
+    def _node_refused(self, route: Route, sp: Splice) -> Callable[[str], None]:
         def node_refused(reason: str) -> None:
             log.debug("tunnel stream for %s: %s", route.name.label, reason)
             sp.outcome = "backend_unreachable"
             self.metrics.backend_failures.labels("refused").inc()
-            if unreachable is not None:
-                unreachable()
         return node_refused
 
     async def _tunnel_stream(

@@ -73,9 +73,24 @@ def instrument(role: str) -> None:
     wrap(wire.Connection, "open", before=lambda c, *a: mark("g_open_tx"))
     wrap(Half, "data_received", before=first)
     if role == "gateway":
+        import weakref
+
+        from proxy.pair import TunnelPair
         from tunnel.gateway import Tunnels
         for method in ("open_now", "open"):  # open_now first: the pooled case takes no task
             wrap(Tunnels, method, before=lambda *a, **k: mark("g_open_called"))
+        # a terminated tunnel name is a flat TunnelPair at the gateway (no Half there)
+        marked: weakref.WeakSet[TunnelPair] = weakref.WeakSet()
+
+        def client_bytes(_: object, pair: TunnelPair, *a: object) -> None:
+            if pair.carried()[0] and pair not in marked:
+                marked.add(pair)
+                mark("g_first_other")
+
+        wrap(TunnelPair, "_reach_backend", after=client_bytes)
+        wrap(TunnelPair, "_from_client", after=client_bytes)
+        wrap(TunnelPair, "data_received",
+             before=lambda pair, data: pair.carried()[1] or mark("g_first_tunnel"))
     else:
         from proxy.splice import Splice
         from tunnel import node
