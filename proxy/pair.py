@@ -20,8 +20,9 @@ connected, up to ``PENDING_LIMIT`` of the client's bytes wait.
 
 TLS has no half-close: the client's end (close_notify or FIN) ends the pair once what it
 sent has reached the backend; the backend's end, once what it sent is written, with our
-close_notify. The general layers stay for what needs them: passthrough, and tunnel names,
-whose backend is a stream inside a tunnel connection.
+close_notify. A tunnel name's pair (``TunnelPair``) has a stream inside a tunnel
+connection as its backend. The general layers stay for what needs them: passthrough (the
+client's TLS is not ours to read) and the node's side of a tunnel.
 """
 
 from __future__ import annotations
