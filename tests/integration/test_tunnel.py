@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -367,6 +369,58 @@ async def test_slow_client_back_pressure_end_to_end(
         w.close()
     finally:
         await node.kill()
+
+
+async def test_a_backend_that_does_not_read_stops_the_gateway_reading_the_client(
+        tgw: tuple[Gateway, BackendServer]) -> None:
+    """The upload direction through a tunnel: the node's backend reads nothing, so the
+    node stops reading the tunnel and the gateway stops reading the client (it holds
+    KiB, not the upload); once the backend reads, every byte arrives."""
+    gw, _ = tgw
+    loop = asyncio.get_running_loop()
+    size = 32 << 20
+    block = hashlib.sha256(b"upload").digest() * 2048  # 64 KiB, not all one byte
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        node = Node(gw, f"127.0.0.1:{listener.getsockname()[1]}", "--preconnect", "0")
+        await node.start()
+        try:
+            await until(_connected(gw, 1), 10)
+            ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+            r, w = await asyncio.open_connection("127.0.0.1", gw.https_port, ssl=ctx,
+                                                 server_hostname=fqdn("hidden"))
+            want = hashlib.sha256()
+
+            async def upload() -> None:
+                for _ in range(size // len(block)):
+                    w.write(block)
+                    want.update(block)
+                    await w.drain()
+
+            sending = asyncio.ensure_future(upload())
+            backend, _ = await asyncio.wait_for(loop.sock_accept(listener), 10)
+            with backend:
+                await asyncio.sleep(1.5)  # the backend reads nothing yet
+                pair = next(iter(gw.proxy.engine.splices))
+                from_client = pair.carried()[0]
+                await asyncio.sleep(0.5)
+                assert pair.carried()[0] == from_client < size  # the client is not read
+                assert pair.held() < 1 << 20 and not sending.done()
+                got, n = hashlib.sha256(), 0
+                while n < size:
+                    chunk = await asyncio.wait_for(loop.sock_recv(backend, 1 << 20), 30)
+                    assert chunk
+                    got.update(chunk)
+                    n += len(chunk)
+                await asyncio.wait_for(sending, 30)
+                assert (n, got.hexdigest()) == (size, want.hexdigest())
+                await loop.sock_sendall(backend, b"stored")
+            assert await asyncio.wait_for(r.read(), 30) == b"stored"
+            w.close()
+        finally:
+            await node.kill()
 
 
 async def test_node_refuses_a_gateway_whose_certificate_does_not_verify(
