@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,3 +209,29 @@ async def curl(gw: Gateway, host: str, path: str = "/", *extra: str) -> tuple[in
 
 __all__ = ["Backend", "BackendServer", "Gateway", "TlsMode", "curl", "cycles_kept", "fqdn",
            "gateway", "refused_at_start", "run"]
+
+
+#: What upload tests send: 64 KiB that are not all one byte.
+UPLOAD_BLOCK = hashlib.sha256(b"upload").digest() * 2048
+
+
+async def upload(w: asyncio.StreamWriter, size: int) -> str:
+    """Send ``size`` bytes of ``UPLOAD_BLOCK`` (drained block by block); their sha256."""
+    digest = hashlib.sha256()
+    for _ in range(size // len(UPLOAD_BLOCK)):
+        w.write(UPLOAD_BLOCK)
+        digest.update(UPLOAD_BLOCK)
+        await w.drain()
+    return digest.hexdigest()
+
+
+async def receive(sock: socket.socket, size: int) -> tuple[int, str]:
+    """Read ``size`` bytes from a backend's socket: how many came, and their sha256."""
+    loop = asyncio.get_running_loop()
+    digest, n = hashlib.sha256(), 0
+    while n < size:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 30)
+        assert chunk
+        digest.update(chunk)
+        n += len(chunk)
+    return n, digest.hexdigest()

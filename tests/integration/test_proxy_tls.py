@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import socket
 import ssl
@@ -30,7 +29,9 @@ from tests.integration.proxy_harness import (
     cycles_kept,
     fqdn,
     gateway,
+    receive,
     run,
+    upload,
 )
 from tests.integration.test_tunnel import _client_hello
 from tests.support import ZONE
@@ -451,7 +452,6 @@ def test_slow_backend_back_pressure_stops_reading_the_client_and_loses_nothing(
     """The upload direction: a backend that does not read stops the proxy reading the
     client (it holds one chunk, not the upload); once it reads, every byte arrives."""
     size = 32 * 1024 * 1024
-    block = hashlib.sha256(b"upload").digest() * 2048  # 64 KiB, not all one byte
 
     async def body(gw: Gateway, v4: BackendServer, v6: BackendServer) -> None:
         loop = asyncio.get_running_loop()
@@ -462,15 +462,7 @@ def test_slow_backend_back_pressure_stops_reading_the_client_and_loses_nothing(
             await gw.certificate("zone", ZONE, f"*.{ZONE}")
             await gw.name("up", f"127.0.0.1:{listener.getsockname()[1]}")
             r, w = await tls_client(gw, fqdn("up"))
-            want = hashlib.sha256()
-
-            async def upload() -> None:
-                for _ in range(size // len(block)):
-                    w.write(block)
-                    want.update(block)
-                    await w.drain()
-
-            sending = asyncio.ensure_future(upload())
+            sending = asyncio.ensure_future(upload(w, size))
             backend, _ = await asyncio.wait_for(loop.sock_accept(listener), 10)
             with backend:
                 await asyncio.sleep(1.0)  # the backend reads nothing yet
@@ -479,15 +471,8 @@ def test_slow_backend_back_pressure_stops_reading_the_client_and_loses_nothing(
                 await asyncio.sleep(0.5)
                 assert pair.carried()[0] == from_client < size  # the client is not read
                 assert pair.held() <= 4 * HIGH_WATER and not sending.done()
-                got = hashlib.sha256()
-                n = 0
-                while n < size:
-                    chunk = await asyncio.wait_for(loop.sock_recv(backend, 1 << 20), 30)
-                    assert chunk
-                    got.update(chunk)
-                    n += len(chunk)
-                await asyncio.wait_for(sending, 30)
-                assert (n, got.hexdigest()) == (size, want.hexdigest())
+                got = await receive(backend, size)
+                assert got == (size, await asyncio.wait_for(sending, 30))
                 await loop.sock_sendall(backend, b"stored")
             assert await asyncio.wait_for(r.read(), 30) == b"stored"
             w.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import os
 import signal
@@ -32,6 +31,8 @@ from tests.integration.proxy_harness import (
     cycles_kept,
     fqdn,
     gateway,
+    receive,
+    upload,
 )
 from tests.support import ZONE, free_port
 from tunnel import wire
@@ -379,7 +380,6 @@ async def test_a_backend_that_does_not_read_stops_the_gateway_reading_the_client
     gw, _ = tgw
     loop = asyncio.get_running_loop()
     size = 32 << 20
-    block = hashlib.sha256(b"upload").digest() * 2048  # 64 KiB, not all one byte
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -391,15 +391,7 @@ async def test_a_backend_that_does_not_read_stops_the_gateway_reading_the_client
             ctx = ssl.create_default_context(cafile=str(gw.ca_file))
             r, w = await asyncio.open_connection("127.0.0.1", gw.https_port, ssl=ctx,
                                                  server_hostname=fqdn("hidden"))
-            want = hashlib.sha256()
-
-            async def upload() -> None:
-                for _ in range(size // len(block)):
-                    w.write(block)
-                    want.update(block)
-                    await w.drain()
-
-            sending = asyncio.ensure_future(upload())
+            sending = asyncio.ensure_future(upload(w, size))
             backend, _ = await asyncio.wait_for(loop.sock_accept(listener), 10)
             with backend:
                 await asyncio.sleep(1.5)  # the backend reads nothing yet
@@ -408,14 +400,8 @@ async def test_a_backend_that_does_not_read_stops_the_gateway_reading_the_client
                 await asyncio.sleep(0.5)
                 assert pair.carried()[0] == from_client < size  # the client is not read
                 assert pair.held() < 1 << 20 and not sending.done()
-                got, n = hashlib.sha256(), 0
-                while n < size:
-                    chunk = await asyncio.wait_for(loop.sock_recv(backend, 1 << 20), 30)
-                    assert chunk
-                    got.update(chunk)
-                    n += len(chunk)
-                await asyncio.wait_for(sending, 30)
-                assert (n, got.hexdigest()) == (size, want.hexdigest())
+                got = await receive(backend, size)
+                assert got == (size, await asyncio.wait_for(sending, 30))
                 await loop.sock_sendall(backend, b"stored")
             assert await asyncio.wait_for(r.read(), 30) == b"stored"
             w.close()
