@@ -237,10 +237,14 @@ class Engine:
 
     def _node_refused(self, route: Route, sp: Splice) -> Callable[[str], None]:
         def node_refused(reason: str) -> None:
-            log.debug("tunnel stream for %s: %s", route.name.label, reason)
+            self.node_refused(route, reason)
             sp.outcome = "backend_unreachable"
-            self.metrics.backend_failures.labels("refused").inc()
         return node_refused
+
+    def node_refused(self, route: Route, reason: str) -> None:
+        """A node refused a stream (its backend is down), or its connection closed first."""
+        log.debug("tunnel stream for %s: %s", route.name.label, reason)
+        self.metrics.backend_failures.labels("refused").inc()
 
     async def _tunnel_stream(
         self, route: Route, sp: Splice, client: tuple[str, int],

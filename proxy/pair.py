@@ -208,7 +208,7 @@ class Pair(PairState):
         self.backend_addr, self.linked, self.outcome = b, True, "ok"
         self._readiness.hand_over(self._bfd, self._from_backend)
         if self._name.name.proxy_protocol:
-            self._up.insert(0, header(self.client_addr, self._client.getsockname()))
+            self._up.insert(0, self._proxy_header())
         self._watch_idle()
         if self._up:
             self._send_up()
@@ -336,20 +336,30 @@ class Pair(PairState):
                 return
             self.activity += 1
             self._nout += n
-            data = SCRATCH[:n].tobytes()
-            try:
-                self._tls.write(data)
-            except WOULD_BLOCK:
-                self._down = data
-                self._client_wants(self._cmask | LEVEL_WRITES)
-                return
-            except OSError:
-                self._close()
+            if not self._to_client(SCRATCH[:n].tobytes()):
                 return
             if n < READ_SIZE and not self._backend_hup:
                 self._backend_readable = False
                 return
         self.loop.call_soon(self._read_backend)
+
+    def _to_client(self, data: bytes) -> bool:
+        """Write backend bytes to the client: True when OpenSSL took them; else they wait
+        as ``_down`` for the client to be writable (or the pair is closed)."""
+        try:
+            self._tls.write(data)
+        except WOULD_BLOCK:
+            self._down = data
+            self._client_wants(self._cmask | LEVEL_WRITES)
+            return False
+        except OSError:
+            self._close()
+            return False
+        return True
+
+    def _proxy_header(self) -> bytes:
+        """The PROXY v2 header for this client (``[name] proxy_protocol``)."""
+        return header(self.client_addr, self._client.getsockname())
 
     def _write_down(self) -> None:
         assert self._down is not None
@@ -416,17 +426,12 @@ class TunnelPair(Pair):
     def _reach_backend(self) -> None:
         tunnels = self._engine.tunnels
         assert tunnels is not None
-        try:  # the request usually came with the client's Finished: it goes with OPEN
-            n = self._tls.read(READ_SIZE, SCRATCH)
-        except OSError:  # would block, or the client's end: its next event says so
-            n = 0
-        if n:
-            self.activity += 1
-            self._nin += n
-            self._up.append(SCRATCH[:n].tobytes())
-        first = self._up
+        self._from_client(READABLE)  # the request usually came with the client's Finished
+        if self._closed:
+            return
+        first = self._up  # goes with OPEN
         if self._name.name.proxy_protocol:
-            first = [header(self.client_addr, self._client.getsockname()), *first]
+            first = [self._proxy_header(), *first]
         opened = tunnels.open_now(self._name.name.label, self._protocol, self._node_refused,
                                   first)
         if opened is not None:
@@ -457,7 +462,7 @@ class TunnelPair(Pair):
             release()
             return
         if self._name.name.proxy_protocol:
-            self._up.insert(0, header(self.client_addr, self._client.getsockname()))
+            self._up.insert(0, self._proxy_header())
         self._opened(release)
 
     def _opened(self, release: Callable[[], None]) -> None:
@@ -472,8 +477,7 @@ class TunnelPair(Pair):
     def _node_refused(self, reason: str) -> None:
         """The node could not reach its backend (or the connection closed first): nothing
         came back yet, so the 502 page still fits."""
-        log.debug("tunnel stream for %s: %s", self.route, reason)
-        self._engine.metrics.backend_failures.labels("refused").inc()
+        self._engine.node_refused(self._name, reason)
         if not self._closed and not self._nout:
             self._answer("backend_unreachable", BAD_GATEWAY)
 
@@ -504,16 +508,12 @@ class TunnelPair(Pair):
             return
         self._to_client(data)
 
-    def _to_client(self, data: bytes) -> None:
-        try:
-            self._tls.write(data)
-        except WOULD_BLOCK:
-            self._down = data
-            self._client_wants(self._cmask | LEVEL_WRITES)
-            if self._stream is not None:
-                self._stream.pause_reading()
-        except OSError:
-            self._close()
+    def _to_client(self, data: bytes) -> bool:
+        if super()._to_client(data):
+            return True
+        if self._stream is not None and self._down is not None:
+            self._stream.pause_reading()  # until the client is writable
+        return False
 
     def eof_received(self) -> bool:
         """The node's END: the client gets what came before it, then our close_notify."""
