@@ -17,6 +17,7 @@ import pytest
 import trustme
 from prometheus_client import CollectorRegistry
 
+from proxy.engine import Engine
 from proxy.service import ProxyService
 from tests.support import ZONE, cert_row, make_config
 from webgateway.addresses import parse_hostport
@@ -235,3 +236,14 @@ async def receive(sock: socket.socket, size: int) -> tuple[int, str]:
         digest.update(chunk)
         n += len(chunk)
     return n, digest.hexdigest()
+
+
+async def client_unread(engine: Engine, settle: float, size: int) -> int:
+    """With a backend that reads nothing: after ``settle`` s, the one open pair reads no
+    more of its client's ``size``-byte upload for 0.5 s; the bytes the proxy holds for it."""
+    await asyncio.sleep(settle)
+    pair = next(iter(engine.splices))
+    from_client = pair.carried()[0]
+    await asyncio.sleep(0.5)
+    assert pair.carried()[0] == from_client < size  # the client is not read
+    return pair.held()
